@@ -1,0 +1,99 @@
+//! The gateway under test, as its own process.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+pub struct GatewayProc {
+    child: Child,
+    pub listener: SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+impl GatewayProc {
+    pub async fn start(upstream: &str, connections: usize, policy_dir: Option<&Path>) -> anyhow::Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let policies = policy_dir.map(|p| p.display().to_string()).unwrap_or_else(|| dir.path().join("none").display().to_string());
+        let yaml = format!(
+            "server:\n  endpoint: {upstream}\n  connections: {connections}\n  queue_size: 16384\n\
+             listener:\n  endpoint: 127.0.0.1:0\n  queue_size: 256\npolicies:\n  directory: {policies}\n"
+        );
+        let path = dir.path().join("gateway.yaml");
+        std::fs::write(&path, yaml)?;
+        let mut child = Command::new(env!("CARGO_BIN_EXE_opamp-gateway"))
+            .arg("--config")
+            .arg(&path)
+            .env("OPAMP_GATEWAY_LOG", "error")
+            .stdout(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .context("starting the gateway")?;
+        let mut lines = BufReader::new(child.stdout.take().expect("piped")).lines();
+        let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+            .await
+            .context("gateway did not get ready")??
+            .context("gateway exited")?;
+        let listener = line
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("listener="))
+            .context("no listener in the ready line")?
+            .parse()?;
+        Ok(Self { child, listener, _dir: dir })
+    }
+
+    pub fn url(&self) -> String {
+        format!("ws://{}/v1/opamp", self.listener)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id().unwrap_or(0)
+    }
+
+    /// Resident memory, KiB.
+    pub fn rss_kib(&self) -> u64 {
+        proc_status_kib(self.pid(), "VmRSS:")
+    }
+
+    /// User + system CPU time consumed so far, in seconds.
+    pub fn cpu_seconds(&self) -> f64 {
+        cpu_seconds(self.pid())
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(pid) = self.child.id() {
+            let _ = Command::new("kill").args(["-TERM", &pid.to_string()]).status().await;
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(15), self.child.wait()).await;
+    }
+}
+
+pub fn proc_status_kib(pid: u32, key: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with(key)).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()))
+        .unwrap_or(0)
+}
+
+pub fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may contain spaces) in parentheses.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // utime and stime are fields 14 and 15 of the whole line: 11 and 12 here.
+    (ticks(11) + ticks(12)) / clock_ticks_per_second()
+}
+
+fn clock_ticks_per_second() -> f64 {
+    std::process::Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok()?.trim().parse().ok())
+        .unwrap_or(100.0)
+}

@@ -1,0 +1,224 @@
+//! Collects figures and writes them as Markdown (for people) and JSON (for
+//! tools), with each bar from DESIGN §6 checked next to its figure.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use hdrhistogram::Histogram;
+use serde_json::{json, Map, Value};
+
+use crate::load::{Run, Storm};
+use crate::policies::SwapOutcome;
+use crate::suite::{machine, PathFigures, Scale};
+
+pub struct Row {
+    pub agents: usize,
+    pub connected: usize,
+    pub rss_before_kib: u64,
+    pub rss_kib: u64,
+    pub per_agent_kib: f64,
+    pub rate: f64,
+    pub cpu_us_per_msg: f64,
+    pub errors: u64,
+}
+
+pub struct Report {
+    json: Map<String, Value>,
+    paths: Vec<(String, Value)>,
+    growth: Vec<Row>,
+    bars: Vec<(String, String, String, bool)>,
+    notes: Vec<String>,
+    memory_points: Vec<usize>,
+}
+
+fn us(h: &Histogram<u64>, q: f64) -> u64 {
+    h.value_at_quantile(q)
+}
+
+impl Report {
+    pub fn new(scale: &Scale) -> Self {
+        let mut json = Map::new();
+        json.insert("machine".into(), machine());
+        json.insert(
+            "command".into(),
+            json!(if scale.quick { "scripts/bench --quick" } else { "scripts/bench" }),
+        );
+        json.insert(
+            "scale".into(),
+            json!({"latency_agents": scale.latency_agents, "latency_rate": scale.latency_rate,
+                   "saturate_agents": scale.saturate_agents, "phase_seconds": scale.phase.as_secs_f64(),
+                   "storm": scale.storm, "growth_rate": scale.growth_rate, "quick": scale.quick}),
+        );
+        Self {
+            json,
+            paths: Vec::new(),
+            growth: Vec::new(),
+            bars: Vec::new(),
+            notes: Vec::new(),
+            memory_points: scale.memory_points.clone(),
+        }
+    }
+
+    pub fn note(&mut self, n: &str) {
+        self.notes.push(n.to_owned());
+    }
+
+    fn bar(&mut self, what: &str, bar: &str, got: String, ok: bool) {
+        self.bars.push((what.into(), bar.into(), got, ok));
+    }
+
+    pub fn path(&mut self, name: &str, f: &PathFigures) {
+        let p = &f.paced;
+        let s = &f.saturated;
+        let v = json!({
+            "offered_rate": null,
+            "achieved_rate": p.round_trips as f64 / p.elapsed.as_secs_f64(),
+            "rtt_us": {"p50": us(&p.rtt, 0.5), "p99": us(&p.rtt, 0.99), "p999": us(&p.rtt, 0.999), "max": p.rtt.max()},
+            "paced_errors": p.errors,
+            "saturated_round_trips_per_s": s.round_trips as f64 / s.elapsed.as_secs_f64(),
+            "saturated_rtt_us": {"p50": us(&s.rtt, 0.5), "p99": us(&s.rtt, 0.99)},
+            "saturated_errors": s.errors,
+            "connect_errors": f.connect_errors,
+        });
+        self.paths.push((name.into(), v));
+    }
+
+    fn path_value(&self, name: &str, pointer: &str) -> Option<f64> {
+        self.paths.iter().find(|(n, _)| n == name).and_then(|(_, v)| v.pointer(pointer)?.as_f64())
+    }
+
+    pub fn added_latency(&mut self, direct: &PathFigures, gw: &PathFigures) {
+        let d = &direct.paced.rtt;
+        let g = &gw.paced.rtt;
+        let added99 = us(g, 0.99) as f64 - us(d, 0.99) as f64;
+        let added50 = us(g, 0.5) as f64 - us(d, 0.5) as f64;
+        self.json.insert("added_latency_us".into(), json!({"p50": added50, "p99": added99}));
+        let rate = self.path_value("gateway", "/achieved_rate").unwrap_or(0.0);
+        self.bar("added latency p99 (gateway − direct)", "≤ 1 ms at 10k msg/s", format!("{:.0} µs at {rate:.0} msg/s", added99), added99 <= 1000.0);
+        let tg = gw.saturated.round_trips as f64 / gw.saturated.elapsed.as_secs_f64();
+        let td = direct.saturated.round_trips as f64 / direct.saturated.elapsed.as_secs_f64();
+        self.bar("throughput vs direct", "within 2×", format!("{tg:.0} vs {td:.0} round trips/s ({:.2}×)", td / tg.max(1.0)), tg * 2.0 >= td);
+    }
+
+    pub fn storm(&mut self, n: usize, links: usize, concurrency: usize, s: &Storm) {
+        let secs = s.elapsed.as_secs_f64();
+        self.json.insert(
+            "connect_storm".into(),
+            json!({"agents": n, "links": links, "concurrency": concurrency, "seconds": secs, "errors": s.errors,
+                   "per_agent_ms": {"p50": us(&s.connect, 0.5) as f64 / 1000.0, "p99": us(&s.connect, 0.99) as f64 / 1000.0}}),
+        );
+        self.bar(&format!("connect storm: {n} agents, {links} links"), "< 10 s", format!("{secs:.2} s, {} errors", s.errors), secs < 10.0 && s.errors == 0);
+    }
+
+    pub fn growth(&mut self, row: Row) {
+        if self.memory_points.contains(&row.agents) {
+            let ok = row.per_agent_kib <= 16.0;
+            self.bar(&format!("memory per idle agent at {}", row.agents), "≤ 16 KiB", format!("{:.1} KiB", row.per_agent_kib), ok);
+        }
+        self.growth.push(row);
+    }
+
+    pub fn policy_throughput(&mut self, none: &Run, with: &Run, names: Vec<String>) {
+        let a = none.round_trips as f64 / none.elapsed.as_secs_f64();
+        let b = with.round_trips as f64 / with.elapsed.as_secs_f64();
+        let cost = (1.0 - b / a.max(1.0)) * 100.0;
+        self.json.insert("policies".into(), json!({"loaded": names, "none_rps": a, "with_rps": b, "cost_percent": cost,
+            "with_rtt_us": {"p50": us(&with.rtt, 0.5), "p99": us(&with.rtt, 0.99)}}));
+        self.bar("throughput cost of the 4 example policies", "≤ 20 %", format!("{cost:.1} % ({b:.0} vs {a:.0} round trips/s)"), cost <= 20.0);
+    }
+
+    pub fn hot_swap(&mut self, swaps: SwapOutcome, run: &Run, connect_errors: usize) {
+        self.json.insert(
+            "hot_swap".into(),
+            json!({"swaps": swaps.swaps, "reloads_seen": swaps.reloads_seen, "round_trips": run.round_trips,
+                   "failed_round_trips": run.errors, "connect_errors": connect_errors, "agents_left": run.agents.len()}),
+        );
+        let ok = run.errors == 0 && connect_errors == 0;
+        self.bar(
+            &format!("hot swap ×{} under load", swaps.swaps),
+            "0 dropped, 0 disconnects",
+            format!("{} round trips, {} failed", run.round_trips, run.errors),
+            ok,
+        );
+    }
+
+    pub fn finish(&mut self) {
+        let paths: Map<String, Value> = self.paths.iter().cloned().collect();
+        self.json.insert("paths".into(), Value::Object(paths));
+        let rows: Vec<Value> = self
+            .growth
+            .iter()
+            .map(|r| json!({"agents": r.agents, "connected": r.connected, "rss_before_kib": r.rss_before_kib, "rss_kib": r.rss_kib,
+                            "per_agent_kib": r.per_agent_kib, "msg_rate": r.rate, "cpu_us_per_msg": r.cpu_us_per_msg, "errors": r.errors}))
+            .collect();
+        self.json.insert("growth".into(), Value::Array(rows));
+        let bars: Vec<Value> =
+            self.bars.iter().map(|(w, b, g, ok)| json!({"what": w, "bar": b, "measured": g, "met": ok})).collect();
+        self.json.insert("bars".into(), Value::Array(bars));
+        self.json.insert("notes".into(), json!(self.notes));
+    }
+
+    pub fn write(&self, md_path: &Path) -> anyhow::Result<()> {
+        if let Some(dir) = md_path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        std::fs::write(md_path.with_file_name("benchmarks.json"), serde_json::to_string_pretty(&self.json)?)?;
+        std::fs::write(md_path, self.markdown())?;
+        Ok(())
+    }
+
+    fn markdown(&self) -> String {
+        let mut s = String::new();
+        let m = &self.json["machine"];
+        let _ = writeln!(s, "# Benchmarks\n");
+        let _ = writeln!(s, "Written by `{}` on {}. Figures, not assertions: rerun to reproduce.\n", self.json["command"].as_str().unwrap_or(""), m["date"].as_str().unwrap_or(""));
+        let _ = writeln!(
+            s,
+            "Machine: {} ({} cores, {} GiB), Linux {}, {}, {}. The gateway runs as its own process; the reference server and the load generator share one other process on the same 2 cores, so every figure includes that contention.\n",
+            m["cpu"].as_str().unwrap_or(""), m["cores"], m["memory_gib"], m["kernel"].as_str().unwrap_or(""), m["rustc"].as_str().unwrap_or(""), m["nginx"].as_str().unwrap_or("no nginx")
+        );
+        let _ = writeln!(s, "## Bars (DESIGN §6)\n\n| what | bar | measured | met |\n|---|---|---|---|");
+        for (w, b, g, ok) in &self.bars {
+            let _ = writeln!(s, "| {w} | {b} | {g} | {} |", if *ok { "yes" } else { "**no**" });
+        }
+        let sc = &self.json["scale"];
+        let _ = writeln!(
+            s,
+            "\n## Latency and throughput, side by side\n\nRound trip = agent sends a heartbeat, the server answers, the agent receives it (one message each way). Paced: {} agents offering {} msg/s for {} s. Flat out: {} agents, each sending as soon as it has its answer.\n",
+            sc["latency_agents"], sc["latency_rate"], sc["phase_seconds"], sc["saturate_agents"]
+        );
+        let _ = writeln!(s, "| path | paced rate | RTT p50 | RTT p99 | RTT p99.9 | flat-out round trips/s | errors |\n|---|---|---|---|---|---|---|");
+        for (name, v) in &self.paths {
+            let _ = writeln!(
+                s,
+                "| {name} | {:.0}/s | {} µs | {} µs | {} µs | {:.0} | {} |",
+                v["achieved_rate"].as_f64().unwrap_or(0.0),
+                v["rtt_us"]["p50"], v["rtt_us"]["p99"], v["rtt_us"]["p999"],
+                v["saturated_round_trips_per_s"].as_f64().unwrap_or(0.0),
+                v["paced_errors"].as_u64().unwrap_or(0) + v["saturated_errors"].as_u64().unwrap_or(0) + v["connect_errors"].as_u64().unwrap_or(0)
+            );
+        }
+        if let Some(st) = self.json.get("connect_storm") {
+            let _ = writeln!(s, "\n## Connect storm\n\n{} agents, {} at a time, each completing the WebSocket upgrade, the connect handshake with the server over {} links, and a first status round trip: **{:.2} s** ({} errors; per agent p50 {} ms, p99 {} ms).",
+                st["agents"], st["concurrency"], st["links"], st["seconds"].as_f64().unwrap_or(0.0), st["errors"], st["per_agent_ms"]["p50"], st["per_agent_ms"]["p99"]);
+        }
+        let _ = writeln!(s, "\n## How cost grows\n\nEach row is a fresh gateway: N agents connect, then the fleet offers {} msg/s for {} s. Memory is the gateway's RSS delta over its idle baseline, divided by N. CPU is the gateway's user+system time per relayed message (each round trip relays two).\n", sc["growth_rate"], sc["phase_seconds"]);
+        let _ = writeln!(s, "| agents | RSS idle → connected | per agent | achieved rate | CPU per message | errors |\n|---|---|---|---|---|---|");
+        for r in &self.growth {
+            let _ = writeln!(s, "| {} | {:.1} → {:.1} MiB | {:.1} KiB | {:.0}/s | {:.1} µs | {} |", r.agents, r.rss_before_kib as f64 / 1024.0, r.rss_kib as f64 / 1024.0, r.per_agent_kib, r.rate, r.cpu_us_per_msg, r.errors);
+        }
+        if let Some(p) = self.json.get("policies") {
+            let _ = writeln!(s, "\n## Policies\n\nLoaded: {}. Flat-out throughput {:.0} round trips/s with them vs {:.0} without: **{:.1} % cost**; RTT p50 {} µs, p99 {} µs with policies. Per-hook call cost: see `cargo bench --bench policy_hooks`.", p["loaded"], p["with_rps"].as_f64().unwrap_or(0.0), p["none_rps"].as_f64().unwrap_or(0.0), p["cost_percent"].as_f64().unwrap_or(0.0), p["with_rtt_us"]["p50"], p["with_rtt_us"]["p99"]);
+        }
+        if let Some(h) = self.json.get("hot_swap") {
+            let _ = writeln!(s, "\n## Hot swap under load\n\nThe policy set was replaced {} times ({} reloads observed) while {} agents kept a steady rate: {} round trips completed, {} failed, {} agents still connected at the end.", h["swaps"], h["reloads_seen"], h["agents_left"], h["round_trips"], h["failed_round_trips"], h["agents_left"]);
+        }
+        if !self.notes.is_empty() {
+            let _ = writeln!(s, "\n## Notes\n");
+            for n in &self.notes {
+                let _ = writeln!(s, "- {n}");
+            }
+        }
+        s
+    }
+}

@@ -1,0 +1,204 @@
+//! The phases, in the order they run, and what each records.
+
+use std::time::Duration;
+
+use opamp_gateway::sim::agent::SimAgent;
+use opamp_gateway::sim::server::{ReferenceServer, ReferenceServerConfig};
+use serde_json::json;
+
+use crate::gateway_proc::GatewayProc;
+use crate::load::{self, Run};
+use crate::nginx::{self, Nginx};
+use crate::policies;
+use crate::report::{Report, Row};
+
+pub struct Scale {
+    pub quick: bool,
+    pub memory_points: Vec<usize>,
+    pub storm: usize,
+    pub latency_agents: usize,
+    pub latency_rate: f64,
+    pub saturate_agents: usize,
+    pub phase: Duration,
+    pub growth: Vec<usize>,
+    pub growth_rate: f64,
+    pub swaps: usize,
+}
+
+impl Scale {
+    pub fn new(quick: bool) -> Self {
+        if quick {
+            Self {
+                quick,
+                memory_points: vec![200, 1000],
+                storm: 1000,
+                latency_agents: 200,
+                latency_rate: 2000.0,
+                saturate_agents: 50,
+                phase: Duration::from_secs(2),
+                growth: vec![200, 500, 1000],
+                growth_rate: 1000.0,
+                swaps: 5,
+            }
+        } else {
+            Self {
+                quick,
+                memory_points: vec![1000, 10_000],
+                storm: 10_000,
+                latency_agents: 1000,
+                latency_rate: 10_000.0,
+                saturate_agents: 200,
+                phase: Duration::from_secs(8),
+                growth: vec![1000, 5000, 10_000],
+                growth_rate: 5000.0,
+                swaps: 20,
+            }
+        }
+    }
+}
+
+const LINKS: usize = 3;
+
+pub async fn run(scale: Scale) -> anyhow::Result<Report> {
+    let mut report = Report::new(&scale);
+    let server = ReferenceServer::start(ReferenceServerConfig::default()).await?;
+    let upstream = server.url();
+
+    // 1. Direct and nginx baselines: same load generator, same server.
+    eprintln!("[bench] direct baseline");
+    let direct = path_figures(&upstream, &scale).await;
+    report.path("direct", &direct);
+    if nginx::binary().is_some() {
+        eprintln!("[bench] nginx baseline");
+        let ng = Nginx::start(server.addr().port()).await?;
+        let figures = path_figures(&ng.url(), &scale).await;
+        report.path("nginx", &figures);
+        ng.stop().await;
+    } else {
+        report.note("nginx not installed: its column is missing (scripts/bench installs it)");
+    }
+
+    // 2. Through the gateway: same figures, plus memory and CPU growth.
+    eprintln!("[bench] gateway");
+    let gw = GatewayProc::start(&upstream, LINKS, None).await?;
+    wait_links(&server, LINKS).await;
+    let gateway = path_figures(&gw.url(), &scale).await;
+    report.path("gateway", &gateway);
+    report.added_latency(&direct, &gateway);
+    gw.stop().await;
+
+    // 3. Memory per idle agent, and cost growth, each on a fresh gateway.
+    let mut points: Vec<usize> = scale.memory_points.iter().chain(&scale.growth).copied().collect();
+    points.sort_unstable();
+    points.dedup();
+    for n in points {
+        eprintln!("[bench] {n} agents: memory and CPU per message");
+        let gw = GatewayProc::start(&upstream, LINKS, None).await?;
+        wait_links(&server, LINKS).await;
+        let rss0 = gw.rss_kib();
+        let concurrency = 512;
+        let storm = load::storm(&gw.url(), n, concurrency, &[]).await;
+        let rss = gw.rss_kib();
+        let per_agent_kib = (rss.saturating_sub(rss0)) as f64 / storm.agents.len().max(1) as f64;
+        if n == scale.storm {
+            report.storm(n, LINKS, concurrency, &storm);
+        }
+        let cpu0 = gw.cpu_seconds();
+        let run = load::drive(storm.agents, Some(scale.growth_rate), scale.phase).await;
+        let cpu = gw.cpu_seconds() - cpu0;
+        report.growth(Row {
+            agents: n,
+            connected: run.agents.len(),
+            rss_before_kib: rss0,
+            rss_kib: rss,
+            per_agent_kib,
+            rate: run.round_trips as f64 / run.elapsed.as_secs_f64(),
+            cpu_us_per_msg: cpu * 1e6 / (2 * run.round_trips).max(1) as f64,
+            errors: storm.errors as u64 + run.errors,
+        });
+        drop(run.agents);
+        gw.stop().await;
+    }
+
+    // 4. Policies: throughput with the four examples vs none, and hot swaps.
+    match policies::prepare()? {
+        Some(set) => {
+            eprintln!("[bench] policies");
+            let gw = GatewayProc::start(&upstream, LINKS, Some(set.dir())).await?;
+            wait_links(&server, LINKS).await;
+            let storm = load::storm(&gw.url(), scale.saturate_agents, 256, &policies::headers()).await;
+            let with = load::drive(storm.agents, None, scale.phase).await;
+            report.policy_throughput(&gateway.saturated, &with, set.names());
+            drop(with.agents);
+
+            eprintln!("[bench] hot swap under load");
+            let storm = load::storm(&gw.url(), scale.latency_agents, 256, &policies::headers()).await;
+            let swapper = set.swap_repeatedly(scale.swaps, scale.phase);
+            let (run, swaps) = tokio::join!(load::drive(storm.agents, Some(scale.growth_rate / 2.0), scale.phase), swapper);
+            report.hot_swap(swaps?, &run, storm.errors);
+            gw.stop().await;
+        }
+        None => report.note("policy components not built: run scripts/bench (it builds policies/ for wasm32-wasip2)"),
+    }
+    server.shutdown().await;
+    report.finish();
+    Ok(report)
+}
+
+/// Latency at a fixed rate, and throughput flat out, over one path.
+pub struct PathFigures {
+    pub paced: Run,
+    pub saturated: Run,
+    pub connect_errors: usize,
+}
+
+async fn path_figures(url: &str, scale: &Scale) -> PathFigures {
+    let storm = load::storm(url, scale.latency_agents, 256, &[]).await;
+    let connect_errors = storm.errors;
+    let mut agents = storm.agents;
+    let rest: Vec<SimAgent> = agents.split_off(scale.saturate_agents.min(agents.len()));
+    let warm = load::drive(rest, Some(scale.latency_rate), Duration::from_secs(1)).await;
+    let mut everyone = agents;
+    everyone.extend(warm.agents);
+    let paced = load::drive(everyone, Some(scale.latency_rate), scale.phase).await;
+    let mut all = paced.agents;
+    let rest = all.split_off(scale.saturate_agents.min(all.len()));
+    drop(rest);
+    let saturated = load::drive(all, None, scale.phase).await;
+    PathFigures { paced: Run { agents: Vec::new(), ..paced }, saturated, connect_errors }
+}
+
+async fn wait_links(server: &ReferenceServer, n: usize) {
+    let _ = server.wait_until(Duration::from_secs(30), |s| s.open_connections >= n).await;
+    // The server counts a link a moment before the gateway marks it up.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+}
+
+pub fn machine() -> serde_json::Value {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned()))
+        .unwrap_or_default();
+    let mem_kib = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|s| s.lines().next().and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok()))
+        .unwrap_or(0);
+    let cmd = |c: &str, a: &[&str]| {
+        std::process::Command::new(c)
+            .args(a)
+            .output()
+            .ok()
+            .map(|o| String::from_utf8_lossy(if o.stdout.is_empty() { &o.stderr } else { &o.stdout }).trim().to_owned())
+            .unwrap_or_default()
+    };
+    json!({
+        "cpu": cpu,
+        "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        "memory_gib": (mem_kib as f64 / 1024.0 / 1024.0 * 10.0).round() / 10.0,
+        "kernel": cmd("uname", &["-r"]),
+        "rustc": cmd("rustc", &["--version"]),
+        "nginx": nginx::binary().map(|b| cmd(&b.display().to_string(), &["-v"])).unwrap_or_default(),
+        "gateway": env!("CARGO_PKG_VERSION"),
+        "date": cmd("date", &["-u", "+%Y-%m-%d %H:%M UTC"]),
+    })
+}

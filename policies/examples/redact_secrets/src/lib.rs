@@ -1,0 +1,93 @@
+//! `redact_secrets`: secrets in agents' effective configs never leave the
+//! segment.
+//!
+//! Agents report their running config (`AgentToServer.effective_config`,
+//! field 6) so the server can show it. Collector configs often carry
+//! credentials inline. This policy rewrites the value of every listed key in
+//! every config file body before the message goes upstream:
+//! `password: hunter2` becomes `password: <redacted>`.
+//!
+//! ```yaml
+//! # redact_secrets.yaml
+//! keys: [api-key, password, token]   # the default; case-insensitive, - and _ alike
+//! ```
+//!
+//! Hook: `filter`, agent→server only. Messages without field 6 (nearly all:
+//! agents send their config when it changes) cost one `has` call. Only the
+//! effective config is decoded; the rest of the message is copied byte for
+//! byte around it. Bodies are treated as text (YAML, JSON, `key=value`);
+//! see [`redact`] for exactly what is matched.
+
+pub mod redact;
+
+use opamp_policy::config::Config;
+use opamp_policy::proto::{EffectiveConfig, Message as _};
+use opamp_policy::{export_policy, wire, Direction, FieldValue, Hooks, Message, Policy, Verdict};
+
+/// `AgentToServer.effective_config`.
+pub const EFFECTIVE_CONFIG: u32 = 6;
+
+pub struct RedactSecrets {
+    keys: Vec<String>,
+}
+
+impl RedactSecrets {
+    /// Redacts every body of an encoded `EffectiveConfig`; `None` if nothing
+    /// needed redacting.
+    pub fn redact_effective_config(&self, encoded: &[u8]) -> Result<Option<Vec<u8>>, String> {
+        let mut config = EffectiveConfig::decode(encoded).map_err(|e| e.to_string())?;
+        let mut changed = false;
+        if let Some(map) = config.config_map.as_mut() {
+            for file in map.config_map.values_mut() {
+                if let Some(body) = redact::redact(&file.body, &self.keys) {
+                    file.body = body;
+                    changed = true;
+                }
+            }
+        }
+        Ok(changed.then(|| config.encode_to_vec()))
+    }
+}
+
+impl Policy for RedactSecrets {
+    fn new(config: &str) -> Result<Self, String> {
+        let config = Config::parse(config)?;
+        config.expect_keys(&["keys"])?;
+        let keys = config.list("keys").unwrap_or_else(|| ["api-key", "password", "token"].map(String::from).to_vec());
+        if keys.iter().any(|k| k.trim().is_empty()) {
+            return Err("`keys` must not contain empty names".into());
+        }
+        Ok(Self { keys })
+    }
+
+    fn hooks(&self) -> Hooks {
+        Hooks::FILTER
+    }
+
+    fn filter(&self, direction: Direction, _uid: &[u8], message: &Message) -> Verdict {
+        if direction != Direction::AgentToServer || !message.has(EFFECTIVE_CONFIG) {
+            return Verdict::Forward;
+        }
+        let Some(FieldValue::Bytes(encoded)) = message.field(EFFECTIVE_CONFIG) else {
+            return Verdict::Forward;
+        };
+        match self.redact_effective_config(&encoded) {
+            Ok(None) => Verdict::Forward,
+            Ok(Some(redacted)) => match wire::replace_field(&message.bytes(), EFFECTIVE_CONFIG, &redacted) {
+                Ok(out) => Verdict::Replace(out),
+                Err(e) => {
+                    opamp_policy::error!("cannot rebuild the message: {e}");
+                    Verdict::Drop
+                }
+            },
+            // Not decodable: the server could not read it either. Keep it
+            // from leaving rather than guess what is inside.
+            Err(e) => {
+                opamp_policy::warn!("undecodable effective_config dropped: {e}");
+                Verdict::Drop
+            }
+        }
+    }
+}
+
+export_policy!(RedactSecrets);

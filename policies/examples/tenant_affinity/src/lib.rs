@@ -1,0 +1,62 @@
+//! `tenant_affinity`: agents of the same tenant share one upstream link.
+//!
+//! Some servers keep per-tenant state per connection, or an operator wants
+//! one tenant's fleet to fail over together. This policy hashes the value of
+//! a header (the tenant) onto the connected links: same value, same link, as
+//! long as the set of connected links does not change. Agents without the
+//! header get no opinion, so the next policy or least-connections decides.
+//!
+//! ```yaml
+//! # tenant_affinity.yaml
+//! header: x-tenant   # the default
+//! ```
+//!
+//! Hook: `assign`. The hash is FNV-1a: stable across instances, restarts and
+//! gateway replicas (Rust's `HashMap` hasher is randomly seeded: not that).
+
+use opamp_policy::config::Config;
+use opamp_policy::{export_policy, AssignInput, Hooks, Policy};
+
+pub struct TenantAffinity {
+    header: String,
+}
+
+/// 64-bit FNV-1a.
+pub fn fnv1a(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
+impl Policy for TenantAffinity {
+    fn new(config: &str) -> Result<Self, String> {
+        let config = Config::parse(config)?;
+        config.expect_keys(&["header"])?;
+        let header = config.str("header")?.unwrap_or("x-tenant").to_ascii_lowercase();
+        if header.is_empty() {
+            return Err("`header` must not be empty".into());
+        }
+        Ok(Self { header })
+    }
+
+    fn hooks(&self) -> Hooks {
+        Hooks::ASSIGN
+    }
+
+    fn assign(&self, input: &AssignInput) -> Option<u32> {
+        let (_, tenant) = input.headers.iter().find(|(name, _)| name.eq_ignore_ascii_case(&self.header))?;
+        // Links arrive in index order, so this list is the same for every
+        // agent while the link set is stable.
+        let connected: Vec<u32> = input.links.iter().filter(|l| l.connected).map(|l| l.index).collect();
+        if connected.is_empty() {
+            return None;
+        }
+        let slot = fnv1a(tenant.as_bytes()) % connected.len() as u64;
+        Some(connected[slot as usize])
+    }
+}
+
+export_policy!(TenantAffinity);

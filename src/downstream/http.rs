@@ -1,0 +1,351 @@
+//! OpAMP over plain HTTP: each `POST` carries one `AgentToServer` and is
+//! answered with one `ServerToAgent`, over the same upstream pool as the
+//! WebSocket agents.
+//!
+//! An HTTP agent has no connection to hold its state, so the gateway keeps a
+//! small record per uid ([`HttpAgent`]): its link lease, its queue of server
+//! messages waiting for the next poll, and when it was last authenticated.
+//! - The connect handshake runs on the first poll, again when the agent's
+//!   headers change, when its link died, and at least every
+//!   `auth_cache_ttl` — so a revoked credential stops working within that time.
+//! - Each poll waits up to `response_wait` for the server's reply; otherwise
+//!   it gets an empty `ServerToAgent` carrying its uid. Messages that arrive
+//!   between polls wait in the agent's queue and go out on the next polls.
+//! - An agent silent for `idle_timeout` is forgotten and reported upstream
+//!   with a synthesized `agent_disconnect`; one that sends its own goodbye is
+//!   released at once.
+
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::io::Read;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use flate2::read::GzDecoder;
+use flate2::write::GzEncoder;
+use http::header::{ACCEPT_ENCODING, CONTENT_ENCODING, CONTENT_TYPE};
+use http::{HeaderValue, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use tokio::sync::mpsc;
+
+use super::upgrade::{forwarded_headers, plain, refuse, Body};
+use super::{pipeline, Downstream};
+use crate::policy::Transport;
+use crate::protocol::{compose, framing, AgentFrame, InstanceUid};
+use crate::relay::{AdmitError, AdmitRequest, AgentShared, CloseReason, Inbound, LinkLease};
+use crate::telemetry::metrics as m;
+
+pub const PROTOBUF: &str = "application/x-protobuf";
+
+/// Settings of the HTTP transport (`listener.http`).
+#[derive(Debug, Clone)]
+pub struct HttpSettings {
+    pub enabled: bool,
+    pub response_wait: Duration,
+    pub idle_timeout: Duration,
+    pub auth_cache_ttl: Duration,
+    pub queue_size: usize,
+}
+
+/// One HTTP agent between polls.
+pub struct HttpAgent {
+    uid: InstanceUid,
+    shared: Arc<AgentShared>,
+    /// Server messages waiting for the next poll. The async lock also keeps
+    /// concurrent polls of one agent from taking each other's replies.
+    inbox: tokio::sync::Mutex<mpsc::Receiver<Inbound>>,
+    state: Mutex<AgentState>,
+}
+
+struct AgentState {
+    lease: Arc<LinkLease>,
+    authenticated: Instant,
+    headers_digest: u64,
+    last_poll: Instant,
+}
+
+/// All HTTP agents, by uid.
+#[derive(Default)]
+pub struct HttpAgents {
+    map: Mutex<HashMap<Bytes, Arc<HttpAgent>>>,
+}
+
+impl HttpAgents {
+    pub fn len(&self) -> usize {
+        self.map.lock().expect("http agents lock").len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn get(&self, uid: &InstanceUid) -> Option<Arc<HttpAgent>> {
+        self.map.lock().expect("http agents lock").get(uid.as_bytes()).cloned()
+    }
+
+    /// Removes the agent if it is still the registered one.
+    fn remove(&self, agent: &Arc<HttpAgent>) -> bool {
+        let mut map = self.map.lock().expect("http agents lock");
+        if map.get(agent.uid.as_bytes()).is_some_and(|a| Arc::ptr_eq(a, agent)) {
+            map.remove(agent.uid.as_bytes());
+            metrics::gauge!(m::CONNECTIONS, "direction" => m::DOWNSTREAM, "transport" => "http").decrement(1.0);
+            true
+        } else {
+            false
+        }
+    }
+
+    fn idle(&self, now: Instant, idle_timeout: Duration) -> Vec<Arc<HttpAgent>> {
+        let map = self.map.lock().expect("http agents lock");
+        map.values()
+            .filter(|a| now.duration_since(a.state.lock().expect("http agent lock").last_poll) > idle_timeout)
+            .cloned()
+            .collect()
+    }
+}
+
+/// Handles one `POST`.
+pub async fn handle(ds: Arc<Downstream>, req: Request<Incoming>, remote: SocketAddr) -> Response<Body> {
+    if !ds.settings.http.enabled {
+        return plain(StatusCode::METHOD_NOT_ALLOWED, "OpAMP over plain HTTP is disabled here (listener.http.enabled)");
+    }
+    let content_type = req.headers().get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or_default();
+    if !content_type.split(';').next().unwrap_or_default().trim().eq_ignore_ascii_case(PROTOBUF) {
+        return plain(StatusCode::UNSUPPORTED_MEDIA_TYPE, format!("expected Content-Type: {PROTOBUF}"));
+    }
+    let gzip_in = header_has(&req, CONTENT_ENCODING, "gzip");
+    let gzip_out = header_has(&req, ACCEPT_ENCODING, "gzip");
+    let headers = forwarded_headers(req.headers());
+    let max = ds.settings.max_message_size;
+
+    let body = match Limited::new(req.into_body(), max).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => return too_large(max),
+        Err(_) => return plain(StatusCode::BAD_REQUEST, "could not read the request body"),
+    };
+    let body = if gzip_in {
+        match gunzip(&body, max) {
+            Ok(Some(b)) => b,
+            Ok(None) => return too_large(max),
+            Err(e) => return plain(StatusCode::BAD_REQUEST, format!("invalid gzip body: {e}")),
+        }
+    } else {
+        body
+    };
+    let parsed = match AgentFrame::parse_payload(body) {
+        Ok(p) => p,
+        Err(e) => return plain(StatusCode::BAD_REQUEST, format!("not an AgentToServer protobuf: {e}")),
+    };
+    let uid = match InstanceUid::parse(parsed.uid.clone()) {
+        Ok(u) => u,
+        Err(e) => return plain(StatusCode::BAD_REQUEST, e.to_string()),
+    };
+
+    let agent = match admitted(&ds, &uid, headers, remote).await {
+        Ok(a) => a,
+        Err(e) => return refuse(&ds, e, remote, Transport::Http),
+    };
+    let lease = agent.lease();
+    let received = Instant::now();
+    pipeline::resend_returned(&lease, &agent.shared).await;
+    match pipeline::upstream_frame(&ds.relay, &parsed, None) {
+        Ok(Some(frame)) => pipeline::send_up(&lease, &agent.shared, frame, received).await,
+        Ok(None) => {}
+        Err(_) => {
+            release(&ds, &agent, false).await;
+            return plain(StatusCode::FORBIDDEN, "closed by gateway policy");
+        }
+    }
+    if parsed.disconnect {
+        release(&ds, &agent, true).await;
+        return reply(compose::empty_reply(&uid), gzip_out);
+    }
+    let frame = next_reply(&ds, &agent).await;
+    agent.state.lock().expect("http agent lock").last_poll = Instant::now();
+    reply(frame, gzip_out)
+}
+
+/// The agent's record, running the connect handshake when it is new, its
+/// headers changed, its link died or its authentication is older than the TTL.
+async fn admitted(
+    ds: &Arc<Downstream>,
+    uid: &InstanceUid,
+    headers: Vec<(String, String)>,
+    remote: SocketAddr,
+) -> Result<Arc<HttpAgent>, AdmitError> {
+    let digest = digest(&headers);
+    let existing = ds.http.get(uid);
+    if let Some(agent) = &existing {
+        let fresh = {
+            let st = agent.state.lock().expect("http agent lock");
+            st.headers_digest == digest
+                && !st.lease.is_stale()
+                && st.authenticated.elapsed() < ds.settings.http.auth_cache_ttl
+        };
+        if fresh && !agent.shared.closing().is_cancelled() {
+            return Ok(agent.clone());
+        }
+    }
+    let request = AdmitRequest { headers, remote_addr: remote.to_string(), transport: Transport::Http };
+    let started = Instant::now();
+    let admission = ds.relay.admit(&request).await;
+    metrics::histogram!(m::HANDSHAKE_SECONDS).record(started.elapsed().as_secs_f64());
+    let admission = match admission {
+        Ok(a) => a,
+        Err(e) => {
+            // A revoked or changed credential ends the agent's session.
+            if let (Some(agent), AdmitError::Rejected(_)) = (&existing, &e) {
+                release(ds, agent, false).await;
+            }
+            return Err(e);
+        }
+    };
+    metrics::counter!(m::HANDSHAKES, "outcome" => "accepted", "status" => "200", "transport" => "http").increment(1);
+    let now = Instant::now();
+    let state =
+        AgentState { lease: Arc::new(admission.lease), authenticated: now, headers_digest: digest, last_poll: now };
+    match existing {
+        // Same agent, re-authenticated (and possibly moved): keep its queue.
+        Some(agent) if !agent.shared.closing().is_cancelled() => {
+            *agent.state.lock().expect("http agent lock") = state;
+            Ok(agent)
+        }
+        stale => {
+            if let Some(old) = stale {
+                release(ds, &old, true).await; // its queue overflowed: start afresh
+            }
+            let (shared, inbox) = AgentShared::new(ds.next_id(), ds.settings.http.queue_size);
+            let agent = Arc::new(HttpAgent {
+                uid: uid.clone(),
+                shared,
+                inbox: tokio::sync::Mutex::new(inbox),
+                state: Mutex::new(state),
+            });
+            let mut map = ds.http.map.lock().expect("http agents lock");
+            match map.get(uid.as_bytes()) {
+                Some(racer) => Ok(racer.clone()), // a concurrent poll registered first
+                None => {
+                    map.insert(uid.as_bytes().clone(), agent.clone());
+                    ds.relay.routes.insert(uid.as_bytes().clone(), &agent.shared);
+                    metrics::gauge!(m::CONNECTIONS, "direction" => m::DOWNSTREAM, "transport" => "http").increment(1.0);
+                    Ok(agent)
+                }
+            }
+        }
+    }
+}
+
+impl HttpAgent {
+    fn lease(&self) -> Arc<LinkLease> {
+        self.state.lock().expect("http agent lock").lease.clone()
+    }
+}
+
+/// The first deliverable server message within `response_wait`, or an empty
+/// reply naming the agent.
+async fn next_reply(ds: &Downstream, agent: &HttpAgent) -> Bytes {
+    let deadline = tokio::time::Instant::now() + ds.settings.http.response_wait;
+    let mut inbox = agent.inbox.lock().await;
+    loop {
+        let msg = match tokio::time::timeout_at(deadline, inbox.recv()).await {
+            Ok(Some(msg)) => msg,
+            _ => return compose::empty_reply(&agent.uid),
+        };
+        match pipeline::downstream_frame(&ds.relay, &agent.shared, agent.uid.as_bytes(), &msg) {
+            Ok(Some(frame)) => {
+                pipeline::delivered(frame.len(), msg.received);
+                return frame;
+            }
+            Ok(None) => continue, // dropped by a policy: wait for the next
+            Err(_) => return compose::empty_reply(&agent.uid),
+        }
+    }
+}
+
+/// Forgets an agent; reports it upstream unless it said goodbye itself.
+async fn release(ds: &Downstream, agent: &Arc<HttpAgent>, said_goodbye: bool) {
+    if !ds.http.remove(agent) {
+        return;
+    }
+    ds.relay.routes.remove(agent.uid.as_bytes(), agent.shared.id);
+    for alias in agent.shared.take_aliases() {
+        ds.relay.routes.remove(&alias, agent.shared.id);
+    }
+    agent.shared.close(CloseReason::Peer);
+    if !said_goodbye {
+        let lease = agent.lease();
+        pipeline::report_gone(&lease, &agent.uid).await;
+    }
+    let reason = if said_goodbye { CloseReason::Peer } else { CloseReason::Dead };
+    metrics::counter!(m::AGENTS_CLOSED, "reason" => reason.as_str(), "transport" => "http").increment(1);
+}
+
+/// Forgets agents that stopped polling. Runs until shutdown.
+pub async fn reap_idle(ds: Arc<Downstream>) {
+    let idle_timeout = ds.settings.http.idle_timeout;
+    let mut tick = tokio::time::interval((idle_timeout / 4).max(Duration::from_millis(100)));
+    loop {
+        tokio::select! {
+            _ = ds.shutdown.cancelled() => break,
+            _ = tick.tick() => {}
+        }
+        for agent in ds.http.idle(Instant::now(), idle_timeout) {
+            tracing::debug!(uid = %agent.uid, "HTTP agent stopped polling; reporting it gone");
+            release(&ds, &agent, false).await;
+        }
+    }
+    // Shutting down: every HTTP agent leaves this gateway.
+    let all: Vec<_> = ds.http.map.lock().expect("http agents lock").values().cloned().collect();
+    for agent in all {
+        release(&ds, &agent, false).await;
+    }
+}
+
+fn reply(frame: Bytes, gzip: bool) -> Response<Body> {
+    let payload = framing::payload(&frame).unwrap_or_default();
+    let mut builder = Response::builder().status(StatusCode::OK).header(CONTENT_TYPE, PROTOBUF);
+    let body = if gzip {
+        builder = builder.header(CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+        let mut enc = GzEncoder::new(Vec::with_capacity(payload.len() / 2 + 32), flate2::Compression::fast());
+        std::io::Write::write_all(&mut enc, &payload).expect("writing to a Vec cannot fail");
+        Bytes::from(enc.finish().expect("writing to a Vec cannot fail"))
+    } else {
+        payload
+    };
+    builder.body(Body::new(body)).expect("valid response")
+}
+
+/// Decompresses at most `max` bytes; `Ok(None)` if the result is larger.
+fn gunzip(body: &[u8], max: usize) -> std::io::Result<Option<Bytes>> {
+    let mut out = Vec::new();
+    GzDecoder::new(body).take(max as u64 + 1).read_to_end(&mut out)?;
+    Ok((out.len() <= max).then(|| Bytes::from(out)))
+}
+
+fn too_large(max: usize) -> Response<Body> {
+    plain(StatusCode::PAYLOAD_TOO_LARGE, format!("message larger than the limit of {max} bytes"))
+}
+
+fn header_has<B>(req: &Request<B>, name: http::HeaderName, token: &str) -> bool {
+    req.headers()
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.split(';').next().unwrap_or_default().trim().eq_ignore_ascii_case(token))
+}
+
+fn digest(headers: &[(String, String)]) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    let mut sorted: Vec<_> = headers
+        .iter()
+        // Per-request noise must not force a new handshake on every poll.
+        .filter(|(k, _)| !matches!(k.as_str(), "content-length" | "content-encoding" | "accept-encoding" | "date"))
+        .collect();
+    sorted.sort();
+    sorted.hash(&mut h);
+    h.finish()
+}

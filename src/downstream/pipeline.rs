@@ -1,0 +1,122 @@
+//! The per-message steps both transports share (WebSocket and HTTP), so the
+//! two cannot drift apart: agent→server filtering and forwarding, and
+//! server→agent capability replay and filtering.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+
+use crate::policy::{Direction, FilterOutcome};
+use crate::protocol::{compose, framing, AgentFrame, InstanceUid};
+use crate::relay::{AgentShared, CloseReason, Inbound, LinkLease, Outbound, Relay};
+use crate::telemetry::metrics as m;
+
+/// Runs the agent→server filter phase. `frame` is what the agent sent if it
+/// already is a complete WebSocket payload (forwarded as is when no policy
+/// changes it); `None` for HTTP bodies. Returns the frame to forward, or
+/// `None` if a policy dropped the message.
+pub fn upstream_frame(relay: &Relay, parsed: &AgentFrame, frame: Option<Bytes>) -> Result<Option<Bytes>, CloseReason> {
+    let original = || frame.clone().map(framing::normalized).unwrap_or_else(|| framing::frame(&parsed.payload));
+    let set = relay.policies.snapshot();
+    if !set.filters() {
+        return Ok(Some(original()));
+    }
+    let uid = parsed.uid.as_deref().unwrap_or_default();
+    match set.filter(Direction::AgentToServer, uid, parsed.payload.clone()) {
+        FilterOutcome::Forward(p) if p == parsed.payload => Ok(Some(original())),
+        FilterOutcome::Forward(p) => Ok(Some(framing::frame(&p))),
+        FilterOutcome::Drop => {
+            metrics::counter!(m::MESSAGES_DROPPED, "direction" => m::UPSTREAM, "reason" => "policy").increment(1);
+            Ok(None)
+        }
+        FilterOutcome::Close => Err(CloseReason::Policy),
+    }
+}
+
+/// Queues a frame on the agent's link. Waiting here is the back-pressure a
+/// slow server exerts. If the link has died, the frame waits with the agent
+/// until it has a new one.
+pub async fn send_up(lease: &LinkLease, agent: &Arc<AgentShared>, frame: Bytes, received: Instant) {
+    if lease.is_stale() {
+        agent.hand_back(frame);
+        return;
+    }
+    let out = Outbound { frame, generation: lease.generation(), agent: Some(agent.clone()), received };
+    if lease.link().send(out).await.is_err() {
+        // The link task is gone: the gateway is shutting down.
+        metrics::counter!(m::MESSAGES_DROPPED, "direction" => m::UPSTREAM, "reason" => "shutdown").increment(1);
+    }
+}
+
+/// Re-sends frames a dead link handed back, on the agent's current link.
+pub async fn resend_returned(lease: &LinkLease, agent: &Arc<AgentShared>) {
+    if lease.is_stale() {
+        return; // the agent moves first
+    }
+    for frame in agent.take_returned() {
+        send_up(lease, agent, frame, Instant::now()).await;
+    }
+}
+
+/// Prepares a server message for its agent: replays the link's custom
+/// capabilities into the agent's first message, then runs the filter phase.
+/// Returns the frame (with header) to deliver, or `None` if dropped.
+pub fn downstream_frame(relay: &Relay, agent: &AgentShared, uid: &[u8], msg: &Inbound) -> Result<Option<Bytes>, CloseReason> {
+    let mut frame = msg.frame.clone();
+    if msg.has_capabilities {
+        agent.capabilities_delivered();
+    } else if let Some(caps) = relay.links.get(msg.link).and_then(|l| l.capabilities()) {
+        if agent.claim_capabilities() {
+            let payload = framing::payload(&frame).unwrap_or_default();
+            frame = compose::with_custom_capabilities(&payload, &caps);
+            metrics::counter!(m::CAPABILITIES_REPLAYED).increment(1);
+        }
+    }
+    let set = relay.policies.snapshot();
+    if !set.filters() {
+        return Ok(Some(frame));
+    }
+    let payload = framing::payload(&frame).unwrap_or_default();
+    match set.filter(Direction::ServerToAgent, uid, payload.clone()) {
+        FilterOutcome::Forward(p) if p == payload => Ok(Some(frame)),
+        FilterOutcome::Forward(p) => Ok(Some(framing::frame(&p))),
+        FilterOutcome::Drop => {
+            metrics::counter!(m::MESSAGES_DROPPED, "direction" => m::DOWNSTREAM, "reason" => "policy").increment(1);
+            Ok(None)
+        }
+        FilterOutcome::Close => Err(CloseReason::Policy),
+    }
+}
+
+/// How long the gateway's goodbye on an agent's behalf may wait for room.
+const REPORT_GONE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Tells the server that `uid` left without `agent_disconnect`: behind a
+/// gateway the server's stream stays open, so it cannot notice on its own.
+/// Skipped when the link itself died (the server forgot that stream's agents).
+pub async fn report_gone(lease: &LinkLease, uid: &InstanceUid) {
+    if lease.is_stale() {
+        return;
+    }
+    let out = Outbound {
+        frame: compose::agent_disconnect(uid),
+        generation: lease.generation(),
+        agent: None,
+        received: Instant::now(),
+    };
+    if tokio::time::timeout(REPORT_GONE_TIMEOUT, lease.link().send(out)).await.is_ok_and(|r| r.is_ok()) {
+        metrics::counter!(m::SYNTHESIZED_DISCONNECTS).increment(1);
+        tracing::debug!(%uid, "reported vanished agent upstream");
+    } else {
+        metrics::counter!(m::MESSAGES_DROPPED, "direction" => m::UPSTREAM, "reason" => "synthesized_disconnect")
+            .increment(1);
+    }
+}
+
+/// Records a message delivered to an agent.
+pub fn delivered(len: usize, received: Instant) {
+    metrics::counter!(m::MESSAGES, "direction" => m::DOWNSTREAM).increment(1);
+    metrics::counter!(m::MESSAGE_BYTES, "direction" => m::DOWNSTREAM).increment(len as u64);
+    metrics::histogram!(m::MESSAGE_LATENCY, "direction" => m::DOWNSTREAM).record(received.elapsed().as_secs_f64());
+}

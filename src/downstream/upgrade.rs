@@ -1,0 +1,176 @@
+//! One agent HTTP request: the connect handshake, then the WebSocket upgrade.
+//!
+//! The gateway makes no authentication decision of its own: it forwards the
+//! request's headers and address to the server and answers the agent with
+//! whatever the server decided (status and headers on reject).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::header::{CONNECTION, RETRY_AFTER, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_KEY, SEC_WEBSOCKET_VERSION, UPGRADE};
+use http::{HeaderName, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+use tokio_tungstenite::WebSocketStream;
+
+use super::session::Session;
+use super::Downstream;
+use crate::policy::Transport;
+use crate::relay::{AdmitError, AdmitRequest};
+use crate::telemetry::metrics as m;
+
+pub type Body = Full<Bytes>;
+
+pub async fn handle(ds: Arc<Downstream>, req: Request<Incoming>, remote: SocketAddr) -> Response<Body> {
+    if let Some(path) = &ds.settings.path {
+        if req.uri().path() != path {
+            return plain(StatusCode::NOT_FOUND, format!("not found; OpAMP is served at {path}"));
+        }
+    }
+    if is_websocket_upgrade(&req) {
+        return websocket(ds, req, remote).await;
+    }
+    match *req.method() {
+        Method::POST => super::http::handle(ds, req, remote).await,
+        _ => {
+            let mut r = plain(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "OpAMP: send a WebSocket upgrade (GET) or an application/x-protobuf POST",
+            );
+            r.headers_mut().insert(http::header::ALLOW, HeaderValue::from_static("GET, POST"));
+            r
+        }
+    }
+}
+
+fn is_websocket_upgrade<B>(req: &Request<B>) -> bool {
+    let has_token = |name: HeaderName, token: &str| {
+        req.headers()
+            .get_all(name)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case(token))
+    };
+    req.method() == Method::GET && has_token(CONNECTION, "upgrade") && has_token(UPGRADE, "websocket")
+}
+
+async fn websocket(ds: Arc<Downstream>, mut req: Request<Incoming>, remote: SocketAddr) -> Response<Body> {
+    let Some(key) = req.headers().get(SEC_WEBSOCKET_KEY).cloned() else {
+        return plain(StatusCode::BAD_REQUEST, "missing Sec-WebSocket-Key");
+    };
+    if req.headers().get(SEC_WEBSOCKET_VERSION).map(|v| v.as_bytes()) != Some(b"13") {
+        let mut r = plain(StatusCode::BAD_REQUEST, "unsupported WebSocket version; expected 13");
+        r.headers_mut().insert(SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
+        return r;
+    }
+    let admit = AdmitRequest {
+        headers: forwarded_headers(req.headers()),
+        remote_addr: remote.to_string(),
+        transport: Transport::WebSocket,
+    };
+    let started = Instant::now();
+    let admission = ds.relay.admit(&admit).await;
+    metrics::histogram!(m::HANDSHAKE_SECONDS).record(started.elapsed().as_secs_f64());
+    let admission = match admission {
+        Ok(a) => a,
+        Err(e) => return refuse(&ds, e, remote, Transport::WebSocket),
+    };
+    metrics::counter!(m::HANDSHAKES, "outcome" => "accepted", "status" => "101", "transport" => "websocket").increment(1);
+    tracing::debug!(%remote, link = admission.lease.index(), "agent accepted");
+
+    let mut response = Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header(CONNECTION, "Upgrade")
+        .header(UPGRADE, "websocket")
+        .header(SEC_WEBSOCKET_ACCEPT, derive_accept_key(key.as_bytes()))
+        .body(Body::default())
+        .expect("static response parts are valid");
+    copy_headers(response.headers_mut(), &admission.response_headers);
+
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    let ds2 = ds.clone();
+    ds.sessions.spawn(async move {
+        match on_upgrade.await {
+            Ok(upgraded) => {
+                let ws =
+                    WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(ws_config(&ds2))).await;
+                Session::new(ds2, admission, admit).run(ws).await;
+            }
+            Err(e) => tracing::debug!(%remote, error = %e, "agent went away during the upgrade"),
+        }
+    });
+    response
+}
+
+/// Small buffers: an idle agent should cost kilobytes, not the 128 KiB
+/// tungstenite reserves by default. Large messages still grow them on demand.
+fn ws_config(ds: &Downstream) -> WebSocketConfig {
+    let max = ds.settings.max_message_size;
+    WebSocketConfig::default()
+        .read_buffer_size(4 * 1024)
+        .write_buffer_size(0)
+        .max_message_size(Some(max))
+        .max_frame_size(Some(max))
+}
+
+/// Answers an agent the gateway could not admit, with the server's status
+/// and headers on rejection, or 503/504 with `Retry-After`.
+pub(crate) fn refuse(ds: &Downstream, e: AdmitError, remote: SocketAddr, transport: Transport) -> Response<Body> {
+    let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::UNAUTHORIZED);
+    let t = transport_label(transport);
+    metrics::counter!(m::HANDSHAKES, "outcome" => e.outcome(), "status" => status.as_str().to_owned(), "transport" => t)
+        .increment(1);
+    tracing::info!(%remote, status = status.as_u16(), transport = t, reason = %e, "agent not admitted");
+    let mut r = plain(status, e.to_string());
+    match &e {
+        AdmitError::Rejected(result) => copy_headers(r.headers_mut(), &result.response_headers),
+        AdmitError::NoUpstream | AdmitError::Timeout | AdmitError::PolicyRefused(_) => {
+            let secs = ds.settings.retry_after.as_secs().max(1).to_string();
+            r.headers_mut().insert(RETRY_AFTER, HeaderValue::from_str(&secs).expect("digits"));
+        }
+    }
+    r
+}
+
+/// The request's headers as the server should see them. `Host` is left out,
+/// as Go's `http.Request.Header` (what the reference forwards) leaves it out.
+pub(crate) fn forwarded_headers(h: &http::HeaderMap) -> Vec<(String, String)> {
+    h.iter()
+        .filter(|(name, _)| *name != http::header::HOST)
+        .map(|(name, value)| (name.as_str().to_owned(), String::from_utf8_lossy(value.as_bytes()).into_owned()))
+        .collect()
+}
+
+fn copy_headers(into: &mut http::HeaderMap, from: &std::collections::BTreeMap<String, String>) {
+    for (k, v) in from {
+        match (HeaderName::from_bytes(k.as_bytes()), HeaderValue::from_str(v)) {
+            (Ok(k), Ok(v)) => {
+                into.insert(k, v);
+            }
+            _ => tracing::debug!(header = %k, "server sent an invalid response header; skipped"),
+        }
+    }
+}
+
+pub(crate) fn transport_label(t: Transport) -> &'static str {
+    match t {
+        Transport::WebSocket => "websocket",
+        Transport::Http => "http",
+    }
+}
+
+pub fn plain(status: StatusCode, body: impl Into<String>) -> Response<Body> {
+    let mut body = body.into();
+    body.push('\n');
+    Response::builder()
+        .status(status)
+        .header(http::header::CONTENT_TYPE, "text/plain; charset=utf-8")
+        .body(Body::new(Bytes::from(body)))
+        .expect("static response parts are valid")
+}

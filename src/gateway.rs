@@ -1,0 +1,196 @@
+//! Wires the layers together and owns the lifecycle.
+//!
+//! Start: policies → link slots → link tasks (dialing) → listener → metrics.
+//! Shutdown (SIGTERM): stop accepting → close every agent with 1001 (each
+//! session first reports uids that never said goodbye) → wait for sessions
+//! (bounded) → close upstream links with a close frame → done.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use metrics_exporter_prometheus::PrometheusHandle;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Config, ConfigError};
+use crate::downstream::{self, Downstream, DownstreamSettings, ListenerError};
+use crate::policy::runtime::PolicyRuntime;
+use crate::policy::wasm::PolicyError;
+use crate::relay::{Links, Relay, RelaySettings};
+use crate::telemetry::{self, TelemetryError};
+use crate::upstream::dial::DialerError;
+use crate::upstream::{spawn_links, Dialer, LinkSettings};
+
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Upstream(#[from] DialerError),
+    #[error(transparent)]
+    Listener(#[from] ListenerError),
+    #[error(transparent)]
+    Telemetry(#[from] TelemetryError),
+    #[error(transparent)]
+    Policy(#[from] PolicyError),
+}
+
+/// A running gateway.
+pub struct Gateway {
+    listen_addr: SocketAddr,
+    metrics_addr: Option<SocketAddr>,
+    tls: bool,
+    relay: Arc<Relay>,
+    downstream: Arc<Downstream>,
+    /// Stops the listener and the sessions.
+    agents_shutdown: CancellationToken,
+    /// Stops the upstream links, after the sessions are gone.
+    links_shutdown: CancellationToken,
+    link_tasks: Vec<JoinHandle<()>>,
+    listener_task: JoinHandle<()>,
+    shutdown_timeout: Duration,
+    _policies: PolicyRuntime,
+}
+
+impl Gateway {
+    /// Starts everything. `metrics` is the installed Prometheus recorder's
+    /// handle; `/metrics` is served only when it and an endpoint are given.
+    pub async fn start(config: &Config, metrics: Option<PrometheusHandle>) -> Result<Self, GatewayError> {
+        config.validate()?;
+        let policies = PolicyRuntime::start(&config.policies)?;
+        let dialer = Arc::new(Dialer::from_config(config)?);
+        let (links, receivers) = Links::new(config.server.connections, config.server.queue_size);
+        let relay = Arc::new(Relay::new(
+            links.clone(),
+            policies.policies(),
+            RelaySettings {
+                auth_timeout: config.server.auth_timeout,
+                failover_wait: config.server.failover_wait,
+                agent_queue: config.listener.queue_size,
+            },
+        ));
+
+        let links_shutdown = CancellationToken::new();
+        let link_tasks = spawn_links(
+            relay.clone(),
+            receivers,
+            dialer,
+            LinkSettings {
+                keepalive: config.server.keepalive,
+                write_timeout: config.server.write_timeout,
+                backoff: config.server.reconnect.clone(),
+            },
+            links_shutdown.clone(),
+        );
+
+        let agents_shutdown = CancellationToken::new();
+        let l = &config.listener;
+        let listener = downstream::bind(config.listener_addr()?, l.tls.as_ref()).await?;
+        let listen_addr = listener.local_addr();
+        let tls = listener.is_tls();
+        let ds = Arc::new(Downstream::new(
+            relay.clone(),
+            DownstreamSettings {
+                path: l.path.clone(),
+                max_message_size: l.max_message_size.as_usize(),
+                keepalive: l.keepalive,
+                write_timeout: l.write_timeout,
+                retry_after: l.retry_after,
+                http: downstream::http::HttpSettings {
+                    enabled: l.http.enabled,
+                    response_wait: l.http.response_wait,
+                    idle_timeout: l.http.idle_timeout,
+                    auth_cache_ttl: l.http.auth_cache_ttl,
+                    queue_size: l.http.queue_size,
+                },
+            },
+            agents_shutdown.clone(),
+        ));
+        let listener_task = listener.serve(ds.clone());
+        ds.sessions.spawn(downstream::http::reap_idle(ds.clone()));
+
+        let metrics_addr = match (&config.telemetry.metrics.endpoint, metrics) {
+            (Some(ep), Some(handle)) => {
+                let addr: SocketAddr = ep.parse().map_err(|_| {
+                    ConfigError::field("telemetry.metrics.endpoint", format!("expected host:port, got {ep:?}"))
+                })?;
+                let (local, _task) = telemetry::serve(addr, handle, links.clone(), links_shutdown.clone()).await?;
+                Some(local)
+            }
+            _ => None,
+        };
+        tracing::info!(
+            listener = %listen_addr,
+            upstream = %config.server.endpoint,
+            links = config.server.connections,
+            metrics = ?metrics_addr,
+            "gateway started"
+        );
+        Ok(Self {
+            listen_addr,
+            metrics_addr,
+            tls,
+            relay,
+            downstream: ds,
+            agents_shutdown,
+            links_shutdown,
+            link_tasks,
+            listener_task,
+            shutdown_timeout: l.shutdown_timeout,
+            _policies: policies,
+        })
+    }
+
+    pub fn listen_addr(&self) -> SocketAddr {
+        self.listen_addr
+    }
+
+    /// `ws://` or `wss://` URL agents should use.
+    pub fn agent_url(&self) -> String {
+        let scheme = if self.tls { "wss" } else { "ws" };
+        format!("{scheme}://{}/v1/opamp", self.listen_addr)
+    }
+
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
+    }
+
+    pub fn relay(&self) -> &Arc<Relay> {
+        &self.relay
+    }
+
+    /// Resolves once `n` links are connected, or after `timeout` (false).
+    pub async fn wait_for_links(&self, n: usize, timeout: Duration) -> bool {
+        let mut watches: Vec<_> = self.relay.links.iter().map(|l| l.subscribe()).collect();
+        let wait = async {
+            loop {
+                if self.relay.links.connected() >= n {
+                    return;
+                }
+                let changes = watches.iter_mut().map(|w| Box::pin(w.changed()));
+                let _ = futures_util::future::select_all(changes).await;
+            }
+        };
+        tokio::time::timeout(timeout, wait).await.is_ok()
+    }
+
+    /// Graceful shutdown; see the module docs for the order.
+    pub async fn shutdown(self) {
+        tracing::info!("shutting down: closing agents");
+        self.agents_shutdown.cancel();
+        // The listening socket is closed once this task ends (so a restart
+        // can bind the same port right away).
+        let _ = self.listener_task.await;
+        self.downstream.sessions.close();
+        if tokio::time::timeout(self.shutdown_timeout, self.downstream.sessions.wait()).await.is_err() {
+            tracing::warn!(timeout = ?self.shutdown_timeout, "some agent sessions did not close in time");
+        }
+        self.links_shutdown.cancel();
+        let links = futures_util::future::join_all(self.link_tasks);
+        if tokio::time::timeout(Duration::from_secs(5), links).await.is_err() {
+            tracing::warn!("some upstream links did not close in time");
+        }
+        tracing::info!("shutdown complete");
+    }
+}

@@ -1,0 +1,106 @@
+//! The `opamp-gateway` binary: run, check a config, run the demo.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use opamp_gateway::config::Config;
+use opamp_gateway::telemetry;
+use opamp_gateway::Gateway;
+
+mod demo;
+
+#[derive(Parser)]
+#[command(version, about = "A programmable OpAMP gateway", long_about = None)]
+struct Cli {
+    /// Config file (YAML). Used when no subcommand is given.
+    #[arg(long, short, global = true, env = "OPAMP_GATEWAY_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway (the default).
+    Run,
+    /// Validate a config file and exit (non-zero on error).
+    Check,
+    /// Self-contained demo on loopback: reference server, gateway, fleet.
+    Demo(demo::DemoArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // The demo prints its own narrative; only warnings from the gateway.
+    let default_level = if matches!(cli.command, Some(Command::Demo(_))) { "warn" } else { "info" };
+    init_logging(default_level);
+    let result = match cli.command.unwrap_or(Command::Run) {
+        Command::Check => check(cli.config),
+        Command::Run => runtime().and_then(|rt| rt.block_on(run(cli.config))),
+        Command::Demo(args) => runtime().and_then(|rt| rt.block_on(demo::run(args))),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")
+}
+
+fn init_logging(default_level: &str) {
+    use std::io::IsTerminal;
+    let filter = tracing_subscriber::EnvFilter::try_from_env("OPAMP_GATEWAY_LOG")
+        .or_else(|_| tracing_subscriber::EnvFilter::try_from_default_env())
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+}
+
+fn load(path: Option<PathBuf>) -> anyhow::Result<Config> {
+    let path = path.context("no config file: pass --config gateway.yaml (or set OPAMP_GATEWAY_CONFIG)")?;
+    Ok(Config::load(&path)?)
+}
+
+fn check(path: Option<PathBuf>) -> anyhow::Result<()> {
+    let shown = path.as_ref().map(|p| p.display().to_string()).unwrap_or_default();
+    let config = load(path)?;
+    println!(
+        "{shown}: ok (upstream {} over {} links, listener {})",
+        config.server.endpoint, config.server.connections, config.listener.endpoint
+    );
+    Ok(())
+}
+
+async fn run(path: Option<PathBuf>) -> anyhow::Result<()> {
+    let config = load(path)?;
+    let handle = telemetry::install_recorder()?;
+    let gateway = Gateway::start(&config, Some(handle)).await?;
+    // One machine-readable line on stdout: scripts and tests wait for it.
+    let metrics = gateway.metrics_addr().map(|a| a.to_string()).unwrap_or_else(|| "-".into());
+    println!("ready listener={} metrics={metrics}", gateway.listen_addr());
+    std::io::stdout().flush().ok();
+    wait_for_signal().await?;
+    gateway.shutdown().await;
+    Ok(())
+}
+
+async fn wait_for_signal() -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        r = tokio::signal::ctrl_c() => { r.context("waiting for Ctrl-C")?; tracing::info!("interrupt received") }
+    }
+    Ok(())
+}

@@ -1,0 +1,147 @@
+//! Hook points, pingora-style: each phase has a name and a clear default.
+//!
+//! | phase             | when                                   | default (no policy)          |
+//! |-------------------|----------------------------------------|------------------------------|
+//! | `assign`          | an agent connects: which upstream link | least-connections            |
+//! | `forward-headers` | building the connect handshake         | forward every header         |
+//! | `filter`          | every message, both directions         | forward unchanged            |
+//!
+//! A [`Policy`] may implement any subset. Policies are applied as an ordered
+//! chain ([`PolicySet`]); the relay only ever sees the chain, through
+//! [`Policies`], an atomically swappable snapshot. The Wasm host
+//! ([`wasm`]) is one implementation of [`Policy`]; the relay never names it.
+
+pub mod config;
+pub mod runtime;
+pub mod set;
+pub mod wasm;
+
+use bytes::Bytes;
+
+pub use config::PoliciesConfig;
+pub use set::{AssignDecision, FilterOutcome, Policies, PolicySet, Refused};
+
+/// Header list as `(name, value)` pairs, names lower-case, in request order.
+pub type HeaderList = Vec<(String, String)>;
+
+/// How an agent reached us.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    WebSocket,
+    Http,
+}
+
+/// One upstream link as a policy sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LinkInfo {
+    pub index: u32,
+    /// Agents currently assigned to this link.
+    pub load: u32,
+    pub connected: bool,
+}
+
+/// Input of the `assign` phase.
+#[derive(Debug, Clone, Copy)]
+pub struct AssignInput<'a> {
+    pub headers: &'a [(String, String)],
+    pub remote_addr: &'a str,
+    pub transport: Transport,
+    pub links: &'a [LinkInfo],
+}
+
+/// Which way a message is travelling.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    AgentToServer,
+    ServerToAgent,
+}
+
+impl Direction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Direction::AgentToServer => "agent_to_server",
+            Direction::ServerToAgent => "server_to_agent",
+        }
+    }
+}
+
+/// A filter's answer for one message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    Forward,
+    Drop,
+    /// Forward these bytes (a complete protobuf, no WebSocket header) instead.
+    Replace(Bytes),
+    /// Close the agent's session.
+    Close,
+}
+
+/// What a policy failure means for the traffic it was judging.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FailureMode {
+    /// Skip the policy for this call (availability first).
+    #[default]
+    Open,
+    /// Drop the message / refuse the agent with 503 (safety first).
+    Closed,
+}
+
+/// Why one hook call failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum HookError {
+    #[error("trapped: {0}")]
+    Trap(String),
+    #[error("exceeded its time budget")]
+    Timeout,
+    #[error("exceeded its memory limit")]
+    Memory,
+    #[error("returned an invalid answer: {0}")]
+    Invalid(String),
+}
+
+impl HookError {
+    /// Label for the `kind` metric dimension.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            HookError::Trap(_) => "trap",
+            HookError::Timeout => "timeout",
+            HookError::Memory => "memory",
+            HookError::Invalid(_) => "invalid",
+        }
+    }
+}
+
+/// One policy. Every method has the no-opinion default, so an implementation
+/// overrides only the phases it cares about and reports them in `hooks`.
+pub trait Policy: Send + Sync + 'static {
+    fn name(&self) -> &str;
+
+    fn failure_mode(&self) -> FailureMode {
+        FailureMode::Open
+    }
+
+    /// Which phases this policy implements (so the chain skips the others).
+    fn hooks(&self) -> Hooks;
+
+    fn assign(&self, _input: &AssignInput<'_>) -> Result<Option<u32>, HookError> {
+        Ok(None)
+    }
+
+    fn forward_headers(&self, headers: HeaderList) -> Result<HeaderList, HookError> {
+        Ok(headers)
+    }
+
+    /// `message` is the bare protobuf (no WebSocket header).
+    fn filter(&self, _dir: Direction, _uid: &[u8], _message: &Bytes) -> Result<Verdict, HookError> {
+        Ok(Verdict::Forward)
+    }
+}
+
+/// The phases a policy implements.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Hooks {
+    pub assign: bool,
+    pub forward_headers: bool,
+    pub filter: bool,
+}

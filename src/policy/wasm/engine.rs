@@ -1,0 +1,210 @@
+//! The shared wasmtime engine, its epoch ticker and the per-call budgets.
+//!
+//! One [`PolicyEngine`] serves every policy of a runtime across reloads, so
+//! compiled code, the linker and the ticker thread are set up once.
+//!
+//! Deadlines use epoch interruption rather than fuel: the generated code only
+//! checks an epoch counter at loop heads and function entries (cheap), and a
+//! ticker thread bumps the counter every [`TICK`]. A call given `n` ticks
+//! traps between `(n - 1) * TICK` and `n * TICK` after it starts, whatever
+//! the guest does.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use wasmtime::component::{HasSelf, Linker};
+use wasmtime::{Cache, CacheConfig, Config, Engine};
+
+use super::bindings::GatewayPolicy;
+use super::error::PolicyError;
+use super::sandbox::HostState;
+use crate::policy::config::PoliciesConfig;
+
+/// Epoch tick period: the granularity of every deadline.
+pub(crate) const TICK: Duration = Duration::from_millis(1);
+
+/// Budgets applied to each instance and each call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Budget {
+    /// Wall-clock budget of one hook call.
+    pub call_timeout: Duration,
+    /// Wall-clock budget of instantiation plus `init`.
+    pub init_timeout: Duration,
+    /// Linear-memory cap per instance, bytes.
+    pub memory_limit: u64,
+    /// Idle instances kept per policy.
+    pub instances: usize,
+}
+
+impl Budget {
+    pub fn from_config(cfg: &PoliciesConfig) -> Self {
+        Self {
+            call_timeout: cfg.call_timeout,
+            init_timeout: cfg.init_timeout,
+            memory_limit: cfg.memory_limit,
+            instances: cfg.instances(),
+        }
+    }
+}
+
+/// Epoch ticks to allow for `budget`: rounded up, plus one because the
+/// current tick may end right after the deadline is set.
+pub(crate) fn ticks(budget: Duration) -> u64 {
+    let tick = TICK.as_nanos();
+    let n = budget.as_nanos().div_ceil(tick);
+    u64::try_from(n).unwrap_or(u64::MAX / 2).max(1) + 1
+}
+
+/// The engine, the linker every instance is created through, and the ticker
+/// that enforces deadlines. Cheap to clone.
+#[derive(Clone)]
+pub(crate) struct PolicyEngine {
+    pub engine: Engine,
+    pub linker: Arc<Linker<HostState>>,
+    /// Leased by every instance pool: deadlines must keep firing for as long
+    /// as any instance can run, even after the runtime itself is dropped.
+    pub ticker: Arc<EpochTicker>,
+}
+
+impl PolicyEngine {
+    pub fn new(cfg: &PoliciesConfig) -> Result<Self, PolicyError> {
+        let engine_err = |what: &str, e: wasmtime::Error| PolicyError::Engine(format!("{what}: {e:#}"));
+        let mut config = Config::new();
+        config.wasm_component_model(true);
+        config.epoch_interruption(true);
+        // Policies are small and compiled once (then cached): favour speed of
+        // the generated code.
+        config.cranelift_opt_level(wasmtime::OptLevel::Speed);
+        if cfg.cache {
+            config.cache(Some(cache(cfg).map_err(|e| engine_err("compile cache", e))?));
+        }
+        let engine = Engine::new(&config).map_err(|e| engine_err("engine", e))?;
+
+        let mut linker = Linker::new(&engine);
+        // The denying WASI context (see `sandbox`) backs these: Rust's std
+        // for wasm32-wasip2 imports them even when a policy never uses them.
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(|e| engine_err("wasi", e))?;
+        GatewayPolicy::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)
+            .map_err(|e| engine_err("host interface", e))?;
+
+        let ticker = Arc::new(EpochTicker::start(engine.clone()));
+        Ok(Self { engine, linker: Arc::new(linker), ticker })
+    }
+}
+
+fn cache(cfg: &PoliciesConfig) -> wasmtime::Result<Cache> {
+    let mut c = CacheConfig::new();
+    if let Some(dir) = &cfg.cache_dir {
+        // wasmtime wants an absolute path.
+        let dir = if dir.is_absolute() {
+            dir.clone()
+        } else {
+            std::env::current_dir().map(|cwd| cwd.join(dir)).unwrap_or_else(|_| PathBuf::from(dir))
+        };
+        c.with_directory(dir);
+    }
+    Cache::new(c)
+}
+
+/// A thread that advances the engine's epoch every [`TICK`] while any
+/// instance pool exists, and parks otherwise (a gateway without policies
+/// pays no wake-ups). Stops when the last holder drops it.
+pub(crate) struct EpochTicker {
+    shared: Arc<TickerShared>,
+    thread: Option<JoinHandle<()>>,
+}
+
+struct TickerShared {
+    stop: AtomicBool,
+    /// Live [`TickerLease`]s: pools whose instances may be running.
+    leases: AtomicUsize,
+}
+
+/// Keeps the ticker ticking; held by each instance pool.
+pub(crate) struct TickerLease {
+    ticker: Arc<EpochTicker>,
+}
+
+impl Drop for TickerLease {
+    fn drop(&mut self) {
+        self.ticker.shared.leases.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl EpochTicker {
+    fn start(engine: Engine) -> Self {
+        let shared = Arc::new(TickerShared { stop: AtomicBool::new(false), leases: AtomicUsize::new(0) });
+        let s = shared.clone();
+        let thread = std::thread::Builder::new()
+            .name("policy-epoch".into())
+            .spawn(move || {
+                while !s.stop.load(Ordering::Acquire) {
+                    if s.leases.load(Ordering::Acquire) == 0 {
+                        // Woken by `lease` or `drop`; the timeout is a backstop.
+                        std::thread::park_timeout(Duration::from_secs(1));
+                        continue;
+                    }
+                    std::thread::sleep(TICK);
+                    engine.increment_epoch();
+                }
+            })
+            .ok();
+        if thread.is_none() {
+            // Without the ticker no deadline would ever fire; say so loudly.
+            tracing::error!("could not start the policy epoch ticker thread; policy calls have no deadline");
+        }
+        Self { shared, thread }
+    }
+
+    /// Makes the ticker tick until the lease is dropped.
+    pub fn lease(self: &Arc<Self>) -> TickerLease {
+        if self.shared.leases.fetch_add(1, Ordering::AcqRel) == 0 {
+            if let Some(t) = &self.thread {
+                t.thread().unpark();
+            }
+        }
+        TickerLease { ticker: self.clone() }
+    }
+}
+
+impl Drop for EpochTicker {
+    fn drop(&mut self) {
+        self.shared.stop.store(true, Ordering::Release);
+        if let Some(t) = self.thread.take() {
+            t.thread().unpark();
+            let _ = t.join();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ticks_round_up_and_add_one() {
+        assert_eq!(ticks(Duration::from_millis(5)), 6);
+        assert_eq!(ticks(Duration::from_micros(1500)), 3);
+        assert_eq!(ticks(Duration::ZERO), 2);
+        assert!(ticks(Duration::MAX) > 1_000_000);
+    }
+
+    #[test]
+    fn the_ticker_parks_wakes_and_stops() {
+        let engine = Engine::new(Config::new().epoch_interruption(true)).unwrap();
+        let ticker = Arc::new(EpochTicker::start(engine));
+        std::thread::sleep(Duration::from_millis(5)); // parked: no lease
+        let a = ticker.lease();
+        let b = ticker.lease();
+        assert_eq!(ticker.shared.leases.load(Ordering::Acquire), 2);
+        drop(a);
+        drop(b);
+        assert_eq!(ticker.shared.leases.load(Ordering::Acquire), 0);
+        // The deadlines themselves are exercised with real components in
+        // tests/policy_sandbox.rs. Dropping the last handle joins the thread.
+        drop(Arc::into_inner(ticker).expect("no lease left"));
+    }
+}

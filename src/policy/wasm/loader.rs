@@ -1,0 +1,335 @@
+//! From a directory of files to a list of ready policies.
+//!
+//! - [`scan`]: `<dir>/<name>.wasm` plus optional `<name>.yaml` (or `.yml`),
+//!   ordered by file name (byte order): that order is the chain order.
+//!   Hidden files are ignored, so editors' temporaries and Kubernetes'
+//!   `..data` links do not count as policies.
+//! - [`Source::read`]: the bytes, their sha256 digest, the config text and
+//!   the host-side settings the gateway reads from it ([`Settings`]).
+//! - [`compile`]: compile (through wasmtime's on-disk cache), type-check
+//!   against the WIT world, create the first instance and run `init`. Each
+//!   step names the file and the reason when it fails.
+//! - [`Loader`]: remembers the loaded set, so a reload reuses every policy
+//!   whose module and config are byte-identical (no recompilation, warm
+//!   instance pools) and only builds what changed.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+use wasmtime::component::Component;
+
+use super::bindings::GatewayPolicyPre;
+use super::engine::{Budget, PolicyEngine};
+use super::error::{one_line, PolicyError};
+use super::policy::WasmPolicy;
+use super::pool::{InitFailure, InstancePool};
+use crate::policy::config::PoliciesConfig;
+use crate::policy::{FailureMode, HookError};
+
+/// The files of one policy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct PolicyFiles {
+    pub name: String,
+    pub wasm: PathBuf,
+    pub config: Option<PathBuf>,
+}
+
+/// Lists the policies in `dir`, in chain order.
+pub(crate) fn scan(dir: &Path) -> Result<Vec<PolicyFiles>, PolicyError> {
+    let io = |source| PolicyError::Io { path: dir.to_owned(), source };
+    let mut modules = BTreeMap::new();
+    let mut configs: BTreeMap<String, Vec<PathBuf>> = BTreeMap::new();
+    for entry in std::fs::read_dir(dir).map_err(io)? {
+        let path = entry.map_err(io)?.path();
+        let Some(file_name) = path.file_name().and_then(|n| n.to_str()) else {
+            tracing::warn!(path = %path.display(), "ignoring a file whose name is not UTF-8");
+            continue;
+        };
+        if file_name.starts_with('.') {
+            continue;
+        }
+        let Some((stem, ext)) = file_name.rsplit_once('.') else { continue };
+        match ext {
+            "wasm" => {
+                modules.insert(stem.to_owned(), path.clone());
+            }
+            "yaml" | "yml" => configs.entry(stem.to_owned()).or_default().push(path.clone()),
+            _ => {}
+        }
+    }
+    let mut out = Vec::with_capacity(modules.len());
+    for (name, wasm) in modules {
+        if !valid_name(&name) {
+            return Err(PolicyError::Name { path: wasm });
+        }
+        let config = match configs.remove(&name) {
+            None => None,
+            Some(mut paths) if paths.len() == 1 => paths.pop(),
+            Some(paths) => {
+                return Err(PolicyError::Config {
+                    path: paths[0].clone(),
+                    reason: format!("both {name}.yaml and {name}.yml exist; keep one"),
+                })
+            }
+        };
+        out.push(PolicyFiles { name, wasm, config });
+    }
+    for paths in configs.values() {
+        for p in paths {
+            tracing::warn!(path = %p.display(), "policy config without a matching .wasm module; ignored");
+        }
+    }
+    Ok(out)
+}
+
+fn valid_name(name: &str) -> bool {
+    !name.is_empty() && name.bytes().all(|c| c.is_ascii_alphanumeric() || b"-_.".contains(&c))
+}
+
+/// Host-side settings read from a policy's YAML. These top-level keys are
+/// reserved for the gateway; the policy receives the whole text and ignores
+/// them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) struct Settings {
+    pub on_error: FailureMode,
+    pub call_timeout: Option<Duration>,
+    pub memory_limit: Option<u64>,
+}
+
+pub(crate) fn parse_settings(path: &Path, text: &str) -> Result<Settings, PolicyError> {
+    let bad = |reason: String| PolicyError::Config { path: path.to_owned(), reason };
+    let value: serde_yaml_ng::Value = serde_yaml_ng::from_str(text).map_err(|e| bad(e.to_string()))?;
+    let map = match value {
+        serde_yaml_ng::Value::Null => return Ok(Settings::default()),
+        serde_yaml_ng::Value::Mapping(m) => m,
+        _ => return Err(bad("the top level must be a mapping (key: value)".into())),
+    };
+    let mut s = Settings::default();
+    if let Some(v) = map.get("on_error") {
+        s.on_error = match v.as_str() {
+            Some("open") => FailureMode::Open,
+            Some("closed") => FailureMode::Closed,
+            _ => return Err(bad(format!("on_error must be `open` or `closed`, not {}", show(v)))),
+        };
+    }
+    if let Some(v) = map.get("call_timeout") {
+        let d = v
+            .as_str()
+            .and_then(|t| humantime::parse_duration(t).ok())
+            .filter(|d| !d.is_zero())
+            .ok_or_else(|| bad(format!("call_timeout must be a duration like `10ms`, not {}", show(v))))?;
+        s.call_timeout = Some(d);
+    }
+    if let Some(v) = map.get("memory_limit") {
+        let n = v
+            .as_u64()
+            .filter(|n| *n >= 1 << 16)
+            .ok_or_else(|| bad(format!("memory_limit must be a number of bytes >= 65536, not {}", show(v))))?;
+        s.memory_limit = Some(n);
+    }
+    Ok(s)
+}
+
+fn show(v: &serde_yaml_ng::Value) -> String {
+    serde_yaml_ng::to_string(v).map(|s| s.trim().to_owned()).unwrap_or_else(|_| "?".into())
+}
+
+/// Hex sha256.
+pub(crate) fn sha256(bytes: &[u8]) -> String {
+    let d = Sha256::digest(bytes);
+    let mut s = String::with_capacity(64);
+    for b in d {
+        s.push_str(&format!("{b:02x}"));
+    }
+    s
+}
+
+/// One policy's files, read.
+pub(crate) struct Source {
+    pub files: PolicyFiles,
+    pub wasm: Vec<u8>,
+    pub digest: String,
+    pub config_text: String,
+    pub config_digest: Option<String>,
+    pub settings: Settings,
+}
+
+impl Source {
+    pub fn read(files: PolicyFiles) -> Result<Self, PolicyError> {
+        let wasm = std::fs::read(&files.wasm).map_err(|source| PolicyError::Io { path: files.wasm.clone(), source })?;
+        let digest = sha256(&wasm);
+        let (config_text, config_digest, settings) = match &files.config {
+            None => (String::new(), None, Settings::default()),
+            Some(path) => {
+                let bytes = std::fs::read(path).map_err(|source| PolicyError::Io { path: path.clone(), source })?;
+                let digest = sha256(&bytes);
+                let text = String::from_utf8(bytes)
+                    .map_err(|_| PolicyError::Config { path: path.clone(), reason: "not UTF-8 text".into() })?;
+                let settings = parse_settings(path, &text)?;
+                (text, Some(digest), settings)
+            }
+        };
+        Ok(Self { files, wasm, digest, config_text, config_digest, settings })
+    }
+}
+
+/// Compiles, type-checks and initialises one policy.
+pub(crate) fn compile(engine: &PolicyEngine, source: Source, cfg: &PoliciesConfig) -> Result<WasmPolicy, PolicyError> {
+    let Source { files, wasm, digest, config_text, config_digest, settings } = source;
+    let path = files.wasm.clone();
+    let started = Instant::now();
+    let component = Component::new(&engine.engine, &wasm)
+        .map_err(|e| PolicyError::Compile { path: path.clone(), reason: one_line(&format!("{e:#}")) })?;
+    let compiled = started.elapsed();
+    let interface =
+        |e: wasmtime::Error| PolicyError::Interface { path: path.clone(), reason: one_line(&format!("{e:#}")) };
+    let pre = engine.linker.instantiate_pre(&component).map_err(interface)?;
+    let pre = GatewayPolicyPre::new(pre).map_err(interface)?;
+
+    let mut budget = Budget::from_config(cfg);
+    if let Some(t) = settings.call_timeout {
+        budget.call_timeout = t;
+    }
+    if let Some(m) = settings.memory_limit {
+        budget.memory_limit = m;
+    }
+    let name: Arc<str> = files.name.as_str().into();
+    let (pool, hooks) = InstancePool::new(name.clone(), pre, engine.clone(), config_text, budget).map_err(|e| {
+        let reason = match e {
+            InitFailure::Failed(HookError::Timeout) => {
+                format!("did not finish within init_timeout ({})", humantime::format_duration(budget.init_timeout))
+            }
+            InitFailure::Failed(HookError::Memory) => {
+                format!("exceeded its memory limit ({} bytes)", budget.memory_limit)
+            }
+            other => other.to_string(),
+        };
+        PolicyError::Init { path: path.clone(), reason }
+    })?;
+    tracing::debug!(
+        policy = &*name,
+        compile_ms = compiled.as_secs_f64() * 1e3,
+        total_ms = started.elapsed().as_secs_f64() * 1e3,
+        "policy compiled and initialised"
+    );
+    Ok(WasmPolicy {
+        name,
+        digest,
+        config_digest,
+        wasm_path: files.wasm,
+        config_path: files.config,
+        failure_mode: settings.on_error,
+        hooks,
+        pool,
+    })
+}
+
+/// Loads directories, reusing what did not change since the last commit.
+pub(crate) struct Loader {
+    engine: PolicyEngine,
+    cfg: PoliciesConfig,
+    current: Vec<Arc<WasmPolicy>>,
+}
+
+impl Loader {
+    pub fn new(engine: PolicyEngine, cfg: PoliciesConfig) -> Self {
+        Self { engine, cfg, current: Vec::new() }
+    }
+
+    pub fn directory(&self) -> &Path {
+        &self.cfg.directory
+    }
+
+    pub fn current(&self) -> &[Arc<WasmPolicy>] {
+        &self.current
+    }
+
+    /// Builds the set the directory describes now. A missing directory is
+    /// the empty set. Any bad policy fails the whole set: a chain with a
+    /// hole in it could let through what the missing policy would stop.
+    pub fn load(&self) -> Result<Vec<Arc<WasmPolicy>>, PolicyError> {
+        let dir = &self.cfg.directory;
+        if !dir.exists() {
+            return Ok(Vec::new());
+        }
+        let mut out = Vec::new();
+        for files in scan(dir)? {
+            let source = Source::read(files)?;
+            let reuse = self.current.iter().find(|p| {
+                *p.name == *source.files.name
+                    && p.digest == source.digest
+                    && p.config_digest == source.config_digest
+                    && p.wasm_path == source.files.wasm
+                    && p.config_path == source.files.config
+            });
+            match reuse {
+                Some(p) => out.push(p.clone()),
+                None => out.push(Arc::new(compile(&self.engine, source, &self.cfg)?)),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Records `set` as the one now serving.
+    pub fn commit(&mut self, set: Vec<Arc<WasmPolicy>>) {
+        self.current = set;
+    }
+
+    /// Whether `set` is exactly what is serving (same policies, same order).
+    pub fn unchanged(&self, set: &[Arc<WasmPolicy>]) -> bool {
+        set.len() == self.current.len() && set.iter().zip(&self.current).all(|(a, b)| Arc::ptr_eq(a, b))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scan_orders_by_name_and_pairs_configs() {
+        let dir = tempfile::tempdir().unwrap();
+        for f in ["20-b.wasm", "10-a.wasm", "10-a.yaml", "notes.txt", ".hidden.wasm", "orphan.yml"] {
+            std::fs::write(dir.path().join(f), b"").unwrap();
+        }
+        let got = scan(dir.path()).unwrap();
+        let names: Vec<_> = got.iter().map(|f| f.name.as_str()).collect();
+        assert_eq!(names, ["10-a", "20-b"]);
+        assert_eq!(got[0].config.as_deref(), Some(dir.path().join("10-a.yaml").as_path()));
+        assert_eq!(got[1].config, None);
+    }
+
+    #[test]
+    fn scan_refuses_bad_names_and_double_configs() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("a b.wasm"), b"").unwrap();
+        assert!(matches!(scan(dir.path()), Err(PolicyError::Name { .. })));
+        let dir = tempfile::tempdir().unwrap();
+        for f in ["a.wasm", "a.yaml", "a.yml"] {
+            std::fs::write(dir.path().join(f), b"").unwrap();
+        }
+        assert!(matches!(scan(dir.path()), Err(PolicyError::Config { .. })));
+    }
+
+    #[test]
+    fn settings_are_read_from_reserved_keys() {
+        let p = Path::new("x.yaml");
+        assert_eq!(parse_settings(p, "").unwrap(), Settings::default());
+        assert_eq!(parse_settings(p, "# only a comment\n").unwrap(), Settings::default());
+        let s = parse_settings(p, "on_error: closed\ncall_timeout: 20ms\nmemory_limit: 1048576\nallow: [a]\n").unwrap();
+        assert_eq!(s.on_error, FailureMode::Closed);
+        assert_eq!(s.call_timeout, Some(Duration::from_millis(20)));
+        assert_eq!(s.memory_limit, Some(1 << 20));
+        for bad in ["on_error: maybe", "call_timeout: soon", "memory_limit: 12", "- a list", "a: [unclosed"] {
+            let e = parse_settings(p, bad).unwrap_err();
+            assert!(matches!(e, PolicyError::Config { .. }), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn digest_is_hex_sha256() {
+        assert_eq!(sha256(b"abc"), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+    }
+}

@@ -1,0 +1,303 @@
+//! What an instance can touch: its [`HostState`].
+//!
+//! - WASI is linked (Rust's std for `wasm32-wasip2` imports it) but denies
+//!   everything: no preopened directories, no environment, no arguments, no
+//!   sockets or name lookups, stdin closed, both clocks frozen at zero.
+//!   Random numbers stay available: they grant no authority and std's
+//!   `HashMap` seeds itself from them.
+//! - stdout/stderr go to a small per-instance buffer that the pool drains
+//!   after each call into the log (a panic message ends up in the error).
+//! - Memory growth beyond the policy's limit is refused by [`Limiter`], which
+//!   remembers the refusal so a subsequent trap is reported as `Memory`.
+//! - The `host.log` import, routed to `tracing` with the policy's name.
+
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use wasmtime::component::ResourceTable;
+use wasmtime::ResourceLimiter;
+use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
+use wasmtime_wasi::p2::{OutputStream, Pollable, StreamError, StreamResult};
+use wasmtime_wasi::{HostMonotonicClock, HostWallClock, WasiCtx, WasiCtxView, WasiView};
+
+use super::bindings::opamp_gateway::policy::host::{self, Level};
+
+/// Bytes of stdout/stderr kept per call; the rest is discarded.
+const OUTPUT_CAP: usize = 4096;
+/// Longest `host.log` line kept, bytes.
+const LOG_LINE_CAP: usize = 1024;
+/// `host.log` lines kept per call.
+const LOG_LINES_PER_CALL: u32 = 16;
+
+/// The `T` of every policy `Store<T>`.
+pub(crate) struct HostState {
+    pub policy: Arc<str>,
+    pub table: ResourceTable,
+    wasi: WasiCtx,
+    pub limiter: Limiter,
+    output: OutputBuffer,
+    logs_this_call: u32,
+}
+
+impl HostState {
+    pub fn new(policy: Arc<str>, memory_limit: u64) -> Self {
+        let output = OutputBuffer::default();
+        let mut b = WasiCtx::builder();
+        b.stdout(output.clone())
+            .stderr(output.clone())
+            .wall_clock(FrozenClock)
+            .monotonic_clock(FrozenClock)
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false);
+        Self {
+            policy,
+            table: ResourceTable::new(),
+            wasi: b.build(),
+            limiter: Limiter::new(memory_limit),
+            output,
+            logs_this_call: 0,
+        }
+    }
+
+    /// Resets per-call state before a call.
+    pub fn begin_call(&mut self) {
+        self.logs_this_call = 0;
+        self.limiter.hit = false;
+        self.output.clear();
+    }
+
+    /// What the guest printed during the call, lossily decoded.
+    pub fn take_output(&mut self) -> Option<String> {
+        let bytes = self.output.take();
+        if bytes.is_empty() {
+            return None;
+        }
+        Some(String::from_utf8_lossy(&bytes).trim_end().to_owned())
+    }
+}
+
+impl WasiView for HostState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+    }
+}
+
+impl host::Host for HostState {
+    fn log(&mut self, level: Level, mut message: String) -> wasmtime::Result<()> {
+        self.logs_this_call += 1;
+        if self.logs_this_call > LOG_LINES_PER_CALL {
+            if self.logs_this_call == LOG_LINES_PER_CALL + 1 {
+                tracing::warn!(
+                    policy = &*self.policy,
+                    "policy log lines beyond {LOG_LINES_PER_CALL} in one call dropped"
+                );
+            }
+            return Ok(());
+        }
+        truncate(&mut message, LOG_LINE_CAP);
+        let policy = &*self.policy;
+        match level {
+            Level::Trace => tracing::trace!(target: "opamp_gateway::policy::guest", policy, "{message}"),
+            Level::Debug => tracing::debug!(target: "opamp_gateway::policy::guest", policy, "{message}"),
+            Level::Info => tracing::info!(target: "opamp_gateway::policy::guest", policy, "{message}"),
+            Level::Warn => tracing::warn!(target: "opamp_gateway::policy::guest", policy, "{message}"),
+            Level::Error => tracing::error!(target: "opamp_gateway::policy::guest", policy, "{message}"),
+        }
+        Ok(())
+    }
+}
+
+/// Cuts `s` to at most `max` bytes on a char boundary, marking the cut.
+pub(crate) fn truncate(s: &mut String, max: usize) {
+    if s.len() > max {
+        let mut end = max;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s.truncate(end);
+        s.push('…');
+    }
+}
+
+/// Memory and table limits of one store.
+pub(crate) struct Limiter {
+    memory_limit: usize,
+    /// Set when a growth was refused during the current call.
+    pub hit: bool,
+}
+
+/// Table elements allowed per table (function pointers for indirect calls);
+/// generous for any real program, small enough to bound host memory.
+const TABLE_ELEMENTS: usize = 100_000;
+
+impl Limiter {
+    fn new(memory_limit: u64) -> Self {
+        Self { memory_limit: usize::try_from(memory_limit).unwrap_or(usize::MAX), hit: false }
+    }
+}
+
+impl ResourceLimiter for Limiter {
+    fn memory_growing(&mut self, _current: usize, desired: usize, _max: Option<usize>) -> wasmtime::Result<bool> {
+        if desired > self.memory_limit {
+            self.hit = true;
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
+    fn table_growing(&mut self, _current: usize, desired: usize, _max: Option<usize>) -> wasmtime::Result<bool> {
+        if desired > TABLE_ELEMENTS {
+            self.hit = true;
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
+    fn instances(&self) -> usize {
+        // A Rust policy component holds a handful of core instances.
+        64
+    }
+
+    fn memories(&self) -> usize {
+        8
+    }
+
+    fn tables(&self) -> usize {
+        16
+    }
+}
+
+/// Both WASI clocks, stopped at the epoch: policies must not depend on time.
+struct FrozenClock;
+
+impl HostWallClock for FrozenClock {
+    fn resolution(&self) -> Duration {
+        Duration::from_secs(1)
+    }
+    fn now(&self) -> Duration {
+        Duration::ZERO
+    }
+}
+
+impl HostMonotonicClock for FrozenClock {
+    fn resolution(&self) -> u64 {
+        1_000_000_000
+    }
+    fn now(&self) -> u64 {
+        0
+    }
+}
+
+/// stdout and stderr of one instance: a bounded buffer. Writes beyond the cap
+/// are accepted and discarded, so printing can never fail or grow the host.
+#[derive(Clone, Default)]
+struct OutputBuffer(Arc<Mutex<Vec<u8>>>);
+
+impl OutputBuffer {
+    fn lock(&self) -> MutexGuard<'_, Vec<u8>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn append(&self, bytes: &[u8]) {
+        let mut buf = self.lock();
+        let room = OUTPUT_CAP.saturating_sub(buf.len());
+        buf.extend_from_slice(&bytes[..bytes.len().min(room)]);
+    }
+
+    fn clear(&self) {
+        self.lock().clear();
+    }
+
+    fn take(&self) -> Vec<u8> {
+        std::mem::take(&mut *self.lock())
+    }
+}
+
+impl IsTerminal for OutputBuffer {
+    fn is_terminal(&self) -> bool {
+        false
+    }
+}
+
+impl StdoutStream for OutputBuffer {
+    fn p2_stream(&self) -> Box<dyn OutputStream> {
+        Box::new(self.clone())
+    }
+
+    fn async_stream(&self) -> Box<dyn tokio::io::AsyncWrite + Send + Sync> {
+        Box::new(self.clone())
+    }
+}
+
+impl OutputStream for OutputBuffer {
+    fn write(&mut self, bytes: Bytes) -> StreamResult<()> {
+        self.append(&bytes);
+        Ok(())
+    }
+
+    fn flush(&mut self) -> StreamResult<()> {
+        Ok(())
+    }
+
+    fn check_write(&mut self) -> Result<usize, StreamError> {
+        // Always writable: excess is discarded in `append`.
+        Ok(64 * 1024)
+    }
+}
+
+#[wasmtime_wasi::async_trait]
+impl Pollable for OutputBuffer {
+    async fn ready(&mut self) {}
+}
+
+impl tokio::io::AsyncWrite for OutputBuffer {
+    fn poll_write(self: Pin<&mut Self>, _cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        self.append(buf);
+        Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn truncation_respects_char_boundaries() {
+        let mut s = "ééé".to_owned(); // 6 bytes
+        truncate(&mut s, 3);
+        assert_eq!(s, "é…");
+        let mut s = "short".to_owned();
+        truncate(&mut s, 10);
+        assert_eq!(s, "short");
+    }
+
+    #[test]
+    fn output_is_bounded() {
+        let out = OutputBuffer::default();
+        out.append(&vec![b'x'; OUTPUT_CAP + 10]);
+        out.append(b"more");
+        assert_eq!(out.take().len(), OUTPUT_CAP);
+        assert!(out.take().is_empty());
+    }
+
+    #[test]
+    fn limiter_refuses_and_remembers() {
+        let mut l = Limiter::new(1 << 20);
+        assert!(l.memory_growing(0, 1 << 20, None).unwrap());
+        assert!(!l.hit);
+        assert!(!l.memory_growing(1 << 20, 2 << 20, None).unwrap());
+        assert!(l.hit);
+    }
+}

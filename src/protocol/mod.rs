@@ -1,0 +1,27 @@
+//! The OpAMP wire, sans-IO: everything here is a pure function over bytes.
+//!
+//! - [`proto`]: prost types generated from `proto/*.proto`.
+//! - [`framing`]: the WebSocket message header (a varint, always 0 today).
+//! - [`scan`]: a one-pass top-level protobuf scanner that validates a message
+//!   and finds the few fields the relay needs without decoding the rest.
+//! - [`uid`]: agent instance uids (16-byte UUID or legacy 26-char ULID).
+//! - [`handshake`]: the `com.bindplane.opamp-gateway` connect / connectResult
+//!   custom messages.
+//! - [`compose`]: small messages the gateway writes itself (synthesized
+//!   disconnects, injected capabilities).
+
+pub mod compose;
+pub mod framing;
+pub mod handshake;
+pub mod scan;
+pub mod uid;
+
+/// Generated OpAMP protobuf types (package `opamp.proto.v1`).
+#[allow(clippy::all, missing_docs)]
+pub mod proto {
+    include!(concat!(env!("OUT_DIR"), "/opamp.proto.v1.rs"));
+}
+
+pub use framing::FrameError;
+pub use scan::{AgentFrame, ScanError, ServerFrame};
+pub use uid::{InstanceUid, UidError};

@@ -1,0 +1,251 @@
+//! A one-pass scanner over the top level of an OpAMP protobuf.
+//!
+//! The relay forwards messages unchanged, so it never needs the whole decoded
+//! tree: it needs to know the message is well-formed protobuf and where a few
+//! fields are (the uid, the goodbye marker, custom messages). Walking the tags
+//! once does both without allocating; the payload stays a shared `Bytes`.
+
+use bytes::Bytes;
+
+use super::framing::{self, FrameError};
+use super::proto::CustomMessage;
+
+// Top-level field numbers we care about (see proto/opamp.proto).
+const UID: u32 = 1;
+const A2S_AGENT_DISCONNECT: u32 = 9;
+const A2S_CUSTOM_MESSAGE: u32 = 13;
+const S2A_AGENT_IDENTIFICATION: u32 = 8;
+const S2A_CUSTOM_CAPABILITIES: u32 = 10;
+const S2A_CUSTOM_MESSAGE: u32 = 11;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ScanError {
+    #[error(transparent)]
+    Frame(#[from] FrameError),
+    #[error("malformed protobuf at byte {offset}: {what}")]
+    Malformed { offset: usize, what: &'static str },
+}
+
+/// An agent→server message, validated at the top level.
+#[derive(Debug, Clone)]
+pub struct AgentFrame {
+    /// The protobuf without the WebSocket header.
+    pub payload: Bytes,
+    /// Field 1, if present (not yet validated as a uid).
+    pub uid: Option<Bytes>,
+    /// Field 9 is present: the agent is saying goodbye.
+    pub disconnect: bool,
+    custom_message: Option<Bytes>,
+}
+
+impl AgentFrame {
+    /// Parses a WebSocket payload (header optional).
+    pub fn parse_ws(frame: &Bytes) -> Result<Self, ScanError> {
+        Self::parse_payload(framing::payload(frame)?)
+    }
+
+    /// Parses a bare protobuf (the HTTP transport's body).
+    pub fn parse_payload(payload: Bytes) -> Result<Self, ScanError> {
+        let mut out = AgentFrame { payload: payload.clone(), uid: None, disconnect: false, custom_message: None };
+        walk(&payload, |field, value| {
+            match field {
+                UID => out.uid = value.cloned(),
+                A2S_AGENT_DISCONNECT => out.disconnect = true,
+                A2S_CUSTOM_MESSAGE => out.custom_message = value.cloned(),
+                _ => {}
+            }
+            Ok(())
+        })?;
+        Ok(out)
+    }
+
+    /// The custom message (field 13), decoded on demand.
+    pub fn custom_message(&self) -> Option<CustomMessage> {
+        decode_custom(self.custom_message.as_ref())
+    }
+}
+
+/// A server→agent message, validated at the top level.
+#[derive(Debug, Clone)]
+pub struct ServerFrame {
+    pub payload: Bytes,
+    pub uid: Option<Bytes>,
+    /// Field 10 is present.
+    pub has_custom_capabilities: bool,
+    custom_capabilities: Option<Bytes>,
+    custom_message: Option<Bytes>,
+    agent_identification: Option<Bytes>,
+}
+
+impl ServerFrame {
+    pub fn parse_ws(frame: &Bytes) -> Result<Self, ScanError> {
+        Self::parse_payload(framing::payload(frame)?)
+    }
+
+    pub fn parse_payload(payload: Bytes) -> Result<Self, ScanError> {
+        let mut out = ServerFrame {
+            payload: payload.clone(),
+            uid: None,
+            has_custom_capabilities: false,
+            custom_capabilities: None,
+            custom_message: None,
+            agent_identification: None,
+        };
+        walk(&payload, |field, value| {
+            match field {
+                UID => out.uid = value.cloned(),
+                S2A_AGENT_IDENTIFICATION => out.agent_identification = value.cloned(),
+                S2A_CUSTOM_CAPABILITIES => {
+                    out.has_custom_capabilities = true;
+                    out.custom_capabilities = value.cloned();
+                }
+                S2A_CUSTOM_MESSAGE => out.custom_message = value.cloned(),
+                _ => {}
+            }
+            Ok(())
+        })?;
+        Ok(out)
+    }
+
+    /// The raw encoded `CustomCapabilities` (field 10), for replay to agents.
+    pub fn custom_capabilities_raw(&self) -> Option<&Bytes> {
+        self.custom_capabilities.as_ref()
+    }
+
+    /// The custom message (field 11), decoded on demand.
+    pub fn custom_message(&self) -> Option<CustomMessage> {
+        decode_custom(self.custom_message.as_ref())
+    }
+
+    /// `agent_identification.new_instance_uid` (field 8): the server gives
+    /// the agent a new uid, which must route to the same agent from now on.
+    pub fn new_instance_uid(&self) -> Option<Bytes> {
+        use prost::Message;
+        let raw = self.agent_identification.as_ref()?;
+        let id = super::proto::AgentIdentification::decode(raw.clone()).ok()?;
+        (!id.new_instance_uid.is_empty()).then_some(id.new_instance_uid)
+    }
+}
+
+fn decode_custom(raw: Option<&Bytes>) -> Option<CustomMessage> {
+    use prost::Message;
+    raw.and_then(|b| CustomMessage::decode(b.clone()).ok())
+}
+
+/// Calls `visit(field, value)` for each top-level field; `value` is the
+/// contents of length-delimited fields, `None` for scalars.
+fn walk(buf: &Bytes, mut visit: impl FnMut(u32, Option<&Bytes>) -> Result<(), ScanError>) -> Result<(), ScanError> {
+    let mut pos = 0usize;
+    while pos < buf.len() {
+        let start = pos;
+        let key = read_varint(buf, &mut pos)?;
+        let field = u32::try_from(key >> 3).map_err(|_| malformed(start, "field number too large"))?;
+        if field == 0 {
+            return Err(malformed(start, "field number 0"));
+        }
+        match key & 7 {
+            0 => {
+                read_varint(buf, &mut pos)?;
+                visit(field, None)?;
+            }
+            1 => {
+                pos = advance(buf, pos, 8, start)?;
+                visit(field, None)?;
+            }
+            2 => {
+                let len = read_varint(buf, &mut pos)?;
+                let len = usize::try_from(len).map_err(|_| malformed(start, "length overflow"))?;
+                let end = advance(buf, pos, len, start)?;
+                let value = buf.slice(pos..end);
+                pos = end;
+                visit(field, Some(&value))?;
+            }
+            5 => {
+                pos = advance(buf, pos, 4, start)?;
+                visit(field, None)?;
+            }
+            _ => return Err(malformed(start, "unsupported wire type")),
+        }
+    }
+    Ok(())
+}
+
+fn advance(buf: &[u8], pos: usize, n: usize, start: usize) -> Result<usize, ScanError> {
+    pos.checked_add(n).filter(|&end| end <= buf.len()).ok_or_else(|| malformed(start, "field runs past the end"))
+}
+
+fn read_varint(buf: &[u8], pos: &mut usize) -> Result<u64, ScanError> {
+    let start = *pos;
+    let mut value = 0u64;
+    for shift in (0..64).step_by(7) {
+        let Some(&byte) = buf.get(*pos) else {
+            return Err(malformed(start, "truncated varint"));
+        };
+        *pos += 1;
+        value |= u64::from(byte & 0x7f) << shift;
+        if byte & 0x80 == 0 {
+            return Ok(value);
+        }
+    }
+    Err(malformed(start, "varint longer than 10 bytes"))
+}
+
+fn malformed(offset: usize, what: &'static str) -> ScanError {
+    ScanError::Malformed { offset, what }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::framing;
+    use crate::protocol::proto::{AgentDisconnect, AgentToServer, CustomCapabilities, ServerToAgent};
+
+    #[test]
+    fn finds_uid_and_disconnect() {
+        let msg = AgentToServer {
+            instance_uid: Bytes::from_static(&[7; 16]),
+            sequence_num: 42,
+            agent_disconnect: Some(AgentDisconnect {}),
+            ..Default::default()
+        };
+        let f = AgentFrame::parse_ws(&framing::encode(&msg)).unwrap();
+        assert_eq!(f.uid.as_deref(), Some(&[7u8; 16][..]));
+        assert!(f.disconnect);
+    }
+
+    #[test]
+    fn accepts_headerless_frames() {
+        let msg = AgentToServer { instance_uid: Bytes::from_static(&[1; 16]), ..Default::default() };
+        let bare = Bytes::from(prost::Message::encode_to_vec(&msg));
+        let f = AgentFrame::parse_ws(&bare).unwrap();
+        assert_eq!(f.uid.unwrap().len(), 16);
+        assert!(!f.disconnect);
+    }
+
+    #[test]
+    fn rejects_garbage_and_nonzero_header() {
+        for bad in [
+            &[0x01, 0x0a, 0x00][..],       // "header" 1 → field number 0
+            &[0x00, 0x0a, 0x05, 0x01][..], // length past the end
+            &[0x00, 0x0b][..],             // wire type 3 (groups)
+            &[0x00, 0x08][..],             // truncated varint value
+            &[0x00, 0xff, 0xff][..],       // truncated varint key
+        ] {
+            assert!(AgentFrame::parse_ws(&Bytes::copy_from_slice(bad)).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn server_frame_exposes_capabilities_raw() {
+        let msg = ServerToAgent {
+            instance_uid: Bytes::from_static(&[2; 16]),
+            custom_capabilities: Some(CustomCapabilities { capabilities: vec!["io.example.x".into()] }),
+            ..Default::default()
+        };
+        let f = ServerFrame::parse_ws(&framing::encode(&msg)).unwrap();
+        assert!(f.has_custom_capabilities);
+        let raw = f.custom_capabilities_raw().unwrap();
+        let caps: CustomCapabilities = prost::Message::decode(raw.clone()).unwrap();
+        assert_eq!(caps.capabilities, vec!["io.example.x"]);
+    }
+}

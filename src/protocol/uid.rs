@@ -1,0 +1,88 @@
+//! Agent instance uids.
+//!
+//! The spec says 16 bytes (a UUID, v7 recommended). Agents built before that
+//! rule send a 26-character ULID string in the same field; we accept both and
+//! route on the raw bytes, so the two never need converting.
+
+use std::fmt;
+
+use bytes::Bytes;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UidError {
+    #[error("instance_uid is missing")]
+    Missing,
+    #[error("instance_uid must be 16 bytes (UUID) or a 26-character ULID, got {0} bytes")]
+    BadLength(usize),
+    #[error("instance_uid of 26 bytes is not a valid ULID (Crockford base32)")]
+    BadUlid,
+}
+
+/// A validated agent uid. Cheap to clone (shares the message's buffer).
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct InstanceUid(Bytes);
+
+impl InstanceUid {
+    pub fn parse(raw: Option<Bytes>) -> Result<Self, UidError> {
+        let raw = raw.ok_or(UidError::Missing)?;
+        match raw.len() {
+            0 => Err(UidError::Missing),
+            16 => Ok(Self(raw)),
+            26 if raw.iter().all(|b| is_crockford(*b)) && raw[0] <= b'7' => Ok(Self(raw)),
+            26 => Err(UidError::BadUlid),
+            n => Err(UidError::BadLength(n)),
+        }
+    }
+
+    pub fn as_bytes(&self) -> &Bytes {
+        &self.0
+    }
+
+    /// A 16-byte uid from a UUID (handy in tests and the simulator).
+    pub fn from_uuid(u: uuid::Uuid) -> Self {
+        Self(Bytes::copy_from_slice(u.as_bytes()))
+    }
+}
+
+fn is_crockford(b: u8) -> bool {
+    matches!(b.to_ascii_uppercase(), b'0'..=b'9' | b'A'..=b'H' | b'J' | b'K' | b'M' | b'N' | b'P'..=b'T' | b'V'..=b'Z')
+}
+
+impl fmt::Display for InstanceUid {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.0.len() == 16 {
+            let u = uuid::Uuid::from_slice(&self.0).map_err(|_| fmt::Error)?;
+            write!(f, "{u}")
+        } else {
+            f.write_str(&String::from_utf8_lossy(&self.0))
+        }
+    }
+}
+
+impl fmt::Debug for InstanceUid {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "InstanceUid({self})")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accepts_uuid_and_ulid() {
+        let u = InstanceUid::parse(Some(Bytes::from_static(&[9; 16]))).unwrap();
+        assert_eq!(u.to_string(), "09090909-0909-0909-0909-090909090909");
+        let l = InstanceUid::parse(Some(Bytes::from_static(b"01ARZ3NDEKTSV4RRFFQ69G5FAV"))).unwrap();
+        assert_eq!(l.to_string(), "01ARZ3NDEKTSV4RRFFQ69G5FAV");
+    }
+
+    #[test]
+    fn rejects_other_shapes() {
+        assert_eq!(InstanceUid::parse(None), Err(UidError::Missing));
+        assert_eq!(InstanceUid::parse(Some(Bytes::from_static(&[1; 5]))), Err(UidError::BadLength(5)));
+        assert_eq!(InstanceUid::parse(Some(Bytes::from_static(b"01ARZ3NDEKTSV4RRFFQ69G5FA!"))), Err(UidError::BadUlid));
+        // A ULID's first character encodes the top 3 bits of a 48-bit time.
+        assert_eq!(InstanceUid::parse(Some(Bytes::from_static(b"81ARZ3NDEKTSV4RRFFQ69G5FAV"))), Err(UidError::BadUlid));
+    }
+}

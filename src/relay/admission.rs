@@ -1,0 +1,127 @@
+//! The connect handshake: choose a link, ask the server, wait for its verdict.
+//!
+//! Used for an agent's first connect and again when its link dies and it is
+//! moved to another one (with the same headers, so the server decides again).
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use super::links::{LinkLease, Outbound};
+use super::pending::LinkLost;
+use super::Relay;
+use crate::policy::{AssignDecision, AssignInput, HeaderList, Refused, Transport};
+use crate::protocol::handshake::{ConnectRequest, ConnectResult};
+
+/// Everything the server is told about a connecting agent.
+#[derive(Debug, Clone)]
+pub struct AdmitRequest {
+    /// Request headers as received, names lower-case.
+    pub headers: HeaderList,
+    pub remote_addr: String,
+    pub transport: Transport,
+}
+
+/// An accepted agent: its link, and headers the server wants sent back.
+#[derive(Debug)]
+pub struct Admission {
+    pub lease: LinkLease,
+    pub response_headers: BTreeMap<String, String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AdmitError {
+    #[error("no upstream link is connected")]
+    NoUpstream,
+    #[error("the server did not answer the connect request in time")]
+    Timeout,
+    #[error("the server rejected the agent with status {}", .0.reject_status())]
+    Rejected(ConnectResult),
+    #[error(transparent)]
+    PolicyRefused(#[from] Refused),
+}
+
+impl AdmitError {
+    /// Label for the handshake metric.
+    pub fn outcome(&self) -> &'static str {
+        match self {
+            AdmitError::NoUpstream => "unavailable",
+            AdmitError::Timeout => "timeout",
+            AdmitError::Rejected(_) => "rejected",
+            AdmitError::PolicyRefused(_) => "policy_refused",
+        }
+    }
+
+    /// The HTTP status an agent is answered with.
+    pub fn status(&self) -> u16 {
+        match self {
+            AdmitError::NoUpstream | AdmitError::PolicyRefused(_) => 503,
+            AdmitError::Timeout => 504,
+            AdmitError::Rejected(r) => r.reject_status(),
+        }
+    }
+}
+
+impl Relay {
+    pub async fn admit(&self, req: &AdmitRequest) -> Result<Admission, AdmitError> {
+        let deadline = tokio::time::Instant::now() + self.settings.auth_timeout;
+        let (mut preferred, headers) = self.apply_policies(req)?;
+        let mut avoid = None;
+        // Each retry follows a link loss mid-handshake; there are at most as
+        // many distinct links to try as slots.
+        for _ in 0..=self.links.len() {
+            let lease = self.links.lease(preferred, avoid).ok_or(AdmitError::NoUpstream)?;
+            let request_uid = uuid::Uuid::new_v4().to_string();
+            let (_guard, answer) = self.pending.register(request_uid.clone(), lease.index());
+            if lease.is_stale() {
+                // Lost between lease and register: fail_link may have missed us.
+                (preferred, avoid) = (None, Some(lease.index()));
+                continue;
+            }
+            let frame = ConnectRequest::new(
+                request_uid,
+                req.remote_addr.clone(),
+                headers.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+            )
+            .to_frame();
+            let out = Outbound { frame, generation: lease.generation(), agent: None, received: Instant::now() };
+            match tokio::time::timeout_at(deadline, lease.link().send(out)).await {
+                Err(_) => return Err(AdmitError::Timeout),
+                Ok(Err(_)) => return Err(AdmitError::NoUpstream), // link task gone: shutting down
+                Ok(Ok(())) => {}
+            }
+            match tokio::time::timeout_at(deadline, answer).await {
+                Err(_) => return Err(AdmitError::Timeout),
+                Ok(Ok(Ok(result))) if result.accept => {
+                    return Ok(Admission { lease, response_headers: result.response_headers });
+                }
+                Ok(Ok(Ok(result))) => return Err(AdmitError::Rejected(result)),
+                Ok(Ok(Err(LinkLost)) | Err(_)) => {
+                    tracing::debug!(link = lease.index(), "link lost during handshake; trying another");
+                    (preferred, avoid) = (None, Some(lease.index()));
+                }
+            }
+        }
+        Err(AdmitError::NoUpstream)
+    }
+
+    /// Runs the `assign` and `forward-headers` phases (skipped entirely with
+    /// no policies, the default relay).
+    fn apply_policies(&self, req: &AdmitRequest) -> Result<(Option<u32>, HeaderList), Refused> {
+        let set = self.policies.snapshot();
+        if set.is_empty() {
+            return Ok((None, req.headers.clone()));
+        }
+        let links = self.links.snapshot();
+        let input = AssignInput {
+            headers: &req.headers,
+            remote_addr: &req.remote_addr,
+            transport: req.transport,
+            links: &links,
+        };
+        let preferred = match set.assign(&input)? {
+            AssignDecision::Link(i) => Some(i),
+            AssignDecision::Default => None,
+        };
+        Ok((preferred, set.forward_headers(req.headers.clone())?))
+    }
+}

@@ -1,0 +1,185 @@
+//! The core's handle on one agent session.
+
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::Mutex;
+use std::time::Instant;
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, Notify};
+use tokio_util::sync::CancellationToken;
+
+/// A server→agent frame waiting in an agent's queue.
+#[derive(Debug)]
+pub struct Inbound {
+    /// Complete WebSocket payload (header + protobuf).
+    pub frame: Bytes,
+    /// The link it arrived on (for capability replay).
+    pub link: u32,
+    /// The server set `custom_capabilities` itself.
+    pub has_capabilities: bool,
+    pub received: Instant,
+}
+
+/// Why the gateway closed an agent; also the `reason` metric label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum CloseReason {
+    /// The agent closed or vanished.
+    Peer = 0,
+    /// Its queue filled: it reads slower than the server writes.
+    SlowConsumer,
+    /// A write to it exceeded the deadline.
+    WriteTimeout,
+    /// No frame (not even a pong) within two keepalive intervals.
+    Dead,
+    /// Malformed input (bad protobuf, bad uid, non-zero header).
+    Protocol,
+    /// A text frame: OpAMP is binary only.
+    TextFrame,
+    /// Message over the size limit.
+    TooBig,
+    /// A filter policy asked to close it.
+    Policy,
+    /// Its link died and no other link could take it.
+    NoUpstream,
+    /// Its link died and the server refused the re-handshake.
+    Rejected,
+    /// The gateway is shutting down.
+    Shutdown,
+}
+
+impl CloseReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CloseReason::Peer => "peer",
+            CloseReason::SlowConsumer => "slow_consumer",
+            CloseReason::WriteTimeout => "write_timeout",
+            CloseReason::Dead => "keepalive_timeout",
+            CloseReason::Protocol => "protocol_error",
+            CloseReason::TextFrame => "text_frame",
+            CloseReason::TooBig => "message_too_big",
+            CloseReason::Policy => "policy",
+            CloseReason::NoUpstream => "no_upstream",
+            CloseReason::Rejected => "rejected",
+            CloseReason::Shutdown => "shutdown",
+        }
+    }
+
+    /// The WebSocket close code to send (RFC 6455 §7.4.1).
+    pub fn close_code(self) -> u16 {
+        match self {
+            CloseReason::Peer => 1000,
+            CloseReason::Shutdown => 1001,
+            CloseReason::Protocol => 1007,
+            CloseReason::TextFrame => 1003,
+            CloseReason::Policy | CloseReason::Rejected => 1008,
+            CloseReason::TooBig => 1009,
+            CloseReason::SlowConsumer | CloseReason::WriteTimeout | CloseReason::NoUpstream => 1013,
+            CloseReason::Dead => 1011,
+        }
+    }
+
+    fn from_u8(v: u8) -> Self {
+        use CloseReason::*;
+        [Peer, SlowConsumer, WriteTimeout, Dead, Protocol, TextFrame, TooBig, Policy, NoUpstream, Rejected, Shutdown]
+            .get(v as usize)
+            .copied()
+            .unwrap_or(Peer)
+    }
+}
+
+/// Shared between the agent's session task and the rest of the gateway.
+#[derive(Debug)]
+pub struct AgentShared {
+    pub id: u64,
+    queue: mpsc::Sender<Inbound>,
+    closing: CancellationToken,
+    reason: AtomicU8,
+    /// Frames a dead link handed back, replayed on the agent's next link.
+    returned: Mutex<Vec<Bytes>>,
+    returned_ready: Notify,
+    capabilities_sent: AtomicBool,
+    /// Uids the server assigned this agent (routed here before first use).
+    aliases: Mutex<Vec<Bytes>>,
+}
+
+impl AgentShared {
+    pub fn new(id: u64, queue_size: usize) -> (std::sync::Arc<Self>, mpsc::Receiver<Inbound>) {
+        let (queue, rx) = mpsc::channel(queue_size);
+        let shared = Self {
+            id,
+            queue,
+            closing: CancellationToken::new(),
+            reason: AtomicU8::new(CloseReason::Peer as u8),
+            returned: Mutex::new(Vec::new()),
+            returned_ready: Notify::new(),
+            capabilities_sent: AtomicBool::new(false),
+            aliases: Mutex::new(Vec::new()),
+        };
+        (std::sync::Arc::new(shared), rx)
+    }
+
+    /// Queues a server message without waiting: a full queue means this
+    /// agent is too slow, and waiting would stall every agent on the link.
+    pub fn offer(&self, msg: Inbound) -> Result<(), CloseReason> {
+        match self.queue.try_send(msg) {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.close(CloseReason::SlowConsumer);
+                Err(CloseReason::SlowConsumer)
+            }
+            // The session already ended; its routes are about to go.
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(CloseReason::Peer),
+        }
+    }
+
+    /// Asks the session to close; the first reason wins.
+    pub fn close(&self, reason: CloseReason) {
+        if !self.closing.is_cancelled() {
+            self.reason.store(reason as u8, Ordering::Relaxed);
+            self.closing.cancel();
+        }
+    }
+
+    pub fn closing(&self) -> &CancellationToken {
+        &self.closing
+    }
+
+    pub fn close_reason(&self) -> CloseReason {
+        CloseReason::from_u8(self.reason.load(Ordering::Relaxed))
+    }
+
+    /// A link that died with this agent's frame still queued returns it.
+    pub fn hand_back(&self, frame: Bytes) {
+        self.returned.lock().expect("returned lock").push(frame);
+        self.returned_ready.notify_one();
+    }
+
+    /// Resolves when frames have been handed back.
+    pub async fn returned_ready(&self) {
+        self.returned_ready.notified().await
+    }
+
+    pub fn take_returned(&self) -> Vec<Bytes> {
+        std::mem::take(&mut *self.returned.lock().expect("returned lock"))
+    }
+
+    /// True exactly once: the first time the agent is due its capabilities.
+    pub fn claim_capabilities(&self) -> bool {
+        !self.capabilities_sent.swap(true, Ordering::Relaxed)
+    }
+
+    /// Remembers a server-assigned uid routed to this agent.
+    pub fn add_alias(&self, uid: Bytes) {
+        self.aliases.lock().expect("aliases lock").push(uid);
+    }
+
+    pub fn take_aliases(&self) -> Vec<Bytes> {
+        std::mem::take(&mut *self.aliases.lock().expect("aliases lock"))
+    }
+
+    /// The server sent this agent capabilities itself: nothing to replay.
+    pub fn capabilities_delivered(&self) {
+        self.capabilities_sent.store(true, Ordering::Relaxed);
+    }
+}

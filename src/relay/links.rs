@@ -1,0 +1,272 @@
+//! Upstream link slots: load accounting, state and the send queue.
+//!
+//! A slot exists for the gateway's lifetime; the WebSocket behind it comes
+//! and goes. Each loss bumps the slot's *generation*. Frames carry the
+//! generation they were queued under, so a frame queued for a connection
+//! that has since died is never written to its successor (where the server
+//! has not seen that agent's handshake) — it is handed back to its agent.
+
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use arc_swap::ArcSwapOption;
+use bytes::Bytes;
+use tokio::sync::{mpsc, watch};
+
+use super::agent::AgentShared;
+use crate::policy::LinkInfo;
+
+/// A frame bound for the server.
+#[derive(Debug)]
+pub struct Outbound {
+    /// Complete WebSocket payload (header + protobuf).
+    pub frame: Bytes,
+    /// The generation of the link this was queued for.
+    pub generation: u64,
+    /// The agent to hand the frame back to if the link dies first; `None`
+    /// for the gateway's own messages (handshakes, synthesized disconnects).
+    pub agent: Option<Arc<AgentShared>>,
+    /// When the gateway received the message (for the latency metric).
+    pub received: Instant,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LinkState {
+    pub generation: u64,
+    pub connected: bool,
+}
+
+/// One upstream link slot.
+pub struct Link {
+    pub index: u32,
+    tx: mpsc::Sender<Outbound>,
+    state: watch::Sender<LinkState>,
+    /// `custom_capabilities` the server sent on the current connection (raw
+    /// protobuf), replayed into each agent's first message.
+    capabilities: ArcSwapOption<Bytes>,
+    /// Shared by all slots: bumped whenever any link connects.
+    any_up: Arc<watch::Sender<u64>>,
+}
+
+impl Link {
+    pub fn id(&self) -> String {
+        format!("upstream-{}", self.index)
+    }
+
+    pub fn state(&self) -> LinkState {
+        *self.state.borrow()
+    }
+
+    pub fn subscribe(&self) -> watch::Receiver<LinkState> {
+        self.state.subscribe()
+    }
+
+    /// Queues a frame; waits while the queue is full (back-pressure).
+    /// `Err` returns the frame when the link task is gone.
+    pub async fn send(&self, out: Outbound) -> Result<(), Outbound> {
+        self.tx.send(out).await.map_err(|e| e.0)
+    }
+
+    pub fn try_send(&self, out: Outbound) -> Result<(), Outbound> {
+        self.tx.try_send(out).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(o) | mpsc::error::TrySendError::Closed(o) => o,
+        })
+    }
+
+    pub fn capabilities(&self) -> Option<Arc<Bytes>> {
+        self.capabilities.load_full()
+    }
+
+    pub fn set_capabilities(&self, raw: Bytes) {
+        self.capabilities.store(Some(Arc::new(raw)));
+    }
+
+    /// Called by the link task when its connection is up.
+    pub fn mark_connected(&self) -> u64 {
+        self.capabilities.store(None);
+        self.state.send_modify(|s| s.connected = true);
+        self.any_up.send_modify(|n| *n += 1);
+        self.state().generation
+    }
+
+    /// Called by the link task after a loss, once it has handed back every
+    /// queued frame: wakes the agents of this link so they migrate.
+    pub fn mark_lost(&self) {
+        self.capabilities.store(None);
+        self.state.send_modify(|s| {
+            s.connected = false;
+            s.generation += 1;
+        });
+    }
+}
+
+/// All slots plus their loads. Loads change only through [`LinkLease`].
+pub struct Links {
+    slots: Vec<Arc<Link>>,
+    loads: Mutex<Vec<u32>>,
+    any_up: Arc<watch::Sender<u64>>,
+}
+
+impl Links {
+    /// Creates `n` slots; returns the receivers for the link tasks.
+    pub fn new(n: usize, queue: usize) -> (Arc<Self>, Vec<mpsc::Receiver<Outbound>>) {
+        let mut slots = Vec::with_capacity(n);
+        let mut rxs = Vec::with_capacity(n);
+        let any_up = Arc::new(watch::channel(0).0);
+        for i in 0..n {
+            let (tx, rx) = mpsc::channel(queue);
+            let (state, _) = watch::channel(LinkState { generation: 0, connected: false });
+            slots.push(Arc::new(Link {
+                index: i as u32,
+                tx,
+                state,
+                capabilities: ArcSwapOption::empty(),
+                any_up: any_up.clone(),
+            }));
+            rxs.push(rx);
+        }
+        (Arc::new(Self { slots, loads: Mutex::new(vec![0; n]), any_up }), rxs)
+    }
+
+    pub fn len(&self) -> usize {
+        self.slots.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.slots.is_empty()
+    }
+
+    pub fn get(&self, index: u32) -> Option<&Arc<Link>> {
+        self.slots.get(index as usize)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<Link>> {
+        self.slots.iter()
+    }
+
+    /// Resolves when some link is connected, or at `deadline` (false).
+    pub async fn wait_any_connected(&self, deadline: tokio::time::Instant) -> bool {
+        let mut rx = self.any_up.subscribe();
+        loop {
+            if self.connected() > 0 {
+                return true;
+            }
+            match tokio::time::timeout_at(deadline, rx.changed()).await {
+                Ok(Ok(())) => {}
+                _ => return self.connected() > 0,
+            }
+        }
+    }
+
+    pub fn connected(&self) -> usize {
+        self.slots.iter().filter(|l| l.state().connected).count()
+    }
+
+    /// What a policy sees.
+    pub fn snapshot(&self) -> Vec<LinkInfo> {
+        let loads = self.loads.lock().expect("loads lock");
+        self.slots
+            .iter()
+            .zip(loads.iter())
+            .map(|(l, &load)| LinkInfo { index: l.index, load, connected: l.state().connected })
+            .collect()
+    }
+
+    pub fn loads(&self) -> Vec<u32> {
+        self.loads.lock().expect("loads lock").clone()
+    }
+
+    /// Leases `preferred` if it is connected, else the least-loaded connected
+    /// link other than `avoid` (lowest index on ties). Choice and increment
+    /// happen under one lock, so a connect storm balances exactly.
+    pub fn lease(self: &Arc<Self>, preferred: Option<u32>, avoid: Option<u32>) -> Option<LinkLease> {
+        let mut loads = self.loads.lock().expect("loads lock");
+        let usable = |i: usize| self.slots[i].state().connected && Some(i as u32) != avoid;
+        let chosen = preferred
+            .map(|p| p as usize)
+            .filter(|&p| p < self.slots.len() && self.slots[p].state().connected)
+            .or_else(|| (0..self.slots.len()).filter(|&i| usable(i)).min_by_key(|&i| (loads[i], i)))?;
+        loads[chosen] += 1;
+        let link = self.slots[chosen].clone();
+        Some(LinkLease { generation: link.state().generation, link, links: self.clone() })
+    }
+}
+
+/// One agent's claim on a link. Dropping it is the only way a load goes down.
+pub struct LinkLease {
+    link: Arc<Link>,
+    links: Arc<Links>,
+    /// The link generation this agent was admitted under.
+    generation: u64,
+}
+
+impl LinkLease {
+    pub fn link(&self) -> &Arc<Link> {
+        &self.link
+    }
+
+    pub fn index(&self) -> u32 {
+        self.link.index
+    }
+
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// The link this lease was taken on has since been lost.
+    pub fn is_stale(&self) -> bool {
+        self.link.state().generation != self.generation
+    }
+}
+
+impl Drop for LinkLease {
+    fn drop(&mut self) {
+        let mut loads = self.links.loads.lock().expect("loads lock");
+        let load = &mut loads[self.link.index as usize];
+        *load = load.saturating_sub(1);
+    }
+}
+
+impl std::fmt::Debug for LinkLease {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "LinkLease(upstream-{}@{})", self.link.index, self.generation)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn up(links: &Links, i: u32) {
+        links.get(i).unwrap().mark_connected();
+    }
+
+    #[test]
+    fn least_connections_and_no_drift() {
+        let (links, _rx) = Links::new(3, 8);
+        assert!(links.lease(None, None).is_none(), "nothing connected yet");
+        for i in 0..3 {
+            up(&links, i);
+        }
+        let leases: Vec<_> = (0..7).map(|_| links.lease(None, None).unwrap()).collect();
+        assert_eq!(links.loads(), vec![3, 2, 2]);
+        assert_eq!(leases.iter().map(|l| l.index()).collect::<Vec<_>>(), [0, 1, 2, 0, 1, 2, 0]);
+        drop(leases);
+        assert_eq!(links.loads(), vec![0, 0, 0]);
+    }
+
+    #[test]
+    fn preferred_avoid_and_loss() {
+        let (links, _rx) = Links::new(2, 8);
+        up(&links, 0);
+        up(&links, 1);
+        assert_eq!(links.lease(Some(1), None).unwrap().index(), 1);
+        assert_eq!(links.lease(None, Some(0)).unwrap().index(), 1);
+        let l = links.lease(Some(0), None).unwrap();
+        assert!(!l.is_stale());
+        links.get(0).unwrap().mark_lost();
+        assert!(l.is_stale());
+        assert_eq!(links.lease(Some(0), None).unwrap().index(), 1, "lost link is not leased");
+        assert!(links.lease(None, Some(1)).is_none());
+    }
+}

@@ -1,0 +1,54 @@
+//! The relay core: who is connected where. No sockets here — the edges
+//! (`downstream`, `upstream`) move bytes; this module decides where they go.
+//!
+//! - [`links`]: the upstream link slots, their loads (RAII leases, so a load
+//!   can never drift) and their generations (bumped on every loss).
+//! - [`agent`]: what the core knows of one agent session: its queue, close
+//!   signal and frames handed back by a dead link.
+//! - [`routes`]: instance uid → agent, for server→agent messages.
+//! - [`pending`]: connect handshakes awaiting the server's connectResult.
+//! - [`admission`]: the connect handshake itself (assign a link, ask the
+//!   server, wait), shared by first connects and migrations.
+//! - [`dispatch`]: what to do with one message from the server.
+
+pub mod admission;
+pub mod agent;
+pub mod dispatch;
+pub mod links;
+pub mod pending;
+pub mod routes;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::policy::Policies;
+
+pub use admission::{Admission, AdmitError, AdmitRequest};
+pub use agent::{AgentShared, CloseReason, Inbound};
+pub use links::{Link, LinkLease, LinkState, Links, Outbound};
+pub use pending::PendingConnects;
+pub use routes::Routes;
+
+/// Settings the core needs (a slice of the config).
+#[derive(Debug, Clone)]
+pub struct RelaySettings {
+    pub auth_timeout: Duration,
+    /// How long an agent whose link died waits for any link to be up.
+    pub failover_wait: Duration,
+    pub agent_queue: usize,
+}
+
+/// The shared state of one gateway.
+pub struct Relay {
+    pub links: Arc<Links>,
+    pub routes: Routes,
+    pub pending: PendingConnects,
+    pub policies: Arc<Policies>,
+    pub settings: RelaySettings,
+}
+
+impl Relay {
+    pub fn new(links: Arc<Links>, policies: Arc<Policies>, settings: RelaySettings) -> Self {
+        Self { links, routes: Routes::default(), pending: PendingConnects::default(), policies, settings }
+    }
+}

@@ -1,0 +1,92 @@
+//! Connect handshakes awaiting the server's `connectResult`, by request uid.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::oneshot;
+
+use crate::protocol::handshake::ConnectResult;
+
+/// Why a handshake ended without a result.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LinkLost;
+
+type Waiter = oneshot::Sender<Result<ConnectResult, LinkLost>>;
+
+#[derive(Default)]
+pub struct PendingConnects {
+    map: Arc<Mutex<HashMap<String, (u32, Waiter)>>>,
+}
+
+/// Removes the entry when the waiter gives up (timeout, cancelled request).
+pub struct PendingGuard {
+    map: Arc<Mutex<HashMap<String, (u32, Waiter)>>>,
+    request_uid: String,
+}
+
+impl Drop for PendingGuard {
+    fn drop(&mut self) {
+        self.map.lock().expect("pending lock").remove(&self.request_uid);
+    }
+}
+
+impl PendingConnects {
+    pub fn register(
+        &self,
+        request_uid: String,
+        link: u32,
+    ) -> (PendingGuard, oneshot::Receiver<Result<ConnectResult, LinkLost>>) {
+        let (tx, rx) = oneshot::channel();
+        self.map.lock().expect("pending lock").insert(request_uid.clone(), (link, tx));
+        (PendingGuard { map: self.map.clone(), request_uid }, rx)
+    }
+
+    /// Delivers a result; false if nobody waits for it (late or unknown).
+    pub fn resolve(&self, result: ConnectResult) -> bool {
+        let waiter = self.map.lock().expect("pending lock").remove(&result.request_uid);
+        match waiter {
+            Some((_, tx)) => tx.send(Ok(result)).is_ok(),
+            None => false,
+        }
+    }
+
+    /// Fails every handshake in flight on `link` (its connection died, so no
+    /// answer can come).
+    pub fn fail_link(&self, link: u32) {
+        let mut map = self.map.lock().expect("pending lock");
+        let lost: Vec<String> = map.iter().filter(|(_, (l, _))| *l == link).map(|(k, _)| k.clone()).collect();
+        for k in lost {
+            if let Some((_, tx)) = map.remove(&k) {
+                let _ = tx.send(Err(LinkLost));
+            }
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.lock().expect("pending lock").len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn resolve_fail_and_cleanup() {
+        let p = PendingConnects::default();
+        let (_g1, rx1) = p.register("a".into(), 0);
+        let (_g2, rx2) = p.register("b".into(), 1);
+        assert!(p.resolve(ConnectResult { request_uid: "a".into(), accept: true, ..Default::default() }));
+        assert!(rx1.await.unwrap().unwrap().accept);
+        p.fail_link(1);
+        assert_eq!(rx2.await.unwrap(), Err(LinkLost));
+        let (g3, _rx3) = p.register("c".into(), 0);
+        drop(g3);
+        assert!(p.is_empty());
+        assert!(!p.resolve(ConnectResult { request_uid: "c".into(), ..Default::default() }));
+    }
+}

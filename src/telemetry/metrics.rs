@@ -1,0 +1,54 @@
+//! Every metric the gateway records, named in one place.
+//!
+//! The first four mirror the reference extension's instruments
+//! (`opampgateway.connections`, `.messages`, `.messages.bytes`,
+//! `.messages.latency`, each with `direction` = upstream|downstream) in
+//! Prometheus spelling, so existing dashboards translate one to one.
+
+/// Gauge: open connections. `direction`: upstream (links) | downstream (agents).
+pub const CONNECTIONS: &str = "opampgateway_connections";
+/// Counter: relayed messages. `direction`: upstream (agent→server) | downstream.
+pub const MESSAGES: &str = "opampgateway_messages_total";
+/// Counter: relayed bytes, same labels as [`MESSAGES`].
+pub const MESSAGE_BYTES: &str = "opampgateway_message_bytes_total";
+/// Histogram (seconds): time a message spent inside the gateway.
+pub const MESSAGE_LATENCY: &str = "opampgateway_message_latency_seconds";
+/// Counter: connect handshakes by outcome (`accepted`, `rejected`, `timeout`,
+/// `unavailable`, `policy_refused`) and `status` (HTTP status answered).
+pub const HANDSHAKES: &str = "opampgateway_handshakes_total";
+/// Histogram (seconds): connect handshake round trip to the server.
+pub const HANDSHAKE_SECONDS: &str = "opampgateway_handshake_seconds";
+/// Gauge: agents assigned to each upstream link, by `link`.
+pub const LINK_AGENTS: &str = "opampgateway_link_agents";
+/// Counter: upstream link (re)connect attempts by `outcome` (success|failure).
+pub const UPSTREAM_RECONNECTS: &str = "opampgateway_upstream_reconnects_total";
+/// Counter: upstream links lost after being connected.
+pub const UPSTREAM_LINK_LOSSES: &str = "opampgateway_upstream_link_losses_total";
+/// Counter: agents moved to another link after a link loss, by `outcome`.
+pub const AGENT_MIGRATIONS: &str = "opampgateway_agent_migrations_total";
+/// Counter: agent sessions closed by the gateway or peer, by `reason`.
+pub const AGENTS_CLOSED: &str = "opampgateway_agents_closed_total";
+/// Counter: messages the gateway could not deliver, by `direction` and `reason`.
+pub const MESSAGES_DROPPED: &str = "opampgateway_messages_dropped_total";
+/// Counter: agent frames re-sent after their link died (at-least-once).
+pub const MESSAGES_REPLAYED: &str = "opampgateway_messages_replayed_total";
+/// Counter: `agent_disconnect` messages the gateway synthesized.
+pub const SYNTHESIZED_DISCONNECTS: &str = "opampgateway_synthesized_disconnects_total";
+/// Counter: custom capabilities replayed into an agent's first message.
+pub const CAPABILITIES_REPLAYED: &str = "opampgateway_custom_capabilities_replayed_total";
+
+/// Counter: policy hook calls, by `policy` and `hook`.
+pub const POLICY_CALLS: &str = "opampgateway_policy_calls_total";
+/// Counter: failed policy calls, by `policy`, `hook` and `kind`.
+pub const POLICY_ERRORS: &str = "opampgateway_policy_errors_total";
+/// Histogram (seconds): policy call duration, by `policy` and `hook`.
+pub const POLICY_CALL_SECONDS: &str = "opampgateway_policy_call_seconds";
+/// Counter: `assign` answers naming a missing or disconnected link.
+pub const POLICY_INVALID_ASSIGN: &str = "opampgateway_policy_invalid_assign_total";
+/// Counter: policy set reloads by `outcome`.
+pub const POLICY_RELOADS: &str = "opampgateway_policy_reloads_total";
+/// Gauge: loaded policies, by `policy` and `digest` (value 1).
+pub const POLICY_LOADED: &str = "opampgateway_policy_loaded";
+
+pub const UPSTREAM: &str = "upstream";
+pub const DOWNSTREAM: &str = "downstream";

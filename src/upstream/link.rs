@@ -1,0 +1,315 @@
+//! One task per upstream link slot.
+//!
+//! Lifecycle: dial → serve (pump both directions) → on loss: mark the slot
+//! lost (its agents start migrating), fail handshakes in flight on it, hand
+//! every queued agent frame back to its agent → back off → redial.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
+use tokio_util::sync::CancellationToken;
+
+use super::backoff::Backoff;
+use super::dial::{BoxedIo, Dialer};
+use crate::config::BackoffConfig;
+use crate::relay::{AgentShared, Link, Outbound, Relay};
+use crate::telemetry::metrics as m;
+
+/// Most frames written before one flush.
+const WRITE_BATCH: usize = 64;
+
+/// Frames written this recently are handed back if the link dies: a write
+/// can succeed into a socket the server has already closed, so "written"
+/// is not "received". Bounded in frames and bytes per link.
+const REPLAY_WINDOW: Duration = Duration::from_secs(1);
+const REPLAY_MAX_FRAMES: usize = 4096;
+const REPLAY_MAX_BYTES: usize = 16 << 20;
+
+#[derive(Debug, Clone)]
+pub struct LinkSettings {
+    pub keepalive: Duration,
+    pub write_timeout: Duration,
+    pub backoff: BackoffConfig,
+}
+
+/// Starts one task per slot. They run until `shutdown` is cancelled.
+pub fn spawn_links(
+    relay: Arc<Relay>,
+    receivers: Vec<mpsc::Receiver<Outbound>>,
+    dialer: Arc<Dialer>,
+    settings: LinkSettings,
+    shutdown: CancellationToken,
+) -> Vec<JoinHandle<()>> {
+    receivers
+        .into_iter()
+        .enumerate()
+        .map(|(i, rx)| {
+            let link = relay.links.get(i as u32).expect("one receiver per slot").clone();
+            let task = LinkTask {
+                link,
+                rx,
+                relay: relay.clone(),
+                dialer: dialer.clone(),
+                settings: settings.clone(),
+                shutdown: shutdown.clone(),
+            };
+            tokio::spawn(task.run())
+        })
+        .collect()
+}
+
+struct LinkTask {
+    link: Arc<Link>,
+    rx: mpsc::Receiver<Outbound>,
+    relay: Arc<Relay>,
+    dialer: Arc<Dialer>,
+    settings: LinkSettings,
+    shutdown: CancellationToken,
+}
+
+/// Why `serve` returned.
+enum End {
+    Shutdown,
+    Lost(String),
+}
+
+impl LinkTask {
+    async fn run(mut self) {
+        let id = self.link.id();
+        let mut backoff = Backoff::new(self.settings.backoff.clone());
+        loop {
+            let dialed = tokio::select! {
+                _ = self.shutdown.cancelled() => break,
+                r = self.dialer.dial(self.link.index) => r,
+            };
+            match dialed {
+                Ok(ws) => {
+                    metrics::counter!(m::UPSTREAM_RECONNECTS, "outcome" => "success").increment(1);
+                    backoff.reset();
+                    let generation = self.link.mark_connected();
+                    tracing::info!(link = %id, endpoint = %self.dialer.endpoint(), "upstream link connected");
+                    let gauge = metrics::gauge!(m::CONNECTIONS, "direction" => m::UPSTREAM);
+                    gauge.increment(1.0);
+                    let end = self.serve(ws, generation).await;
+                    gauge.decrement(1.0);
+                    self.lose();
+                    match end {
+                        End::Shutdown => break,
+                        End::Lost(why) => {
+                            metrics::counter!(m::UPSTREAM_LINK_LOSSES).increment(1);
+                            tracing::warn!(link = %id, reason = %why, "upstream link lost; moving its agents");
+                        }
+                    }
+                }
+                Err(e) => {
+                    metrics::counter!(m::UPSTREAM_RECONNECTS, "outcome" => "failure").increment(1);
+                    tracing::warn!(link = %id, error = %e, "upstream dial failed");
+                }
+            }
+            let delay = backoff.next_delay();
+            tracing::debug!(link = %id, ?delay, "redialing after backoff");
+            if !self.idle(delay).await {
+                break;
+            }
+        }
+        self.lose();
+        tracing::debug!(link = %id, "upstream link task stopped");
+    }
+
+    /// Marks the slot lost and returns everything queued on it.
+    fn lose(&mut self) {
+        if self.link.state().connected {
+            self.link.mark_lost();
+        }
+        self.relay.pending.fail_link(self.link.index);
+        while let Ok(out) = self.rx.try_recv() {
+            hand_back(out);
+        }
+    }
+
+    /// Waits out a backoff delay, handing back anything queued meanwhile (a
+    /// disconnected slot must never sit on an agent's frames). False on shutdown.
+    async fn idle(&mut self, delay: Duration) -> bool {
+        let sleep = tokio::time::sleep(delay);
+        tokio::pin!(sleep);
+        loop {
+            tokio::select! {
+                _ = self.shutdown.cancelled() => return false,
+                _ = &mut sleep => return true,
+                out = self.rx.recv() => match out {
+                    Some(out) => hand_back(out),
+                    None => return false,
+                },
+            }
+        }
+    }
+
+    async fn serve(&mut self, ws: WebSocketStream<BoxedIo>, generation: u64) -> End {
+        let (mut sink, mut stream) = ws.split();
+        let mut recent = Recent::default();
+        let end = self.pump(&mut sink, &mut stream, generation, &mut recent).await;
+        if let End::Lost(_) = end {
+            recent.hand_back_all();
+        }
+        end
+    }
+
+    async fn pump<S, R>(&mut self, sink: &mut S, stream: &mut R, generation: u64, recent: &mut Recent) -> End
+    where
+        S: futures_util::Sink<Message, Error = tokio_tungstenite::tungstenite::Error> + Unpin,
+        R: futures_util::Stream<Item = Result<Message, tokio_tungstenite::tungstenite::Error>> + Unpin,
+    {
+        let keepalive = self.settings.keepalive;
+        let write_timeout = self.settings.write_timeout;
+        let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + keepalive, keepalive);
+        let mut last_seen = Instant::now();
+        let mut batch = Vec::with_capacity(WRITE_BATCH);
+        loop {
+            tokio::select! {
+                biased;
+                _ = self.shutdown.cancelled() => {
+                    let close = Message::Close(Some(CloseFrame { code: CloseCode::Away, reason: "gateway shutting down".into() }));
+                    let _ = tokio::time::timeout(write_timeout, sink.send(close)).await;
+                    return End::Shutdown;
+                }
+                msg = stream.next() => {
+                    last_seen = Instant::now();
+                    match msg {
+                        Some(Ok(Message::Binary(frame))) => {
+                            let outcome = self.relay.dispatch(&self.link, frame, last_seen);
+                            if let Some(reason) = outcome.drop_reason() {
+                                metrics::counter!(m::MESSAGES_DROPPED, "direction" => m::DOWNSTREAM, "reason" => reason).increment(1);
+                                tracing::debug!(link = %self.link.id(), ?outcome, "server message not delivered");
+                            }
+                        }
+                        Some(Ok(Message::Text(_))) => {
+                            metrics::counter!(m::MESSAGES_DROPPED, "direction" => m::DOWNSTREAM, "reason" => "text_frame").increment(1);
+                        }
+                        Some(Ok(Message::Close(frame))) => return End::Lost(format!("server closed: {frame:?}")),
+                        Some(Ok(_)) => {} // ping/pong: tungstenite answers pings itself
+                        Some(Err(e)) => return End::Lost(e.to_string()),
+                        None => return End::Lost("connection closed".into()),
+                    }
+                }
+                n = self.rx.recv_many(&mut batch, WRITE_BATCH) => {
+                    if n == 0 {
+                        return End::Shutdown; // relay dropped: gateway is going away
+                    }
+                    if let Err(why) = self.write_batch(sink, &mut batch, generation, write_timeout, recent).await {
+                        return End::Lost(why);
+                    }
+                }
+                _ = ping.tick() => {
+                    if last_seen.elapsed() > keepalive * 2 {
+                        return End::Lost(format!("no traffic from the server for {:?}", last_seen.elapsed()));
+                    }
+                    if tokio::time::timeout(write_timeout, sink.send(Message::Ping(Default::default()))).await.map_or(true, |r| r.is_err()) {
+                        return End::Lost("ping write failed".into());
+                    }
+                }
+            }
+        }
+    }
+
+    /// Writes a batch with one flush. On failure every frame of the batch is
+    /// handed back: a duplicate status report is harmless, a lost one is not.
+    async fn write_batch<S>(
+        &self,
+        sink: &mut S,
+        batch: &mut Vec<Outbound>,
+        generation: u64,
+        write_timeout: Duration,
+        recent: &mut Recent,
+    ) -> Result<(), String>
+    where
+        S: futures_util::Sink<Message, Error = tokio_tungstenite::tungstenite::Error> + Unpin,
+    {
+        // Frames queued for an earlier connection of this slot go back to
+        // their agents: this server connection never saw their handshake.
+        let (current, stale): (Vec<_>, Vec<_>) = batch.drain(..).partition(|o| o.generation == generation);
+        stale.into_iter().for_each(hand_back);
+        let write = async {
+            for o in &current {
+                sink.feed(Message::Binary(o.frame.clone())).await?;
+            }
+            sink.flush().await
+        };
+        match tokio::time::timeout(write_timeout, write).await {
+            Ok(Ok(())) => {
+                let now = Instant::now();
+                for o in current {
+                    metrics::counter!(m::MESSAGES, "direction" => m::UPSTREAM).increment(1);
+                    metrics::counter!(m::MESSAGE_BYTES, "direction" => m::UPSTREAM).increment(o.frame.len() as u64);
+                    metrics::histogram!(m::MESSAGE_LATENCY, "direction" => m::UPSTREAM)
+                        .record(now.duration_since(o.received).as_secs_f64());
+                    if let Some(agent) = o.agent {
+                        recent.push(now, o.frame, agent);
+                    }
+                }
+                Ok(())
+            }
+            Ok(Err(e)) => {
+                current.into_iter().for_each(hand_back);
+                Err(format!("write failed: {e}"))
+            }
+            Err(_) => {
+                current.into_iter().for_each(hand_back);
+                Err(format!("write took longer than {write_timeout:?}"))
+            }
+        }
+    }
+}
+
+/// Agent frames written in the last [`REPLAY_WINDOW`], oldest first.
+#[derive(Default)]
+struct Recent {
+    frames: VecDeque<(Instant, Bytes, Arc<AgentShared>)>,
+    bytes: usize,
+}
+
+impl Recent {
+    fn push(&mut self, at: Instant, frame: Bytes, agent: Arc<AgentShared>) {
+        self.bytes += frame.len();
+        self.frames.push_back((at, frame, agent));
+        while let Some((t, f, _)) = self.frames.front() {
+            let expired = at.duration_since(*t) > REPLAY_WINDOW;
+            if !(expired || self.frames.len() > REPLAY_MAX_FRAMES || self.bytes > REPLAY_MAX_BYTES) {
+                break;
+            }
+            self.bytes -= f.len();
+            self.frames.pop_front();
+        }
+    }
+
+    /// The link died: these may never have reached the server.
+    fn hand_back_all(&mut self) {
+        let cutoff = Instant::now().checked_sub(REPLAY_WINDOW);
+        for (t, frame, agent) in self.frames.drain(..) {
+            if cutoff.is_none_or(|c| t >= c) {
+                metrics::counter!(m::MESSAGES_REPLAYED).increment(1);
+                agent.hand_back(frame);
+            }
+        }
+        self.bytes = 0;
+    }
+}
+
+/// Returns an undelivered frame to its agent, or counts the gateway's own
+/// message (a handshake whose waiter has already been failed) as dropped.
+fn hand_back(out: Outbound) {
+    match out.agent {
+        Some(agent) => agent.hand_back(out.frame),
+        None => {
+            metrics::counter!(m::MESSAGES_DROPPED, "direction" => m::UPSTREAM, "reason" => "link_lost").increment(1);
+        }
+    }
+}

@@ -1,0 +1,14 @@
+//! The upstream edge: a fixed pool of WebSocket links to the OpAMP server.
+//!
+//! - [`backoff`]: jittered exponential redial delays.
+//! - [`dial`]: TCP + optional TLS + WebSocket handshake, with our headers.
+//! - [`link`]: one task per link slot: dial, pump frames both ways with
+//!   batched writes and keepalive pings, and on loss hand queued frames back
+//!   to their agents before redialing.
+
+pub mod backoff;
+pub mod dial;
+pub mod link;
+
+pub use dial::{DialError, Dialer};
+pub use link::{spawn_links, LinkSettings};

@@ -1,0 +1,176 @@
+//! The real binary: `check`, `/metrics`, and SIGTERM.
+
+use std::net::SocketAddr;
+use std::process::Stdio;
+use std::time::Duration;
+
+use opamp_gateway::sim::agent::{AgentError, AgentOptions, SimAgent};
+use opamp_gateway::sim::server::{ReferenceServer, ReferenceServerConfig};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+use tokio::process::{Child, Command};
+
+const T: Duration = Duration::from_secs(10);
+const BIN: &str = env!("CARGO_BIN_EXE_opamp-gateway");
+
+fn write_config(dir: &tempfile::TempDir, yaml: &str) -> std::path::PathBuf {
+    let p = dir.path().join("gateway.yaml");
+    std::fs::write(&p, yaml).unwrap();
+    p
+}
+
+#[tokio::test]
+async fn check_accepts_good_and_explains_bad_configs() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = write_config(
+        &dir,
+        "extensions:\n  opampgateway:\n    server:\n      endpoint: wss://opamp.example.com/v1/opamp\n",
+    );
+    let out = Command::new(BIN).args(["check", "--config"]).arg(&good).output().await.unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("ok"));
+
+    let bad = write_config(&dir, "server:\n  endpoint: ws://h/v1/opamp\n  connections: 100\n");
+    let out = Command::new(BIN).args(["check", "--config"]).arg(&bad).output().await.unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("server.connections: must be between 1 and 64"), "{err}");
+
+    let out = Command::new(BIN).arg("check").env_remove("OPAMP_GATEWAY_CONFIG").output().await.unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--config"));
+}
+
+struct GatewayProcess {
+    child: Child,
+    listener: SocketAddr,
+    metrics: SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+impl GatewayProcess {
+    /// Starts the binary and waits for its `ready` line.
+    async fn spawn(yaml: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write_config(&dir, yaml);
+        let mut child = Command::new(BIN)
+            .arg("--config")
+            .arg(&path)
+            .env("OPAMP_GATEWAY_LOG", "warn")
+            .stdout(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let line = tokio::time::timeout(T, lines.next_line()).await.unwrap().unwrap().expect("a ready line");
+        let field = |k: &str| -> SocketAddr {
+            line.split_whitespace().find_map(|w| w.strip_prefix(k)).unwrap().parse().unwrap()
+        };
+        Self { listener: field("listener="), metrics: field("metrics="), child, _dir: dir }
+    }
+
+    fn agent_url(&self) -> String {
+        format!("ws://{}/v1/opamp", self.listener)
+    }
+
+    async fn get(&self, path: &str) -> (u16, String) {
+        let mut s = TcpStream::connect(self.metrics).await.unwrap();
+        s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes()).await.unwrap();
+        let mut buf = String::new();
+        s.read_to_string(&mut buf).await.unwrap();
+        let status = buf.split_whitespace().nth(1).unwrap().parse().unwrap();
+        (status, buf.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default())
+    }
+
+    async fn metrics(&self) -> String {
+        self.get("/metrics").await.1
+    }
+}
+
+/// The value of the first sample of `name` carrying all `labels`.
+fn sample(body: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    body.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
+        let (series, value) = l.rsplit_once(' ')?;
+        let (n, rest) = series.split_once('{').unwrap_or((series, ""));
+        (n == name && labels.iter().all(|(k, v)| rest.contains(&format!("{k}=\"{v}\"")))).then(|| value.parse().ok())?
+    })
+}
+
+async fn round_trip(a: &mut SimAgent) {
+    let report = a.status_report();
+    a.send(report).await.unwrap();
+    assert_eq!(&a.recv(T).await.unwrap().instance_uid, a.uid().as_bytes());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_then_graceful_sigterm() {
+    let server = ReferenceServer::start(ReferenceServerConfig::default()).await.unwrap();
+    let gw = GatewayProcess::spawn(&format!(
+        "server:\n  endpoint: {}\nlistener:\n  endpoint: 127.0.0.1:0\ntelemetry:\n  metrics:\n    endpoint: 127.0.0.1:0\npolicies:\n  directory: /nonexistent/policies\n",
+        server.url()
+    ))
+    .await;
+    // Health is the gateway's own readiness signal; poll it (bounded).
+    let deadline = tokio::time::Instant::now() + T;
+    while gw.get("/healthz").await.1.trim() != "3/3 upstream links connected" {
+        assert!(tokio::time::Instant::now() < deadline, "links never came up");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut agents = Vec::new();
+    for _ in 0..3 {
+        let mut a = SimAgent::connect(AgentOptions::new(gw.agent_url())).await.unwrap();
+        round_trip(&mut a).await;
+        agents.push(a);
+    }
+    let mut bad = SimAgent::connect(AgentOptions::new(gw.agent_url())).await.unwrap();
+    bad.send_raw(tokio_tungstenite::tungstenite::Message::Text("hi".into())).await.unwrap();
+    assert!(matches!(bad.recv(T).await, Err(AgentError::Closed { code: Some(1003), .. })));
+    let vanished = SimAgent::connect(AgentOptions::new(gw.agent_url())).await.unwrap();
+    let mut vanished = vanished;
+    round_trip(&mut vanished).await;
+    let uid = vanished.uid().as_bytes().clone();
+    vanished.drop_abruptly();
+    server.wait_until(T, |s| s.agent(&uid).is_some_and(|a| a.disconnected == 1)).await.unwrap();
+
+    // Counters are updated as sessions end; poll the endpoint (no other signal).
+    let deadline = tokio::time::Instant::now() + T;
+    let body = loop {
+        let body = gw.metrics().await;
+        if sample(&body, "opampgateway_synthesized_disconnects_total", &[]) == Some(1.0)
+            && sample(&body, "opampgateway_agents_closed_total", &[("reason", "text_frame")]) == Some(1.0)
+        {
+            break body;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "metrics never settled:\n{body}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let s = |name, labels: &[(&str, &str)]| {
+        sample(&body, name, labels).unwrap_or_else(|| panic!("{name} {labels:?} missing:\n{body}"))
+    };
+    assert_eq!(s("opampgateway_connections", &[("direction", "downstream")]), 3.0);
+    assert_eq!(s("opampgateway_connections", &[("direction", "upstream")]), 3.0);
+    assert!(s("opampgateway_messages_total", &[("direction", "upstream")]) >= 4.0);
+    assert!(s("opampgateway_messages_total", &[("direction", "downstream")]) >= 4.0);
+    assert!(s("opampgateway_message_bytes_total", &[("direction", "upstream")]) > 0.0);
+    assert!(s("opampgateway_message_latency_seconds_count", &[("direction", "downstream")]) >= 4.0);
+    assert_eq!(s("opampgateway_handshakes_total", &[("outcome", "accepted"), ("status", "101")]), 5.0);
+    assert_eq!(s("opampgateway_upstream_reconnects_total", &[("outcome", "success")]), 3.0);
+    let per_link: f64 = (0..3).map(|i| s("opampgateway_link_agents", &[("link", &format!("upstream-{i}"))])).sum();
+    assert_eq!(per_link, 3.0);
+    assert_eq!(gw.get("/healthz").await.0, 200);
+
+    // SIGTERM: agents are told to go elsewhere (1001), links close, exit 0.
+    let pid = gw.child.id().unwrap().to_string();
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().await.unwrap().success());
+    for a in &mut agents {
+        match a.recv(T).await {
+            Err(AgentError::Closed { code: Some(1001), .. }) => {}
+            other => panic!("expected 1001 going away, got {other:?}"),
+        }
+    }
+    let mut gw = gw;
+    let status =
+        tokio::time::timeout(Duration::from_secs(15), gw.child.wait()).await.expect("exits in bounded time").unwrap();
+    assert!(status.success(), "exit status {status}");
+    server.wait_until(T, |s| s.open_connections == 0).await.expect("links closed");
+}

@@ -1,0 +1,228 @@
+//! The example policies in `policies/examples`, built for wasm32-wasip2 and
+//! loaded as real components, driven through the policy chain the relay
+//! uses, on real encoded OpAMP messages.
+
+mod policy_support;
+
+use bytes::Bytes;
+use opamp_gateway::policy::{AssignDecision, AssignInput, Direction, FilterOutcome, LinkInfo, PolicySet, Transport};
+use opamp_gateway::protocol::proto::{
+    AgentConfigFile, AgentConfigMap, AgentRemoteConfig, AgentToServer, ComponentHealth, EffectiveConfig,
+    PackageAvailable, PackagesAvailable, ServerToAgent,
+};
+use policy_support::runtime;
+use prost::Message;
+
+const UID: [u8; 16] = *b"0123456789abcdef";
+
+fn h(name: &str, value: &str) -> (String, String) {
+    (name.to_owned(), value.to_owned())
+}
+
+fn links(connected: &[bool]) -> Vec<LinkInfo> {
+    connected.iter().enumerate().map(|(i, c)| LinkInfo { index: i as u32, load: 0, connected: *c }).collect()
+}
+
+fn assign(set: &PolicySet, headers: &[(String, String)], links: &[LinkInfo]) -> AssignDecision {
+    let input = AssignInput { headers, remote_addr: "10.0.0.7:5555", transport: Transport::WebSocket, links };
+    set.assign(&input).expect("assign")
+}
+
+fn forwarded(outcome: FilterOutcome) -> Bytes {
+    match outcome {
+        FilterOutcome::Forward(b) => b,
+        other => panic!("expected Forward, got {other:?}"),
+    }
+}
+
+#[test]
+fn header_allowlist_forwards_only_listed_headers() {
+    let (_dir, rt) = runtime(&[("header_allowlist", "allow", Some("allow: [Authorization, x-tenant]\n"))]);
+    let set = rt.policies().snapshot();
+    let out = set
+        .forward_headers(vec![
+            h("authorization", "Secret-Key k"),
+            h("cookie", "session=1"),
+            h("x-tenant", "acme"),
+            h("user-agent", "otelcol"),
+        ])
+        .unwrap();
+    assert_eq!(out, vec![h("authorization", "Secret-Key k"), h("x-tenant", "acme")]);
+    // It implements only forward-headers: the other phases are untouched.
+    assert!(!set.filters());
+    assert_eq!(assign(&set, &[], &links(&[true])), AssignDecision::Default);
+}
+
+#[test]
+fn tenant_affinity_pins_a_tenant_to_one_connected_link() {
+    let (_dir, rt) = runtime(&[("tenant_affinity", "affinity", Some("header: x-tenant\n"))]);
+    let set = rt.policies().snapshot();
+    let all = links(&[true, true, true]);
+    let pick = |tenant: &str, links: &[LinkInfo]| match assign(&set, &[h("x-tenant", tenant)], links) {
+        AssignDecision::Link(i) => i,
+        AssignDecision::Default => panic!("no opinion for tenant {tenant}"),
+    };
+    // Same tenant, same link, every time (fresh instances included).
+    let acme = pick("acme", &all);
+    for _ in 0..20 {
+        assert_eq!(pick("acme", &all), acme);
+    }
+    // Tenants spread over the links.
+    let used: std::collections::BTreeSet<u32> = (0..60).map(|i| pick(&format!("tenant-{i}"), &all)).collect();
+    assert_eq!(used.len(), 3, "60 tenants should use all 3 links: {used:?}");
+    // Only connected links are chosen.
+    let partial = links(&[true, false, true]);
+    for i in 0..30 {
+        assert_ne!(pick(&format!("tenant-{i}"), &partial), 1);
+    }
+    // No header: no opinion (least-connections decides).
+    assert_eq!(assign(&set, &[h("authorization", "x")], &all), AssignDecision::Default);
+    // No connected link: no opinion either.
+    assert_eq!(assign(&set, &[h("x-tenant", "acme")], &links(&[false, false])), AssignDecision::Default);
+}
+
+fn agent_message(body: &str) -> AgentToServer {
+    let mut files = std::collections::HashMap::new();
+    files.insert(
+        "collector.yaml".to_owned(),
+        AgentConfigFile { body: Bytes::from(body.to_owned()), content_type: "text/yaml".into() },
+    );
+    files.insert(
+        "clean.yaml".to_owned(),
+        AgentConfigFile { body: Bytes::from_static(b"exporters:\n  debug: {}\n"), content_type: "text/yaml".into() },
+    );
+    AgentToServer {
+        instance_uid: Bytes::from_static(&UID),
+        sequence_num: 42,
+        health: Some(ComponentHealth { healthy: true, status: "ok".into(), ..Default::default() }),
+        effective_config: Some(EffectiveConfig { config_map: Some(AgentConfigMap { config_map: files }) }),
+        capabilities: 0x3f,
+        ..Default::default()
+    }
+}
+
+#[test]
+fn redact_secrets_rewrites_effective_config_bodies() {
+    let (_dir, rt) = runtime(&[("redact_secrets", "redact", Some("keys: [api-key, password, token]\n"))]);
+    let set = rt.policies().snapshot();
+    assert!(set.filters());
+
+    let body = "receivers:\n  otlp:\n    auth:\n      password: hunter2\n      api_key: 'abc def'\n    token_file: /var/run/t\nexporters:\n  otlphttp: {endpoint: x, token: s3cr3t}\n";
+    let original = agent_message(body);
+    let encoded = Bytes::from(original.encode_to_vec());
+    let out = forwarded(set.filter(Direction::AgentToServer, &UID, encoded.clone()));
+    assert_ne!(out, encoded);
+    let got = AgentToServer::decode(out).unwrap();
+    let files = &got.effective_config.as_ref().unwrap().config_map.as_ref().unwrap().config_map;
+    let redacted = std::str::from_utf8(&files["collector.yaml"].body).unwrap();
+    assert_eq!(
+        redacted,
+        "receivers:\n  otlp:\n    auth:\n      password: <redacted>\n      api_key: '<redacted>'\n    token_file: /var/run/t\nexporters:\n  otlphttp: {endpoint: x, token: <redacted>}\n"
+    );
+    assert!(!redacted.contains("hunter2") && !redacted.contains("s3cr3t"));
+    assert_eq!(
+        files["clean.yaml"],
+        original.effective_config.as_ref().unwrap().config_map.as_ref().unwrap().config_map["clean.yaml"]
+    );
+    // Everything outside the effective config is as it was.
+    assert_eq!(got.instance_uid, original.instance_uid);
+    assert_eq!(got.sequence_num, 42);
+    assert_eq!(got.health, original.health);
+    assert_eq!(got.capabilities, 0x3f);
+
+    // Nothing to redact, no effective config, or the other direction: the
+    // original bytes go through untouched.
+    let clean = Bytes::from(agent_message("a: 1\n").encode_to_vec());
+    assert_eq!(forwarded(set.filter(Direction::AgentToServer, &UID, clean.clone())), clean);
+    let status_only = Bytes::from(
+        AgentToServer { instance_uid: Bytes::from_static(&UID), sequence_num: 1, ..Default::default() }.encode_to_vec(),
+    );
+    assert_eq!(forwarded(set.filter(Direction::AgentToServer, &UID, status_only.clone())), status_only);
+    let from_server = Bytes::from(
+        ServerToAgent { instance_uid: Bytes::from_static(&UID), flags: 1, ..Default::default() }.encode_to_vec(),
+    );
+    assert_eq!(forwarded(set.filter(Direction::ServerToAgent, &UID, from_server.clone())), from_server);
+}
+
+fn server_message(with_packages: bool) -> ServerToAgent {
+    let mut packages = std::collections::HashMap::new();
+    packages.insert(
+        "otelcol-contrib".to_owned(),
+        PackageAvailable { version: "0.120.0".into(), hash: Bytes::from_static(b"h"), ..Default::default() },
+    );
+    let mut files = std::collections::HashMap::new();
+    files.insert(
+        "".to_owned(),
+        AgentConfigFile { body: Bytes::from_static(b"receivers: {}\n"), content_type: "text/yaml".into() },
+    );
+    ServerToAgent {
+        instance_uid: Bytes::from_static(&UID),
+        remote_config: Some(AgentRemoteConfig {
+            config: Some(AgentConfigMap { config_map: files }),
+            config_hash: Bytes::from_static(b"cfg-hash"),
+        }),
+        packages_available: with_packages
+            .then(|| PackagesAvailable { packages, all_packages_hash: Bytes::from_static(b"all") }),
+        capabilities: 7,
+        ..Default::default()
+    }
+}
+
+#[test]
+fn block_packages_strips_package_offers_only() {
+    let (_dir, rt) = runtime(&[("block_packages", "block", None)]);
+    let set = rt.policies().snapshot();
+
+    let original = server_message(true);
+    let out = forwarded(set.filter(Direction::ServerToAgent, &UID, Bytes::from(original.encode_to_vec())));
+    let got = ServerToAgent::decode(out.clone()).unwrap();
+    assert_eq!(got.packages_available, None);
+    assert_eq!(got, ServerToAgent { packages_available: None, ..original });
+    // Byte-for-byte: the result is the original minus field 5.
+    assert_eq!(out, Bytes::from(server_message(false).encode_to_vec()));
+
+    let plain = Bytes::from(server_message(false).encode_to_vec());
+    assert_eq!(forwarded(set.filter(Direction::ServerToAgent, &UID, plain.clone())), plain);
+    // Agent→server traffic is not its business.
+    let a2s = Bytes::from(agent_message("password: x\n").encode_to_vec());
+    assert_eq!(forwarded(set.filter(Direction::AgentToServer, &UID, a2s.clone())), a2s);
+}
+
+#[test]
+fn the_examples_chain_in_file_name_order() {
+    let (_dir, rt) = runtime(&[
+        ("header_allowlist", "10-allow", Some("allow: [authorization, x-tenant]\n")),
+        ("tenant_affinity", "20-affinity", None),
+        ("redact_secrets", "30-redact", None),
+        ("block_packages", "40-block", None),
+    ]);
+    let loaded: Vec<String> = rt.loaded().into_iter().map(|p| p.name).collect();
+    assert_eq!(loaded, ["10-allow", "20-affinity", "30-redact", "40-block"]);
+    let set = rt.policies().snapshot();
+    assert_eq!(set.names().collect::<Vec<_>>(), ["10-allow", "20-affinity", "30-redact", "40-block"]);
+
+    let headers = set.forward_headers(vec![h("cookie", "c"), h("x-tenant", "acme")]).unwrap();
+    assert_eq!(headers, vec![h("x-tenant", "acme")]);
+    assert!(matches!(assign(&set, &headers, &links(&[true, true])), AssignDecision::Link(_)));
+
+    let up =
+        forwarded(set.filter(Direction::AgentToServer, &UID, Bytes::from(agent_message("token: t\n").encode_to_vec())));
+    let body = AgentToServer::decode(up).unwrap().effective_config.unwrap().config_map.unwrap().config_map
+        ["collector.yaml"]
+        .body
+        .clone();
+    assert_eq!(&body[..], b"token: <redacted>\n");
+    let down = forwarded(set.filter(Direction::ServerToAgent, &UID, Bytes::from(server_message(true).encode_to_vec())));
+    assert_eq!(ServerToAgent::decode(down).unwrap().packages_available, None);
+}
+
+#[test]
+fn examples_refuse_bad_config_at_load() {
+    let dir = tempfile::tempdir().unwrap();
+    policy_support::install(dir.path(), "header_allowlist", "allow", Some("alow: [authorization]\n"));
+    let err = opamp_gateway::policy::runtime::PolicyRuntime::start(&policy_support::config(dir.path(), false))
+        .err()
+        .expect("a typo in the config refuses the policy");
+    let msg = err.to_string();
+    assert!(msg.contains("allow.wasm") && msg.contains("unknown key `alow`"), "{msg}");
+}

@@ -1,0 +1,57 @@
+//! Malformed input closes only the offending agent, with the right code.
+
+use bytes::Bytes;
+use opamp_gateway::protocol::framing;
+use opamp_gateway::protocol::proto::AgentToServer;
+use opamp_gateway::sim::agent::{AgentError, SimAgent};
+use prost::Message as _;
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::common::{round_trip, Harness, T};
+
+async fn expect_close(a: &mut SimAgent, code: u16) {
+    match a.recv(T).await {
+        Err(AgentError::Closed { code: Some(c), .. }) => assert_eq!(c, code),
+        other => panic!("expected close {code}, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_closes_only_that_agent() {
+    let h = Harness::with(Default::default(), |c| {
+        c.server.connections = 1;
+        c.listener.max_message_size = opamp_gateway::config::ByteSize(1024);
+    })
+    .await;
+    let mut healthy = h.agent().await;
+    let good = AgentToServer { instance_uid: Bytes::from_static(&[7; 16]), ..Default::default() }.encode_to_vec();
+
+    let cases: Vec<(&str, Message, u16)> = vec![
+        ("text frame", Message::Text("hello".into()), 1003),
+        ("non-zero header", Message::Binary([&[0x01u8][..], &good].concat().into()), 1007),
+        ("bad protobuf", Message::Binary(Bytes::from_static(&[0x00, 0x0a, 0xff, 0x01])), 1007),
+        (
+            "bad uid length",
+            Message::Binary(framing::encode(&AgentToServer {
+                instance_uid: Bytes::from_static(&[1; 5]),
+                ..Default::default()
+            })),
+            1007,
+        ),
+        (
+            "missing uid",
+            Message::Binary(framing::encode(&AgentToServer { sequence_num: 3, ..Default::default() })),
+            1007,
+        ),
+        ("oversized", Message::Binary(vec![0u8; 4096].into()), 1009),
+    ];
+    for (what, msg, code) in cases {
+        let mut bad = SimAgent::connect(h.agent_options()).await.unwrap();
+        bad.send_raw(msg).await.unwrap();
+        expect_close(&mut bad, code).await;
+        // The gateway and its other agents carry on.
+        round_trip(&mut healthy).await;
+        assert_eq!(h.server.state().open_connections, 1, "{what}: the link survived");
+    }
+    assert_eq!(h.loads(), vec![1], "closed agents released their link");
+}

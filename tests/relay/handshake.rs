@@ -1,0 +1,98 @@
+//! Authentication is the server's: connect / connectResult on the agent's link.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use opamp_gateway::sim::agent::{AgentError, SimAgent};
+use opamp_gateway::sim::server::{ConnectMode, ReferenceServerConfig};
+use opamp_gateway::Gateway;
+
+use crate::common::{config, round_trip, Harness, T};
+
+fn keyed() -> ReferenceServerConfig {
+    ReferenceServerConfig { secret_key: Some("s3cret".into()), ..Default::default() }
+}
+
+fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn accepted_agent_is_announced_on_its_own_link() {
+    let h = Harness::with(keyed(), |_| {}).await;
+    let opts = h
+        .agent_options()
+        .header("Authorization", "Secret-Key s3cret")
+        .header("x-tenant", "blue")
+        .header("X-Multi", "1")
+        .header("x-multi", "2");
+    let mut a = SimAgent::connect(opts).await.expect("a good key is accepted");
+    round_trip(&mut a).await;
+
+    let state = h.server.state();
+    let (conn, req) = state.connect_requests.last().cloned().unwrap();
+    // Names arrive in Go's canonical form, repeated headers as a list.
+    assert_eq!(req.headers["Authorization"], ["Secret-Key s3cret"]);
+    assert_eq!(req.headers["X-Tenant"], ["blue"]);
+    assert_eq!(req.headers["X-Multi"], ["1", "2"]);
+    assert!(!req.headers.contains_key("Host"));
+    let remote: SocketAddr = req.remote_address.parse().expect("remote_address is ip:port");
+    assert!(remote.ip().is_loopback() && remote.port() != 0);
+    assert!(uuid::Uuid::parse_str(&req.request_uid).is_ok());
+    // The handshake went over the link the agent's traffic then used.
+    assert_eq!(state.agent(a.uid().as_bytes()).unwrap().conn_id, conn);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rejection_carries_the_servers_status_and_headers() {
+    let h = Harness::with(keyed(), |_| {}).await;
+    let bad = SimAgent::connect(h.agent_options().header("Authorization", "Secret-Key wrong")).await;
+    match bad {
+        Err(AgentError::Rejected { status, headers }) => {
+            assert_eq!(status, 401);
+            assert_eq!(header(&headers, "x-reject-reason"), Some("bad key"));
+        }
+        other => panic!("expected a 401, got {:?}", other.map(|_| ())),
+    }
+
+    let mut why = BTreeMap::new();
+    why.insert("X-Why".to_owned(), "banned".to_owned());
+    h.server.set_connect_mode(ConnectMode::Reject { status: 403, headers: why });
+    match SimAgent::connect(h.agent_options()).await {
+        Err(AgentError::Rejected { status: 403, headers }) => assert_eq!(header(&headers, "x-why"), Some("banned")),
+        other => panic!("expected a 403, got {:?}", other.map(|_| ())),
+    }
+
+    h.server.set_connect_mode(ConnectMode::Reject { status: 0, headers: BTreeMap::new() });
+    assert!(matches!(SimAgent::connect(h.agent_options()).await, Err(AgentError::Rejected { status: 401, .. })));
+    assert_eq!(h.loads().iter().sum::<u32>(), 0, "rejected agents hold no link");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_server_means_504_after_auth_timeout() {
+    let h =
+        Harness::with(ReferenceServerConfig::default(), |c| c.server.auth_timeout = Duration::from_millis(300)).await;
+    h.server.set_connect_mode(ConnectMode::Ignore);
+    match SimAgent::connect(h.agent_options()).await {
+        Err(AgentError::Rejected { status: 504, headers }) => assert!(header(&headers, "retry-after").is_some()),
+        other => panic!("expected a 504, got {:?}", other.map(|_| ())),
+    }
+    assert_eq!(h.gateway.relay().pending.len(), 0, "timed-out handshakes are forgotten");
+    h.server.set_connect_mode(ConnectMode::Normal);
+    h.agent().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_upstream_means_503_with_retry_after() {
+    // Nothing listens on the endpoint: the links can never connect.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let mut cfg = config(&format!("ws://{closed}/v1/opamp"));
+    cfg.listener.retry_after = Duration::from_secs(7);
+    let g = Gateway::start(&cfg, None).await.unwrap();
+    match SimAgent::connect(opamp_gateway::sim::agent::AgentOptions::new(g.agent_url())).await {
+        Err(AgentError::Rejected { status: 503, headers }) => assert_eq!(header(&headers, "retry-after"), Some("7")),
+        other => panic!("expected a 503, got {:?}", other.map(|_| ())),
+    }
+    tokio::time::timeout(T, g.shutdown()).await.expect("shutdown is bounded");
+}

@@ -1,0 +1,14 @@
+//! End-to-end behaviour of the relay, on loopback sockets: the reference
+//! upstream server, the gateway (in-process) and simulated agents.
+
+mod common;
+
+mod chaining;
+
+mod framing;
+mod handshake;
+mod http;
+mod link_loss;
+mod liveness;
+mod routing;
+mod tls;
