@@ -50,7 +50,7 @@ pub struct Gateway {
     link_tasks: Vec<JoinHandle<()>>,
     listener_task: JoinHandle<()>,
     shutdown_timeout: Duration,
-    _policies: PolicyRuntime,
+    policies: PolicyRuntime,
 }
 
 impl Gateway {
@@ -138,7 +138,7 @@ impl Gateway {
             link_tasks,
             listener_task,
             shutdown_timeout: l.shutdown_timeout,
-            _policies: policies,
+            policies,
         })
     }
 
@@ -158,6 +158,11 @@ impl Gateway {
 
     pub fn relay(&self) -> &Arc<Relay> {
         &self.relay
+    }
+
+    /// The policy runtime: its `subscribe()` reports every reload.
+    pub fn policies(&self) -> &PolicyRuntime {
+        &self.policies
     }
 
     /// Resolves once `n` links are connected, or after `timeout` (false).

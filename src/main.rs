@@ -15,7 +15,7 @@ mod demo;
 #[derive(Parser)]
 #[command(version, about = "A programmable OpAMP gateway", long_about = None)]
 struct Cli {
-    /// Config file (YAML). Used when no subcommand is given.
+    /// Config file (YAML). For `policy check`, the policy's own config.
     #[arg(long, short, global = true, env = "OPAMP_GATEWAY_CONFIG")]
     config: Option<PathBuf>,
     #[command(subcommand)]
@@ -30,6 +30,25 @@ enum Command {
     Check,
     /// Self-contained demo on loopback: reference server, gateway, fleet.
     Demo(demo::DemoArgs),
+    /// Work with Wasm policies.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+}
+
+#[derive(Subcommand)]
+enum PolicyCommand {
+    /// Validate a policy offline, exactly as the gateway would load it:
+    /// compile, match the WIT, run init with its config.
+    ///
+    /// `--config` names the policy's own YAML (default: `<name>.yaml` next
+    /// to the component, if present).
+    Check {
+        /// The component (`<name>.wasm`).
+        wasm: PathBuf,
+        /// A gateway config whose `policies:` limits (timeouts, memory) apply.
+        #[arg(long)]
+        gateway_config: Option<PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -41,6 +60,9 @@ fn main() -> ExitCode {
         Command::Check => check(cli.config),
         Command::Run => runtime().and_then(|rt| rt.block_on(run(cli.config))),
         Command::Demo(args) => runtime().and_then(|rt| rt.block_on(demo::run(args))),
+        Command::Policy(PolicyCommand::Check { wasm, gateway_config }) => {
+            policy_check(gateway_config, &wasm, cli.config)
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -82,6 +104,18 @@ fn check(path: Option<PathBuf>) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `policy check`: the gateway config (if given) supplies the sandbox limits.
+fn policy_check(config: Option<PathBuf>, wasm: &std::path::Path, policy_config: Option<PathBuf>) -> anyhow::Result<()> {
+    let limits = match config {
+        Some(path) => Config::load(&path)?.policies,
+        None => Default::default(),
+    };
+    let yaml = policy_config.or_else(|| Some(wasm.with_extension("yaml")).filter(|p| p.exists()));
+    let report = opamp_gateway::policy::wasm::check(wasm, yaml.as_deref(), &limits)?;
+    println!("{report}");
+    Ok(())
+}
+
 async fn run(path: Option<PathBuf>) -> anyhow::Result<()> {
     let config = load(path)?;
     let handle = telemetry::install_recorder()?;
@@ -90,17 +124,26 @@ async fn run(path: Option<PathBuf>) -> anyhow::Result<()> {
     let metrics = gateway.metrics_addr().map(|a| a.to_string()).unwrap_or_else(|| "-".into());
     println!("ready listener={} metrics={metrics}", gateway.listen_addr());
     std::io::stdout().flush().ok();
-    wait_for_signal().await?;
+    serve_until_signal(&gateway).await?;
     gateway.shutdown().await;
     Ok(())
 }
 
-async fn wait_for_signal() -> anyhow::Result<()> {
+/// Runs until SIGTERM or Ctrl-C; SIGHUP reloads the policies folder now
+/// (useful with `policies.watch: false`).
+async fn serve_until_signal(gateway: &Gateway) -> anyhow::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM received"),
-        r = tokio::signal::ctrl_c() => { r.context("waiting for Ctrl-C")?; tracing::info!("interrupt received") }
+    let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
+    loop {
+        tokio::select! {
+            _ = term.recv() => { tracing::info!("SIGTERM received"); return Ok(()) }
+            r = tokio::signal::ctrl_c() => { r.context("waiting for Ctrl-C")?; tracing::info!("interrupt received"); return Ok(()) }
+            _ = hup.recv() => {
+                tracing::info!("SIGHUP received: reloading policies");
+                let status = tokio::task::block_in_place(|| gateway.policies().reload());
+                tracing::info!(generation = status.generation, outcome = ?status.outcome, "policy reload");
+            }
+        }
     }
-    Ok(())
 }

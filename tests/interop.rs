@@ -179,10 +179,7 @@ async fn run_driver(c: &Client, url: &str, key: &str) -> Run {
 
 fn uid_of(run: &Run) -> Option<Vec<u8>> {
     let hex = run.summary.as_ref()?["uid"].as_str()?;
-    (0..hex.len())
-        .step_by(2)
-        .map(|i| hex.get(i..i + 2).and_then(|b| u8::from_str_radix(b, 16).ok()))
-        .collect()
+    (0..hex.len()).step_by(2).map(|i| hex.get(i..i + 2).and_then(|b| u8::from_str_radix(b, 16).ok())).collect()
 }
 
 fn has_user_agent(state: &ServerState, prefix: &str) -> bool {
@@ -235,9 +232,8 @@ async fn check(c: &Client, run: &Run, server: &ReferenceServer) -> Vec<String> {
     // the end, exactly one agent_disconnect: the client's own, or the one the
     // gateway synthesizes when an HTTP agent stops polling.
     let want_msgs = 1 + HEARTBEATS + u64::from(c.says_goodbye);
-    let seen = server
-        .wait_until(T, |s| s.agent(&uid).is_some_and(|a| a.messages >= want_msgs && a.disconnected >= 1))
-        .await;
+    let seen =
+        server.wait_until(T, |s| s.agent(&uid).is_some_and(|a| a.messages >= want_msgs && a.disconnected >= 1)).await;
     let state = server.state();
     match state.agent(&uid) {
         None => problems.push(format!("the server never saw uid {}", summary["uid"])),
@@ -265,12 +261,10 @@ async fn third_party_http_clients_next_to_websocket_agents() {
         require_installed(c);
     }
 
-    let server = ReferenceServer::start(ReferenceServerConfig {
-        secret_key: Some(SECRET.into()),
-        ..Default::default()
-    })
-    .await
-    .expect("reference server starts");
+    let server =
+        ReferenceServer::start(ReferenceServerConfig { secret_key: Some(SECRET.into()), ..Default::default() })
+            .await
+            .expect("reference server starts");
     let cfg = gateway_config(&server.url());
     let gateway = Gateway::start(&cfg, None).await.expect("gateway starts");
     assert!(gateway.wait_for_links(cfg.server.connections, T).await, "links did not connect");
@@ -306,10 +300,8 @@ async fn third_party_http_clients_next_to_websocket_agents() {
     });
 
     // Both third-party clients at once, over plain HTTP on the same listener.
-    let (py, node) = tokio::join!(
-        run_driver(&clients[0], &http_url, SECRET),
-        run_driver(&clients[1], &http_url, SECRET),
-    );
+    let (py, node) =
+        tokio::join!(run_driver(&clients[0], &http_url, SECRET), run_driver(&clients[1], &http_url, SECRET));
 
     let mut report = Vec::new();
     for (c, run) in clients.iter().zip([&py, &node]) {

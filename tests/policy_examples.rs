@@ -226,3 +226,25 @@ fn examples_refuse_bad_config_at_load() {
     let msg = err.to_string();
     assert!(msg.contains("allow.wasm") && msg.contains("unknown key `alow`"), "{msg}");
 }
+
+#[test]
+fn the_example_configs_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("policies/examples");
+    for name in ["header_allowlist", "tenant_affinity", "redact_secrets", "block_packages"] {
+        let yaml = std::fs::read_to_string(root.join(name).join(format!("{name}.yaml"))).unwrap();
+        policy_support::install(dir.path(), name, name, Some(&yaml));
+    }
+    let rt = opamp_gateway::policy::runtime::PolicyRuntime::start(&policy_support::config(dir.path(), false)).unwrap();
+    let modes: Vec<_> = rt.loaded().into_iter().map(|p| (p.name, p.on_error)).collect();
+    use opamp_gateway::policy::FailureMode::{Closed, Open};
+    assert_eq!(
+        modes,
+        [
+            ("block_packages".to_owned(), Closed),
+            ("header_allowlist".to_owned(), Open),
+            ("redact_secrets".to_owned(), Closed),
+            ("tenant_affinity".to_owned(), Open),
+        ]
+    );
+}

@@ -18,7 +18,9 @@ pub struct GatewayProc {
 impl GatewayProc {
     pub async fn start(upstream: &str, connections: usize, policy_dir: Option<&Path>) -> anyhow::Result<Self> {
         let dir = tempfile::tempdir()?;
-        let policies = policy_dir.map(|p| p.display().to_string()).unwrap_or_else(|| dir.path().join("none").display().to_string());
+        let policies = policy_dir
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|| dir.path().join("none").display().to_string());
         let yaml = format!(
             "server:\n  endpoint: {upstream}\n  connections: {connections}\n  queue_size: 16384\n\
              listener:\n  endpoint: 127.0.0.1:0\n  queue_size: 256\npolicies:\n  directory: {policies}\n"

@@ -64,7 +64,10 @@ impl PolicySet {
             std::fs::copy(wasm, &tmp)?;
             std::fs::rename(&tmp, self.dir.path().join(format!("{name}.wasm")))?;
             let text = config.as_ref().map(std::fs::read_to_string).transpose()?.unwrap_or_default();
-            std::fs::write(self.dir.path().join(format!("{name}.yaml")), format!("{text}\n# generation {generation}\n"))?;
+            std::fs::write(
+                self.dir.path().join(format!("{name}.yaml")),
+                format!("{text}\n# generation {generation}\n"),
+            )?;
         }
         Ok(())
     }

@@ -39,10 +39,7 @@ impl Report {
     pub fn new(scale: &Scale) -> Self {
         let mut json = Map::new();
         json.insert("machine".into(), machine());
-        json.insert(
-            "command".into(),
-            json!(if scale.quick { "scripts/bench --quick" } else { "scripts/bench" }),
-        );
+        json.insert("command".into(), json!(if scale.quick { "scripts/bench --quick" } else { "scripts/bench" }));
         json.insert(
             "scale".into(),
             json!({"latency_agents": scale.latency_agents, "latency_rate": scale.latency_rate,
@@ -94,10 +91,20 @@ impl Report {
         let added50 = us(g, 0.5) as f64 - us(d, 0.5) as f64;
         self.json.insert("added_latency_us".into(), json!({"p50": added50, "p99": added99}));
         let rate = self.path_value("gateway", "/achieved_rate").unwrap_or(0.0);
-        self.bar("added latency p99 (gateway − direct)", "≤ 1 ms at 10k msg/s", format!("{:.0} µs at {rate:.0} msg/s", added99), added99 <= 1000.0);
+        self.bar(
+            "added latency p99 (gateway − direct)",
+            "≤ 1 ms at 10k msg/s",
+            format!("{:.0} µs at {rate:.0} msg/s", added99),
+            added99 <= 1000.0,
+        );
         let tg = gw.saturated.round_trips as f64 / gw.saturated.elapsed.as_secs_f64();
         let td = direct.saturated.round_trips as f64 / direct.saturated.elapsed.as_secs_f64();
-        self.bar("throughput vs direct", "within 2×", format!("{tg:.0} vs {td:.0} round trips/s ({:.2}×)", td / tg.max(1.0)), tg * 2.0 >= td);
+        self.bar(
+            "throughput vs direct",
+            "within 2×",
+            format!("{tg:.0} vs {td:.0} round trips/s ({:.2}×)", td / tg.max(1.0)),
+            tg * 2.0 >= td,
+        );
     }
 
     pub fn storm(&mut self, n: usize, links: usize, concurrency: usize, s: &Storm) {
@@ -107,13 +114,23 @@ impl Report {
             json!({"agents": n, "links": links, "concurrency": concurrency, "seconds": secs, "errors": s.errors,
                    "per_agent_ms": {"p50": us(&s.connect, 0.5) as f64 / 1000.0, "p99": us(&s.connect, 0.99) as f64 / 1000.0}}),
         );
-        self.bar(&format!("connect storm: {n} agents, {links} links"), "< 10 s", format!("{secs:.2} s, {} errors", s.errors), secs < 10.0 && s.errors == 0);
+        self.bar(
+            &format!("connect storm: {n} agents, {links} links"),
+            "< 10 s",
+            format!("{secs:.2} s, {} errors", s.errors),
+            secs < 10.0 && s.errors == 0,
+        );
     }
 
     pub fn growth(&mut self, row: Row) {
         if self.memory_points.contains(&row.agents) {
             let ok = row.per_agent_kib <= 16.0;
-            self.bar(&format!("memory per idle agent at {}", row.agents), "≤ 16 KiB", format!("{:.1} KiB", row.per_agent_kib), ok);
+            self.bar(
+                &format!("memory per idle agent at {}", row.agents),
+                "≤ 16 KiB",
+                format!("{:.1} KiB", row.per_agent_kib),
+                ok,
+            );
         }
         self.growth.push(row);
     }
@@ -122,9 +139,17 @@ impl Report {
         let a = none.round_trips as f64 / none.elapsed.as_secs_f64();
         let b = with.round_trips as f64 / with.elapsed.as_secs_f64();
         let cost = (1.0 - b / a.max(1.0)) * 100.0;
-        self.json.insert("policies".into(), json!({"loaded": names, "none_rps": a, "with_rps": b, "cost_percent": cost,
-            "with_rtt_us": {"p50": us(&with.rtt, 0.5), "p99": us(&with.rtt, 0.99)}}));
-        self.bar("throughput cost of the 4 example policies", "≤ 20 %", format!("{cost:.1} % ({b:.0} vs {a:.0} round trips/s)"), cost <= 20.0);
+        self.json.insert(
+            "policies".into(),
+            json!({"loaded": names, "none_rps": a, "with_rps": b, "cost_percent": cost,
+            "with_rtt_us": {"p50": us(&with.rtt, 0.5), "p99": us(&with.rtt, 0.99)}}),
+        );
+        self.bar(
+            "throughput cost of the 4 example policies",
+            "≤ 20 %",
+            format!("{cost:.1} % ({b:.0} vs {a:.0} round trips/s)"),
+            cost <= 20.0,
+        );
     }
 
     pub fn hot_swap(&mut self, swaps: SwapOutcome, run: &Run, connect_errors: usize) {
@@ -171,7 +196,12 @@ impl Report {
         let mut s = String::new();
         let m = &self.json["machine"];
         let _ = writeln!(s, "# Benchmarks\n");
-        let _ = writeln!(s, "Written by `{}` on {}. Figures, not assertions: rerun to reproduce.\n", self.json["command"].as_str().unwrap_or(""), m["date"].as_str().unwrap_or(""));
+        let _ = writeln!(
+            s,
+            "Written by `{}` on {}. Figures, not assertions: rerun to reproduce.\n",
+            self.json["command"].as_str().unwrap_or(""),
+            m["date"].as_str().unwrap_or("")
+        );
         let _ = writeln!(
             s,
             "Machine: {} ({} cores, {} GiB), Linux {}, {}, {}. The gateway runs as its own process; the reference server and the load generator share one other process on the same 2 cores, so every figure includes that contention.\n",
@@ -193,9 +223,13 @@ impl Report {
                 s,
                 "| {name} | {:.0}/s | {} µs | {} µs | {} µs | {:.0} | {} |",
                 v["achieved_rate"].as_f64().unwrap_or(0.0),
-                v["rtt_us"]["p50"], v["rtt_us"]["p99"], v["rtt_us"]["p999"],
+                v["rtt_us"]["p50"],
+                v["rtt_us"]["p99"],
+                v["rtt_us"]["p999"],
                 v["saturated_round_trips_per_s"].as_f64().unwrap_or(0.0),
-                v["paced_errors"].as_u64().unwrap_or(0) + v["saturated_errors"].as_u64().unwrap_or(0) + v["connect_errors"].as_u64().unwrap_or(0)
+                v["paced_errors"].as_u64().unwrap_or(0)
+                    + v["saturated_errors"].as_u64().unwrap_or(0)
+                    + v["connect_errors"].as_u64().unwrap_or(0)
             );
         }
         if let Some(st) = self.json.get("connect_storm") {
@@ -205,7 +239,17 @@ impl Report {
         let _ = writeln!(s, "\n## How cost grows\n\nEach row is a fresh gateway: N agents connect, then the fleet offers {} msg/s for {} s. Memory is the gateway's RSS delta over its idle baseline, divided by N. CPU is the gateway's user+system time per relayed message (each round trip relays two).\n", sc["growth_rate"], sc["phase_seconds"]);
         let _ = writeln!(s, "| agents | RSS idle → connected | per agent | achieved rate | CPU per message | errors |\n|---|---|---|---|---|---|");
         for r in &self.growth {
-            let _ = writeln!(s, "| {} | {:.1} → {:.1} MiB | {:.1} KiB | {:.0}/s | {:.1} µs | {} |", r.agents, r.rss_before_kib as f64 / 1024.0, r.rss_kib as f64 / 1024.0, r.per_agent_kib, r.rate, r.cpu_us_per_msg, r.errors);
+            let _ = writeln!(
+                s,
+                "| {} | {:.1} → {:.1} MiB | {:.1} KiB | {:.0}/s | {:.1} µs | {} |",
+                r.agents,
+                r.rss_before_kib as f64 / 1024.0,
+                r.rss_kib as f64 / 1024.0,
+                r.per_agent_kib,
+                r.rate,
+                r.cpu_us_per_msg,
+                r.errors
+            );
         }
         if let Some(p) = self.json.get("policies") {
             let _ = writeln!(s, "\n## Policies\n\nLoaded: {}. Flat-out throughput {:.0} round trips/s with them vs {:.0} without: **{:.1} % cost**; RTT p50 {} µs, p99 {} µs with policies. Per-hook call cost: see `cargo bench --bench policy_hooks`.", p["loaded"], p["with_rps"].as_f64().unwrap_or(0.0), p["none_rps"].as_f64().unwrap_or(0.0), p["cost_percent"].as_f64().unwrap_or(0.0), p["with_rtt_us"]["p50"], p["with_rtt_us"]["p99"]);

@@ -134,7 +134,8 @@ pub async fn run(scale: Scale) -> anyhow::Result<Report> {
             eprintln!("[bench] hot swap under load");
             let storm = load::storm(&gw.url(), scale.latency_agents, 256, &policies::headers()).await;
             let swapper = set.swap_repeatedly(scale.swaps, scale.phase);
-            let (run, swaps) = tokio::join!(load::drive(storm.agents, Some(scale.growth_rate / 2.0), scale.phase), swapper);
+            let (run, swaps) =
+                tokio::join!(load::drive(storm.agents, Some(scale.growth_rate / 2.0), scale.phase), swapper);
             report.hot_swap(swaps?, &run, storm.errors);
             gw.stop().await;
         }
@@ -177,7 +178,9 @@ async fn wait_links(server: &ReferenceServer, n: usize) {
 pub fn machine() -> serde_json::Value {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned()))
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned())
+        })
         .unwrap_or_default();
     let mem_kib = std::fs::read_to_string("/proc/meminfo")
         .ok()

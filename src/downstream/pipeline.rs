@@ -62,7 +62,12 @@ pub async fn resend_returned(lease: &LinkLease, agent: &Arc<AgentShared>) {
 /// Prepares a server message for its agent: replays the link's custom
 /// capabilities into the agent's first message, then runs the filter phase.
 /// Returns the frame (with header) to deliver, or `None` if dropped.
-pub fn downstream_frame(relay: &Relay, agent: &AgentShared, uid: &[u8], msg: &Inbound) -> Result<Option<Bytes>, CloseReason> {
+pub fn downstream_frame(
+    relay: &Relay,
+    agent: &AgentShared,
+    uid: &[u8],
+    msg: &Inbound,
+) -> Result<Option<Bytes>, CloseReason> {
     let mut frame = msg.frame.clone();
     if msg.has_capabilities {
         agent.capabilities_delivered();

@@ -22,9 +22,7 @@ use tokio_tungstenite::WebSocketStream;
 use super::{pipeline, Downstream};
 use crate::protocol::handshake::ConnectRequest;
 use crate::protocol::{AgentFrame, InstanceUid, UidError};
-use crate::relay::{
-    Admission, AdmitError, AdmitRequest, AgentShared, CloseReason, Inbound, LinkLease, LinkState,
-};
+use crate::relay::{Admission, AdmitError, AdmitRequest, AgentShared, CloseReason, Inbound, LinkLease, LinkState};
 use crate::telemetry::metrics as m;
 
 type Ws = WebSocketStream<TokioIo<Upgraded>>;

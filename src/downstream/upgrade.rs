@@ -81,7 +81,8 @@ async fn websocket(ds: Arc<Downstream>, mut req: Request<Incoming>, remote: Sock
         Ok(a) => a,
         Err(e) => return refuse(&ds, e, remote, Transport::WebSocket),
     };
-    metrics::counter!(m::HANDSHAKES, "outcome" => "accepted", "status" => "101", "transport" => "websocket").increment(1);
+    metrics::counter!(m::HANDSHAKES, "outcome" => "accepted", "status" => "101", "transport" => "websocket")
+        .increment(1);
     tracing::debug!(%remote, link = admission.lease.index(), "agent accepted");
 
     let mut response = Response::builder()

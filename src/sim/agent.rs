@@ -26,8 +26,8 @@ use tokio_tungstenite::WebSocketStream;
 
 use crate::protocol::framing;
 use crate::protocol::proto::{
-    any_value, AgentConfigFile, AgentConfigMap, AgentDescription, AgentDisconnect, AgentToServer,
-    AnyValue, ComponentHealth, EffectiveConfig, KeyValue, ServerToAgent,
+    any_value, AgentConfigFile, AgentConfigMap, AgentDescription, AgentDisconnect, AgentToServer, AnyValue,
+    ComponentHealth, EffectiveConfig, KeyValue, ServerToAgent,
 };
 use crate::protocol::uid::InstanceUid;
 
@@ -53,10 +53,7 @@ pub struct AgentOptions {
 
 impl AgentOptions {
     pub fn new(url: impl Into<String>) -> Self {
-        Self {
-            url: url.into(),
-            ..Self::default()
-        }
+        Self { url: url.into(), ..Self::default() }
     }
 
     /// Adds one upgrade request header.
@@ -86,10 +83,7 @@ pub enum AgentError {
     Io(#[from] io::Error),
     /// The server answered the upgrade with an HTTP error.
     #[error("upgrade rejected with HTTP {status}")]
-    Rejected {
-        status: u16,
-        headers: Vec<(String, String)>,
-    },
+    Rejected { status: u16, headers: Vec<(String, String)> },
     /// The connection ended. `code` is the close frame's code (1005 if the
     /// frame had none); `None` means no close frame at all — the TCP
     /// connection just went away.
@@ -131,10 +125,7 @@ impl std::fmt::Debug for SimAgent {
 impl SimAgent {
     /// Dials the URL, does TLS if `wss://`, and upgrades with the headers.
     pub async fn connect(opts: AgentOptions) -> Result<SimAgent, AgentError> {
-        let bad_url = |reason: &str| AgentError::BadUrl {
-            url: opts.url.clone(),
-            reason: reason.into(),
-        };
+        let bad_url = |reason: &str| AgentError::BadUrl { url: opts.url.clone(), reason: reason.into() };
         let uri: Uri = opts.url.parse().map_err(|_| bad_url("not a URI"))?;
         let secure = match uri.scheme_str() {
             Some("ws") => false,
@@ -142,18 +133,14 @@ impl SimAgent {
             _ => return Err(bad_url("scheme must be ws or wss")),
         };
         let host = uri.host().ok_or_else(|| bad_url("no host"))?;
-        let host = host
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .to_owned();
+        let host = host.trim_start_matches('[').trim_end_matches(']').to_owned();
         let port = uri.port_u16().unwrap_or(if secure { 443 } else { 80 });
 
         let tcp = TcpStream::connect((host.as_str(), port)).await?;
         tcp.set_nodelay(true)?;
         let stream: Box<dyn Transport> = if secure {
             let config = opts.tls.clone().unwrap_or_else(default_tls);
-            let name =
-                ServerName::try_from(host).map_err(|_| bad_url("host is not a valid TLS name"))?;
+            let name = ServerName::try_from(host).map_err(|_| bad_url("host is not a valid TLS name"))?;
             Box::new(TlsConnector::from(config).connect(name, tcp).await?)
         } else {
             Box::new(tcp)
@@ -161,25 +148,19 @@ impl SimAgent {
 
         let mut request = uri.into_client_request().map_err(AgentError::WebSocket)?;
         for (name, value) in &opts.headers {
-            let name =
-                HeaderName::from_bytes(name.as_bytes()).map_err(|_| bad_url("bad header name"))?;
+            let name = HeaderName::from_bytes(name.as_bytes()).map_err(|_| bad_url("bad header name"))?;
             let value = HeaderValue::from_str(value).map_err(|_| bad_url("bad header value"))?;
             request.headers_mut().append(name, value);
         }
         // Small buffers: a fleet runs thousands of these.
-        let config = WebSocketConfig::default()
-            .read_buffer_size(4 * 1024)
-            .write_buffer_size(0);
+        let config = WebSocketConfig::default().read_buffer_size(4 * 1024).write_buffer_size(0);
         let (ws, response) =
-            tokio_tungstenite::client_async_with_config(request, stream, Some(config))
-                .await
-                .map_err(|e| match e {
-                    tungstenite::Error::Http(resp) => AgentError::Rejected {
-                        status: resp.status().as_u16(),
-                        headers: header_pairs(resp.headers()),
-                    },
-                    other => closed_or(other),
-                })?;
+            tokio_tungstenite::client_async_with_config(request, stream, Some(config)).await.map_err(|e| match e {
+                tungstenite::Error::Http(resp) => {
+                    AgentError::Rejected { status: resp.status().as_u16(), headers: header_pairs(resp.headers()) }
+                }
+                other => closed_or(other),
+            })?;
         Ok(SimAgent {
             ws,
             uid: opts.uid,
@@ -206,11 +187,7 @@ impl SimAgent {
         }
         msg.sequence_num = self.next_seq;
         self.next_seq += 1;
-        let frame = if self.legacy_frames {
-            Bytes::from(msg.encode_to_vec())
-        } else {
-            framing::encode(&msg)
-        };
+        let frame = if self.legacy_frames { Bytes::from(msg.encode_to_vec()) } else { framing::encode(&msg) };
         self.send_raw(Message::Binary(frame)).await
     }
 
@@ -221,16 +198,12 @@ impl SimAgent {
 
     /// The next `ServerToAgent`, skipping pings and pongs.
     pub async fn recv(&mut self, timeout: Duration) -> Result<ServerToAgent, AgentError> {
-        tokio::time::timeout(timeout, self.next_server_message())
-            .await
-            .map_err(|_| AgentError::Timeout(timeout))?
+        tokio::time::timeout(timeout, self.next_server_message()).await.map_err(|_| AgentError::Timeout(timeout))?
     }
 
     /// The next WebSocket message of any kind, close frames included.
     pub async fn recv_message(&mut self, timeout: Duration) -> Result<Message, AgentError> {
-        tokio::time::timeout(timeout, self.next_message())
-            .await
-            .map_err(|_| AgentError::Timeout(timeout))?
+        tokio::time::timeout(timeout, self.next_message()).await.map_err(|_| AgentError::Timeout(timeout))?
     }
 
     /// Like [`recv`](Self::recv) without a deadline. Cancel-safe, so it can
@@ -239,10 +212,8 @@ impl SimAgent {
         loop {
             match self.next_message().await? {
                 Message::Binary(frame) => {
-                    let payload =
-                        framing::payload(&frame).map_err(|e| AgentError::Decode(e.to_string()))?;
-                    return ServerToAgent::decode(payload)
-                        .map_err(|e| AgentError::Decode(e.to_string()));
+                    let payload = framing::payload(&frame).map_err(|e| AgentError::Decode(e.to_string()))?;
+                    return ServerToAgent::decode(payload).map_err(|e| AgentError::Decode(e.to_string()));
                 }
                 Message::Close(frame) => return Err(closed(frame)),
                 Message::Text(_) => return Err(AgentError::UnexpectedText),
@@ -256,25 +227,15 @@ impl SimAgent {
         match self.ws.next().await {
             Some(Ok(msg)) => Ok(msg),
             Some(Err(e)) => Err(closed_or(e)),
-            None => Err(AgentError::Closed {
-                code: None,
-                reason: "stream ended".into(),
-            }),
+            None => Err(AgentError::Closed { code: None, reason: "stream ended".into() }),
         }
     }
 
     /// Leaves politely: `agent_disconnect`, then a close frame (1000), then
     /// waits briefly for the server's close.
     pub async fn say_goodbye(mut self) -> Result<(), AgentError> {
-        self.send(AgentToServer {
-            agent_disconnect: Some(AgentDisconnect {}),
-            ..Default::default()
-        })
-        .await?;
-        let frame = CloseFrame {
-            code: CloseCode::Normal,
-            reason: "goodbye".into(),
-        };
+        self.send(AgentToServer { agent_disconnect: Some(AgentDisconnect {}), ..Default::default() }).await?;
+        let frame = CloseFrame { code: CloseCode::Normal, reason: "goodbye".into() };
         self.send_raw(Message::Close(Some(frame))).await?;
         // Drain until the server echoes the close; don't hang on a bad peer.
         let drain = async { while let Some(Ok(_)) = self.ws.next().await {} };
@@ -290,10 +251,7 @@ impl SimAgent {
     /// A realistic first message: description, capabilities, health and a
     /// small effective config.
     pub fn status_report(&self) -> AgentToServer {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_nanos() as u64;
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_nanos() as u64;
         let config = format!(
             "receivers:\n  otlp:\n    protocols:\n      grpc: {{}}\nexporters:\n  debug: {{}}\n\
              service:\n  pipelines:\n    traces:\n      receivers: [otlp]\n      exporters: [debug]\n\
@@ -326,10 +284,7 @@ impl SimAgent {
                 config_map: Some(AgentConfigMap {
                     config_map: [(
                         String::new(),
-                        AgentConfigFile {
-                            body: config.into(),
-                            content_type: "text/yaml".into(),
-                        },
+                        AgentConfigFile { body: config.into(), content_type: "text/yaml".into() },
                     )]
                     .into_iter()
                     .collect(),
@@ -341,37 +296,18 @@ impl SimAgent {
 }
 
 fn kv(key: &str, value: &str) -> KeyValue {
-    KeyValue {
-        key: key.into(),
-        value: Some(AnyValue {
-            value: Some(any_value::Value::StringValue(value.into())),
-        }),
-    }
+    KeyValue { key: key.into(), value: Some(AnyValue { value: Some(any_value::Value::StringValue(value.into())) }) }
 }
 
 fn header_pairs(headers: &http::HeaderMap) -> Vec<(String, String)> {
-    headers
-        .iter()
-        .map(|(n, v)| {
-            (
-                n.as_str().to_owned(),
-                String::from_utf8_lossy(v.as_bytes()).into_owned(),
-            )
-        })
-        .collect()
+    headers.iter().map(|(n, v)| (n.as_str().to_owned(), String::from_utf8_lossy(v.as_bytes()).into_owned())).collect()
 }
 
 fn closed(frame: Option<CloseFrame>) -> AgentError {
     match frame {
-        Some(f) => AgentError::Closed {
-            code: Some(f.code.into()),
-            reason: f.reason.to_string(),
-        },
+        Some(f) => AgentError::Closed { code: Some(f.code.into()), reason: f.reason.to_string() },
         // RFC 6455 §7.4.1: 1005 stands for "a close frame with no status code".
-        None => AgentError::Closed {
-            code: Some(1005),
-            reason: String::new(),
-        },
+        None => AgentError::Closed { code: Some(1005), reason: String::new() },
     }
 }
 
@@ -380,28 +316,20 @@ fn closed(frame: Option<CloseFrame>) -> AgentError {
 fn closed_or(e: tungstenite::Error) -> AgentError {
     let gone = |reason: String| AgentError::Closed { code: None, reason };
     match e {
-        tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed => {
-            gone(e.to_string())
-        }
-        tungstenite::Error::Protocol(ProtocolError::ResetWithoutClosingHandshake) => {
-            gone(e.to_string())
-        }
+        tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed => gone(e.to_string()),
+        tungstenite::Error::Protocol(ProtocolError::ResetWithoutClosingHandshake) => gone(e.to_string()),
         tungstenite::Error::Io(io) => gone(io.to_string()),
         other => AgentError::WebSocket(other),
     }
 }
 
 fn default_tls() -> Arc<rustls::ClientConfig> {
-    let roots = rustls::RootCertStore {
-        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
-    };
+    let roots = rustls::RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() };
     Arc::new(
-        rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .expect("ring supports the default protocol versions")
-        .with_root_certificates(roots)
-        .with_no_client_auth(),
+        rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .expect("ring supports the default protocol versions")
+            .with_root_certificates(roots)
+            .with_no_client_auth(),
     )
 }

@@ -150,12 +150,7 @@ impl Fleet {
                 break;
             }
         }
-        Fleet {
-            agents,
-            counters,
-            stop,
-            tasks,
-        }
+        Fleet { agents, counters, stop, tasks }
     }
 
     pub fn stats(&self) -> FleetStats {
@@ -196,10 +191,8 @@ impl Fleet {
     pub async fn stop(mut self) {
         self.stop.cancel();
         let tasks = &mut self.tasks;
-        let _ = tokio::time::timeout(Duration::from_secs(10), async {
-            while tasks.join_next().await.is_some() {}
-        })
-        .await;
+        let _ =
+            tokio::time::timeout(Duration::from_secs(10), async { while tasks.join_next().await.is_some() {} }).await;
     }
 }
 
@@ -222,14 +215,7 @@ impl AgentRun {
             };
             let c = &self.counters;
             // Count first, then report the attempt, so `start` sees the count.
-            c.add(
-                if connected.is_some() {
-                    &c.connected
-                } else {
-                    &c.errors
-                },
-                1,
-            );
+            c.add(if connected.is_some() { &c.connected } else { &c.errors }, 1);
             if let Some(tx) = first_attempt.take() {
                 let _ = tx.send(());
             }
@@ -244,8 +230,7 @@ impl AgentRun {
                 return;
             };
             // Jitter so a dropped gateway is not hit by the whole fleet at once.
-            let jitter =
-                Duration::from_millis(rand::random_range(0..=delay.as_millis().max(1) as u64));
+            let jitter = Duration::from_millis(rand::random_range(0..=delay.as_millis().max(1) as u64));
             tokio::select! {
                 _ = self.stop.cancelled() => return,
                 _ = tokio::time::sleep(delay + jitter) => {}
@@ -275,8 +260,7 @@ impl AgentRun {
         // Spread the fleet's heartbeats over the interval instead of in lockstep.
         let offset = rand::random_range(0..=self.cfg.heartbeat.as_millis().max(1) as u64);
         let first = Instant::now() + Duration::from_millis(offset);
-        let mut beat =
-            tokio::time::interval_at(first, self.cfg.heartbeat.max(Duration::from_millis(1)));
+        let mut beat = tokio::time::interval_at(first, self.cfg.heartbeat.max(Duration::from_millis(1)));
         beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {

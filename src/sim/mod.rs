@@ -23,6 +23,5 @@ mod tests;
 pub use agent::{AgentError, AgentOptions, SimAgent};
 pub use fleet::{Fleet, FleetConfig, FleetStats};
 pub use server::{
-    AgentRecord, ConnectMode, ConnectionRecord, ReferenceServer, ReferenceServerConfig,
-    ServerState, WaitTimeout,
+    AgentRecord, ConnectMode, ConnectionRecord, ReferenceServer, ReferenceServerConfig, ServerState, WaitTimeout,
 };

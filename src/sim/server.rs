@@ -85,10 +85,7 @@ pub enum ConnectMode {
     /// Never answer, so the gateway's auth timeout fires.
     Ignore,
     /// Reject every agent with this status and these response headers.
-    Reject {
-        status: u16,
-        headers: BTreeMap<String, String>,
-    },
+    Reject { status: u16, headers: BTreeMap<String, String> },
 }
 
 /// One accepted WebSocket connection (from a gateway link or a direct agent).
@@ -109,10 +106,7 @@ pub struct ConnectionRecord {
 impl ConnectionRecord {
     /// First value of header `name` (case-insensitive).
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
     }
 }
 
@@ -173,16 +167,11 @@ pub struct ReferenceServer {
 
 impl ReferenceServer {
     pub async fn start(cfg: ReferenceServerConfig) -> io::Result<ReferenceServer> {
-        let acceptor = cfg
-            .tls
-            .as_ref()
-            .map(|(c, k)| tls_acceptor(c, k))
-            .transpose()?;
+        let acceptor = cfg.tls.as_ref().map(|(c, k)| tls_acceptor(c, k)).transpose()?;
         let listener = TcpListener::bind(cfg.listen).await?;
         let addr = listener.local_addr()?;
-        let caps = (!cfg.custom_capabilities.is_empty()).then(|| CustomCapabilities {
-            capabilities: cfg.custom_capabilities.clone(),
-        });
+        let caps = (!cfg.custom_capabilities.is_empty())
+            .then(|| CustomCapabilities { capabilities: cfg.custom_capabilities.clone() });
         let shared = Arc::new(ServerShared {
             secret_key: cfg.secret_key,
             custom_capabilities: caps,
@@ -193,12 +182,7 @@ impl ReferenceServer {
             accepting: AtomicBool::new(true),
         });
         let accept_task = tokio::spawn(accept_loop(listener, acceptor, shared.clone()));
-        Ok(ReferenceServer {
-            shared,
-            addr,
-            tls: cfg.tls.is_some(),
-            accept_task,
-        })
+        Ok(ReferenceServer { shared, addr, tls: cfg.tls.is_some(), accept_task })
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -223,19 +207,11 @@ impl ReferenceServer {
     /// Sends `msg` to the connection `uid` was last seen on, with
     /// `instance_uid` set. False if the uid is unknown or its link is gone.
     pub fn push(&self, uid: &[u8], mut msg: ServerToAgent) -> bool {
-        let Some(conn_id) = self
-            .shared
-            .state
-            .borrow()
-            .agents
-            .get(uid)
-            .map(|a| a.conn_id)
-        else {
+        let Some(conn_id) = self.shared.state.borrow().agents.get(uid).map(|a| a.conn_id) else {
             return false;
         };
         msg.instance_uid = Bytes::copy_from_slice(uid);
-        self.shared
-            .send_to(conn_id, Outgoing::Message(Box::new(msg)))
+        self.shared.send_to(conn_id, Outgoing::Message(Box::new(msg)))
     }
 
     /// Sends a raw WebSocket payload as is (no header added, no capabilities).
@@ -265,8 +241,7 @@ impl ReferenceServer {
     {
         let mut rx = self.shared.state.subscribe();
         // `wait_for` fails only if the sender is dropped, and `self` owns it.
-        let met =
-            tokio::time::timeout(timeout, async { rx.wait_for(|s| pred(s)).await.is_ok() }).await;
+        let met = tokio::time::timeout(timeout, async { rx.wait_for(|s| pred(s)).await.is_ok() }).await;
         match met {
             Ok(true) => Ok(()),
             Ok(false) | Err(_) => Err(WaitTimeout(timeout)),
@@ -313,9 +288,7 @@ enum Outgoing {
 
 impl ServerShared {
     fn send_to(&self, conn_id: u64, out: Outgoing) -> bool {
-        lock(&self.links)
-            .get(&conn_id)
-            .is_some_and(|l| l.tx.send(out).is_ok())
+        lock(&self.links).get(&conn_id).is_some_and(|l| l.tx.send(out).is_ok())
     }
 
     /// The gateway's question: may this agent connect? The server sees the
@@ -344,16 +317,9 @@ impl ServerShared {
                     }
                 };
                 Some(if authorized {
-                    ConnectResult {
-                        request_uid: req.request_uid.clone(),
-                        accept: true,
-                        ..Default::default()
-                    }
+                    ConnectResult { request_uid: req.request_uid.clone(), accept: true, ..Default::default() }
                 } else {
-                    reject(
-                        401,
-                        BTreeMap::from([("X-Reject-Reason".into(), "bad key".into())]),
-                    )
+                    reject(401, BTreeMap::from([("X-Reject-Reason".into(), "bad key".into())]))
                 })
             }
         }
@@ -361,9 +327,7 @@ impl ServerShared {
 
     /// Handles one agent message; returns the reply to send, if any.
     fn on_message(&self, conn_id: u64, frame: &Bytes) -> Option<ServerToAgent> {
-        let msg = framing::payload(frame)
-            .ok()
-            .and_then(|p| AgentToServer::decode(p).ok());
+        let msg = framing::payload(frame).ok().and_then(|p| AgentToServer::decode(p).ok());
         let Some(msg) = msg else {
             self.state.send_modify(|s| s.malformed_messages += 1);
             return None;
@@ -427,9 +391,7 @@ impl ServerShared {
             custom_message: Some(CustomMessage {
                 capability: handshake::CAPABILITY.into(),
                 r#type: handshake::CONNECT_RESULT.into(),
-                data: serde_json::to_vec(&result)
-                    .expect("plain data serializes")
-                    .into(),
+                data: serde_json::to_vec(&result).expect("plain data serializes").into(),
             }),
             ..Default::default()
         })
@@ -455,12 +417,7 @@ async fn accept_loop(listener: TcpListener, tls: Option<TlsAcceptor>, shared: Ar
     }
 }
 
-async fn serve_tcp(
-    tcp: TcpStream,
-    remote: SocketAddr,
-    tls: Option<TlsAcceptor>,
-    shared: Arc<ServerShared>,
-) {
+async fn serve_tcp(tcp: TcpStream, remote: SocketAddr, tls: Option<TlsAcceptor>, shared: Arc<ServerShared>) {
     // Replies are small and latency matters more than packet count.
     let _ = tcp.set_nodelay(true);
     match tls {
@@ -486,21 +443,13 @@ where
         headers = req
             .headers()
             .iter()
-            .map(|(n, v)| {
-                (
-                    n.as_str().to_owned(),
-                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
-                )
-            })
+            .map(|(n, v)| (n.as_str().to_owned(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
             .collect();
         Ok(resp)
     };
     // Modest buffers: benchmarks may point thousands of direct agents here.
-    let config = WebSocketConfig::default()
-        .read_buffer_size(8 * 1024)
-        .write_buffer_size(8 * 1024);
-    let ws =
-        tokio_tungstenite::accept_hdr_async_with_config(stream, record_request, Some(config)).await;
+    let config = WebSocketConfig::default().read_buffer_size(8 * 1024).write_buffer_size(8 * 1024);
+    let ws = tokio_tungstenite::accept_hdr_async_with_config(stream, record_request, Some(config)).await;
     let Ok(ws) = ws else {
         shared.state.send_modify(|s| s.refused_connections += 1);
         return;
@@ -512,26 +461,13 @@ where
     shared.state.send_modify(|s| {
         id = s.connections.len() as u64;
         s.open_connections += 1;
-        s.connections.push(ConnectionRecord {
-            id,
-            remote,
-            path,
-            headers,
-            open: true,
-            messages: 0,
-        });
+        s.connections.push(ConnectionRecord { id, remote, path, headers, open: true, messages: 0 });
         // Reachable before anyone can observe it as open.
-        let link = LinkHandle {
-            tx: tx.clone(),
-            kill: kill.clone(),
-        };
+        let link = LinkHandle { tx: tx.clone(), kill: kill.clone() };
         lock(&shared.links).insert(id, link);
     });
     // Unregisters on every exit path, including abort.
-    let _guard = Registration {
-        shared: shared.clone(),
-        id,
-    };
+    let _guard = Registration { shared: shared.clone(), id };
 
     let (sink, stream) = ws.split();
     tokio::select! {
@@ -619,16 +555,13 @@ fn tls_acceptor(cert_pem: &[u8], key_pem: &[u8]) -> io::Result<TlsAcceptor> {
     let certs = CertificateDer::pem_slice_iter(cert_pem)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| invalid(format!("certificate PEM: {e}")))?;
-    let key =
-        PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| invalid(format!("key PEM: {e}")))?;
-    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .map_err(|e| invalid(e.to_string()))?
-    .with_no_client_auth()
-    .with_single_cert(certs, key)
-    .map_err(|e| invalid(e.to_string()))?;
+    let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| invalid(format!("key PEM: {e}")))?;
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| invalid(e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| invalid(e.to_string()))?;
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
 

@@ -183,6 +183,15 @@ async function main() {
     emitAndExit(0);
 }
 
+// The client's own failures (e.g. it throws on a reply whose instance_uid is
+// not a valid UUID) surface here; they still end in one JSON line.
+for (const ev of ['unhandledRejection', 'uncaughtException']) {
+    process.on(ev, (e) => {
+        summary.errors.push(`${ev} in the client: ${e && e.stack ? e.stack : e}`);
+        emitAndExit(2);
+    });
+}
+
 main().catch((e) => {
     summary.errors.push(`driver crashed: ${e && e.stack ? e.stack : e}`);
     emitAndExit(2);

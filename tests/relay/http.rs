@@ -110,8 +110,12 @@ async fn gzip_both_ways_and_empty_reply_when_server_is_silent() {
     let uid = [0x22; 16];
     let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
     gz.write_all(&status_msg(&uid)).unwrap();
-    let r = post(h.gateway.listen_addr(), &[("content-encoding", "gzip"), ("accept-encoding", "gzip")], gz.finish().unwrap())
-        .await;
+    let r = post(
+        h.gateway.listen_addr(),
+        &[("content-encoding", "gzip"), ("accept-encoding", "gzip")],
+        gz.finish().unwrap(),
+    )
+    .await;
     assert_eq!(r.headers["content-encoding"], "gzip");
     let m = r.message();
     assert_eq!(&m.instance_uid[..], &uid, "an empty reply still names the agent");
@@ -121,12 +125,17 @@ async fn gzip_both_ways_and_empty_reply_when_server_is_silent() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_requests_get_clear_4xx() {
-    let h = Harness::with(Default::default(), |c| c.listener.max_message_size = opamp_gateway::config::ByteSize(1024)).await;
+    let h = Harness::with(Default::default(), |c| c.listener.max_message_size = opamp_gateway::config::ByteSize(1024))
+        .await;
     let addr = h.gateway.listen_addr();
     assert_eq!(post(addr, &[], vec![0u8; 4096]).await.status, 413);
     let mut bomb = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
     bomb.write_all(&vec![0u8; 1 << 20]).unwrap();
-    assert_eq!(post(addr, &[("content-encoding", "gzip")], bomb.finish().unwrap()).await.status, 413, "limit applies after decompression");
+    assert_eq!(
+        post(addr, &[("content-encoding", "gzip")], bomb.finish().unwrap()).await.status,
+        413,
+        "limit applies after decompression"
+    );
     assert_eq!(post(addr, &[], vec![0x0a, 0xff]).await.status, 400);
     assert_eq!(post(addr, &[], AgentToServer::default().encode_to_vec()).await.status, 400, "no instance_uid");
     assert_eq!(post(addr, &[("content-type", "application/json")], status_msg(&[3; 16])).await.status, 415);

@@ -166,6 +166,11 @@ macro_rules! export_policy {
 
 #[doc(hidden)]
 pub fn __init<P: Policy>(cell: &std::sync::OnceLock<P>, config: &str) -> Result<Hooks, String> {
+    // Panic messages go to the gateway's log through `host.log`, not to WASI
+    // stderr: the gateway grants no stdio, and the message is more useful
+    // next to the policy's name than in a discarded stream.
+    #[cfg(target_arch = "wasm32")]
+    std::panic::set_hook(Box::new(|info| crate::log::log(crate::log::Level::Error, &format!("panic: {info}"))));
     let policy = P::new(config)?;
     let hooks = policy.hooks();
     cell.set(policy).map_err(|_| "init called twice".to_owned())?;

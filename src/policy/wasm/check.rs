@@ -41,7 +41,7 @@ pub fn check(wasm: &Path, config: Option<&Path>, cfg: &PoliciesConfig) -> Result
     let digest = source.digest.clone();
     let size = source.wasm.len() as u64;
     let started = Instant::now();
-    let policy = compile(&engine, source, cfg)?;
+    let policy = compile(&engine, source, cfg, None)?;
     Ok(CheckReport {
         name,
         wasm: wasm.to_owned(),

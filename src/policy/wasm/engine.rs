@@ -19,7 +19,7 @@ use wasmtime::component::{HasSelf, Linker};
 use wasmtime::{Cache, CacheConfig, Config, Engine};
 
 use super::bindings::GatewayPolicy;
-use super::error::PolicyError;
+use super::error::{one_line, PolicyError};
 use super::sandbox::HostState;
 use crate::policy::config::PoliciesConfig;
 
@@ -79,7 +79,17 @@ impl PolicyEngine {
         // the generated code.
         config.cranelift_opt_level(wasmtime::OptLevel::Speed);
         if cfg.cache {
-            config.cache(Some(cache(cfg).map_err(|e| engine_err("compile cache", e))?));
+            // A cache that cannot be set up (read-only or missing home
+            // directory in a container, say) costs start-up time, not
+            // correctness: run without it.
+            match cache(cfg) {
+                Ok(c) => {
+                    config.cache(Some(c));
+                }
+                Err(e) => {
+                    tracing::warn!(error = %one_line(&format!("{e:#}")), "policy compile cache unavailable; compiling without it")
+                }
+            }
         }
         let engine = Engine::new(&config).map_err(|e| engine_err("engine", e))?;
 

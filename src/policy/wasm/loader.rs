@@ -26,6 +26,7 @@ use super::engine::{Budget, PolicyEngine};
 use super::error::{one_line, PolicyError};
 use super::policy::WasmPolicy;
 use super::pool::{InitFailure, InstancePool};
+use super::sandbox::HostState;
 use crate::policy::config::PoliciesConfig;
 use crate::policy::{FailureMode, HookError};
 
@@ -176,18 +177,30 @@ impl Source {
     }
 }
 
-/// Compiles, type-checks and initialises one policy.
-pub(crate) fn compile(engine: &PolicyEngine, source: Source, cfg: &PoliciesConfig) -> Result<WasmPolicy, PolicyError> {
+/// Compiles, type-checks and initialises one policy. `compiled` is the
+/// already type-checked component when a serving policy has the same bytes
+/// (only its config changed).
+pub(crate) fn compile(
+    engine: &PolicyEngine,
+    source: Source,
+    cfg: &PoliciesConfig,
+    compiled: Option<GatewayPolicyPre<HostState>>,
+) -> Result<WasmPolicy, PolicyError> {
     let Source { files, wasm, digest, config_text, config_digest, settings } = source;
     let path = files.wasm.clone();
     let started = Instant::now();
-    let component = Component::new(&engine.engine, &wasm)
-        .map_err(|e| PolicyError::Compile { path: path.clone(), reason: one_line(&format!("{e:#}")) })?;
+    let pre = match compiled {
+        Some(pre) => pre,
+        None => {
+            let component = Component::new(&engine.engine, &wasm)
+                .map_err(|e| PolicyError::Compile { path: path.clone(), reason: one_line(&format!("{e:#}")) })?;
+            let interface =
+                |e: wasmtime::Error| PolicyError::Interface { path: path.clone(), reason: one_line(&format!("{e:#}")) };
+            let pre = engine.linker.instantiate_pre(&component).map_err(interface)?;
+            GatewayPolicyPre::new(pre).map_err(interface)?
+        }
+    };
     let compiled = started.elapsed();
-    let interface =
-        |e: wasmtime::Error| PolicyError::Interface { path: path.clone(), reason: one_line(&format!("{e:#}")) };
-    let pre = engine.linker.instantiate_pre(&component).map_err(interface)?;
-    let pre = GatewayPolicyPre::new(pre).map_err(interface)?;
 
     let mut budget = Budget::from_config(cfg);
     if let Some(t) = settings.call_timeout {
@@ -267,7 +280,10 @@ impl Loader {
             });
             match reuse {
                 Some(p) => out.push(p.clone()),
-                None => out.push(Arc::new(compile(&self.engine, source, &self.cfg)?)),
+                None => {
+                    let same_module = self.current.iter().find(|p| p.digest == source.digest).map(|p| p.pool.pre());
+                    out.push(Arc::new(compile(&self.engine, source, &self.cfg, same_module)?));
+                }
             }
         }
         Ok(out)

@@ -89,6 +89,11 @@ impl InstancePool {
         self.idle.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// The compiled, type-checked component (cheap to clone).
+    pub fn pre(&self) -> GatewayPolicyPre<HostState> {
+        self.pre.clone()
+    }
+
     /// Idle instances right now (for tests and diagnostics).
     pub fn idle(&self) -> usize {
         self.lock().len()
@@ -118,6 +123,28 @@ impl InstancePool {
     /// Runs one hook call on an idle (or fresh) instance within the call
     /// deadline. A failed instance is discarded.
     pub fn call<R>(
+        &self,
+        f: impl FnOnce(&mut Store<HostState>, &GatewayPolicy) -> wasmtime::Result<R>,
+    ) -> Result<R, HookError> {
+        // A host function may panic under a guest's control: wasmtime-wasi's
+        // synchronous bindings bridge some WASI calls (stdio streams, poll)
+        // with `block_on`, which panics on an async runtime's thread. A policy
+        // must never take a gateway thread down with it, so such a call is a
+        // trap like any other and its instance is discarded.
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.call_inner(f))) {
+            Ok(r) => r,
+            Err(panic) => {
+                let why = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "unknown".into());
+                Err(HookError::Trap(format!("a host call panicked: {why}")))
+            }
+        }
+    }
+
+    fn call_inner<R>(
         &self,
         f: impl FnOnce(&mut Store<HostState>, &GatewayPolicy) -> wasmtime::Result<R>,
     ) -> Result<R, HookError> {

@@ -99,6 +99,12 @@ impl host::Host for HostState {
             return Ok(());
         }
         truncate(&mut message, LOG_LINE_CAP);
+        // The guest SDK reports panics here instead of on stderr; keep the
+        // text with the call's output so a trap's error names its cause.
+        if level == Level::Error && message.starts_with("panic: ") {
+            self.output.append(message.as_bytes());
+            self.output.append(b"\n");
+        }
         let policy = &*self.policy;
         match level {
             Level::Trace => tracing::trace!(target: "opamp_gateway::policy::guest", policy, "{message}"),
