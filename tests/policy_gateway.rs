@@ -158,16 +158,18 @@ async fn hot_swaps_under_load_lose_nothing() {
         _ => None,
     };
     // Add, add another, replace a config, replace a module, remove.
-    install(dir.path(), "header_allowlist", "a_headers", Some("allow: [x-tenant]\n"));
+    install(dir.path(), "header_allowlist", "a_headers", Some("allow: [x-tenant]\ncall_timeout: 2s\n"));
     wait_for(&mut status, "add", expect(&["a_headers"])).await;
     install(dir.path(), "tenant_affinity", "b_tenant", Some("header: x-tenant\n"));
     let two = wait_for(&mut status, "second policy", expect(&["a_headers", "b_tenant"])).await;
     // (The digest covers the module, so a config change shows as a newer
     // applied generation.)
-    atomic_write(&dir.path().join("a_headers.yaml"), b"allow: [x-tenant, authorization]\n");
+    atomic_write(&dir.path().join("a_headers.yaml"), b"allow: [x-tenant, authorization]\ncall_timeout: 2s\n");
     wait_for(&mut status, "config replaced", |s| s.generation > two.generation && policy(s, "a_headers").is_some())
         .await;
-    install(dir.path(), "block_packages", "a_headers", Some("on_error: closed\n"));
+    // Fail-closed on purpose (the strictest case), with a budget no
+    // scheduler hiccup reaches: this test is about swaps, not deadlines.
+    install(dir.path(), "block_packages", "a_headers", Some("on_error: closed\ncall_timeout: 2s\n"));
     wait_for(&mut status, "module replaced", |s| policy(s, "a_headers").is_some_and(|p| p.hooks.filter)).await;
     // A broken module is refused; the serving set is untouched.
     atomic_write(&dir.path().join("c_broken.wasm"), b"\0asm garbage");
@@ -198,7 +200,7 @@ async fn hot_swaps_under_load_lose_nothing() {
 async fn misbehaving_policies_are_contained() {
     let server = ReferenceServer::start(ReferenceServerConfig::default()).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
-    install(dir.path(), "fixture_misbehave", "m", Some("call_timeout: 50ms\nmemory_limit: 16777216\n"));
+    install(dir.path(), "fixture_misbehave", "m", Some("call_timeout: 200ms\nmemory_limit: 16777216\n"));
     let g = start(&server, dir.path()).await;
     let mut bystander = SimAgent::connect(opts(&g, &[])).await.unwrap();
     round_trip(&mut bystander).await;
@@ -212,7 +214,7 @@ async fn misbehaving_policies_are_contained() {
     }
     // Fail-closed: the same failure refuses the agent with 503.
     let mut status = g.policies().subscribe();
-    atomic_write(&dir.path().join("m.yaml"), b"call_timeout: 50ms\non_error: closed\n");
+    atomic_write(&dir.path().join("m.yaml"), b"call_timeout: 200ms\non_error: closed\n");
     wait_for(&mut status, "fail-closed config", |s| applied(s).is_some() && s.generation > 0).await;
     match SimAgent::connect(opts(&g, &[("x-misbehave", "spin")])).await {
         Err(AgentError::Rejected { status: 503, .. }) => {}

@@ -215,8 +215,15 @@ impl Session {
             // for one to return rather than disconnecting the whole fleet.
             let deadline = tokio::time::Instant::now() + relay.settings.failover_wait;
             loop {
+                // Subscribed before the attempt, so a link that comes up
+                // during it still counts as a reason to try again.
+                let mut ups = relay.links.link_ups();
                 match relay.admit(&self.admit).await {
-                    Err(AdmitError::NoUpstream) if relay.links.wait_any_connected(deadline).await => continue,
+                    Err(AdmitError::NoUpstream)
+                        if matches!(tokio::time::timeout_at(deadline, ups.changed()).await, Ok(Ok(()))) =>
+                    {
+                        continue
+                    }
                     other => return other,
                 }
             }

@@ -2,8 +2,9 @@
 //!
 //! - [`proto`]: prost types generated from `proto/*.proto`.
 //! - [`framing`]: the WebSocket message header (a varint, always 0 today).
-//! - [`scan`]: a one-pass top-level protobuf scanner that validates a message
-//!   and finds the few fields the relay needs without decoding the rest.
+//! - [`wire`]: the protobuf wire format, top level only (tags, lengths).
+//! - [`scan`]: validates an OpAMP message and finds the few fields the relay
+//!   needs, on top of [`wire`], without decoding the rest.
 //! - [`uid`]: agent instance uids (16-byte UUID or legacy 26-char ULID).
 //! - [`handshake`]: the `com.bindplane.opamp-gateway` connect / connectResult
 //!   custom messages.
@@ -15,6 +16,7 @@ pub mod framing;
 pub mod handshake;
 pub mod scan;
 pub mod uid;
+pub mod wire;
 
 /// Generated OpAMP protobuf types (package `opamp.proto.v1`).
 #[allow(clippy::all, missing_docs)]

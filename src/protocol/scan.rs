@@ -1,4 +1,4 @@
-//! A one-pass scanner over the top level of an OpAMP protobuf.
+//! A one-pass scanner over the top level of an OpAMP protobuf (on [`wire`]).
 //!
 //! The relay forwards messages unchanged, so it never needs the whole decoded
 //! tree: it needs to know the message is well-formed protobuf and where a few
@@ -9,6 +9,7 @@ use bytes::Bytes;
 
 use super::framing::{self, FrameError};
 use super::proto::CustomMessage;
+use super::wire::{self, Wire};
 
 // Top-level field numbers we care about (see proto/opamp.proto).
 const UID: u32 = 1;
@@ -47,14 +48,11 @@ impl AgentFrame {
     /// Parses a bare protobuf (the HTTP transport's body).
     pub fn parse_payload(payload: Bytes) -> Result<Self, ScanError> {
         let mut out = AgentFrame { payload: payload.clone(), uid: None, disconnect: false, custom_message: None };
-        walk(&payload, |field, value| {
-            match field {
-                UID => out.uid = value.cloned(),
-                A2S_AGENT_DISCONNECT => out.disconnect = true,
-                A2S_CUSTOM_MESSAGE => out.custom_message = value.cloned(),
-                _ => {}
-            }
-            Ok(())
+        walk(&payload, |field, value| match field {
+            UID => out.uid = value.cloned(),
+            A2S_AGENT_DISCONNECT => out.disconnect = true,
+            A2S_CUSTOM_MESSAGE => out.custom_message = value.cloned(),
+            _ => {}
         })?;
         Ok(out)
     }
@@ -91,18 +89,15 @@ impl ServerFrame {
             custom_message: None,
             agent_identification: None,
         };
-        walk(&payload, |field, value| {
-            match field {
-                UID => out.uid = value.cloned(),
-                S2A_AGENT_IDENTIFICATION => out.agent_identification = value.cloned(),
-                S2A_CUSTOM_CAPABILITIES => {
-                    out.has_custom_capabilities = true;
-                    out.custom_capabilities = value.cloned();
-                }
-                S2A_CUSTOM_MESSAGE => out.custom_message = value.cloned(),
-                _ => {}
+        walk(&payload, |field, value| match field {
+            UID => out.uid = value.cloned(),
+            S2A_AGENT_IDENTIFICATION => out.agent_identification = value.cloned(),
+            S2A_CUSTOM_CAPABILITIES => {
+                out.has_custom_capabilities = true;
+                out.custom_capabilities = value.cloned();
             }
-            Ok(())
+            S2A_CUSTOM_MESSAGE => out.custom_message = value.cloned(),
+            _ => {}
         })?;
         Ok(out)
     }
@@ -133,65 +128,19 @@ fn decode_custom(raw: Option<&Bytes>) -> Option<CustomMessage> {
 }
 
 /// Calls `visit(field, value)` for each top-level field; `value` is the
-/// contents of length-delimited fields, `None` for scalars.
-fn walk(buf: &Bytes, mut visit: impl FnMut(u32, Option<&Bytes>) -> Result<(), ScanError>) -> Result<(), ScanError> {
-    let mut pos = 0usize;
-    while pos < buf.len() {
-        let start = pos;
-        let key = read_varint(buf, &mut pos)?;
-        let field = u32::try_from(key >> 3).map_err(|_| malformed(start, "field number too large"))?;
-        if field == 0 {
-            return Err(malformed(start, "field number 0"));
+/// contents of length-delimited fields (a zero-copy slice), `None` for scalars.
+fn walk(buf: &Bytes, mut visit: impl FnMut(u32, Option<&Bytes>)) -> Result<(), ScanError> {
+    wire::walk(buf, |field, value| {
+        match value {
+            Wire::Bytes(b) => visit(field, Some(&buf.slice_ref(b))),
+            _ => visit(field, None),
         }
-        match key & 7 {
-            0 => {
-                read_varint(buf, &mut pos)?;
-                visit(field, None)?;
-            }
-            1 => {
-                pos = advance(buf, pos, 8, start)?;
-                visit(field, None)?;
-            }
-            2 => {
-                let len = read_varint(buf, &mut pos)?;
-                let len = usize::try_from(len).map_err(|_| malformed(start, "length overflow"))?;
-                let end = advance(buf, pos, len, start)?;
-                let value = buf.slice(pos..end);
-                pos = end;
-                visit(field, Some(&value))?;
-            }
-            5 => {
-                pos = advance(buf, pos, 4, start)?;
-                visit(field, None)?;
-            }
-            _ => return Err(malformed(start, "unsupported wire type")),
-        }
-    }
-    Ok(())
-}
-
-fn advance(buf: &[u8], pos: usize, n: usize, start: usize) -> Result<usize, ScanError> {
-    pos.checked_add(n).filter(|&end| end <= buf.len()).ok_or_else(|| malformed(start, "field runs past the end"))
-}
-
-fn read_varint(buf: &[u8], pos: &mut usize) -> Result<u64, ScanError> {
-    let start = *pos;
-    let mut value = 0u64;
-    for shift in (0..64).step_by(7) {
-        let Some(&byte) = buf.get(*pos) else {
-            return Err(malformed(start, "truncated varint"));
-        };
-        *pos += 1;
-        value |= u64::from(byte & 0x7f) << shift;
-        if byte & 0x80 == 0 {
-            return Ok(value);
-        }
-    }
-    Err(malformed(start, "varint longer than 10 bytes"))
-}
-
-fn malformed(offset: usize, what: &'static str) -> ScanError {
-    ScanError::Malformed { offset, what }
+        true
+    })
+    .map_err(|m| ScanError::Malformed {
+        offset: m.offset,
+        what: "not a valid protobuf (truncated field or unsupported wire type)",
+    })
 }
 
 #[cfg(test)]

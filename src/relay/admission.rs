@@ -65,16 +65,17 @@ impl Relay {
     pub async fn admit(&self, req: &AdmitRequest) -> Result<Admission, AdmitError> {
         let deadline = tokio::time::Instant::now() + self.settings.auth_timeout;
         let (mut preferred, headers) = self.apply_policies(req)?;
-        let mut avoid = None;
         // Each retry follows a link loss mid-handshake; there are at most as
         // many distinct links to try as slots.
         for _ in 0..=self.links.len() {
-            let lease = self.links.lease(preferred, avoid).ok_or(AdmitError::NoUpstream)?;
+            // A link lost mid-handshake is marked disconnected before its
+            // waiters are failed, so the next lease cannot pick it again.
+            let lease = self.links.lease(preferred).ok_or(AdmitError::NoUpstream)?;
             let request_uid = uuid::Uuid::new_v4().to_string();
             let (_guard, answer) = self.pending.register(request_uid.clone(), lease.index());
             if lease.is_stale() {
                 // Lost between lease and register: fail_link may have missed us.
-                (preferred, avoid) = (None, Some(lease.index()));
+                preferred = None;
                 continue;
             }
             let frame = ConnectRequest::new(
@@ -97,7 +98,7 @@ impl Relay {
                 Ok(Ok(Ok(result))) => return Err(AdmitError::Rejected(result)),
                 Ok(Ok(Err(LinkLost)) | Err(_)) => {
                     tracing::debug!(link = lease.index(), "link lost during handshake; trying another");
-                    (preferred, avoid) = (None, Some(lease.index()));
+                    preferred = None;
                 }
             }
         }

@@ -144,18 +144,11 @@ impl Links {
         self.slots.iter()
     }
 
-    /// Resolves when some link is connected, or at `deadline` (false).
-    pub async fn wait_any_connected(&self, deadline: tokio::time::Instant) -> bool {
-        let mut rx = self.any_up.subscribe();
-        loop {
-            if self.connected() > 0 {
-                return true;
-            }
-            match tokio::time::timeout_at(deadline, rx.changed()).await {
-                Ok(Ok(())) => {}
-                _ => return self.connected() > 0,
-            }
-        }
+    /// Changes whenever some link connects. Subscribe *before* an attempt
+    /// that may fail, then wait for a change: "a link is connected" alone is
+    /// no reason to retry (the attempt just failed despite it).
+    pub fn link_ups(&self) -> watch::Receiver<u64> {
+        self.any_up.subscribe()
     }
 
     pub fn connected(&self) -> usize {
@@ -177,11 +170,11 @@ impl Links {
     }
 
     /// Leases `preferred` if it is connected, else the least-loaded connected
-    /// link other than `avoid` (lowest index on ties). Choice and increment
-    /// happen under one lock, so a connect storm balances exactly.
-    pub fn lease(self: &Arc<Self>, preferred: Option<u32>, avoid: Option<u32>) -> Option<LinkLease> {
+    /// link (lowest index on ties). Choice and increment happen under one
+    /// lock, so a connect storm balances exactly.
+    pub fn lease(self: &Arc<Self>, preferred: Option<u32>) -> Option<LinkLease> {
         let mut loads = self.loads.lock().expect("loads lock");
-        let usable = |i: usize| self.slots[i].state().connected && Some(i as u32) != avoid;
+        let usable = |i: usize| self.slots[i].state().connected;
         let chosen = preferred
             .map(|p| p as usize)
             .filter(|&p| p < self.slots.len() && self.slots[p].state().connected)
@@ -244,11 +237,11 @@ mod tests {
     #[test]
     fn least_connections_and_no_drift() {
         let (links, _rx) = Links::new(3, 8);
-        assert!(links.lease(None, None).is_none(), "nothing connected yet");
+        assert!(links.lease(None).is_none(), "nothing connected yet");
         for i in 0..3 {
             up(&links, i);
         }
-        let leases: Vec<_> = (0..7).map(|_| links.lease(None, None).unwrap()).collect();
+        let leases: Vec<_> = (0..7).map(|_| links.lease(None).unwrap()).collect();
         assert_eq!(links.loads(), vec![3, 2, 2]);
         assert_eq!(leases.iter().map(|l| l.index()).collect::<Vec<_>>(), [0, 1, 2, 0, 1, 2, 0]);
         drop(leases);
@@ -256,17 +249,17 @@ mod tests {
     }
 
     #[test]
-    fn preferred_avoid_and_loss() {
+    fn preferred_and_loss() {
         let (links, _rx) = Links::new(2, 8);
         up(&links, 0);
         up(&links, 1);
-        assert_eq!(links.lease(Some(1), None).unwrap().index(), 1);
-        assert_eq!(links.lease(None, Some(0)).unwrap().index(), 1);
-        let l = links.lease(Some(0), None).unwrap();
+        assert_eq!(links.lease(Some(1)).unwrap().index(), 1);
+        let l = links.lease(Some(0)).unwrap();
         assert!(!l.is_stale());
         links.get(0).unwrap().mark_lost();
         assert!(l.is_stale());
-        assert_eq!(links.lease(Some(0), None).unwrap().index(), 1, "lost link is not leased");
-        assert!(links.lease(None, Some(1)).is_none());
+        assert_eq!(links.lease(Some(0)).unwrap().index(), 1, "lost link is not leased");
+        links.get(1).unwrap().mark_lost();
+        assert!(links.lease(None).is_none());
     }
 }

@@ -1,0 +1,116 @@
+//! The protobuf wire format, top level only: tags, lengths and scalar
+//! values, without decoding nested messages or copying anything. The relay's
+//! scanner and the policy host's `message` resource both stand on this.
+
+/// One top-level field, borrowed from the message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wire<'a> {
+    Varint(u64),
+    Fixed64(u64),
+    Fixed32(u32),
+    Bytes(&'a [u8]),
+}
+
+/// The protobuf was cut short or used a wire type we do not accept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Malformed {
+    pub offset: usize,
+}
+
+fn varint(buf: &[u8], pos: &mut usize) -> Option<u64> {
+    let mut value = 0u64;
+    for shift in (0..64).step_by(7) {
+        let byte = *buf.get(*pos)?;
+        *pos += 1;
+        value |= u64::from(byte & 0x7f) << shift;
+        if byte & 0x80 == 0 {
+            return Some(value);
+        }
+    }
+    None
+}
+
+/// Walks the top-level fields of `buf`, calling `each(number, value)`; stops
+/// early when `each` returns `false`. Groups (wire types 3/4) are rejected:
+/// proto3 OpAMP never uses them.
+pub fn walk<'a>(buf: &'a [u8], mut each: impl FnMut(u32, Wire<'a>) -> bool) -> Result<(), Malformed> {
+    let mut pos = 0;
+    while pos < buf.len() {
+        let start = pos;
+        let bad = Malformed { offset: start };
+        let key = varint(buf, &mut pos).ok_or(bad)?;
+        let number = u32::try_from(key >> 3).map_err(|_| bad)?;
+        if number == 0 {
+            return Err(bad);
+        }
+        let value = match key & 7 {
+            0 => Wire::Varint(varint(buf, &mut pos).ok_or(bad)?),
+            1 => {
+                let b: [u8; 8] = buf.get(pos..pos + 8).ok_or(bad)?.try_into().map_err(|_| bad)?;
+                pos += 8;
+                Wire::Fixed64(u64::from_le_bytes(b))
+            }
+            2 => {
+                let len = usize::try_from(varint(buf, &mut pos).ok_or(bad)?).map_err(|_| bad)?;
+                let end = pos.checked_add(len).ok_or(bad)?;
+                let b = buf.get(pos..end).ok_or(bad)?;
+                pos = end;
+                Wire::Bytes(b)
+            }
+            5 => {
+                let b: [u8; 4] = buf.get(pos..pos + 4).ok_or(bad)?.try_into().map_err(|_| bad)?;
+                pos += 4;
+                Wire::Fixed32(u32::from_le_bytes(b))
+            }
+            _ => return Err(bad),
+        };
+        if !each(number, value) {
+            return Ok(());
+        }
+    }
+    Ok(())
+}
+
+/// The last occurrence of field `number`. On a malformed message, what was
+/// found before the damage.
+pub fn last(buf: &[u8], number: u32) -> Option<Wire<'_>> {
+    let mut found = None;
+    let _ = walk(buf, |n, v| {
+        if n == number {
+            found = Some(v);
+        }
+        true
+    });
+    found
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn walks_each_wire_type_and_stops_early() {
+        // field 1 varint 150, field 2 bytes "hi", field 3 fixed32, field 4 fixed64
+        let buf = [0x08, 0x96, 0x01, 0x12, 0x02, b'h', b'i', 0x1d, 1, 0, 0, 0, 0x21, 2, 0, 0, 0, 0, 0, 0, 0];
+        let mut seen = Vec::new();
+        walk(&buf, |n, v| {
+            seen.push((n, v));
+            true
+        })
+        .unwrap();
+        assert_eq!(
+            seen,
+            [(1, Wire::Varint(150)), (2, Wire::Bytes(b"hi")), (3, Wire::Fixed32(1)), (4, Wire::Fixed64(2))]
+        );
+        let mut count = 0;
+        walk(&buf, |_, _| {
+            count += 1;
+            false
+        })
+        .unwrap();
+        assert_eq!(count, 1);
+        assert_eq!(last(&buf, 2), Some(Wire::Bytes(b"hi")));
+        assert_eq!(walk(&[0x0b], |_, _| true), Err(Malformed { offset: 0 }), "groups are rejected");
+        assert_eq!(walk(&[0x12, 0x05, 1], |_, _| true), Err(Malformed { offset: 0 }), "length past the end");
+    }
+}
