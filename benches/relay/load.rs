@@ -18,15 +18,16 @@ pub struct Storm {
 }
 
 /// Connects `n` agents (at most `concurrency` handshakes in flight), each
-/// completing the handshake and a first status round trip.
+/// completing the handshake and a first status round trip. In header values,
+/// `{i}` becomes the agent's index (e.g. a tenant per agent).
 pub async fn storm(url: &str, n: usize, concurrency: usize, headers: &[(String, String)]) -> Storm {
     let gate = Arc::new(Semaphore::new(concurrency));
     let started = Instant::now();
     let tasks: Vec<_> = (0..n)
-        .map(|_| {
+        .map(|i| {
             let gate = gate.clone();
             let mut opts = AgentOptions::new(url);
-            opts.headers = headers.to_vec();
+            opts.headers = headers.iter().map(|(k, v)| (k.clone(), v.replace("{i}", &i.to_string()))).collect();
             tokio::spawn(async move {
                 let _permit = gate.acquire_owned().await.expect("semaphore open");
                 let t = Instant::now();

@@ -13,9 +13,11 @@ pub struct SwapOutcome {
     pub reloads_seen: usize,
 }
 
-/// Headers the example policies look at.
+/// Headers the example policies look at. Each agent gets its own tenant:
+/// one shared tenant would (correctly) pin every agent to one link and the
+/// figure would measure a 1-link topology, not the policies.
 pub fn headers() -> Vec<(String, String)> {
-    vec![("x-tenant".into(), "blue".into()), ("authorization".into(), "Secret-Key bench".into())]
+    vec![("x-tenant".into(), "tenant-{i}".into()), ("authorization".into(), "Secret-Key bench".into())]
 }
 
 /// Copies the built example policies (and their example configs) into a

@@ -121,7 +121,8 @@ pub async fn report_gone(lease: &LinkLease, uid: &InstanceUid) {
 
 /// Records a message delivered to an agent.
 pub fn delivered(len: usize, received: Instant) {
-    metrics::counter!(m::MESSAGES, "direction" => m::DOWNSTREAM).increment(1);
-    metrics::counter!(m::MESSAGE_BYTES, "direction" => m::DOWNSTREAM).increment(len as u64);
-    metrics::histogram!(m::MESSAGE_LATENCY, "direction" => m::DOWNSTREAM).record(received.elapsed().as_secs_f64());
+    let relayed = m::relayed(m::DOWNSTREAM);
+    relayed.messages.increment(1);
+    relayed.bytes.increment(len as u64);
+    relayed.latency.record(received.elapsed().as_secs_f64());
 }

@@ -246,11 +246,11 @@ impl LinkTask {
         match tokio::time::timeout(write_timeout, write).await {
             Ok(Ok(())) => {
                 let now = Instant::now();
+                let relayed = m::relayed(m::UPSTREAM);
+                relayed.messages.increment(current.len() as u64);
                 for o in current {
-                    metrics::counter!(m::MESSAGES, "direction" => m::UPSTREAM).increment(1);
-                    metrics::counter!(m::MESSAGE_BYTES, "direction" => m::UPSTREAM).increment(o.frame.len() as u64);
-                    metrics::histogram!(m::MESSAGE_LATENCY, "direction" => m::UPSTREAM)
-                        .record(now.duration_since(o.received).as_secs_f64());
+                    relayed.bytes.increment(o.frame.len() as u64);
+                    relayed.latency.record(now.duration_since(o.received).as_secs_f64());
                     if let Some(agent) = o.agent {
                         recent.push(now, o.frame, agent);
                     }
