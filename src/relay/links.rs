@@ -67,12 +67,6 @@ impl Link {
         self.tx.send(out).await.map_err(|e| e.0)
     }
 
-    pub fn try_send(&self, out: Outbound) -> Result<(), Outbound> {
-        self.tx.try_send(out).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(o) | mpsc::error::TrySendError::Closed(o) => o,
-        })
-    }
-
     pub fn capabilities(&self) -> Option<Arc<Bytes>> {
         self.capabilities.load_full()
     }
