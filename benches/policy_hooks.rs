@@ -3,11 +3,15 @@
 //!
 //! ```text
 //! cargo bench --bench policy_hooks    # POLICY_BENCH_ITERS=20000 by default
+//! cargo bench --bench policy_hooks -- --json target/policy_hooks.json
 //! ```
 //!
 //! Each case is called once per sample and timed individually (the clock
 //! costs ~20 ns, included). Reported: p50 / p99 / p99.9 / mean in µs. The
-//! design target (DESIGN.md §6) is ≤ 5 µs per call at p99.
+//! design target (DESIGN.md §6) is ≤ 5 µs per call at p99. `--json` writes
+//! the figures with the Prometheus recorder installed (as in the gateway);
+//! `scripts/bench` runs it first and the relay suite puts them, with the
+//! bar, into docs/BENCHMARKS.md.
 
 #[path = "../tests/policy_support/mod.rs"]
 mod policy_support;
@@ -82,7 +86,20 @@ fn headers() -> Vec<(String, String)> {
     .collect()
 }
 
-fn measure(name: &str, iters: u64, mut call: impl FnMut()) {
+/// One case's figures, µs per call.
+struct Case {
+    name: String,
+    p50: f64,
+    p99: f64,
+    p999: f64,
+    mean: f64,
+}
+
+fn measure(cases: &mut Vec<Case>, name: &str, iters: u64, mut call: impl FnMut()) {
+    // POLICY_BENCH_ONLY=<substring> runs only the matching cases (profiling).
+    if std::env::var("POLICY_BENCH_ONLY").is_ok_and(|only| !name.contains(&only)) {
+        return;
+    }
     for _ in 0..iters / 10 {
         call();
     }
@@ -95,14 +112,22 @@ fn measure(name: &str, iters: u64, mut call: impl FnMut()) {
     }
     let total = all.elapsed();
     let us = |ns: u64| ns as f64 / 1000.0;
+    let case = Case {
+        name: name.to_owned(),
+        p50: us(h.value_at_quantile(0.5)),
+        p99: us(h.value_at_quantile(0.99)),
+        p999: us(h.value_at_quantile(0.999)),
+        mean: h.mean() / 1000.0,
+    };
     println!(
         "{name:<44} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>12.0}",
-        us(h.value_at_quantile(0.5)),
-        us(h.value_at_quantile(0.99)),
-        us(h.value_at_quantile(0.999)),
-        h.mean() / 1000.0,
+        case.p50,
+        case.p99,
+        case.p999,
+        case.mean,
         iters as f64 / total.as_secs_f64()
     );
+    cases.push(case);
 }
 
 fn main() {
@@ -111,6 +136,8 @@ fn main() {
     let benching = std::env::args().any(|a| a == "--bench");
     let default_iters = if benching { 20_000 } else { 200 };
     let iters: u64 = std::env::var("POLICY_BENCH_ITERS").ok().and_then(|v| v.parse().ok()).unwrap_or(default_iters);
+    let args: Vec<String> = std::env::args().collect();
+    let json_out = args.iter().position(|a| a == "--json").and_then(|i| args.get(i + 1)).cloned();
     let (_d1, allow) =
         policy_support::runtime(&[("header_allowlist", "allow", Some("allow: [authorization, x-tenant]\n"))]);
     let (_d2, affinity) = policy_support::runtime(&[("tenant_affinity", "affinity", None)]);
@@ -138,15 +165,16 @@ fn main() {
             let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
             metrics::set_global_recorder(recorder).expect("first recorder");
         }
+        let cases = &mut Vec::new();
         println!("\npolicy hook overhead, {pass}, {iters} calls per case (µs per call)");
         println!("{:<44} {:>8} {:>8} {:>8} {:>8} {:>12}", "case", "p50", "p99", "p99.9", "mean", "calls/s");
-        measure("baseline: no policy, filter", iters, || {
+        measure(cases, "baseline: no policy, filter", iters, || {
             std::hint::black_box(none.filter(Direction::AgentToServer, UID, hb.clone()));
         });
-        measure("header_allowlist: forward-headers (6 hdrs)", iters, || {
+        measure(cases, "header_allowlist: forward-headers (6 hdrs)", iters, || {
             std::hint::black_box(allow.forward_headers(hs.clone()).unwrap());
         });
-        measure("tenant_affinity: assign (3 links)", iters, || {
+        measure(cases, "tenant_affinity: assign (3 links)", iters, || {
             let input = AssignInput {
                 headers: &hs,
                 remote_addr: "10.1.2.3:4567",
@@ -155,23 +183,34 @@ fn main() {
             };
             std::hint::black_box(affinity.assign(&input).unwrap());
         });
-        measure("redact_secrets: filter, heartbeat", iters, || {
+        measure(cases, "redact_secrets: filter, heartbeat", iters, || {
             std::hint::black_box(redact.filter(Direction::AgentToServer, UID, hb.clone()));
         });
-        measure("redact_secrets: filter, effective config", iters, || {
+        measure(cases, "redact_secrets: filter, effective config", iters, || {
             std::hint::black_box(redact.filter(Direction::AgentToServer, UID, cfg.clone()));
         });
-        measure("block_packages: filter, no packages", iters, || {
+        measure(cases, "block_packages: filter, no packages", iters, || {
             std::hint::black_box(block.filter(Direction::ServerToAgent, UID, s_plain.clone()));
         });
-        measure("block_packages: filter, strips packages", iters, || {
+        measure(cases, "block_packages: filter, strips packages", iters, || {
             std::hint::black_box(block.filter(Direction::ServerToAgent, UID, s_pkgs.clone()));
         });
-        measure("chain of 3: filter a2s heartbeat", iters, || {
+        measure(cases, "chain of 3: filter a2s heartbeat", iters, || {
             std::hint::black_box(chain.filter(Direction::AgentToServer, UID, hb.clone()));
         });
-        measure("chain of 3: filter s2a plain", iters, || {
+        measure(cases, "chain of 3: filter s2a plain", iters, || {
             std::hint::black_box(chain.filter(Direction::ServerToAgent, UID, s_plain.clone()));
         });
+        if let (Some(path), true) = (&json_out, pass.starts_with("Prometheus")) {
+            let rows: Vec<serde_json::Value> = cases
+                .iter()
+                .map(|c| {
+                    serde_json::json!({"case": c.name, "p50_us": c.p50, "p99_us": c.p99, "p999_us": c.p999, "mean_us": c.mean})
+                })
+                .collect();
+            let doc = serde_json::json!({"iterations": iters, "recorder": "prometheus", "cases": rows});
+            std::fs::write(path, serde_json::to_string_pretty(&doc).expect("json")).expect("writing --json");
+            println!("wrote {path}");
+        }
     }
 }

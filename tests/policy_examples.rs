@@ -49,7 +49,7 @@ fn header_allowlist_forwards_only_listed_headers() {
         .unwrap();
     assert_eq!(out, vec![h("authorization", "Secret-Key k"), h("x-tenant", "acme")]);
     // It implements only forward-headers: the other phases are untouched.
-    assert!(!set.filters());
+    assert!(!set.filters(Direction::AgentToServer) && !set.filters(Direction::ServerToAgent));
     assert_eq!(assign(&set, &[], &links(&[true])), AssignDecision::Default);
 }
 
@@ -105,7 +105,9 @@ fn agent_message(body: &str) -> AgentToServer {
 fn redact_secrets_rewrites_effective_config_bodies() {
     let (_dir, rt) = runtime(&[("redact_secrets", "redact", Some("keys: [api-key, password, token]\n"))]);
     let set = rt.policies().snapshot();
-    assert!(set.filters());
+    // It announces agent→server only: the relay never calls it for the rest.
+    assert!(set.filters(Direction::AgentToServer));
+    assert!(!set.filters(Direction::ServerToAgent));
 
     let body = "receivers:\n  otlp:\n    auth:\n      password: hunter2\n      api_key: 'abc def'\n    token_file: /var/run/t\nexporters:\n  otlphttp: {endpoint: x, token: s3cr3t}\n";
     let original = agent_message(body);
@@ -172,6 +174,8 @@ fn server_message(with_packages: bool) -> ServerToAgent {
 fn block_packages_strips_package_offers_only() {
     let (_dir, rt) = runtime(&[("block_packages", "block", None)]);
     let set = rt.policies().snapshot();
+    assert!(set.filters(Direction::ServerToAgent));
+    assert!(!set.filters(Direction::AgentToServer));
 
     let original = server_message(true);
     let out = forwarded(set.filter(Direction::ServerToAgent, &UID, Bytes::from(original.encode_to_vec())));

@@ -170,7 +170,10 @@ async fn hot_swaps_under_load_lose_nothing() {
     // Fail-closed on purpose (the strictest case), with a budget no
     // scheduler hiccup reaches: this test is about swaps, not deadlines.
     install(dir.path(), "block_packages", "a_headers", Some("on_error: closed\ncall_timeout: 2s\n"));
-    wait_for(&mut status, "module replaced", |s| policy(s, "a_headers").is_some_and(|p| p.hooks.filter)).await;
+    wait_for(&mut status, "module replaced", |s| {
+        policy(s, "a_headers").is_some_and(|p| p.hooks.filter_server_to_agent)
+    })
+    .await;
     // A broken module is refused; the serving set is untouched.
     atomic_write(&dir.path().join("c_broken.wasm"), b"\0asm garbage");
     let refused = wait_for(&mut status, "refusal", |s| matches!(s.outcome, ReloadOutcome::Refused { .. })).await;

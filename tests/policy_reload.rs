@@ -208,6 +208,11 @@ fn check_reports_hooks_and_digest() {
     assert!(matches!(e, PolicyError::Init { .. }), "{e}");
     let e = check(&policy_support::wasm("fixture_wrong_world"), None, &cfg).unwrap_err();
     assert!(matches!(e, PolicyError::Interface { .. }), "{e}");
+    // Built against an older WIT: the error says which, and what to do.
+    let e = check(&policy_support::wasm("fixture_old_version"), None, &cfg).unwrap_err();
+    assert!(matches!(e, PolicyError::Interface { .. }), "{e}");
+    let text = e.to_string();
+    assert!(text.contains("built against opamp-gateway:policy@0.1.0") && text.contains("rebuild"), "{text}");
 }
 
 #[test]

@@ -30,7 +30,8 @@ impl GatewayProc {
         let mut child = Command::new(env!("CARGO_BIN_EXE_opamp-gateway"))
             .arg("--config")
             .arg(&path)
-            .env("OPAMP_GATEWAY_LOG", "error")
+            // BENCH_GATEWAY_LOG=warn shows what the gateway complains about.
+            .env("OPAMP_GATEWAY_LOG", std::env::var("BENCH_GATEWAY_LOG").unwrap_or_else(|_| "error".into()))
             .stdout(Stdio::piped())
             .kill_on_drop(true)
             .spawn()

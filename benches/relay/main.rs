@@ -18,6 +18,7 @@ mod suite;
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
     let quick = args.iter().any(|a| a == "--quick");
+    let only_policies = args.iter().any(|a| a == "--only-policies");
     let out = args
         .iter()
         .position(|a| a == "--out")
@@ -31,7 +32,12 @@ fn main() -> anyhow::Result<()> {
         return Ok(());
     }
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    let report = rt.block_on(suite::run(suite::Scale::new(quick)))?;
+    let hooks = args.iter().position(|a| a == "--hooks").and_then(|i| args.get(i + 1)).map(std::path::PathBuf::from);
+    let mut report = rt.block_on(suite::run(suite::Scale::new(quick, only_policies)))?;
+    if let Some(hooks) = hooks {
+        report.hook_costs(&hooks);
+    }
+    report.finish();
     report.write(&out)?;
     println!("wrote {} and {}", out.display(), out.with_file_name("benchmarks.json").display());
     Ok(())

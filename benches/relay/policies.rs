@@ -25,7 +25,10 @@ pub fn headers() -> Vec<(String, String)> {
 pub fn prepare() -> anyhow::Result<Option<PolicySet>> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
     let built = root.join("target/wasm32-wasip2/release");
-    let names = ["block_packages", "header_allowlist", "redact_secrets", "tenant_affinity"];
+    let all = ["block_packages", "header_allowlist", "redact_secrets", "tenant_affinity"];
+    // BENCH_POLICIES=a,b narrows the set (to find which policy costs what).
+    let only = std::env::var("BENCH_POLICIES").ok();
+    let names = all.into_iter().filter(|n| only.as_deref().is_none_or(|o| o.split(',').any(|x| x == *n)));
     let mut sources = Vec::new();
     for name in names {
         let wasm = built.join(format!("{name}.wasm"));

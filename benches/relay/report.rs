@@ -9,7 +9,7 @@ use serde_json::{json, Map, Value};
 
 use crate::load::{Run, Storm};
 use crate::policies::SwapOutcome;
-use crate::suite::{machine, PathFigures, Scale};
+use crate::suite::{machine, FlatOut, PathFigures, Scale};
 
 pub struct Row {
     pub agents: usize,
@@ -135,14 +135,16 @@ impl Report {
         self.growth.push(row);
     }
 
-    pub fn policy_throughput(&mut self, none: &Run, with: &Run, names: Vec<String>) {
-        let a = none.round_trips as f64 / none.elapsed.as_secs_f64();
-        let b = with.round_trips as f64 / with.elapsed.as_secs_f64();
+    pub fn policy_throughput(&mut self, none: &FlatOut, with: &FlatOut, names: Vec<String>) {
+        let (a, b) = (none.rate(), with.rate());
         let cost = (1.0 - b / a.max(1.0)) * 100.0;
+        let (cpu_a, cpu_b) = (none.cpu_us_per_msg(), with.cpu_us_per_msg());
         self.json.insert(
             "policies".into(),
-            json!({"loaded": names, "none_rps": a, "with_rps": b, "cost_percent": cost,
-            "with_rtt_us": {"p50": us(&with.rtt, 0.5), "p99": us(&with.rtt, 0.99)}}),
+            json!({"loaded": names, "rounds": none.rounds, "none_rps": a, "with_rps": b, "cost_percent": cost,
+                   "none_cpu_us_per_msg": cpu_a, "with_cpu_us_per_msg": cpu_b,
+                   "connect_errors": none.connect_errors + with.connect_errors,
+                   "failed_round_trips": none.errors + with.errors}),
         );
         self.bar(
             "throughput cost of the 4 example policies",
@@ -150,6 +152,33 @@ impl Report {
             format!("{cost:.1} % ({b:.0} vs {a:.0} round trips/s)"),
             cost <= 20.0,
         );
+    }
+
+    /// Per-call hook costs from `cargo bench --bench policy_hooks -- --json`,
+    /// with the bar checked on the worst p99.
+    pub fn hook_costs(&mut self, path: &Path) {
+        let doc: Option<Value> = std::fs::read_to_string(path).ok().and_then(|t| serde_json::from_str(&t).ok());
+        let Some(doc) = doc else {
+            self.note(&format!("no hook micro-benchmark figures at {}: run scripts/bench", path.display()));
+            return;
+        };
+        let worst = doc["cases"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|c| !c["case"].as_str().unwrap_or("").starts_with("baseline"))
+            .max_by(|a, b| a["p99_us"].as_f64().unwrap_or(0.0).total_cmp(&b["p99_us"].as_f64().unwrap_or(0.0)))
+            .cloned();
+        if let Some(w) = worst {
+            let p99 = w["p99_us"].as_f64().unwrap_or(f64::MAX);
+            self.bar(
+                "policy hook call, p99 (worst example case)",
+                "≤ 5 µs",
+                format!("{p99:.2} µs ({})", w["case"].as_str().unwrap_or("?")),
+                p99 <= 5.0,
+            );
+        }
+        self.json.insert("hook_costs".into(), doc);
     }
 
     pub fn hot_swap(&mut self, swaps: SwapOutcome, run: &Run, connect_errors: usize) {
@@ -252,7 +281,38 @@ impl Report {
             );
         }
         if let Some(p) = self.json.get("policies") {
-            let _ = writeln!(s, "\n## Policies\n\nLoaded: {}. Flat-out throughput {:.0} round trips/s with them vs {:.0} without: **{:.1} % cost**; RTT p50 {} µs, p99 {} µs with policies. Per-hook call cost: see `cargo bench --bench policy_hooks`.", p["loaded"], p["with_rps"].as_f64().unwrap_or(0.0), p["none_rps"].as_f64().unwrap_or(0.0), p["cost_percent"].as_f64().unwrap_or(0.0), p["with_rtt_us"]["p50"], p["with_rtt_us"]["p99"]);
+            let _ = writeln!(
+                s,
+                "\n## Policies\n\nLoaded: {}. Flat out, {} interleaved rounds on fresh gateways (none, then with, each round), the same agents and headers either way: {:.0} round trips/s with them vs {:.0} without, **{:.1} % cost**. Gateway CPU per relayed message: {:.1} µs with, {:.1} µs without. Connect errors: {}; failed round trips: {}. Per-hook call cost: `cargo bench --bench policy_hooks` (docs/policies.md).",
+                p["loaded"],
+                p["rounds"],
+                p["with_rps"].as_f64().unwrap_or(0.0),
+                p["none_rps"].as_f64().unwrap_or(0.0),
+                p["cost_percent"].as_f64().unwrap_or(0.0),
+                p["with_cpu_us_per_msg"].as_f64().unwrap_or(0.0),
+                p["none_cpu_us_per_msg"].as_f64().unwrap_or(0.0),
+                p["connect_errors"],
+                p["failed_round_trips"]
+            );
+        }
+        if let Some(h) = self.json.get("hook_costs") {
+            let _ = writeln!(
+                s,
+                "\n## Policy hook cost per call\n\n`cargo bench --bench policy_hooks`: the real example components called through `PolicySet` (the relay's entry point), {} calls per case, each timed on its own, with the Prometheus recorder installed as in the gateway. µs per call.\n\n| case | p50 | p99 | p99.9 | mean |\n|---|---|---|---|---|",
+                h["iterations"]
+            );
+            for c in h["cases"].as_array().into_iter().flatten() {
+                let f = |k: &str| c[k].as_f64().unwrap_or(0.0);
+                let _ = writeln!(
+                    s,
+                    "| {} | {:.2} | {:.2} | {:.2} | {:.2} |",
+                    c["case"].as_str().unwrap_or("?"),
+                    f("p50_us"),
+                    f("p99_us"),
+                    f("p999_us"),
+                    f("mean_us")
+                );
+            }
         }
         if let Some(h) = self.json.get("hot_swap") {
             let _ = writeln!(s, "\n## Hot swap under load\n\nThe policy set was replaced {} times ({} reloads observed) while {} agents kept a steady rate: {} round trips completed, {} failed, {} agents still connected at the end.", h["swaps"], h["reloads_seen"], h["agents_left"], h["round_trips"], h["failed_round_trips"], h["agents_left"]);

@@ -23,10 +23,14 @@ pub struct Scale {
     pub growth: Vec<usize>,
     pub growth_rate: f64,
     pub swaps: usize,
+    /// Interleaved none/with rounds in the policy phase.
+    pub policy_rounds: usize,
+    /// Only the policy phase (for working on policy overhead).
+    pub only_policies: bool,
 }
 
 impl Scale {
-    pub fn new(quick: bool) -> Self {
+    pub fn new(quick: bool, only_policies: bool) -> Self {
         if quick {
             Self {
                 quick,
@@ -39,6 +43,8 @@ impl Scale {
                 growth: vec![200, 500, 1000],
                 growth_rate: 1000.0,
                 swaps: 5,
+                policy_rounds: 1,
+                only_policies,
             }
         } else {
             Self {
@@ -52,6 +58,8 @@ impl Scale {
                 growth: vec![1000, 5000, 10_000],
                 growth_rate: 5000.0,
                 swaps: 20,
+                policy_rounds: 3,
+                only_policies,
             }
         }
     }
@@ -64,14 +72,52 @@ pub async fn run(scale: Scale) -> anyhow::Result<Report> {
     let server = ReferenceServer::start(ReferenceServerConfig::default()).await?;
     let upstream = server.url();
 
+    if !scale.only_policies {
+        relay_phases(&mut report, &server, &scale).await?;
+    }
+
+    // 4. Policies: throughput with the four examples vs none, and hot swaps.
+    match policies::prepare()? {
+        Some(set) => {
+            // Interleaved rounds on fresh gateways, the same agents' headers
+            // either way: drift on a shared box hits both sides alike.
+            let mut none = FlatOut::default();
+            let mut with = FlatOut::default();
+            for round in 1..=scale.policy_rounds {
+                eprintln!("[bench] policies: round {round}/{}, none", scale.policy_rounds);
+                none.add(flat_out(&server, &upstream, None, &scale).await?);
+                eprintln!("[bench] policies: round {round}/{}, with the examples", scale.policy_rounds);
+                with.add(flat_out(&server, &upstream, Some(set.dir()), &scale).await?);
+            }
+            report.policy_throughput(&none, &with, set.names());
+
+            eprintln!("[bench] hot swap under load");
+            let gw = GatewayProc::start(&upstream, LINKS, Some(set.dir())).await?;
+            wait_links(&server, LINKS).await;
+            let storm = load::storm(&gw.url(), scale.latency_agents, 256, &policies::headers()).await;
+            let swapper = set.swap_repeatedly(scale.swaps, scale.phase);
+            let (run, swaps) =
+                tokio::join!(load::drive(storm.agents, Some(scale.growth_rate / 2.0), scale.phase), swapper);
+            report.hot_swap(swaps?, &run, storm.errors);
+            gw.stop().await;
+        }
+        None => report.note("policy components not built: run scripts/bench (it builds policies/ for wasm32-wasip2)"),
+    }
+    server.shutdown().await;
+    Ok(report)
+}
+
+/// Phases 1–3: the relay against its baselines, memory and cost growth.
+async fn relay_phases(report: &mut Report, server: &ReferenceServer, scale: &Scale) -> anyhow::Result<()> {
+    let upstream = server.url();
     // 1. Direct and nginx baselines: same load generator, same server.
     eprintln!("[bench] direct baseline");
-    let direct = path_figures(&upstream, &scale).await;
+    let direct = path_figures(&upstream, scale).await;
     report.path("direct", &direct);
     if nginx::binary().is_some() {
         eprintln!("[bench] nginx baseline");
         let ng = Nginx::start(server.addr().port()).await?;
-        let figures = path_figures(&ng.url(), &scale).await;
+        let figures = path_figures(&ng.url(), scale).await;
         report.path("nginx", &figures);
         ng.stop().await;
     } else {
@@ -81,8 +127,8 @@ pub async fn run(scale: Scale) -> anyhow::Result<Report> {
     // 2. Through the gateway: same figures, plus memory and CPU growth.
     eprintln!("[bench] gateway");
     let gw = GatewayProc::start(&upstream, LINKS, None).await?;
-    wait_links(&server, LINKS).await;
-    let gateway = path_figures(&gw.url(), &scale).await;
+    wait_links(server, LINKS).await;
+    let gateway = path_figures(&gw.url(), scale).await;
     report.path("gateway", &gateway);
     report.added_latency(&direct, &gateway);
     gw.stop().await;
@@ -94,7 +140,7 @@ pub async fn run(scale: Scale) -> anyhow::Result<Report> {
     for n in points {
         eprintln!("[bench] {n} agents: memory and CPU per message");
         let gw = GatewayProc::start(&upstream, LINKS, None).await?;
-        wait_links(&server, LINKS).await;
+        wait_links(server, LINKS).await;
         let rss0 = gw.rss_kib();
         let concurrency = 512;
         let storm = load::storm(&gw.url(), n, concurrency, &[]).await;
@@ -120,30 +166,72 @@ pub async fn run(scale: Scale) -> anyhow::Result<Report> {
         gw.stop().await;
     }
 
-    // 4. Policies: throughput with the four examples vs none, and hot swaps.
-    match policies::prepare()? {
-        Some(set) => {
-            eprintln!("[bench] policies");
-            let gw = GatewayProc::start(&upstream, LINKS, Some(set.dir())).await?;
-            wait_links(&server, LINKS).await;
-            let storm = load::storm(&gw.url(), scale.saturate_agents, 256, &policies::headers()).await;
-            let with = load::drive(storm.agents, None, scale.phase).await;
-            report.policy_throughput(&gateway.saturated, &with, set.names());
-            drop(with.agents);
+    Ok(())
+}
 
-            eprintln!("[bench] hot swap under load");
-            let storm = load::storm(&gw.url(), scale.latency_agents, 256, &policies::headers()).await;
-            let swapper = set.swap_repeatedly(scale.swaps, scale.phase);
-            let (run, swaps) =
-                tokio::join!(load::drive(storm.agents, Some(scale.growth_rate / 2.0), scale.phase), swapper);
-            report.hot_swap(swaps?, &run, storm.errors);
-            gw.stop().await;
-        }
-        None => report.note("policy components not built: run scripts/bench (it builds policies/ for wasm32-wasip2)"),
+/// Flat-out runs summed over rounds: throughput and the gateway's CPU.
+#[derive(Default)]
+pub struct FlatOut {
+    pub round_trips: u64,
+    pub seconds: f64,
+    pub cpu_seconds: f64,
+    pub connect_errors: u64,
+    pub errors: u64,
+    pub rounds: usize,
+}
+
+impl FlatOut {
+    fn add(&mut self, other: FlatOut) {
+        self.round_trips += other.round_trips;
+        self.seconds += other.seconds;
+        self.cpu_seconds += other.cpu_seconds;
+        self.errors += other.errors;
+        self.connect_errors += other.connect_errors;
+        self.rounds += other.rounds;
     }
-    server.shutdown().await;
-    report.finish();
-    Ok(report)
+
+    pub fn rate(&self) -> f64 {
+        self.round_trips as f64 / self.seconds.max(f64::EPSILON)
+    }
+
+    /// Gateway CPU per relayed message (a round trip relays two).
+    pub fn cpu_us_per_msg(&self) -> f64 {
+        self.cpu_seconds * 1e6 / (2 * self.round_trips).max(1) as f64
+    }
+}
+
+/// One flat-out run on a fresh gateway, with the policy agents' headers.
+async fn flat_out(
+    server: &ReferenceServer,
+    upstream: &str,
+    policy_dir: Option<&std::path::Path>,
+    scale: &Scale,
+) -> anyhow::Result<FlatOut> {
+    let gw = GatewayProc::start(upstream, LINKS, policy_dir).await?;
+    wait_links(server, LINKS).await;
+    let storm = load::storm(&gw.url(), scale.saturate_agents, 256, &policies::headers()).await;
+    let warm = load::drive(storm.agents, None, Duration::from_secs(1)).await;
+    let cpu0 = gw.cpu_seconds();
+    let run = load::drive(warm.agents, None, scale.phase).await;
+    let cpu = gw.cpu_seconds() - cpu0;
+    drop(run.agents);
+    gw.stop().await;
+    let out = FlatOut {
+        round_trips: run.round_trips,
+        seconds: run.elapsed.as_secs_f64(),
+        cpu_seconds: cpu,
+        connect_errors: storm.errors as u64,
+        errors: warm.errors + run.errors,
+        rounds: 1,
+    };
+    eprintln!(
+        "[bench]   {:.0} round trips/s, {:.1} µs CPU per message, {} connect errors, {} failed round trips",
+        out.rate(),
+        out.cpu_us_per_msg(),
+        out.connect_errors,
+        out.errors
+    );
+    Ok(out)
 }
 
 /// Latency at a fixed rate, and throughput flat out, over one path.

@@ -19,7 +19,7 @@ use crate::telemetry::metrics as m;
 pub fn upstream_frame(relay: &Relay, parsed: &AgentFrame, frame: Option<Bytes>) -> Result<Option<Bytes>, CloseReason> {
     let original = || frame.clone().map(framing::normalized).unwrap_or_else(|| framing::frame(&parsed.payload));
     let set = relay.policies.snapshot();
-    if !set.filters() {
+    if !set.filters(Direction::AgentToServer) {
         return Ok(Some(original()));
     }
     let uid = parsed.uid.as_deref().unwrap_or_default();
@@ -79,7 +79,7 @@ pub fn downstream_frame(
         }
     }
     let set = relay.policies.snapshot();
-    if !set.filters() {
+    if !set.filters(Direction::ServerToAgent) {
         return Ok(Some(frame));
     }
     let payload = framing::payload(&frame).unwrap_or_default();

@@ -3,8 +3,8 @@
 //! ```yaml
 //! policies:
 //!   directory: policies      # <name>.wasm (+ <name>.yaml), in file-name order
-//!   call_timeout: 5ms        # per hook call; beyond it the call fails (Timeout)
-//!   init_timeout: 1s         # instantiation + init() of one instance
+//!   call_timeout: 5ms        # CPU time per hook call; beyond it the call fails (Timeout)
+//!   init_timeout: 1s         # CPU time for instantiation + init() of one instance
 //!   memory_limit: 33554432   # bytes of linear memory per instance (32 MiB)
 //!   instances: 2             # idle instances kept per policy (default: CPUs)
 //!   watch: true              # hot-reload the directory

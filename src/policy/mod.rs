@@ -4,7 +4,7 @@
 //! |-------------------|----------------------------------------|------------------------------|
 //! | `assign`          | an agent connects: which upstream link | least-connections            |
 //! | `forward-headers` | building the connect handshake         | forward every header         |
-//! | `filter`          | every message, both directions         | forward unchanged            |
+//! | `filter`          | every message, in announced directions | forward unchanged            |
 //!
 //! A [`Policy`] may implement any subset. Policies are applied as an ordered
 //! chain ([`PolicySet`]); the relay only ever sees the chain, through
@@ -138,10 +138,39 @@ pub trait Policy: Send + Sync + 'static {
     }
 }
 
-/// The phases a policy implements.
+/// The phases a policy implements. `filter` is announced per direction, so
+/// a policy that only judges one direction is never called for the other.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Hooks {
     pub assign: bool,
     pub forward_headers: bool,
-    pub filter: bool,
+    pub filter_agent_to_server: bool,
+    pub filter_server_to_agent: bool,
+}
+
+impl Hooks {
+    /// `filter` in both directions.
+    pub const FILTER: Hooks =
+        Hooks { assign: false, forward_headers: false, filter_agent_to_server: true, filter_server_to_agent: true };
+
+    /// Whether `filter` is to be called for messages travelling `dir`.
+    pub fn filters(&self, dir: Direction) -> bool {
+        match dir {
+            Direction::AgentToServer => self.filter_agent_to_server,
+            Direction::ServerToAgent => self.filter_server_to_agent,
+        }
+    }
+
+    /// The WIT names of the announced hooks, in WIT order.
+    pub fn names(&self) -> Vec<&'static str> {
+        [
+            (self.assign, "assign"),
+            (self.forward_headers, "forward-headers"),
+            (self.filter_agent_to_server, "filter-agent-to-server"),
+            (self.filter_server_to_agent, "filter-server-to-agent"),
+        ]
+        .into_iter()
+        .filter_map(|(on, name)| on.then_some(name))
+        .collect()
+    }
 }

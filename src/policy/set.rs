@@ -4,8 +4,8 @@
 //! - `assign`: the first policy with a valid opinion wins. An answer naming a
 //!   missing or disconnected link counts as no opinion (and is counted).
 //! - `forward-headers`: each policy transforms the previous one's output.
-//! - `filter`: each policy sees the previous one's output; `Drop` and `Close`
-//!   stop the chain.
+//! - `filter`: each policy that announced the message's direction sees the
+//!   previous one's output; `Drop` and `Close` stop the chain.
 //!
 //! A failing policy is skipped (fail-open) or blocks the traffic it judged
 //! (fail-closed), per its [`FailureMode`]. Nothing here can panic the relay.
@@ -21,19 +21,30 @@ use std::time::Instant;
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 
-use super::{AssignInput, Direction, FailureMode, HeaderList, HookError, Policy, Verdict};
+use super::{AssignInput, Direction, FailureMode, HeaderList, HookError, Hooks, Policy, Verdict};
 use crate::telemetry::metrics as m;
 
 /// An ordered, immutable set of policies. Cheap to share; swapped whole.
 #[derive(Default)]
 pub struct PolicySet {
     policies: Vec<Entry>,
-    any_filter: bool,
+    /// Positions in `policies` of the filters for each direction (indexed by
+    /// [`dir_index`]), so the per-message path visits only those.
+    filter_chains: [Vec<usize>; 2],
+}
+
+fn dir_index(dir: Direction) -> usize {
+    match dir {
+        Direction::AgentToServer => 0,
+        Direction::ServerToAgent => 1,
+    }
 }
 
 /// One policy of a set, with its metric handles.
 struct Entry {
     policy: Arc<dyn Policy>,
+    /// `policy.hooks()`, asked once.
+    hooks: Hooks,
     /// Indexed by [`Hook`].
     instruments: [OnceLock<Instruments>; 3],
 }
@@ -62,7 +73,7 @@ impl Hook {
 
 impl Entry {
     fn new(policy: Arc<dyn Policy>) -> Self {
-        Self { policy, instruments: Default::default() }
+        Self { hooks: policy.hooks(), policy, instruments: Default::default() }
     }
 
     /// Runs one hook call, counted and timed.
@@ -118,8 +129,10 @@ pub struct Refused {
 
 impl PolicySet {
     pub fn new(policies: Vec<Arc<dyn Policy>>) -> Self {
-        let any_filter = policies.iter().any(|p| p.hooks().filter);
-        Self { policies: policies.into_iter().map(Entry::new).collect(), any_filter }
+        let policies: Vec<Entry> = policies.into_iter().map(Entry::new).collect();
+        let chain = |dir| policies.iter().enumerate().filter(|(_, e)| e.hooks.filters(dir)).map(|(i, _)| i).collect();
+        let filter_chains = [chain(Direction::AgentToServer), chain(Direction::ServerToAgent)];
+        Self { policies, filter_chains }
     }
 
     pub fn is_empty(&self) -> bool {
@@ -130,14 +143,14 @@ impl PolicySet {
         self.policies.iter().map(|e| e.policy.name())
     }
 
-    /// True when some policy filters messages; the relay skips the phase
-    /// (and any copying for it) otherwise.
-    pub fn filters(&self) -> bool {
-        self.any_filter
+    /// True when some policy filters messages travelling `dir`; the relay
+    /// skips the phase (and any copying for it) otherwise.
+    pub fn filters(&self, dir: Direction) -> bool {
+        !self.filter_chains[dir_index(dir)].is_empty()
     }
 
     pub fn assign(&self, input: &AssignInput<'_>) -> Result<AssignDecision, Refused> {
-        for e in self.policies.iter().filter(|e| e.policy.hooks().assign) {
+        for e in self.policies.iter().filter(|e| e.hooks.assign) {
             let p = e.policy.as_ref();
             match e.timed(Hook::Assign, |p| p.assign(input)) {
                 Ok(None) => {}
@@ -156,7 +169,7 @@ impl PolicySet {
     }
 
     pub fn forward_headers(&self, mut headers: HeaderList) -> Result<HeaderList, Refused> {
-        for e in self.policies.iter().filter(|e| e.policy.hooks().forward_headers) {
+        for e in self.policies.iter().filter(|e| e.hooks.forward_headers) {
             let input = headers.clone();
             match e.timed(Hook::ForwardHeaders, |p| p.forward_headers(input)) {
                 Ok(out) => headers = out,
@@ -166,10 +179,11 @@ impl PolicySet {
         Ok(headers)
     }
 
-    /// `message` is the bare protobuf.
+    /// `message` is the bare protobuf. Only the policies that announced a
+    /// filter for `dir` are called.
     pub fn filter(&self, dir: Direction, uid: &[u8], message: Bytes) -> FilterOutcome {
         let mut current = message;
-        for e in self.policies.iter().filter(|e| e.policy.hooks().filter) {
+        for e in self.filter_chains[dir_index(dir)].iter().map(|&i| &self.policies[i]) {
             match e.timed(Hook::Filter, |p| p.filter(dir, uid, &current)) {
                 Ok(Verdict::Forward) => {}
                 Ok(Verdict::Replace(bytes)) => current = bytes,
@@ -221,7 +235,7 @@ impl Policies {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::policy::{Hooks, LinkInfo, Transport};
+    use crate::policy::{LinkInfo, Transport};
 
     struct Fixed {
         name: &'static str,
@@ -238,7 +252,7 @@ mod tests {
             self.mode
         }
         fn hooks(&self) -> Hooks {
-            Hooks { assign: true, forward_headers: true, filter: true }
+            Hooks { assign: true, forward_headers: true, ..Hooks::FILTER }
         }
         fn assign(&self, _: &AssignInput<'_>) -> Result<Option<u32>, HookError> {
             Ok(self.assign)
@@ -306,6 +320,43 @@ mod tests {
             set.filter(Direction::AgentToServer, &[], Bytes::from_static(b"old")),
             FilterOutcome::Forward(Bytes::from_static(b"new"))
         );
+    }
+
+    /// Counts its filter calls; announces one direction only.
+    struct OneWay {
+        dir: Direction,
+        calls: std::sync::atomic::AtomicUsize,
+    }
+
+    impl Policy for OneWay {
+        fn name(&self) -> &str {
+            "one-way"
+        }
+        fn hooks(&self) -> Hooks {
+            Hooks {
+                filter_agent_to_server: self.dir == Direction::AgentToServer,
+                filter_server_to_agent: self.dir == Direction::ServerToAgent,
+                ..Hooks::default()
+            }
+        }
+        fn filter(&self, dir: Direction, _: &[u8], _: &Bytes) -> Result<Verdict, HookError> {
+            assert_eq!(dir, self.dir, "called for a direction it did not announce");
+            self.calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            Ok(Verdict::Drop)
+        }
+    }
+
+    #[test]
+    fn filters_run_only_for_their_announced_direction() {
+        let up = Arc::new(OneWay { dir: Direction::AgentToServer, calls: 0.into() });
+        let set = PolicySet::new(vec![up.clone()]);
+        assert!(set.filters(Direction::AgentToServer));
+        assert!(!set.filters(Direction::ServerToAgent));
+        let m = Bytes::from_static(b"m");
+        assert_eq!(set.filter(Direction::ServerToAgent, &[], m.clone()), FilterOutcome::Forward(m.clone()));
+        assert_eq!(set.filter(Direction::AgentToServer, &[], m), FilterOutcome::Drop);
+        assert_eq!(up.calls.load(std::sync::atomic::Ordering::Relaxed), 1);
+        assert!(!PolicySet::default().filters(Direction::AgentToServer));
     }
 
     #[test]

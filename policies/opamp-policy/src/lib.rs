@@ -32,7 +32,7 @@
 //! - [`log`](mod@log): the gateway's logger (`opamp_policy::info!(...)`).
 //!
 //! The WIT this implements is `wit/policy.wit` in the gateway repository
-//! (`opamp-gateway:policy@0.1.0`, world `gateway-policy`).
+//! (`opamp-gateway:policy@0.2.0`, world `gateway-policy`).
 //!
 //! [opamp-gateway]: https://github.com/open-telemetry/opamp-spec
 
@@ -77,6 +77,9 @@ pub use bindings::opamp_gateway::policy::types::{
     AssignInput, Direction, FieldValue, Hooks, Link, Message, Transport, Verdict,
 };
 
+/// `filter` in both directions.
+pub const FILTER_BOTH: Hooks = Hooks::FILTER_AGENT_TO_SERVER.union(Hooks::FILTER_SERVER_TO_AGENT);
+
 /// Request headers: `(name, value)` pairs, names lower-case.
 pub type Headers = Vec<(String, String)>;
 
@@ -93,7 +96,10 @@ pub trait Policy: Sized + Send + Sync + 'static {
     /// the gateway's log.
     fn new(config: &str) -> Result<Self, String>;
 
-    /// The hooks this policy implements, e.g. `Hooks::ASSIGN | Hooks::FILTER`.
+    /// The hooks this policy implements, e.g. `Hooks::ASSIGN | FILTER_BOTH`.
+    /// Announce `filter` only for the directions you judge
+    /// (`Hooks::FILTER_AGENT_TO_SERVER`, `Hooks::FILTER_SERVER_TO_AGENT`):
+    /// the gateway then skips the call, and its cost, for the other one.
     fn hooks(&self) -> Hooks;
 
     /// Which upstream link should carry this agent? `None`: no opinion.
@@ -106,7 +112,8 @@ pub trait Policy: Sized + Send + Sync + 'static {
         headers
     }
 
-    /// One message on its way through. Read only what you need from
+    /// One message on its way through, in a direction announced by
+    /// [`Policy::hooks`]. Read only what you need from
     /// `message`: [`Message::has`] and [`Message::field`] are cheap,
     /// [`Message::bytes`] copies the whole message.
     fn filter(&self, _direction: Direction, _uid: &[u8], _message: &Message) -> Verdict {

@@ -158,12 +158,74 @@ pub fn replace_field(buf: &[u8], number: u32, payload: &[u8]) -> Result<Vec<u8>,
     Ok(out)
 }
 
+/// Rewrites every occurrence of the length-delimited field `number` with
+/// `f`, copying everything else byte for byte. `f` answers `None` to keep a
+/// value as it is; the result is `None` when nothing changed (so the caller
+/// can forward the original untouched).
+///
+/// Nest it to reach into embedded messages without decoding them: only the
+/// bytes on the path to a changed value are rebuilt.
+pub fn rewrite_field(
+    buf: &[u8],
+    number: u32,
+    mut f: impl FnMut(&[u8]) -> Result<Option<Vec<u8>>, Malformed>,
+) -> Result<Option<Vec<u8>>, Malformed> {
+    let mut out: Option<Vec<u8>> = None;
+    let mut at = 0; // `buf[..at]` is in `out` (once it exists)
+    for field in fields(buf) {
+        let field = field?;
+        let start = at;
+        at += field.raw.len();
+        if field.number != number {
+            if let Some(out) = out.as_mut() {
+                out.extend_from_slice(field.raw);
+            }
+            continue;
+        }
+        let Value::Bytes(value) = field.value else {
+            return Err(Malformed { offset: start });
+        };
+        match f(value)? {
+            Some(new) => {
+                let out = out.get_or_insert_with(|| {
+                    let mut o = Vec::with_capacity(buf.len() + new.len());
+                    o.extend_from_slice(&buf[..start]);
+                    o
+                });
+                put_bytes_field(out, number, &new);
+            }
+            None => {
+                if let Some(out) = out.as_mut() {
+                    out.extend_from_slice(field.raw);
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     // 1: "ab", 2: varint 300, 5: "xyz", 5: "w"
     const MSG: &[u8] = &[0x0a, 2, b'a', b'b', 0x10, 0xac, 0x02, 0x2a, 3, b'x', b'y', b'z', 0x2a, 1, b'w'];
+
+    #[test]
+    fn rewrites_only_what_changes() {
+        // Field 5 twice: the first is rewritten, the second kept.
+        let out = rewrite_field(MSG, 5, |v| Ok((v == b"xyz").then(|| b"Q".to_vec()))).unwrap().unwrap();
+        assert_eq!(out, [0x0a, 2, b'a', b'b', 0x10, 0xac, 0x02, 0x2a, 1, b'Q', 0x2a, 1, b'w']);
+        assert_eq!(rewrite_field(MSG, 5, |_| Ok(None)).unwrap(), None);
+        assert_eq!(rewrite_field(MSG, 9, |_| Ok(Some(vec![]))).unwrap(), None);
+        // Nested: field 1 of the embedded message in field 5.
+        let outer = [0x2a, 4, 0x0a, 2, b'h', b'i', 0x10, 1];
+        let out = rewrite_field(&outer, 5, |inner| rewrite_field(inner, 1, |_| Ok(Some(b"bye".to_vec())))).unwrap();
+        assert_eq!(out.unwrap(), [0x2a, 5, 0x0a, 3, b'b', b'y', b'e', 0x10, 1]);
+        // A varint where bytes were expected, or a broken buffer.
+        assert!(rewrite_field(MSG, 2, |_| Ok(None)).is_err());
+        assert!(rewrite_field(&[0x2a, 9], 5, |_| Ok(None)).is_err());
+    }
 
     #[test]
     fn iterates_and_edits() {

@@ -13,4 +13,19 @@ wasmtime::component::bindgen!({
 });
 
 /// The world's fully qualified name, for error messages and reports.
-pub const WORLD: &str = "opamp-gateway:policy/gateway-policy@0.1.0";
+pub const WORLD: &str = "opamp-gateway:policy/gateway-policy@0.2.0";
+
+/// The version of the `opamp-gateway:policy` package this host implements.
+pub const VERSION: &str = "0.2.0";
+
+/// Prefix of every interface name in the package.
+pub const PACKAGE_PREFIX: &str = "opamp-gateway:policy/";
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn world_names_the_version() {
+        assert!(super::WORLD.starts_with(super::PACKAGE_PREFIX));
+        assert!(super::WORLD.ends_with(&format!("@{}", super::VERSION)));
+    }
+}

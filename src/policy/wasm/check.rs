@@ -54,12 +54,9 @@ pub fn check(wasm: &Path, config: Option<&Path>, cfg: &PoliciesConfig) -> Result
     })
 }
 
-/// `assign, filter` style list of hooks, or `none`.
+/// `assign, forward-headers` style list of hooks, or `none`.
 pub(crate) fn hook_list(h: Hooks) -> String {
-    let names: Vec<&str> = [(h.assign, "assign"), (h.forward_headers, "forward-headers"), (h.filter, "filter")]
-        .into_iter()
-        .filter_map(|(on, n)| on.then_some(n))
-        .collect();
+    let names = h.names();
     if names.is_empty() {
         "none".into()
     } else {
@@ -93,6 +90,8 @@ mod tests {
     #[test]
     fn hook_lists() {
         assert_eq!(hook_list(Hooks::default()), "none");
-        assert_eq!(hook_list(Hooks { assign: true, forward_headers: false, filter: true }), "assign, filter");
+        let h = Hooks { assign: true, filter_server_to_agent: true, ..Hooks::default() };
+        assert_eq!(hook_list(h), "assign, filter-server-to-agent");
+        assert_eq!(hook_list(Hooks::FILTER), "filter-agent-to-server, filter-server-to-agent");
     }
 }

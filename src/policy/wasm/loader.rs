@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use sha2::{Digest, Sha256};
 use wasmtime::component::Component;
 
-use super::bindings::GatewayPolicyPre;
+use super::bindings::{GatewayPolicyPre, PACKAGE_PREFIX, VERSION};
 use super::engine::{Budget, PolicyEngine};
 use super::error::{one_line, PolicyError};
 use super::policy::WasmPolicy;
@@ -194,8 +194,16 @@ pub(crate) fn compile(
         None => {
             let component = Component::new(&engine.engine, &wasm)
                 .map_err(|e| PolicyError::Compile { path: path.clone(), reason: one_line(&format!("{e:#}")) })?;
-            let interface =
-                |e: wasmtime::Error| PolicyError::Interface { path: path.clone(), reason: one_line(&format!("{e:#}")) };
+            let interface = |e: wasmtime::Error| {
+                let reason = match built_against(&engine.engine, &component) {
+                    Some(v) => format!(
+                        "it was built against opamp-gateway:policy@{v}, this gateway implements @{VERSION}: \
+                         rebuild it with the matching opamp-policy crate"
+                    ),
+                    None => one_line(&format!("{e:#}")),
+                };
+                PolicyError::Interface { path: path.clone(), reason }
+            };
             let pre = engine.linker.instantiate_pre(&component).map_err(interface)?;
             GatewayPolicyPre::new(pre).map_err(interface)?
         }
@@ -238,6 +246,20 @@ pub(crate) fn compile(
         hooks,
         pool,
     })
+}
+
+/// The `opamp-gateway:policy` version a component names, when it is not the
+/// one we implement: the likely reason it does not type-check, and the one
+/// an operator can act on.
+fn built_against(engine: &wasmtime::Engine, component: &Component) -> Option<String> {
+    let ty = component.component_type();
+    let names: Vec<String> =
+        ty.imports(engine).map(|(n, _)| n.to_owned()).chain(ty.exports(engine).map(|(n, _)| n.to_owned())).collect();
+    names
+        .iter()
+        .filter_map(|n| n.strip_prefix(PACKAGE_PREFIX)?.split_once('@').map(|(_, v)| v))
+        .find(|v| *v != VERSION)
+        .map(str::to_owned)
 }
 
 /// Loads directories, reusing what did not change since the last commit.

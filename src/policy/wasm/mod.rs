@@ -5,6 +5,7 @@
 //! |---------------|----------------------------------------------------------------|
 //! | `bindings`    | `bindgen!` of the world `opamp-gateway:policy/gateway-policy`  |
 //! | `engine`      | the wasmtime engine, compile cache, epoch ticker, budgets      |
+//! | `deadline`    | per-call deadlines charged in the thread's CPU time            |
 //! | `sandbox`     | per-store host state: denying WASI, memory limiter, `host.log` |
 //! | `message`     | the `message` resource a filter reads fields from              |
 //! | `pool`        | live instances per policy; failed ones are discarded           |
@@ -19,6 +20,7 @@
 
 mod bindings;
 mod check;
+mod deadline;
 mod engine;
 mod error;
 mod loader;

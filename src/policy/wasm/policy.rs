@@ -132,14 +132,24 @@ fn check_header((name, value): (String, String)) -> Result<(String, String), Hoo
 
 /// A replacement must parse at the top level and keep the original uid.
 fn check_replacement(original: &Bytes, replacement: Vec<u8>) -> Result<Bytes, HookError> {
-    if let Err(m) = walk(&replacement, |_, _| true) {
+    // One walk validates the whole replacement and finds its uid.
+    let mut new_uid: Option<Vec<u8>> = None;
+    let walked = walk(&replacement, |n, v| {
+        if let (INSTANCE_UID, Wire::Bytes(u)) = (n, v) {
+            new_uid = Some(u.to_vec());
+        } else if n == INSTANCE_UID {
+            new_uid = None; // not bytes: no usable uid
+        }
+        true
+    });
+    if let Err(m) = walked {
         return Err(HookError::Invalid(format!("replacement is not a valid protobuf (byte {})", m.offset)));
     }
-    let uid = |b: &[u8]| match last(b, INSTANCE_UID) {
-        Some(Wire::Bytes(u)) => Some(u.to_vec()),
+    let old_uid = match last(original, INSTANCE_UID) {
+        Some(Wire::Bytes(u)) => Some(u),
         _ => None,
     };
-    if uid(original) != uid(&replacement) {
+    if old_uid != new_uid.as_deref() {
         return Err(HookError::Invalid("replacement changes the instance_uid".into()));
     }
     Ok(Bytes::from(replacement))

@@ -11,12 +11,13 @@
 //! next call gets a fresh one.
 
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use wasmtime::{Store, Trap};
 
 use super::bindings::opamp_gateway::policy::types::Hooks as WitHooks;
 use super::bindings::{GatewayPolicy, GatewayPolicyPre};
-use super::engine::{ticks, Budget, PolicyEngine, TickerLease};
+use super::engine::{Budget, PolicyEngine, TickerLease};
 use super::sandbox::HostState;
 use crate::policy::{HookError, Hooks};
 
@@ -33,8 +34,8 @@ pub(crate) struct InstancePool {
     config_text: String,
     memory_limit: u64,
     max_idle: usize,
-    call_ticks: u64,
-    init_ticks: u64,
+    call_timeout: Duration,
+    init_timeout: Duration,
     idle: Mutex<Vec<Instance>>,
     /// Keeps deadlines firing while this pool's instances may run.
     _lease: TickerLease,
@@ -74,8 +75,8 @@ impl InstancePool {
             config_text,
             memory_limit: budget.memory_limit,
             max_idle: budget.instances.max(1),
-            call_ticks: ticks(budget.call_timeout),
-            init_ticks: ticks(budget.init_timeout),
+            call_timeout: budget.call_timeout,
+            init_timeout: budget.init_timeout,
             idle: Mutex::new(Vec::new()),
         };
         let (first, hooks) = pool.instantiate()?;
@@ -103,8 +104,9 @@ impl InstancePool {
     fn instantiate(&self) -> Result<(Instance, Hooks), InitFailure> {
         let mut store = Store::new(&self.engine.engine, HostState::new(self.name.clone(), self.memory_limit));
         store.limiter(|s| &mut s.limiter);
-        store.set_epoch_deadline(self.init_ticks);
-        store.data_mut().begin_call();
+        store.epoch_deadline_callback(|mut s| Ok(s.data_mut().clock.on_tick()));
+        store.data_mut().begin_call(self.init_timeout);
+        store.set_epoch_deadline(1);
         let bindings = match self.pre.instantiate(&mut store) {
             Ok(b) => b,
             Err(e) => return Err(InitFailure::Failed(classify(e, store.data_mut()))),
@@ -159,8 +161,9 @@ impl InstancePool {
                 }
             },
         };
-        inst.store.data_mut().begin_call();
-        inst.store.set_epoch_deadline(self.call_ticks);
+        inst.store.data_mut().begin_call(self.call_timeout);
+        // One tick ahead: the clock is only read if a tick lands mid-call.
+        inst.store.set_epoch_deadline(1);
         match f(&mut inst.store, &inst.bindings) {
             Ok(v) => {
                 log_output(&self.name, inst.store.data_mut());
@@ -180,7 +183,8 @@ fn convert_hooks(h: WitHooks) -> Hooks {
     Hooks {
         assign: h.contains(WitHooks::ASSIGN),
         forward_headers: h.contains(WitHooks::FORWARD_HEADERS),
-        filter: h.contains(WitHooks::FILTER),
+        filter_agent_to_server: h.contains(WitHooks::FILTER_AGENT_TO_SERVER),
+        filter_server_to_agent: h.contains(WitHooks::FILTER_SERVER_TO_AGENT),
     }
 }
 

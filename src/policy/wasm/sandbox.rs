@@ -10,6 +10,7 @@
 //! - Memory growth beyond the policy's limit is refused by [`Limiter`], which
 //!   remembers the refusal so a subsequent trap is reported as `Memory`.
 //! - The `host.log` import, routed to `tracing` with the policy's name.
+//! - The current call's CPU-time deadline ([`CallClock`]).
 
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -24,6 +25,7 @@ use wasmtime_wasi::p2::{OutputStream, Pollable, StreamError, StreamResult};
 use wasmtime_wasi::{HostMonotonicClock, HostWallClock, WasiCtx, WasiCtxView, WasiView};
 
 use super::bindings::opamp_gateway::policy::host::{self, Level};
+use super::deadline::CallClock;
 
 /// Bytes of stdout/stderr kept per call; the rest is discarded.
 const OUTPUT_CAP: usize = 4096;
@@ -40,6 +42,8 @@ pub(crate) struct HostState {
     pub limiter: Limiter,
     output: OutputBuffer,
     logs_this_call: u32,
+    /// The current call's deadline (see `deadline`).
+    pub clock: CallClock,
 }
 
 impl HostState {
@@ -60,11 +64,13 @@ impl HostState {
             limiter: Limiter::new(memory_limit),
             output,
             logs_this_call: 0,
+            clock: CallClock::default(),
         }
     }
 
-    /// Resets per-call state before a call.
-    pub fn begin_call(&mut self) {
+    /// Resets per-call state before a call with CPU-time `budget`.
+    pub fn begin_call(&mut self, budget: Duration) {
+        self.clock.start(budget);
         self.logs_this_call = 0;
         self.limiter.hit = false;
         self.output.clear();

@@ -24,7 +24,7 @@ impl Policy for BlockPackages {
     }
 
     fn hooks(&self) -> Hooks {
-        Hooks::FILTER
+        Hooks::FILTER_SERVER_TO_AGENT
     }
 
     fn filter(&self, direction: Direction, _uid: &[u8], message: &Message) -> Verdict {

@@ -13,15 +13,16 @@
 //! ```
 //!
 //! Hook: `filter`, agent→server only. Messages without field 6 (nearly all:
-//! agents send their config when it changes) cost one `has` call. Only the
-//! effective config is decoded; the rest of the message is copied byte for
-//! byte around it. Bodies are treated as text (YAML, JSON, `key=value`);
+//! agents send their config when it changes) cost one `field` call that
+//! copies nothing. Nothing is decoded: the policy walks the wire format down
+//! to each config body, and only the bytes on the path to a changed body are
+//! rebuilt; everything else is copied byte for byte. Bodies are treated as
+//! text (YAML, JSON, `key=value`);
 //! see [`redact`] for exactly what is matched.
 
 pub mod redact;
 
 use opamp_policy::config::Config;
-use opamp_policy::proto::{EffectiveConfig, Message as _};
 use opamp_policy::{export_policy, wire, Direction, FieldValue, Hooks, Message, Policy, Verdict};
 
 /// `AgentToServer.effective_config`.
@@ -31,21 +32,29 @@ pub struct RedactSecrets {
     keys: Vec<String>,
 }
 
+/// The path from `EffectiveConfig` to each config body, as field numbers:
+/// `EffectiveConfig.config_map` → `AgentConfigMap.config_map` (a map: one
+/// entry per file) → the entry's value (`AgentConfigFile`) → its `body`.
+const CONFIG_MAP: u32 = 1;
+const MAP_ENTRY: u32 = 1;
+const ENTRY_VALUE: u32 = 2;
+const BODY: u32 = 1;
+
 impl RedactSecrets {
     /// Redacts every body of an encoded `EffectiveConfig`; `None` if nothing
     /// needed redacting.
-    pub fn redact_effective_config(&self, encoded: &[u8]) -> Result<Option<Vec<u8>>, String> {
-        let mut config = EffectiveConfig::decode(encoded).map_err(|e| e.to_string())?;
-        let mut changed = false;
-        if let Some(map) = config.config_map.as_mut() {
-            for file in map.config_map.values_mut() {
-                if let Some(body) = redact::redact(&file.body, &self.keys) {
-                    file.body = body;
-                    changed = true;
-                }
-            }
-        }
-        Ok(changed.then(|| config.encode_to_vec()))
+    ///
+    /// Walks the wire format down to each body instead of decoding: no
+    /// allocation unless a body changes, and every other byte (file names,
+    /// content types, fields newer than our proto) is kept as it was.
+    pub fn redact_effective_config(&self, encoded: &[u8]) -> Result<Option<Vec<u8>>, wire::Malformed> {
+        wire::rewrite_field(encoded, CONFIG_MAP, |map| {
+            wire::rewrite_field(map, MAP_ENTRY, |entry| {
+                wire::rewrite_field(entry, ENTRY_VALUE, |file| {
+                    wire::rewrite_field(file, BODY, |body| Ok(redact::redact(body, &self.keys)))
+                })
+            })
+        })
     }
 }
 
@@ -61,13 +70,14 @@ impl Policy for RedactSecrets {
     }
 
     fn hooks(&self) -> Hooks {
-        Hooks::FILTER
+        Hooks::FILTER_AGENT_TO_SERVER
     }
 
     fn filter(&self, direction: Direction, _uid: &[u8], message: &Message) -> Verdict {
-        if direction != Direction::AgentToServer || !message.has(EFFECTIVE_CONFIG) {
+        if direction != Direction::AgentToServer {
             return Verdict::Forward;
         }
+        // One host call either way: `None` (nearly always) copies nothing.
         let Some(FieldValue::Bytes(encoded)) = message.field(EFFECTIVE_CONFIG) else {
             return Verdict::Forward;
         };

@@ -66,63 +66,66 @@ fn value_span(line: &str, after_sep: usize, in_flow: bool) -> Option<(usize, usi
     Some((start, end))
 }
 
-/// Finds the first listed key in `line` at or after `from`; returns the
-/// index just past its separator (`:` or `=`).
-fn find_key(line: &str, from: usize, keys: &[String]) -> Option<(usize, usize)> {
-    let b = line.as_bytes();
-    let mut i = from;
-    while i < b.len() {
-        if !is_word(b[i]) || (i > 0 && is_word(b[i - 1])) {
-            i += 1;
-            continue;
-        }
-        let mut j = i;
-        while j < b.len() && is_word(b[j]) {
-            j += 1;
-        }
-        let word = &line[i..j];
-        if keys.iter().any(|k| same_key(k, word)) {
-            let mut k = j;
-            if k < b.len() && (b[k] == b'"' || b[k] == b'\'') {
-                k += 1;
-            }
-            while k < b.len() && (b[k] == b' ' || b[k] == b'\t') {
-                k += 1;
-            }
-            if k < b.len() && (b[k] == b':' || b[k] == b'=') {
-                return Some((i, k + 1));
-            }
-        }
-        i = j;
+/// If the word just before the separator at `sep` is a listed key (with
+/// optional quote and blanks between), where that word starts. Looks no
+/// further back than `floor`.
+fn key_before(text: &str, floor: usize, sep: usize, keys: &[String]) -> Option<usize> {
+    let b = text.as_bytes();
+    let mut end = sep;
+    while end > floor && (b[end - 1] == b' ' || b[end - 1] == b'\t') {
+        end -= 1;
     }
-    None
+    if end > floor && (b[end - 1] == b'"' || b[end - 1] == b'\'') {
+        end -= 1;
+    }
+    let mut start = end;
+    while start > floor && is_word(b[start - 1]) {
+        start -= 1;
+    }
+    // A whole word only: `password` must not match `my_password`.
+    let whole = start == 0 || !is_word(b[start - 1]);
+    (start < end && whole && keys.iter().any(|k| same_key(k, &text[start..end]))).then_some(start)
+}
+
+/// Separators (`:` and `=`) in `text` from `from` on.
+fn separators(text: &str, from: usize) -> impl Iterator<Item = usize> + '_ {
+    memchr::memchr2_iter(b':', b'=', &text.as_bytes()[from..]).map(move |i| from + i)
+}
+
+/// Finds the first listed key in `line` at or after `from`; returns where
+/// it starts and the index just past its separator.
+fn find_key(line: &str, from: usize, keys: &[String]) -> Option<(usize, usize)> {
+    separators(line, from).find_map(|sep| Some((key_before(line, from, sep, keys)?, sep + 1)))
+}
+
+/// Where the first line at or after `from` (a line start) that mentions a
+/// listed key begins. Configs have far fewer separators than bytes, so this
+/// skips the lines that need no work at memchr speed.
+fn next_key_line(text: &str, from: usize, keys: &[String]) -> Option<usize> {
+    let sep = separators(text, from).find(|&sep| key_before(text, from, sep, keys).is_some())?;
+    Some(memchr::memrchr(b'\n', &text.as_bytes()[from..sep]).map_or(from, |i| from + i + 1))
 }
 
 fn indent(line: &str) -> usize {
     line.len() - line.trim_start_matches([' ', '\t']).len()
 }
 
-/// `body` with every listed key's value replaced by [`MARK`]; `None` when
-/// nothing changed (or the body is not UTF-8).
-pub fn redact(body: &[u8], keys: &[String]) -> Option<Vec<u8>> {
-    let text = std::str::from_utf8(body).ok()?;
-    let mut out = String::with_capacity(text.len());
-    let mut changed = false;
-    let mut lines = text.split_inclusive('\n').peekable();
-    while let Some(full) = lines.next() {
-        let (line, eol) = match full.strip_suffix('\n') {
-            Some(l) => match l.strip_suffix('\r') {
-                Some(l2) => (l2, "\r\n"),
-                None => (l, "\n"),
-            },
-            None => (full, ""),
-        };
-        let mut rebuilt = String::with_capacity(line.len());
-        let mut copied = 0;
+/// What to do with one line: values to replace, and maybe a value that
+/// continues on the following lines.
+#[derive(Default)]
+struct LineEdits {
+    /// `(start, end)` of each value to replace, in order.
+    values: Vec<(usize, usize)>,
+    /// `(indent of the key, where the value starts)` when the value is a
+    /// block below the key.
+    block: Option<(usize, usize)>,
+}
+
+impl LineEdits {
+    fn find(&mut self, line: &str, keys: &[String]) {
+        self.values.clear();
+        self.block = None;
         let mut from = 0;
-        // Set when the value continues on the following, deeper lines:
-        // (indent of the key, where the value starts in `rebuilt`).
-        let mut block: Option<(usize, usize)> = None;
         while let Some((key_start, after)) = find_key(line, from, keys) {
             let depth = line[..key_start].bytes().fold(0i32, |d, c| match c {
                 b'{' | b'[' => d + 1,
@@ -130,57 +133,97 @@ pub fn redact(body: &[u8], keys: &[String]) -> Option<Vec<u8>> {
                 _ => d,
             });
             match value_span(line, after, depth > 0) {
+                // A block scalar: `key: |` then indented lines.
                 Some((s, e)) if line[s..e].starts_with(['|', '>']) && depth == 0 => {
-                    // A block scalar: `key: |` then indented lines.
-                    rebuilt.push_str(&line[copied..s]);
-                    copied = s;
-                    block = Some((indent(line), rebuilt.len()));
-                    break;
+                    self.block = Some((indent(line), s));
+                    return;
                 }
                 Some((s, e)) => {
                     let value = &line[s..e];
                     if value != MARK && !value.is_empty() {
-                        rebuilt.push_str(&line[copied..s]);
-                        rebuilt.push_str(MARK);
-                        copied = e;
-                        changed = true;
+                        self.values.push((s, e));
                     }
                     from = e.max(after);
                 }
+                // `key:` alone: the value is the indented block below.
                 None => {
-                    // `key:` alone: the value is the indented block below.
-                    rebuilt.push_str(&line[copied..]);
-                    copied = line.len();
-                    block = Some((indent(line), rebuilt.len()));
-                    break;
+                    self.block = Some((indent(line), line.len()));
+                    return;
                 }
             }
         }
-        rebuilt.push_str(&line[copied..]);
-        if let Some((key_indent, value_at)) = block {
-            // Swallow the deeper-indented lines that make up the value.
-            let mut swallowed = false;
-            while let Some(next) = lines.peek() {
+    }
+}
+
+/// `body` with every listed key's value replaced by [`MARK`]; `None` when
+/// nothing changed (or the body is not UTF-8).
+///
+/// Runs on every effective config an agent reports: lines without a key
+/// are skipped at memchr speed and never copied one by one, a body without
+/// secrets allocates nothing, and one with secrets is rebuilt into a single
+/// buffer.
+pub fn redact(body: &[u8], keys: &[String]) -> Option<Vec<u8>> {
+    let text = std::str::from_utf8(body).ok()?;
+    // Created at the first change; `text[..copied]` is in it.
+    let mut out: Option<String> = None;
+    let mut copied = 0;
+    let mut edits = LineEdits::default();
+    let mut from = 0; // always a line start
+    while let Some(line_at) = next_key_line(text, from, keys) {
+        let full_end = memchr::memchr(b'\n', &text.as_bytes()[line_at..]).map_or(text.len(), |i| line_at + i + 1);
+        let full = &text[line_at..full_end];
+        let (line, eol) = match full.strip_suffix('\n') {
+            Some(l) => match l.strip_suffix('\r') {
+                Some(l2) => (l2, "\r\n"),
+                None => (l, "\n"),
+            },
+            None => (full, ""),
+        };
+        edits.find(line, keys);
+        // The lines that make up a block value: deeper-indented or blank.
+        let mut swallowed = false;
+        let mut block_end = full_end;
+        if let Some((key_indent, _)) = edits.block {
+            for next in text[full_end..].split_inclusive('\n') {
                 let t = next.trim_end_matches(['\n', '\r']);
                 if !t.trim().is_empty() && indent(t) <= key_indent {
                     break;
                 }
                 swallowed |= !t.trim().is_empty();
-                lines.next();
-            }
-            if swallowed {
-                rebuilt.truncate(value_at);
-                let kept = rebuilt.trim_end().len();
-                rebuilt.truncate(kept);
-                rebuilt.push(' ');
-                rebuilt.push_str(MARK);
-                changed = true;
+                block_end += next.len();
             }
         }
-        out.push_str(&rebuilt);
-        out.push_str(eol);
+        from = block_end;
+        if edits.values.is_empty() && !swallowed {
+            continue;
+        }
+        let out = out.get_or_insert_with(|| String::with_capacity(text.len() + 64));
+        out.push_str(&text[copied..line_at]);
+        let mut at = 0;
+        for &(s, e) in &edits.values {
+            out.push_str(&line[at..s]);
+            out.push_str(MARK);
+            at = e;
+        }
+        match edits.block {
+            Some((_, value_at)) if swallowed => {
+                out.push_str(line[at..value_at].trim_end());
+                out.push(' ');
+                out.push_str(MARK);
+                out.push_str(eol);
+                copied = block_end;
+            }
+            // No block, or only blank lines below the key: they stay.
+            _ => {
+                out.push_str(&line[at..]);
+                out.push_str(eol);
+                copied = full_end;
+            }
+        }
     }
-    changed.then(|| out.into_bytes())
+    let mut out = out?;
+    out.push_str(&text[copied..]);
+    Some(out.into_bytes())
 }
 
 #[cfg(test)]
@@ -227,6 +270,22 @@ mod tests {
         assert_eq!(r("token:\nnext: 1\n"), "token:\nnext: 1\n");
         assert_eq!(r("token: >-\n  folded\n\n  text\nnext: 1\n"), "token: <redacted>\nnext: 1\n");
         assert_eq!(r("{\"a\": {\"password\": \"p\"}}"), "{\"a\": {\"password\": \"<redacted>\"}}");
+    }
+
+    #[test]
+    fn blank_lines_after_an_empty_key_are_kept() {
+        assert_eq!(r("token:\n\npassword: p\n"), "token:\n\npassword: <redacted>\n");
+        assert_eq!(r("a: 1\npassword: p\nb: 2"), "a: 1\npassword: <redacted>\nb: 2");
+        assert!(redact(b"a: 1\ntoken:\n\nb: 2\n", &keys()).is_none());
+    }
+
+    #[test]
+    fn untouched_lines_between_edits_are_kept_exactly() {
+        assert_eq!(
+            r("a: 1\r\npassword: x\r\nb:\r\n  token: |\r\n    t\r\nc: 2\r\nurl: http://h:1/?token=q"),
+            "a: 1\r\npassword: <redacted>\r\nb:\r\n  token: <redacted>\r\nc: 2\r\nurl: http://h:1/?token=<redacted>"
+        );
+        assert!(redact(b"receivers:\n  otlp: {}\nurl: http://x:4317\n", &keys()).is_none());
     }
 
     #[test]

@@ -1,0 +1,120 @@
+//! Call deadlines charged in CPU time, not wall time.
+//!
+//! A hook's budget (`call_timeout`) bounds what the guest *does*, so it is
+//! charged the CPU time of the thread running it. Wall time would also charge
+//! it for the scheduler: on a saturated host a relay thread can be preempted
+//! for longer than the whole budget in the middle of a 1 µs call, and a
+//! fail-closed policy would then drop a message it had no objection to.
+//!
+//! The epoch ticker still drives the checks, so the common call pays
+//! nothing: its deadline is one tick ahead, and a call that ends before the
+//! next tick (nearly all of them) never reads a clock. When a tick does land
+//! mid-call, [`CallClock::on_tick`] runs on the guest's thread, notes the
+//! thread's CPU clock the first time, and from then on traps once the CPU
+//! time since that note reaches the budget. The CPU used before the first
+//! tick (at most one tick's worth) is not charged, so a runaway guest stops
+//! after between one budget and one budget plus two ticks of CPU time.
+
+use std::time::Duration;
+
+use wasmtime::UpdateDeadline;
+
+use super::engine::TICK;
+
+/// Per-store deadline state; reset by [`CallClock::start`] before each call.
+#[derive(Debug, Default)]
+pub(crate) struct CallClock {
+    budget: Duration,
+    /// The thread's CPU clock at the first tick of the current call.
+    base: Option<Duration>,
+}
+
+impl CallClock {
+    /// Arms the clock for one call. The caller sets the epoch deadline to
+    /// one tick ahead.
+    pub fn start(&mut self, budget: Duration) {
+        self.budget = budget;
+        self.base = None;
+    }
+
+    /// The store's epoch-deadline callback: called on the guest's thread
+    /// each time the epoch passes the deadline during a call.
+    pub fn on_tick(&mut self) -> UpdateDeadline {
+        let now = thread_cpu_time();
+        let used = match self.base {
+            None => {
+                self.base = Some(now);
+                Duration::ZERO
+            }
+            Some(base) => now.saturating_sub(base),
+        };
+        match self.budget.checked_sub(used) {
+            Some(left) if !left.is_zero() => {
+                // The guest cannot use `left` of CPU in less than `left` of
+                // wall time: no need to look again before then.
+                let ticks = (left.as_nanos() / TICK.as_nanos()).max(1);
+                UpdateDeadline::Continue(u64::try_from(ticks).unwrap_or(u64::MAX / 2))
+            }
+            _ => UpdateDeadline::Interrupt,
+        }
+    }
+}
+
+/// CPU time consumed by the calling thread.
+fn thread_cpu_time() -> Duration {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
+    Duration::new(u64::try_from(t.tv_sec).unwrap_or(0), u32::try_from(t.tv_nsec).unwrap_or(0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn interrupts(u: &UpdateDeadline) -> bool {
+        matches!(u, UpdateDeadline::Interrupt)
+    }
+
+    /// Burns CPU on this thread for at least `d` of CPU time.
+    fn spin(d: Duration) {
+        let start = thread_cpu_time();
+        while thread_cpu_time().saturating_sub(start) < d {
+            std::hint::black_box(0u64);
+        }
+    }
+
+    #[test]
+    fn time_off_the_cpu_is_not_charged() {
+        let mut clock = CallClock::default();
+        clock.start(Duration::from_millis(20));
+        assert!(!interrupts(&clock.on_tick()));
+        // Wall time passes, CPU time does not: as for a preempted thread.
+        std::thread::sleep(Duration::from_millis(60));
+        assert!(!interrupts(&clock.on_tick()));
+    }
+
+    #[test]
+    fn cpu_time_beyond_the_budget_interrupts() {
+        let mut clock = CallClock::default();
+        clock.start(Duration::from_millis(20));
+        assert!(!interrupts(&clock.on_tick()));
+        spin(Duration::from_millis(5));
+        // 15 ms left at most: the next look is no later than that.
+        match clock.on_tick() {
+            UpdateDeadline::Continue(ticks) => assert!((1..=15).contains(&ticks), "{ticks}"),
+            _ => panic!("interrupted early"),
+        }
+        spin(Duration::from_millis(16));
+        assert!(interrupts(&clock.on_tick()));
+    }
+
+    #[test]
+    fn each_call_starts_afresh() {
+        let mut clock = CallClock::default();
+        clock.start(Duration::from_millis(5));
+        clock.on_tick();
+        spin(Duration::from_millis(6));
+        assert!(interrupts(&clock.on_tick()));
+        clock.start(Duration::from_millis(5));
+        assert!(!interrupts(&clock.on_tick()));
+    }
+}
