@@ -147,6 +147,7 @@ fn invalid_answers_are_errors() {
     let (_d, _rt, p) = misbehave(None);
     assert!(matches!(filter(&p, "bad").0, Err(HookError::Invalid(_))), "garbage replacement");
     assert!(matches!(filter(&p, "olduid").0, Err(HookError::Invalid(_))), "uid rewritten");
+    assert!(matches!(filter(&p, "setuid").0, Err(HookError::Invalid(_))), "uid set through set-field");
     assert_eq!(filter(&p, "echo").0.unwrap(), Verdict::Replace(message()));
     assert!(matches!(p.forward_headers(headers("bad")), Err(HookError::Invalid(_))));
     // Logging more than the per-call cap is fine.

@@ -34,6 +34,11 @@ fn varint(buf: &[u8], pos: &mut usize) -> Option<u64> {
 /// early when `each` returns `false`. Groups (wire types 3/4) are rejected:
 /// proto3 OpAMP never uses them.
 pub fn walk<'a>(buf: &'a [u8], mut each: impl FnMut(u32, Wire<'a>) -> bool) -> Result<(), Malformed> {
+    walk_raw(buf, |n, v, _| each(n, v))
+}
+
+/// [`walk`], also passing each field's whole encoding (tag, length, value).
+fn walk_raw<'a>(buf: &'a [u8], mut each: impl FnMut(u32, Wire<'a>, &'a [u8]) -> bool) -> Result<(), Malformed> {
     let mut pos = 0;
     while pos < buf.len() {
         let start = pos;
@@ -64,7 +69,7 @@ pub fn walk<'a>(buf: &'a [u8], mut each: impl FnMut(u32, Wire<'a>) -> bool) -> R
             }
             _ => return Err(bad),
         };
-        if !each(number, value) {
+        if !each(number, value, &buf[start..pos]) {
             return Ok(());
         }
     }
@@ -82,6 +87,64 @@ pub fn last(buf: &[u8], number: u32) -> Option<Wire<'_>> {
         true
     });
     found
+}
+
+fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+/// Appends field `number` holding `value`, in `value`'s wire type.
+pub fn put_field(out: &mut Vec<u8>, number: u32, value: Wire<'_>) {
+    let tag = |wire_type: u64| (u64::from(number) << 3) | wire_type;
+    match value {
+        Wire::Varint(v) => {
+            put_varint(out, tag(0));
+            put_varint(out, v);
+        }
+        Wire::Fixed64(v) => {
+            put_varint(out, tag(1));
+            out.extend_from_slice(&v.to_le_bytes());
+        }
+        Wire::Bytes(b) => {
+            put_varint(out, tag(2));
+            put_varint(out, b.len() as u64);
+            out.extend_from_slice(b);
+        }
+        Wire::Fixed32(v) => {
+            put_varint(out, tag(5));
+            out.extend_from_slice(&v.to_le_bytes());
+        }
+    }
+}
+
+/// `buf` with top-level field `number` set to `value`, where its first
+/// occurrence was (appended if absent; later occurrences, which protobuf
+/// would merge in, are dropped), or removed everywhere when `value` is
+/// `None`. Every other field is copied byte for byte.
+pub fn set_field(buf: &[u8], number: u32, value: Option<Wire<'_>>) -> Result<Vec<u8>, Malformed> {
+    let extra = match value {
+        Some(Wire::Bytes(b)) => b.len(),
+        _ => 0,
+    };
+    let mut out = Vec::with_capacity(buf.len() + extra + 16);
+    let mut placed = value.is_none();
+    walk_raw(buf, |n, _, raw| {
+        if n != number {
+            out.extend_from_slice(raw);
+        } else if let (false, Some(v)) = (placed, value) {
+            put_field(&mut out, number, v);
+            placed = true;
+        }
+        true
+    })?;
+    if let (false, Some(v)) = (placed, value) {
+        put_field(&mut out, number, v);
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -112,5 +175,22 @@ mod tests {
         assert_eq!(last(&buf, 2), Some(Wire::Bytes(b"hi")));
         assert_eq!(walk(&[0x0b], |_, _| true), Err(Malformed { offset: 0 }), "groups are rejected");
         assert_eq!(walk(&[0x12, 0x05, 1], |_, _| true), Err(Malformed { offset: 0 }), "length past the end");
+    }
+
+    #[test]
+    fn sets_and_removes_fields_keeping_the_rest() {
+        // 1: varint 7, 5: "ab", 2: "x", 5: "cd"
+        let buf = [0x08, 7, 0x2a, 2, b'a', b'b', 0x12, 1, b'x', 0x2a, 2, b'c', b'd'];
+        assert_eq!(
+            set_field(&buf, 5, Some(Wire::Bytes(b"Z"))).unwrap(),
+            [0x08, 7, 0x2a, 1, b'Z', 0x12, 1, b'x'],
+            "first occurrence replaced in place, the later one dropped"
+        );
+        assert_eq!(set_field(&buf, 5, None).unwrap(), [0x08, 7, 0x12, 1, b'x']);
+        assert_eq!(set_field(&buf, 9, None).unwrap(), buf, "removing an absent field changes nothing");
+        assert_eq!(set_field(&buf, 3, Some(Wire::Varint(300))).unwrap()[buf.len()..], [0x18, 0xac, 0x02]);
+        assert_eq!(set_field(&buf, 4, Some(Wire::Fixed32(1))).unwrap()[buf.len()..], [0x25, 1, 0, 0, 0]);
+        assert_eq!(set_field(&buf, 4, Some(Wire::Fixed64(1))).unwrap()[buf.len()..], [0x21, 1, 0, 0, 0, 0, 0, 0, 0]);
+        assert!(set_field(&[0x2a, 9], 5, None).is_err());
     }
 }

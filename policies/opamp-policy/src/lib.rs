@@ -74,8 +74,22 @@ pub mod proto {
 pub use wit_bindgen as __rt;
 
 pub use bindings::opamp_gateway::policy::types::{
-    AssignInput, Direction, FieldValue, Hooks, Link, Message, Transport, Verdict,
+    AssignInput, Direction, FieldEdit, FieldValue, Hooks, Link, Message, Transport, Verdict,
 };
+
+impl Verdict {
+    /// Forward the message with top-level field `number` set to `bytes` (a
+    /// string, bytes or embedded message). The gateway rebuilds the message
+    /// around it, byte for byte: nothing else is copied into the policy.
+    pub fn set_bytes_field(number: u32, bytes: Vec<u8>) -> Verdict {
+        Verdict::SetField(FieldEdit { number, value: Some(FieldValue::Bytes(bytes)) })
+    }
+
+    /// Forward the message without top-level field `number`.
+    pub fn remove_field(number: u32) -> Verdict {
+        Verdict::SetField(FieldEdit { number, value: None })
+    }
+}
 
 /// `filter` in both directions.
 pub const FILTER_BOTH: Hooks = Hooks::FILTER_AGENT_TO_SERVER.union(Hooks::FILTER_SERVER_TO_AGENT);

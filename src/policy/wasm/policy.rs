@@ -14,6 +14,7 @@ use super::bindings::opamp_gateway::policy::types as wit;
 use super::message::{last, walk, MessageHandle, Wire};
 use super::pool::InstancePool;
 use crate::policy::{AssignInput, Direction, FailureMode, HeaderList, HookError, Hooks, Policy, Transport, Verdict};
+use crate::protocol::wire::set_field;
 
 /// Field 1 of both `AgentToServer` and `ServerToAgent`.
 const INSTANCE_UID: u32 = 1;
@@ -113,6 +114,7 @@ impl Policy for WasmPolicy {
             wit::Verdict::Drop => Verdict::Drop,
             wit::Verdict::Close => Verdict::Close,
             wit::Verdict::Replace(bytes) => Verdict::Replace(check_replacement(message, bytes)?),
+            wit::Verdict::SetField(edit) => Verdict::Replace(apply_edit(message, edit)?),
         })
     }
 }
@@ -128,6 +130,23 @@ fn check_header((name, value): (String, String)) -> Result<(String, String), Hoo
         return Err(HookError::Invalid(format!("invalid value for header {name:?}")));
     }
     Ok((name.to_ascii_lowercase(), value))
+}
+
+/// Applies a `set-field` answer. The original was validated by the relay,
+/// so the result is well-formed; only the uid is off limits.
+fn apply_edit(original: &Bytes, edit: wit::FieldEdit) -> Result<Bytes, HookError> {
+    if edit.number == INSTANCE_UID || edit.number == 0 || edit.number >= 1 << 29 {
+        return Err(HookError::Invalid(format!("set-field cannot set field {}", edit.number)));
+    }
+    let value = edit.value.as_ref().map(|v| match v {
+        wit::FieldValue::Varint(x) => Wire::Varint(*x),
+        wit::FieldValue::Fixed64(x) => Wire::Fixed64(*x),
+        wit::FieldValue::Fixed32(x) => Wire::Fixed32(*x),
+        wit::FieldValue::Bytes(b) => Wire::Bytes(b),
+    });
+    set_field(original, edit.number, value)
+        .map(Bytes::from)
+        .map_err(|m| HookError::Invalid(format!("the message is not a valid protobuf (byte {})", m.offset)))
 }
 
 /// A replacement must parse at the top level and keep the original uid.
@@ -165,6 +184,24 @@ mod tests {
         assert!(check_header(("bad name".into(), "a".into())).is_err());
         assert!(check_header(("".into(), "a".into())).is_err());
         assert!(check_header(("x".into(), "a\r\nInjected: 1".into())).is_err());
+    }
+
+    #[test]
+    fn field_edits_are_applied_by_the_host() {
+        let orig = Bytes::from_static(&[0x0a, 2, 1, 2, 0x2a, 1, b'p', 0x10, 1]);
+        let set = |number, value| apply_edit(&orig, wit::FieldEdit { number, value });
+        assert_eq!(set(5, None).unwrap(), Bytes::from_static(&[0x0a, 2, 1, 2, 0x10, 1]));
+        assert_eq!(
+            set(5, Some(wit::FieldValue::Bytes(b"xy".to_vec()))).unwrap(),
+            Bytes::from_static(&[0x0a, 2, 1, 2, 0x2a, 2, b'x', b'y', 0x10, 1])
+        );
+        assert_eq!(
+            set(2, Some(wit::FieldValue::Varint(5))).unwrap(),
+            Bytes::from_static(&[0x0a, 2, 1, 2, 0x2a, 1, b'p', 0x10, 5])
+        );
+        assert!(matches!(set(1, None), Err(HookError::Invalid(_))), "the uid is off limits");
+        assert!(matches!(set(0, None), Err(HookError::Invalid(_))));
+        assert!(matches!(set(1 << 29, None), Err(HookError::Invalid(_))));
     }
 
     #[test]

@@ -6,11 +6,12 @@
 //! and forward everything else, so remote config and commands keep working.
 //!
 //! No config. Hook: `filter`, server→agent only. A message without field 5
-//! is judged with one `has` call: nothing is copied. One with it is rebuilt
-//! by copying every other top-level field byte for byte (no decode, so
-//! fields newer than this policy's proto survive).
+//! is judged with one `has` call: nothing is copied. One with it is
+//! answered with `remove-field`: the gateway rebuilds it from every other
+//! top-level field byte for byte (no decode, so fields newer than this
+//! policy's proto survive), and nothing crosses into the policy.
 
-use opamp_policy::{export_policy, wire, Direction, Hooks, Message, Policy, Verdict};
+use opamp_policy::{export_policy, Direction, Hooks, Message, Policy, Verdict};
 
 /// `ServerToAgent.packages_available`.
 pub const PACKAGES_AVAILABLE: u32 = 5;
@@ -31,18 +32,8 @@ impl Policy for BlockPackages {
         if direction != Direction::ServerToAgent || !message.has(PACKAGES_AVAILABLE) {
             return Verdict::Forward;
         }
-        match wire::without_fields(&message.bytes(), &[PACKAGES_AVAILABLE]) {
-            Ok(stripped) => {
-                opamp_policy::debug!("stripped packages_available");
-                Verdict::Replace(stripped)
-            }
-            // The gateway validated the message; this cannot happen. If it
-            // does, do not forward an offer we failed to remove.
-            Err(e) => {
-                opamp_policy::error!("cannot strip packages_available: {e}");
-                Verdict::Drop
-            }
-        }
+        opamp_policy::debug!("stripped packages_available");
+        Verdict::remove_field(PACKAGES_AVAILABLE)
     }
 }
 

@@ -15,8 +15,9 @@
 //! Hook: `filter`, agent→server only. Messages without field 6 (nearly all:
 //! agents send their config when it changes) cost one `field` call that
 //! copies nothing. Nothing is decoded: the policy walks the wire format down
-//! to each config body, and only the bytes on the path to a changed body are
-//! rebuilt; everything else is copied byte for byte. Bodies are treated as
+//! to each config body, only the bytes on the path to a changed body are
+//! rebuilt, and the answer is a `set-field` the gateway splices into the
+//! message, so the rest of it is never copied. Bodies are treated as
 //! text (YAML, JSON, `key=value`);
 //! see [`redact`] for exactly what is matched.
 
@@ -83,13 +84,9 @@ impl Policy for RedactSecrets {
         };
         match self.redact_effective_config(&encoded) {
             Ok(None) => Verdict::Forward,
-            Ok(Some(redacted)) => match wire::replace_field(&message.bytes(), EFFECTIVE_CONFIG, &redacted) {
-                Ok(out) => Verdict::Replace(out),
-                Err(e) => {
-                    opamp_policy::error!("cannot rebuild the message: {e}");
-                    Verdict::Drop
-                }
-            },
+            // The gateway splices it in: the rest of the message never
+            // crosses into the policy.
+            Ok(Some(redacted)) => Verdict::set_bytes_field(EFFECTIVE_CONFIG, redacted),
             // Not decodable: the server could not read it either. Keep it
             // from leaving rather than guess what is inside.
             Err(e) => {
