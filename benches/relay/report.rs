@@ -283,7 +283,7 @@ impl Report {
         if let Some(p) = self.json.get("policies") {
             let _ = writeln!(
                 s,
-                "\n## Policies\n\nLoaded: {}. Flat out, {} interleaved rounds on fresh gateways (none, then with, each round), the same agents and headers either way: {:.0} round trips/s with them vs {:.0} without, **{:.1} % cost**. Gateway CPU per relayed message: {:.1} µs with, {:.1} µs without. Connect errors: {}; failed round trips: {}. Per-hook call cost: `cargo bench --bench policy_hooks` (docs/policies.md).",
+                "\n## Policies\n\nLoaded: {}. Flat out, {} interleaved rounds on fresh gateways (none, then with, each round), the same agents and headers either way: {:.0} round trips/s with them vs {:.0} without, **{:.1} % cost**. Gateway CPU per relayed message: {:.1} µs with, {:.1} µs without. Connect errors: {}; failed round trips: {}. Per-call hook costs: next section.",
                 p["loaded"],
                 p["rounds"],
                 p["with_rps"].as_f64().unwrap_or(0.0),
