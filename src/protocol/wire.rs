@@ -89,33 +89,26 @@ pub fn last(buf: &[u8], number: u32) -> Option<Wire<'_>> {
     found
 }
 
-fn put_varint(out: &mut Vec<u8>, mut v: u64) {
-    while v >= 0x80 {
-        out.push((v as u8) | 0x80);
-        v >>= 7;
-    }
-    out.push(v as u8);
-}
-
 /// Appends field `number` holding `value`, in `value`'s wire type.
 pub fn put_field(out: &mut Vec<u8>, number: u32, value: Wire<'_>) {
+    use prost::encoding::encode_varint;
     let tag = |wire_type: u64| (u64::from(number) << 3) | wire_type;
     match value {
         Wire::Varint(v) => {
-            put_varint(out, tag(0));
-            put_varint(out, v);
+            encode_varint(tag(0), out);
+            encode_varint(v, out);
         }
         Wire::Fixed64(v) => {
-            put_varint(out, tag(1));
+            encode_varint(tag(1), out);
             out.extend_from_slice(&v.to_le_bytes());
         }
         Wire::Bytes(b) => {
-            put_varint(out, tag(2));
-            put_varint(out, b.len() as u64);
+            encode_varint(tag(2), out);
+            encode_varint(b.len() as u64, out);
             out.extend_from_slice(b);
         }
         Wire::Fixed32(v) => {
-            put_varint(out, tag(5));
+            encode_varint(tag(5), out);
             out.extend_from_slice(&v.to_le_bytes());
         }
     }

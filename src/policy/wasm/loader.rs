@@ -253,13 +253,11 @@ pub(crate) fn compile(
 /// an operator can act on.
 fn built_against(engine: &wasmtime::Engine, component: &Component) -> Option<String> {
     let ty = component.component_type();
-    let names: Vec<String> =
-        ty.imports(engine).map(|(n, _)| n.to_owned()).chain(ty.exports(engine).map(|(n, _)| n.to_owned())).collect();
-    names
-        .iter()
-        .filter_map(|n| n.strip_prefix(PACKAGE_PREFIX)?.split_once('@').map(|(_, v)| v))
-        .find(|v| *v != VERSION)
-        .map(str::to_owned)
+    let mut names = ty.imports(engine).map(|(n, _)| n).chain(ty.exports(engine).map(|(n, _)| n));
+    names.find_map(|n| {
+        let (_, version) = n.strip_prefix(PACKAGE_PREFIX)?.split_once('@')?;
+        (version != VERSION).then(|| version.to_owned())
+    })
 }
 
 /// Loads directories, reusing what did not change since the last commit.
