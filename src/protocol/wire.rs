@@ -17,17 +17,12 @@ pub struct Malformed {
     pub offset: usize,
 }
 
+/// The varint at `buf[*pos..]` (prost's decoder), advancing `pos` past it.
 fn varint(buf: &[u8], pos: &mut usize) -> Option<u64> {
-    let mut value = 0u64;
-    for shift in (0..64).step_by(7) {
-        let byte = *buf.get(*pos)?;
-        *pos += 1;
-        value |= u64::from(byte & 0x7f) << shift;
-        if byte & 0x80 == 0 {
-            return Some(value);
-        }
-    }
-    None
+    let mut rest = buf.get(*pos..)?;
+    let value = prost::encoding::decode_varint(&mut rest).ok()?;
+    *pos = buf.len() - rest.len();
+    Some(value)
 }
 
 /// Walks the top-level fields of `buf`, calling `each(number, value)`; stops

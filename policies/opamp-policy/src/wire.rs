@@ -37,17 +37,12 @@ impl std::fmt::Display for Malformed {
 
 impl std::error::Error for Malformed {}
 
+/// The varint at `buf[*pos..]` (prost's decoder), advancing `pos` past it.
 fn varint(buf: &[u8], pos: &mut usize) -> Option<u64> {
-    let mut value = 0u64;
-    for shift in (0..64).step_by(7) {
-        let byte = *buf.get(*pos)?;
-        *pos += 1;
-        value |= u64::from(byte & 0x7f) << shift;
-        if byte & 0x80 == 0 {
-            return Some(value);
-        }
-    }
-    None
+    let mut rest = buf.get(*pos..)?;
+    let value = prost::encoding::decode_varint(&mut rest).ok()?;
+    *pos = buf.len() - rest.len();
+    Some(value)
 }
 
 /// Iterates the top-level fields of an encoded message.
@@ -110,12 +105,8 @@ impl<'a> Fields<'a> {
 }
 
 /// Appends a varint.
-pub fn put_varint(out: &mut Vec<u8>, mut v: u64) {
-    while v >= 0x80 {
-        out.push((v as u8) | 0x80);
-        v >>= 7;
-    }
-    out.push(v as u8);
+pub fn put_varint(out: &mut Vec<u8>, v: u64) {
+    prost::encoding::encode_varint(v, out);
 }
 
 /// Appends a length-delimited field.
