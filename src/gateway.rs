@@ -5,7 +5,7 @@
 //! session first reports uids that never said goodbye) → wait for sessions
 //! (bounded) → close upstream links with a close frame → done.
 
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -57,8 +57,10 @@ impl Gateway {
     /// Starts everything. `metrics` is the installed Prometheus recorder's
     /// handle; `/metrics` is served only when it and an endpoint are given.
     pub async fn start(config: &Config, metrics: Option<PrometheusHandle>) -> Result<Self, GatewayError> {
-        config.validate()?;
-        let policies = PolicyRuntime::start(&config.policies)?;
+        config.check()?;
+        let (to_server, to_agent) =
+            (config.server.max_message_size.as_usize(), config.listener.max_message_size.as_usize());
+        let policies = PolicyRuntime::start(&config.policies.for_relay(to_server, to_agent))?;
         let dialer = Arc::new(Dialer::from_config(config)?);
         let (links, receivers) = Links::new(config.server.connections, config.server.queue_size);
         let relay = Arc::new(Relay::new(
@@ -68,6 +70,7 @@ impl Gateway {
                 auth_timeout: config.server.auth_timeout,
                 failover_wait: config.server.failover_wait,
                 agent_queue: config.listener.queue_size,
+                max_forwarded_handshakes: config.listener.downstream_gateways.max_handshakes_in_flight,
             },
         ));
 
@@ -86,7 +89,13 @@ impl Gateway {
 
         let agents_shutdown = CancellationToken::new();
         let l = &config.listener;
-        let listener = downstream::bind(config.listener_addr()?, l.tls.as_ref()).await?;
+        let listener = downstream::bind(
+            &config.listener_endpoint()?,
+            &config.field_path("listener.endpoint"),
+            l.tls.as_ref(),
+            downstream::listener::ListenerLimits::from_config(l),
+        )
+        .await?;
         let listen_addr = listener.local_addr();
         let tls = listener.is_tls();
         let ds = Arc::new(Downstream::new(
@@ -104,6 +113,7 @@ impl Gateway {
                     auth_cache_ttl: l.http.auth_cache_ttl,
                     queue_size: l.http.queue_size,
                 },
+                gateways: downstream::trust::GatewayTrust::from_config(&l.downstream_gateways),
             },
             agents_shutdown.clone(),
         ));
@@ -115,7 +125,8 @@ impl Gateway {
                 let addr: SocketAddr = ep.parse().map_err(|_| {
                     ConfigError::field("telemetry.metrics.endpoint", format!("expected host:port, got {ep:?}"))
                 })?;
-                let (local, _task) = telemetry::serve(addr, handle, links.clone(), links_shutdown.clone()).await?;
+                let (local, _task) =
+                    telemetry::serve(addr, handle, links.clone(), policies.health(), links_shutdown.clone()).await?;
                 Some(local)
             }
             _ => None,
@@ -146,10 +157,15 @@ impl Gateway {
         self.listen_addr
     }
 
-    /// `ws://` or `wss://` URL agents should use.
+    /// `ws://` or `wss://` URL agents should use (loopback when listening on
+    /// every interface).
     pub fn agent_url(&self) -> String {
         let scheme = if self.tls { "wss" } else { "ws" };
-        format!("{scheme}://{}/v1/opamp", self.listen_addr)
+        let mut addr = self.listen_addr;
+        if addr.ip().is_unspecified() {
+            addr.set_ip(if addr.is_ipv6() { Ipv6Addr::LOCALHOST.into() } else { Ipv4Addr::LOCALHOST.into() });
+        }
+        format!("{scheme}://{addr}/v1/opamp")
     }
 
     pub fn metrics_addr(&self) -> Option<SocketAddr> {

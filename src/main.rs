@@ -118,7 +118,7 @@ fn policy_check(config: Option<PathBuf>, wasm: &std::path::Path, policy_config: 
 
 async fn run(path: Option<PathBuf>) -> anyhow::Result<()> {
     let config = load(path)?;
-    let handle = telemetry::install_recorder()?;
+    let handle = telemetry::install_recorder_with(config.telemetry.metrics.naming)?;
     let gateway = Gateway::start(&config, Some(handle)).await?;
     // One machine-readable line on stdout: scripts and tests wait for it.
     let metrics = gateway.metrics_addr().map(|a| a.to_string()).unwrap_or_else(|| "-".into());
@@ -131,6 +131,7 @@ async fn run(path: Option<PathBuf>) -> anyhow::Result<()> {
 
 /// Runs until SIGTERM or Ctrl-C; SIGHUP reloads the policies folder now
 /// (useful with `policies.watch: false`).
+#[cfg(unix)]
 async fn serve_until_signal(gateway: &Gateway) -> anyhow::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
@@ -146,4 +147,23 @@ async fn serve_until_signal(gateway: &Gateway) -> anyhow::Result<()> {
             }
         }
     }
+}
+
+/// Runs until Ctrl-C or Ctrl-Break, the console closing, or the system
+/// shutting down (what a service wrapper or the OS sends). Windows has no
+/// SIGHUP: policies reload through `policies.watch`.
+#[cfg(windows)]
+async fn serve_until_signal(_gateway: &Gateway) -> anyhow::Result<()> {
+    use tokio::signal::windows::{ctrl_break, ctrl_close, ctrl_shutdown};
+    let mut brk = ctrl_break().context("installing the Ctrl-Break handler")?;
+    let mut close = ctrl_close().context("installing the console-close handler")?;
+    let mut shutdown = ctrl_shutdown().context("installing the shutdown handler")?;
+    let event = tokio::select! {
+        r = tokio::signal::ctrl_c() => { r.context("waiting for Ctrl-C")?; "Ctrl-C" }
+        _ = brk.recv() => "Ctrl-Break",
+        _ = close.recv() => "console close",
+        _ = shutdown.recv() => "system shutdown",
+    };
+    tracing::info!("{event} received");
+    Ok(())
 }

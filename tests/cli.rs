@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::process::Stdio;
 use std::time::Duration;
 
-use opamp_gateway::sim::agent::{AgentError, AgentOptions, SimAgent};
+use opamp_gateway::sim::agent::{AgentOptions, SimAgent};
 use opamp_gateway::sim::server::{ReferenceServer, ReferenceServerConfig};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
@@ -124,7 +124,7 @@ async fn metrics_then_graceful_sigterm() {
     }
     let mut bad = SimAgent::connect(AgentOptions::new(gw.agent_url())).await.unwrap();
     bad.send_raw(tokio_tungstenite::tungstenite::Message::Text("hi".into())).await.unwrap();
-    assert!(matches!(bad.recv(T).await, Err(AgentError::Closed { code: Some(1003), .. })));
+    assert_eq!(bad.recv_close(T).await.unwrap().code, Some(1003));
     let vanished = SimAgent::connect(AgentOptions::new(gw.agent_url())).await.unwrap();
     let mut vanished = vanished;
     round_trip(&mut vanished).await;
@@ -163,8 +163,8 @@ async fn metrics_then_graceful_sigterm() {
     let pid = gw.child.id().unwrap().to_string();
     assert!(Command::new("kill").args(["-TERM", &pid]).status().await.unwrap().success());
     for a in &mut agents {
-        match a.recv(T).await {
-            Err(AgentError::Closed { code: Some(1001), .. }) => {}
+        match a.recv_close(T).await {
+            Ok(seen) if seen.code == Some(1001) => {}
             other => panic!("expected 1001 going away, got {other:?}"),
         }
     }

@@ -160,9 +160,15 @@ async fn a_missing_directory_is_no_policies_until_it_appears() {
     std::fs::rename(&staging, &dir).unwrap();
     wait_for(&mut rx, "directory appeared", |s| applied(s) == Some(vec!["block".into()])).await;
 
-    // And goes away again: nothing is left loaded.
+    // It vanishes: nothing is unloaded (the set keeps serving, degraded).
     std::fs::remove_dir_all(&dir).unwrap();
-    wait_for(&mut rx, "directory removed", |s| applied(s) == Some(vec![])).await;
+    wait_for(&mut rx, "directory removed", |s| matches!(s.outcome, ReloadOutcome::Refused { .. })).await;
+    assert_eq!(rt.loaded().len(), 1);
+    assert!(rt.health().is_degraded());
+    // An explicit empty directory unloads everything.
+    std::fs::create_dir(&dir).unwrap();
+    wait_for(&mut rx, "empty directory", |s| applied(s) == Some(vec![])).await;
+    assert!(!rt.health().is_degraded());
 }
 
 #[test]

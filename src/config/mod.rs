@@ -1,17 +1,21 @@
 //! The gateway's configuration file.
 //!
 //! The shape is the one users already write for the reference extension
-//! (`server`, `listener`), plus our own settings, each with a default. The
-//! collector wrapper `extensions: { opampgateway: {...} }` is accepted so a
-//! reference config can be reused unchanged. Loading is three steps:
-//! parse YAML → expand `${env:VAR}` in every string → deserialize with the
-//! field path tracked, so every error names `server.tls.ca_file`-style paths.
+//! (`server`, `listener`), plus our own settings, each with a default. A full
+//! collector config is accepted as written: the gateway's settings are taken
+//! from `extensions.opampgateway` and the rest is skipped ([`collector`]).
+//! Loading is three steps: parse YAML → expand `${env:VAR}` in every string
+//! → deserialize with the field path tracked, so every error names
+//! `server.tls.ca_file`-style paths (as the user wrote them, prefix included).
 
+mod collector;
 mod env;
+mod listen;
 mod model;
 mod size;
 
 pub use env::expand_env;
+pub use listen::{default_max_connections, open_file_limit, ListenEndpoint, ListenHost};
 pub use model::*;
 pub use size::ByteSize;
 
@@ -43,6 +47,20 @@ impl Config {
         Self::from_yaml_named(&text, &path.display().to_string())
     }
 
+    /// `field` as the user wrote it: `extensions.opampgateway.listener.endpoint`
+    /// in a collector config.
+    pub fn field_path(&self, field: &str) -> String {
+        format!("{}{field}", self.key_prefix)
+    }
+
+    /// [`Config::validate`], with paths as the user wrote them.
+    pub fn check(&self) -> Result<(), ConfigError> {
+        self.validate().map_err(|e| match e {
+            ConfigError::Field { field, message } => ConfigError::Field { field: self.field_path(&field), message },
+            other => other,
+        })
+    }
+
     /// As [`Config::load`], from text.
     pub fn from_yaml(text: &str) -> Result<Config, ConfigError> {
         Self::from_yaml_named(text, "<config>")
@@ -51,44 +69,34 @@ impl Config {
     fn from_yaml_named(text: &str, name: &str) -> Result<Config, ConfigError> {
         let mut value: Value =
             serde_yaml_ng::from_str(text).map_err(|source| ConfigError::Yaml { path: name.to_owned(), source })?;
-        let prefix = unwrap_collector_form(&mut value);
+        let collector::Unwrapped { prefix, ignored } = collector::unwrap(&mut value)?;
+        let at = |e: ConfigError| match e {
+            ConfigError::Field { field, message } => ConfigError::Field { field: format!("{prefix}{field}"), message },
+            other => other,
+        };
+        if !ignored.is_empty() {
+            tracing::info!(
+                gateway = prefix.trim_end_matches('.'),
+                ignored = %ignored.join(", "),
+                "collector config: using the gateway extension; other sections mean nothing here"
+            );
+        }
         expand_env(&mut value, &prefix, &|k| std::env::var(k).ok())?;
-        let config: Config = serde_path_to_error::deserialize(value).map_err(|e| {
+        collector::check_shapes(&value).map_err(at)?;
+        let mut config: Config = serde_path_to_error::deserialize(value).map_err(|e| {
             let path = e.path().to_string();
+            let message = e.into_inner().to_string();
+            let message = collector::hint(&path, &message).unwrap_or(message);
             let field = match (prefix.as_str(), path.as_str()) {
                 (p, ".") => p.trim_end_matches('.').to_owned(),
                 (p, path) => format!("{p}{path}"),
             };
-            ConfigError::field(if field.is_empty() { "<root>".into() } else { field }, e.into_inner().to_string())
+            ConfigError::field(if field.is_empty() { "<root>".into() } else { field }, message)
         })?;
-        config.validate().map_err(|e| match e {
-            ConfigError::Field { field, message } => ConfigError::Field { field: format!("{prefix}{field}"), message },
-            other => other,
-        })?;
+        config.validate().map_err(at)?;
+        config.key_prefix = prefix;
         Ok(config)
     }
-}
-
-/// Accepts `extensions: { opampgateway: {...} }` (optionally `opampgateway/name`)
-/// by replacing the document with the inner mapping. Returns the path prefix
-/// so errors still point at the user's own lines.
-fn unwrap_collector_form(value: &mut Value) -> String {
-    let Some(map) = value.as_mapping() else { return String::new() };
-    if map.len() != 1 {
-        return String::new();
-    }
-    let Some(ext) = map.get("extensions").and_then(Value::as_mapping) else { return String::new() };
-    let mut found = ext
-        .iter()
-        .filter_map(|(k, v)| Some((k.as_str()?, v)))
-        .filter(|(k, _)| *k == "opampgateway" || k.starts_with("opampgateway/"));
-    let Some((key, inner)) = found.next() else { return String::new() };
-    if found.next().is_some() {
-        return String::new(); // ambiguous: let deserialization report it
-    }
-    let prefix = format!("extensions.{key}.");
-    *value = inner.clone();
-    prefix
 }
 
 #[cfg(test)]

@@ -23,6 +23,10 @@ pub struct Config {
     pub telemetry: TelemetryConfig,
     #[serde(default)]
     pub policies: PoliciesConfig,
+    /// Where these settings sit in the file: `extensions.opampgateway.` in a
+    /// collector config, else empty. Prefixes errors found after loading.
+    #[serde(skip)]
+    pub key_prefix: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -35,6 +39,9 @@ pub struct ServerConfig {
     /// Upstream links in the pool.
     pub connections: usize,
     pub tls: Option<ClientTlsConfig>,
+    /// HTTP CONNECT proxy for the links: `http://[user:password@]host:port`
+    /// or `https://...`. Unset (or empty): HTTPS_PROXY/HTTP_PROXY/NO_PROXY.
+    pub proxy_url: Option<String>,
     /// How long an agent's connect handshake may wait for the server.
     #[serde(with = "humantime_serde")]
     pub auth_timeout: Duration,
@@ -63,6 +70,7 @@ impl Default for ServerConfig {
             headers: BTreeMap::new(),
             connections: 3,
             tls: None,
+            proxy_url: None,
             auth_timeout: Duration::from_secs(30),
             failover_wait: Duration::from_secs(5),
             reconnect: BackoffConfig::default(),
@@ -116,19 +124,44 @@ impl Default for BackoffConfig {
     }
 }
 
+/// `server.tls`: the collector's configtls client settings (same keys, same
+/// defaults), so a reference config works unchanged.
 #[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct ClientTlsConfig {
-    /// PEM bundle of CAs to trust instead of the built-in web roots.
+    /// PEM bundle of CAs to trust instead of the system trust store.
     pub ca_file: Option<PathBuf>,
-    /// Client certificate (PEM) for mutual TLS; needs `key_file`.
+    /// The same CAs inline; exclusive with `ca_file`.
+    pub ca_pem: Option<String>,
+    /// Trust the system's CAs in addition to `ca_file`/`ca_pem`.
+    pub include_system_ca_certs_pool: bool,
+    /// Client certificate (PEM) for mutual TLS; needs a key.
     pub cert_file: Option<PathBuf>,
+    pub cert_pem: Option<String>,
     pub key_file: Option<PathBuf>,
+    pub key_pem: Option<String>,
+    /// Lowest TLS version offered; unset means "1.2".
+    #[serde(deserialize_with = "tls_version")]
+    pub min_version: Option<TlsVersion>,
+    /// Highest TLS version offered; unset means "1.3".
+    #[serde(deserialize_with = "tls_version")]
+    pub max_version: Option<TlsVersion>,
+    /// Re-read the certificate, key and CA files this often (checked at the
+    /// next handshake); unset or 0 never reloads.
+    #[serde(with = "humantime_serde")]
+    pub reload_interval: Option<Duration>,
+    /// configtls: "no TLS settings". The scheme decides whether TLS is used,
+    /// so as in the reference, with `wss://` and no CA this means default
+    /// TLS (system CAs, certificate checked) and the other keys are ignored.
+    pub insecure: bool,
     /// Accept any server certificate. For testing only.
-    #[serde(default)]
     pub insecure_skip_verify: bool,
     /// Name to verify instead of the endpoint's host.
     pub server_name_override: Option<String>,
+    /// configtls keys with no rustls equivalent; accepted only when empty.
+    pub cipher_suites: Option<serde_yaml_ng::Value>,
+    pub curve_preferences: Option<serde_yaml_ng::Value>,
+    pub tpm: Option<serde_yaml_ng::Value>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -152,11 +185,98 @@ pub struct ListenerConfig {
     /// `Retry-After` sent with 503 when no upstream link is connected.
     #[serde(with = "humantime_serde")]
     pub retry_after: Duration,
+    /// A request's headers must arrive within this, counted from the
+    /// connection's start (after TLS) or from the first byte of a later
+    /// request: silent and trickling connections are closed.
+    #[serde(with = "humantime_serde", alias = "read_header_timeout")]
+    pub header_timeout: Duration,
+    /// HTTP keep-alive: how long a connection may wait for its next request.
+    /// Not `http.idle_timeout`, which forgets a polling agent.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// A TLS handshake slower than this is abandoned.
+    #[serde(with = "humantime_serde")]
+    pub tls_handshake_timeout: Duration,
+    /// Open agent sockets at most; beyond it, 503 with `Retry-After` (plain
+    /// listener) or a close (TLS). Default: the open-file limit less 1024.
+    pub max_connections: usize,
+    /// Sockets one source (IPv4 address, IPv6 /64) may hold that are not yet
+    /// agents (no request admitted yet); beyond it, 429 with `Retry-After`.
+    pub max_handshaking_per_source: usize,
     /// How long SIGTERM waits for agents to be closed before exiting.
     #[serde(with = "humantime_serde")]
     pub shutdown_timeout: Duration,
     /// Agents that poll with plain HTTP `POST`s.
     pub http: HttpTransportConfig,
+    /// Connections allowed to act as a gateway below this one (several uids,
+    /// forwarded handshakes). Empty: every connection is an ordinary agent.
+    pub downstream_gateways: DownstreamGatewaysConfig,
+}
+
+/// `listener.downstream_gateways`: which connections are trusted gateways.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DownstreamGatewaysConfig {
+    /// A connection the server accepted is a gateway if it matches any rule.
+    pub trusted: Vec<GatewayRule>,
+    /// Connect handshakes one gateway connection may have in flight.
+    pub max_handshakes_in_flight: usize,
+}
+
+impl Default for DownstreamGatewaysConfig {
+    fn default() -> Self {
+        Self { trusted: Vec::new(), max_handshakes_in_flight: 1024 }
+    }
+}
+
+impl DownstreamGatewaysConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        const F: &str = "listener.downstream_gateways";
+        if self.max_handshakes_in_flight == 0 {
+            return Err(ConfigError::field(format!("{F}.max_handshakes_in_flight"), "must be at least 1"));
+        }
+        for (i, rule) in self.trusted.iter().enumerate() {
+            let at = format!("{F}.trusted[{i}]");
+            match (&rule.header, &rule.client_cert_san) {
+                (None, None) => {
+                    return Err(ConfigError::field(
+                        at,
+                        "a rule needs `header: { name, value }` and/or `client_cert_san`; an empty rule would trust everyone",
+                    ))
+                }
+                (Some(h), _) if http::HeaderName::from_bytes(h.name.as_bytes()).is_err() => {
+                    return Err(ConfigError::field(format!("{at}.header.name"), "not a valid HTTP header name"))
+                }
+                (Some(h), _) if h.value.is_empty() => {
+                    return Err(ConfigError::field(format!("{at}.header.value"), "must not be empty"))
+                }
+                (_, Some(san)) if san.is_empty() => {
+                    return Err(ConfigError::field(format!("{at}.client_cert_san"), "must not be empty"))
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One way to recognise a downstream gateway; every part given must match.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewayRule {
+    /// A request header with exactly this value (e.g. a token only the
+    /// gateways hold, which the server also saw and accepted).
+    pub header: Option<HeaderRule>,
+    /// A DNS name (or IP) in the subject alternative names of the client
+    /// certificate it presented (needs `listener.tls.client_ca_file`).
+    pub client_cert_san: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeaderRule {
+    pub name: String,
+    pub value: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -200,19 +320,180 @@ impl Default for ListenerConfig {
             write_timeout: Duration::from_secs(10),
             queue_size: 64,
             retry_after: Duration::from_secs(30),
+            header_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            tls_handshake_timeout: Duration::from_secs(10),
+            max_connections: super::default_max_connections(),
+            max_handshaking_per_source: 1024,
             shutdown_timeout: Duration::from_secs(10),
             http: HttpTransportConfig::default(),
+            downstream_gateways: DownstreamGatewaysConfig::default(),
         }
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// `listener.tls`: the collector's configtls server settings.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct ServerTlsConfig {
-    pub cert_file: PathBuf,
-    pub key_file: PathBuf,
+    /// The listener's certificate chain: a file or inline PEM (one of them).
+    pub cert_file: Option<PathBuf>,
+    pub cert_pem: Option<String>,
+    /// Its private key: a file or inline PEM (one of them).
+    pub key_file: Option<PathBuf>,
+    pub key_pem: Option<String>,
     /// When set, agents must present a certificate signed by one of these CAs.
     pub client_ca_file: Option<PathBuf>,
+    /// Re-read `client_ca_file` as soon as it changes on disk.
+    pub client_ca_file_reload: bool,
+    /// Accepted as configtls does; like there, it does not verify agents
+    /// (that is `client_ca_file`), but it must be a readable PEM bundle.
+    pub ca_file: Option<PathBuf>,
+    pub ca_pem: Option<String>,
+    /// Also accept agent certificates chaining to the system's CAs.
+    pub include_system_ca_certs_pool: bool,
+    #[serde(deserialize_with = "tls_version")]
+    pub min_version: Option<TlsVersion>,
+    #[serde(deserialize_with = "tls_version")]
+    pub max_version: Option<TlsVersion>,
+    /// Re-read certificate, key and client CA files this often (checked at
+    /// the next handshake); unset or 0 never reloads.
+    #[serde(with = "humantime_serde")]
+    pub reload_interval: Option<Duration>,
+    /// configtls keys with no rustls equivalent; accepted only when empty.
+    pub cipher_suites: Option<serde_yaml_ng::Value>,
+    pub curve_preferences: Option<serde_yaml_ng::Value>,
+    pub tpm: Option<serde_yaml_ng::Value>,
+}
+
+/// A TLS protocol version, spelt as configtls does ("1.2", "1.3").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum TlsVersion {
+    V1_2,
+    V1_3,
+}
+
+/// `min_version`/`max_version`: "1.2", "1.3" (also unquoted numbers); "" is unset.
+fn tls_version<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<TlsVersion>, D::Error> {
+    let v = Option::<serde_yaml_ng::Value>::deserialize(d)?;
+    let s = match &v {
+        None | Some(serde_yaml_ng::Value::Null) => return Ok(None),
+        Some(serde_yaml_ng::Value::String(s)) => s.clone(),
+        Some(serde_yaml_ng::Value::Number(n)) => n.to_string(),
+        Some(other) => format!("{other:?}"),
+    };
+    match s.as_str() {
+        "" => Ok(None),
+        "1.2" => Ok(Some(TlsVersion::V1_2)),
+        "1.3" => Ok(Some(TlsVersion::V1_3)),
+        "1.0" | "1.1" => Err(serde::de::Error::custom(format!(
+            "TLS {s} is not supported (rustls speaks only 1.2 and 1.3); expected \"1.2\" or \"1.3\""
+        ))),
+        _ => Err(serde::de::Error::custom(format!("expected \"1.2\" or \"1.3\", got {s:?}"))),
+    }
+}
+
+/// Checks shared by `server.tls` and `listener.tls`; `p` is the field path.
+fn validate_tls_common(
+    p: &str,
+    (ca_file, ca_pem): (bool, bool),
+    (cert_file, cert_pem): (bool, bool),
+    (key_file, key_pem): (bool, bool),
+    min: Option<TlsVersion>,
+    max: Option<TlsVersion>,
+    refused: [(&str, &Option<serde_yaml_ng::Value>); 3],
+) -> Result<(), ConfigError> {
+    for (what, file, pem) in [("ca", ca_file, ca_pem), ("cert", cert_file, cert_pem), ("key", key_file, key_pem)] {
+        if file && pem {
+            return Err(ConfigError::field(
+                format!("{p}.{what}_pem"),
+                format!("cannot be combined with {p}.{what}_file; give it either as a file or inline"),
+            ));
+        }
+    }
+    if (cert_file || cert_pem) != (key_file || key_pem) {
+        return Err(ConfigError::field(
+            p,
+            "a certificate (cert_file or cert_pem) and a key (key_file or key_pem) must be given together",
+        ));
+    }
+    if let (Some(min), Some(max)) = (min, max) {
+        if min > max {
+            return Err(ConfigError::field(format!("{p}.min_version"), "cannot be greater than max_version"));
+        }
+    }
+    for (key, value) in refused {
+        let given = match value {
+            None | Some(serde_yaml_ng::Value::Null) => false,
+            Some(serde_yaml_ng::Value::Sequence(s)) => !s.is_empty(),
+            Some(serde_yaml_ng::Value::String(s)) => !s.is_empty(),
+            Some(serde_yaml_ng::Value::Mapping(m)) => {
+                // `tpm: { enabled: false }` asks for nothing.
+                m.get("enabled").and_then(serde_yaml_ng::Value::as_bool).unwrap_or(!m.is_empty())
+            }
+            Some(_) => true,
+        };
+        if given {
+            let why = match key {
+                "tpm" => "TPM-held keys are not supported; give the key as key_file or key_pem",
+                _ => "not configurable here: rustls's safe defaults are used; remove it",
+            };
+            return Err(ConfigError::field(format!("{p}.{key}"), why));
+        }
+    }
+    Ok(())
+}
+
+impl ClientTlsConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        const P: &str = "server.tls";
+        validate_tls_common(
+            P,
+            (self.ca_file.is_some(), self.ca_pem.is_some()),
+            (self.cert_file.is_some(), self.cert_pem.is_some()),
+            (self.key_file.is_some(), self.key_pem.is_some()),
+            self.min_version,
+            self.max_version,
+            [
+                ("cipher_suites", &self.cipher_suites),
+                ("curve_preferences", &self.curve_preferences),
+                ("tpm", &self.tpm),
+            ],
+        )?;
+        Ok(())
+    }
+}
+
+impl ServerTlsConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        const P: &str = "listener.tls";
+        validate_tls_common(
+            P,
+            (self.ca_file.is_some(), self.ca_pem.is_some()),
+            (self.cert_file.is_some(), self.cert_pem.is_some()),
+            (self.key_file.is_some(), self.key_pem.is_some()),
+            self.min_version,
+            self.max_version,
+            [
+                ("cipher_suites", &self.cipher_suites),
+                ("curve_preferences", &self.curve_preferences),
+                ("tpm", &self.tpm),
+            ],
+        )?;
+        if self.cert_file.is_none() && self.cert_pem.is_none() {
+            return Err(ConfigError::field(
+                P,
+                "a server needs a certificate and key: cert_file (or cert_pem) and key_file (or key_pem)",
+            ));
+        }
+        if self.client_ca_file_reload && self.client_ca_file.is_none() {
+            return Err(ConfigError::field(
+                "listener.tls.client_ca_file_reload",
+                "needs listener.tls.client_ca_file (the file to watch)",
+            ));
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -226,6 +507,9 @@ pub struct TelemetryConfig {
 pub struct MetricsConfig {
     /// `host:port` serving `/metrics` (Prometheus) and `/healthz`; unset disables.
     pub endpoint: Option<String>,
+    /// `opampgateway` (our names) or `otelcol` (the reference's instruments
+    /// as a collector exports them); see docs/compatibility.md.
+    pub naming: crate::telemetry::MetricNaming,
 }
 
 impl Config {
@@ -267,9 +551,10 @@ impl Config {
             return Err(ConfigError::field("server.queue_size", "must be at least 1"));
         }
         if let Some(tls) = &s.tls {
-            if tls.cert_file.is_some() != tls.key_file.is_some() {
-                return Err(ConfigError::field("server.tls", "cert_file and key_file must be given together"));
-            }
+            tls.validate()?;
+        }
+        if let Some(p) = s.proxy_url.as_deref().filter(|p| !p.is_empty()) {
+            crate::upstream::proxy::ProxyUrl::parse(p).map_err(|m| ConfigError::field("server.proxy_url", m))?;
         }
         for (name, values) in &s.headers {
             if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
@@ -280,7 +565,27 @@ impl Config {
             }
         }
         let l = &self.listener;
-        self.listener_addr()?;
+        self.listener_endpoint()?;
+        for (d, field) in [
+            (l.header_timeout, "listener.header_timeout"),
+            (l.idle_timeout, "listener.idle_timeout"),
+            (l.tls_handshake_timeout, "listener.tls_handshake_timeout"),
+        ] {
+            if d.is_zero() {
+                return Err(ConfigError::field(field, "must be greater than 0, e.g. 10s"));
+            }
+        }
+        for (n, field) in [
+            (l.max_connections, "listener.max_connections"),
+            (l.max_handshaking_per_source, "listener.max_handshaking_per_source"),
+        ] {
+            if n == 0 {
+                return Err(ConfigError::field(field, "must be at least 1"));
+            }
+        }
+        if let Some(tls) = &l.tls {
+            tls.validate()?;
+        }
         if let Some(p) = &l.path {
             if !p.starts_with('/') {
                 return Err(ConfigError::field(
@@ -298,6 +603,7 @@ impl Config {
         if l.http.idle_timeout.is_zero() {
             return Err(ConfigError::field("listener.http.idle_timeout", "must be greater than 0, e.g. 2m"));
         }
+        l.downstream_gateways.validate()?;
         for (d, field) in [(l.keepalive, "listener.keepalive"), (l.write_timeout, "listener.write_timeout")] {
             if d.is_zero() {
                 return Err(ConfigError::field(field, "must be greater than 0"));
@@ -311,6 +617,7 @@ impl Config {
                 )
             })?;
         }
+        self.policies.validate().map_err(|(field, why)| ConfigError::field(format!("policies.{field}"), why))?;
         Ok(())
     }
 
@@ -332,10 +639,8 @@ impl Config {
         }
     }
 
-    pub fn listener_addr(&self) -> Result<SocketAddr, ConfigError> {
-        let e = &self.listener.endpoint;
-        e.parse().map_err(|_| {
-            ConfigError::field("listener.endpoint", format!("expected ip:port such as 0.0.0.0:4320, got {e:?}"))
-        })
+    /// `listener.endpoint`, parsed; a host name is resolved when binding.
+    pub fn listener_endpoint(&self) -> Result<super::ListenEndpoint, ConfigError> {
+        self.listener.endpoint.parse().map_err(|m: String| ConfigError::field("listener.endpoint", m))
     }
 }

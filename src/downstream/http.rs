@@ -16,7 +16,6 @@
 //!   released at once.
 
 use std::collections::HashMap;
-use std::hash::{Hash, Hasher};
 use std::io::Read;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -31,11 +30,14 @@ use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use tokio::sync::mpsc;
 
+use super::uid_guard::Refusal;
 use super::upgrade::{forwarded_headers, plain, refuse, Body};
 use super::{pipeline, Downstream};
 use crate::policy::Transport;
-use crate::protocol::{compose, framing, AgentFrame, InstanceUid};
-use crate::relay::{AdmitError, AdmitRequest, AgentShared, CloseReason, Inbound, LinkLease};
+use crate::protocol::{compose, framing, handshake, AgentFrame, InstanceUid};
+use crate::relay::{
+    AdmitError, AdmitRequest, AgentShared, Claimed, CloseReason, Credential, Identity, Inbound, LinkLease,
+};
 use crate::telemetry::metrics as m;
 
 pub const PROTOBUF: &str = "application/x-protobuf";
@@ -63,8 +65,10 @@ pub struct HttpAgent {
 struct AgentState {
     lease: Arc<LinkLease>,
     authenticated: Instant,
-    headers_digest: u64,
+    headers_digest: [u8; 32],
     last_poll: Instant,
+    /// It moved to another link: ask it for its full state in the next reply.
+    full_state_due: bool,
 }
 
 /// All HTTP agents, by uid.
@@ -120,6 +124,12 @@ pub async fn handle(ds: Arc<Downstream>, req: Request<Incoming>, remote: SocketA
     let gzip_out = header_has(&req, ACCEPT_ENCODING, "gzip");
     let headers = forwarded_headers(req.headers());
     let max = ds.settings.max_message_size;
+    // A declared length over the limit is refused before reading a byte.
+    // (gzip bodies are checked again after decompression.)
+    let declared = req.headers().get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > max as u64) {
+        return too_large(max);
+    }
 
     let body = match Limited::new(req.into_body(), max).collect().await {
         Ok(b) => b.to_bytes(),
@@ -143,10 +153,21 @@ pub async fn handle(ds: Arc<Downstream>, req: Request<Incoming>, remote: SocketA
         Ok(u) => u,
         Err(e) => return plain(StatusCode::BAD_REQUEST, e.to_string()),
     };
+    // HTTP agents are never gateways: they speak for themselves only.
+    if parsed.custom_message().is_some_and(|m| m.capability == handshake::CAPABILITY) {
+        Refusal::ForgedHandshake.record(0, &remote.to_string(), "http");
+        return plain(StatusCode::FORBIDDEN, Refusal::ForgedHandshake.to_string());
+    }
 
     let agent = match admitted(&ds, &uid, headers, remote).await {
         Ok(a) => a,
-        Err(e) => return refuse(&ds, e, remote, Transport::Http),
+        Err(Polled::Refused(e)) => return refuse(&ds, e, remote, Transport::Http),
+        Err(Polled::UidInUse) => {
+            Refusal::UidInUse.record(0, &remote.to_string(), "http");
+            metrics::counter!(m::AGENTS_CLOSED, "reason" => CloseReason::UidInUse.as_str(), "transport" => "http")
+                .increment(1);
+            return plain(StatusCode::CONFLICT, Refusal::UidInUse.to_string());
+        }
     };
     let lease = agent.lease();
     let received = Instant::now();
@@ -161,24 +182,50 @@ pub async fn handle(ds: Arc<Downstream>, req: Request<Incoming>, remote: SocketA
     }
     if parsed.disconnect {
         release(&ds, &agent, true).await;
-        return reply(compose::empty_reply(&uid), gzip_out);
+        return reply(compose::empty_reply(uid.as_bytes(), lease.link().server_capabilities()), gzip_out);
     }
-    let frame = next_reply(&ds, &agent).await;
-    agent.state.lock().expect("http agent lock").last_poll = Instant::now();
+    let mut frame = next_reply(&ds, &agent).await;
+    let full_state_due = {
+        let mut st = agent.state.lock().expect("http agent lock");
+        st.last_poll = Instant::now();
+        std::mem::take(&mut st.full_state_due)
+    };
+    if full_state_due {
+        frame = compose::with_flags(&framing::payload(&frame).unwrap_or_default(), compose::REPORT_FULL_STATE);
+        metrics::counter!(m::FULL_STATE_REQUESTS).increment(1);
+    }
     reply(frame, gzip_out)
+}
+
+/// Why a poll was not admitted.
+enum Polled {
+    /// The handshake failed: answered with the server's (or our) status.
+    Refused(AdmitError),
+    /// The uid belongs to a live agent with other credentials.
+    UidInUse,
 }
 
 /// The agent's record, running the connect handshake when it is new, its
 /// headers changed, its link died or its authentication is older than the TTL.
+///
+/// A uid belongs to the agent that first polled with it, as on WebSocket:
+/// a poll naming a live agent's uid with other credentials is refused before
+/// the server is asked anything, so one agent can neither read another's
+/// queued messages nor make the server test credentials for it.
 async fn admitted(
     ds: &Arc<Downstream>,
     uid: &InstanceUid,
     headers: Vec<(String, String)>,
     remote: SocketAddr,
-) -> Result<Arc<HttpAgent>, AdmitError> {
+) -> Result<Arc<HttpAgent>, Polled> {
     let digest = digest(&headers);
+    let identity =
+        Identity::agent(Credential::from_headers(headers.iter().map(|(k, v)| (k.as_str(), v.as_str())), None));
     let existing = ds.http.get(uid);
     if let Some(agent) = &existing {
+        if !agent.shared.closing().is_cancelled() && agent.shared.identity().credential != identity.credential {
+            return Err(Polled::UidInUse);
+        }
         let fresh = {
             let st = agent.state.lock().expect("http agent lock");
             st.headers_digest == digest
@@ -200,24 +247,33 @@ async fn admitted(
             if let (Some(agent), AdmitError::Rejected(_)) = (&existing, &e) {
                 release(ds, agent, false).await;
             }
-            return Err(e);
+            return Err(Polled::Refused(e));
         }
     };
     metrics::counter!(m::HANDSHAKES, "outcome" => "accepted", "status" => "200", "transport" => "http").increment(1);
     let now = Instant::now();
-    let state =
-        AgentState { lease: Arc::new(admission.lease), authenticated: now, headers_digest: digest, last_poll: now };
+    let mut state = AgentState {
+        lease: Arc::new(admission.lease),
+        authenticated: now,
+        headers_digest: digest,
+        last_poll: now,
+        full_state_due: false,
+    };
     match existing {
         // Same agent, re-authenticated (and possibly moved): keep its queue.
         Some(agent) if !agent.shared.closing().is_cancelled() => {
-            *agent.state.lock().expect("http agent lock") = state;
+            let mut st = agent.state.lock().expect("http agent lock");
+            let moved = st.lease.is_stale() || st.lease.index() != state.lease.index();
+            state.full_state_due = st.full_state_due || moved;
+            *st = state;
+            drop(st);
             Ok(agent)
         }
         stale => {
             if let Some(old) = stale {
                 release(ds, &old, true).await; // its queue overflowed: start afresh
             }
-            let (shared, inbox) = AgentShared::new(ds.next_id(), ds.settings.http.queue_size);
+            let (shared, inbox) = AgentShared::new(ds.next_id(), ds.settings.http.queue_size, identity);
             let agent = Arc::new(HttpAgent {
                 uid: uid.clone(),
                 shared,
@@ -228,8 +284,15 @@ async fn admitted(
             match map.get(uid.as_bytes()) {
                 Some(racer) => Ok(racer.clone()), // a concurrent poll registered first
                 None => {
+                    match ds.relay.routes.claim(uid.as_bytes(), &agent.shared) {
+                        Ok(Claimed::Owned) => {}
+                        Ok(Claimed::TookOver(old)) => {
+                            old.close(CloseReason::Superseded);
+                            metrics::counter!(m::UID_TAKEOVERS).increment(1);
+                        }
+                        Err(_) => return Err(Polled::UidInUse), // a WebSocket agent owns it
+                    }
                     map.insert(uid.as_bytes().clone(), agent.clone());
-                    ds.relay.routes.insert(uid.as_bytes().clone(), &agent.shared);
                     metrics::gauge!(m::CONNECTIONS, "direction" => m::DOWNSTREAM, "transport" => "http").increment(1.0);
                     Ok(agent)
                 }
@@ -242,6 +305,10 @@ impl HttpAgent {
     fn lease(&self) -> Arc<LinkLease> {
         self.state.lock().expect("http agent lock").lease.clone()
     }
+
+    fn empty_reply(&self) -> Bytes {
+        compose::empty_reply(self.uid.as_bytes(), self.lease().link().server_capabilities())
+    }
 }
 
 /// The first deliverable server message within `response_wait`, or an empty
@@ -252,15 +319,15 @@ async fn next_reply(ds: &Downstream, agent: &HttpAgent) -> Bytes {
     loop {
         let msg = match tokio::time::timeout_at(deadline, inbox.recv()).await {
             Ok(Some(msg)) => msg,
-            _ => return compose::empty_reply(&agent.uid),
+            _ => return agent.empty_reply(),
         };
-        match pipeline::downstream_frame(&ds.relay, &agent.shared, agent.uid.as_bytes(), &msg) {
+        match pipeline::downstream_frame(&ds.relay, &agent.shared, &msg) {
             Ok(Some(frame)) => {
                 pipeline::delivered(frame.len(), msg.received);
                 return frame;
             }
             Ok(None) => continue, // dropped by a policy: wait for the next
-            Err(_) => return compose::empty_reply(&agent.uid),
+            Err(_) => return agent.empty_reply(),
         }
     }
 }
@@ -270,12 +337,14 @@ async fn release(ds: &Downstream, agent: &Arc<HttpAgent>, said_goodbye: bool) {
     if !ds.http.remove(agent) {
         return;
     }
-    ds.relay.routes.remove(agent.uid.as_bytes(), agent.shared.id);
+    // Still ours? A newer connection with the same credentials may have
+    // taken the uid over; it is alive, so no goodbye for it.
+    let owned = ds.relay.routes.remove(agent.uid.as_bytes(), agent.shared.id);
     for alias in agent.shared.take_aliases() {
         ds.relay.routes.remove(&alias, agent.shared.id);
     }
     agent.shared.close(CloseReason::Peer);
-    if !said_goodbye {
+    if owned && !said_goodbye {
         let lease = agent.lease();
         pipeline::report_gone(&lease, &agent.uid).await;
     }
@@ -338,14 +407,22 @@ fn header_has<B>(req: &Request<B>, name: http::HeaderName, token: &str) -> bool 
         .any(|t| t.split(';').next().unwrap_or_default().trim().eq_ignore_ascii_case(token))
 }
 
-fn digest(headers: &[(String, String)]) -> u64 {
-    let mut h = std::collections::hash_map::DefaultHasher::new();
+/// What decides whether a poll must be re-authenticated: a SHA-256 over
+/// the sorted headers, so two header sets cannot be made to collide.
+fn digest(headers: &[(String, String)]) -> [u8; 32] {
+    use sha2::{Digest, Sha256};
     let mut sorted: Vec<_> = headers
         .iter()
         // Per-request noise must not force a new handshake on every poll.
         .filter(|(k, _)| !matches!(k.as_str(), "content-length" | "content-encoding" | "accept-encoding" | "date"))
         .collect();
     sorted.sort();
-    sorted.hash(&mut h);
-    h.finish()
+    let mut h = Sha256::new();
+    for (k, v) in sorted {
+        for part in [k.as_bytes(), v.as_bytes()] {
+            h.update((part.len() as u64).to_be_bytes());
+            h.update(part);
+        }
+    }
+    h.finalize().into()
 }

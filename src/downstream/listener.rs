@@ -1,43 +1,114 @@
-//! Accepting agent connections: TCP, optional TLS, HTTP/1.1.
+//! Accepting agent connections: TCP, optional TLS, HTTP/1.1, with the
+//! boundary's limits: a socket budget (`max_connections`), a per-source cap
+//! on sockets that are not agents yet, and deadlines for the TLS handshake,
+//! the request headers and keep-alive idle ([`conn`]).
 
-use std::convert::Infallible;
-use std::net::SocketAddr;
+mod conn;
+mod limits;
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 
-use super::{upgrade, Downstream};
-use crate::config::ServerTlsConfig;
+use super::trust::PeerCertificate;
+use super::Downstream;
+use crate::config::{ListenEndpoint, ListenHost, ListenerConfig, ServerTlsConfig};
 use crate::tls::{self, TlsError};
 use crate::upstream::dial::BoxedIo;
-
-/// A TLS handshake slower than this is abandoned (slowloris guard).
-const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+use limits::{Limits, Refusal};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ListenerError {
-    #[error("listener.endpoint: cannot listen on {addr}: {source}")]
-    Bind { addr: SocketAddr, source: std::io::Error },
+    #[error("{field}: cannot resolve {host:?}: {source}; expected a name this machine resolves, or an IP address")]
+    Resolve { field: String, host: String, source: std::io::Error },
+    #[error("{field}: cannot listen on {addr}: {source}")]
+    Bind { field: String, addr: SocketAddr, source: std::io::Error },
     #[error(transparent)]
     Tls(#[from] TlsError),
+}
+
+/// The `listener` settings the accept loop enforces.
+#[derive(Debug, Clone)]
+pub struct ListenerLimits {
+    pub header_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub tls_handshake_timeout: Duration,
+    pub max_connections: usize,
+    pub max_handshaking_per_source: usize,
+}
+
+impl ListenerLimits {
+    pub fn from_config(l: &ListenerConfig) -> Self {
+        Self {
+            header_timeout: l.header_timeout,
+            idle_timeout: l.idle_timeout,
+            tls_handshake_timeout: l.tls_handshake_timeout,
+            max_connections: l.max_connections,
+            max_handshaking_per_source: l.max_handshaking_per_source,
+        }
+    }
 }
 
 /// A bound listener, not yet serving.
 pub struct Listener {
     tcp: TcpListener,
     tls: Option<TlsAcceptor>,
+    settings: ListenerLimits,
 }
 
-pub async fn bind(addr: SocketAddr, tls: Option<&ServerTlsConfig>) -> Result<Listener, ListenerError> {
+/// Binds `endpoint` (`field` names it in errors). A host name is resolved
+/// now and, as Go does, one of its addresses is listened on (IPv4 first);
+/// an empty host or `[::]` listens on every interface, IPv4 and IPv6.
+pub async fn bind(
+    endpoint: &ListenEndpoint,
+    field: &str,
+    tls: Option<&ServerTlsConfig>,
+    settings: ListenerLimits,
+) -> Result<Listener, ListenerError> {
     let tls = tls.map(tls::server_config).transpose()?.map(TlsAcceptor::from);
-    let tcp = TcpListener::bind(addr).await.map_err(|source| ListenerError::Bind { addr, source })?;
-    Ok(Listener { tcp, tls })
+    let port = endpoint.port;
+    let candidates: Vec<SocketAddr> = match &endpoint.host {
+        ListenHost::Any => vec![(Ipv6Addr::UNSPECIFIED, port).into(), (Ipv4Addr::UNSPECIFIED, port).into()],
+        ListenHost::Ip(ip) => vec![SocketAddr::new(*ip, port)],
+        ListenHost::Name(name) => {
+            let resolve_error = |source| ListenerError::Resolve { field: field.to_owned(), host: name.clone(), source };
+            let mut addrs: Vec<SocketAddr> =
+                tokio::net::lookup_host((name.as_str(), port)).await.map_err(resolve_error)?.collect();
+            addrs.sort_by_key(SocketAddr::is_ipv6); // stable: IPv4 first, in resolver order
+            if addrs.is_empty() {
+                return Err(resolve_error(std::io::Error::other("no addresses")));
+            }
+            addrs
+        }
+    };
+    let mut last = None;
+    for addr in candidates {
+        match listen(addr) {
+            Ok(tcp) => return Ok(Listener { tcp, tls, settings }),
+            Err(source) => last = Some(ListenerError::Bind { field: field.to_owned(), addr, source }),
+        }
+    }
+    Err(last.expect("at least one candidate address"))
+}
+
+/// A listening socket; the IPv6 wildcard also takes IPv4 (as Go's does).
+fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    if addr.ip() == IpAddr::V6(Ipv6Addr::UNSPECIFIED) {
+        socket.set_only_v6(false)?;
+    }
+    // A restarted gateway can bind its port while old connections linger.
+    #[cfg(unix)]
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    TcpListener::from_std(socket.into())
 }
 
 impl Listener {
@@ -52,6 +123,14 @@ impl Listener {
     /// Accepts until shutdown; then stops accepting (sessions are closed
     /// separately, through `Downstream::shutdown`).
     pub fn serve(self, ds: Arc<Downstream>) -> JoinHandle<()> {
+        let s = self.settings;
+        let limits = Arc::new(Limits::new(s.max_connections, s.max_handshaking_per_source));
+        let timeouts = conn::Timeouts { header: s.header_timeout, idle: s.idle_timeout };
+        tracing::info!(
+            max_connections = s.max_connections,
+            open_file_limit = ?crate::config::open_file_limit(),
+            "listener socket budget"
+        );
         tokio::spawn(async move {
             loop {
                 let accepted = tokio::select! {
@@ -67,36 +146,51 @@ impl Listener {
                         continue;
                     }
                 };
-                let _ = tcp.set_nodelay(true);
-                let tls = self.tls.clone();
-                let ds = ds.clone();
-                tokio::spawn(async move {
-                    let io: BoxedIo = match tls {
-                        Some(acceptor) => match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await
-                        {
-                            Ok(Ok(s)) => Box::new(s),
-                            Ok(Err(e)) => {
-                                tracing::debug!(%remote, error = %e, "agent TLS handshake failed");
-                                return;
-                            }
-                            Err(_) => return,
-                        },
-                        None => Box::new(tcp),
-                    };
-                    let service = service_fn(move |req| {
-                        let ds = ds.clone();
-                        async move { Ok::<_, Infallible>(upgrade::handle(ds, req, remote).await) }
-                    });
-                    let conn = http1::Builder::new()
-                        .max_buf_size(64 * 1024)
-                        .serve_connection(TokioIo::new(io), service)
-                        .with_upgrades();
-                    if let Err(e) = conn.await {
-                        tracing::debug!(%remote, error = %e, "agent HTTP connection ended with an error");
+                // A dual-stack socket reports IPv4 peers as ::ffff:a.b.c.d.
+                let remote = SocketAddr::new(remote.ip().to_canonical(), remote.port());
+                let admitted = match limits.admit(remote.ip()) {
+                    Ok(a) => a,
+                    Err(why) => {
+                        limits.refuse(tcp, remote, why, self.tls.is_some(), ds.settings.retry_after);
+                        continue;
                     }
+                };
+                let _ = tcp.set_nodelay(true);
+                let (tls, ds, limits) = (self.tls.clone(), ds.clone(), limits.clone());
+                let tls_timeout = s.tls_handshake_timeout;
+                tokio::spawn(async move {
+                    let Some((io, peer_cert)) = secure(tcp, remote, tls, tls_timeout, &limits).await else { return };
+                    conn::serve(ds, io, remote, admitted, peer_cert, timeouts, limits).await;
                 });
             }
             tracing::info!("listener stopped accepting");
         })
+    }
+}
+
+/// The TLS handshake, bounded (a slowloris guard of its own), and the
+/// client certificate it verified; plain TCP passes through.
+async fn secure(
+    tcp: TcpStream,
+    remote: SocketAddr,
+    tls: Option<TlsAcceptor>,
+    timeout: Duration,
+    limits: &Limits,
+) -> Option<(BoxedIo, Option<PeerCertificate>)> {
+    let Some(acceptor) = tls else { return Some((Box::new(tcp), None)) };
+    match tokio::time::timeout(timeout, acceptor.accept(tcp)).await {
+        Ok(Ok(s)) => {
+            let cert = s.get_ref().1.peer_certificates().and_then(|c| c.first()).map(|c| PeerCertificate(c.clone()));
+            Some((Box::new(s), cert))
+        }
+        Ok(Err(e)) => {
+            tracing::debug!(%remote, error = %e, "agent TLS handshake failed");
+            limits.note(Refusal::TlsHandshakeFailed, remote, "none");
+            None
+        }
+        Err(_) => {
+            limits.note(Refusal::TlsHandshakeTimeout, remote, "none");
+            None
+        }
     }
 }

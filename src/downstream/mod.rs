@@ -6,11 +6,16 @@
 //! - [`session`]: one task per connected WebSocket agent.
 //! - [`http`]: agents that poll with plain HTTP `POST`s.
 //! - [`pipeline`]: the per-message steps both transports share.
+//! - [`trust`]: who a connection is (credential digest, trusted downstream
+//!   gateway or ordinary agent).
+//! - [`uid_guard`]: the one-uid-per-agent rule, applied to every message.
 
 pub mod http;
 pub mod listener;
 pub mod pipeline;
 pub mod session;
+pub mod trust;
+pub mod uid_guard;
 pub mod upgrade;
 
 use std::sync::atomic::AtomicU64;
@@ -33,6 +38,8 @@ pub struct DownstreamSettings {
     pub write_timeout: Duration,
     pub retry_after: Duration,
     pub http: http::HttpSettings,
+    /// `listener.downstream_gateways`.
+    pub gateways: trust::GatewayTrust,
 }
 
 /// Shared by every request and session.

@@ -8,9 +8,15 @@ use std::time::Instant;
 use bytes::Bytes;
 
 use crate::policy::{Direction, FilterOutcome};
+use crate::protocol::wire::{self, Wire};
 use crate::protocol::{compose, framing, AgentFrame, InstanceUid};
 use crate::relay::{AgentShared, CloseReason, Inbound, LinkLease, Outbound, Relay};
 use crate::telemetry::metrics as m;
+
+/// `instance_uid`, field 1 in both directions.
+const UID: u32 = 1;
+/// `ServerToAgent.capabilities`.
+const S2A_CAPABILITIES: u32 = 7;
 
 /// Runs the agent→server filter phase. `frame` is what the agent sent if it
 /// already is a complete WebSocket payload (forwarded as is when no policy
@@ -62,12 +68,7 @@ pub async fn resend_returned(lease: &LinkLease, agent: &Arc<AgentShared>) {
 /// Prepares a server message for its agent: replays the link's custom
 /// capabilities into the agent's first message, then runs the filter phase.
 /// Returns the frame (with header) to deliver, or `None` if dropped.
-pub fn downstream_frame(
-    relay: &Relay,
-    agent: &AgentShared,
-    uid: &[u8],
-    msg: &Inbound,
-) -> Result<Option<Bytes>, CloseReason> {
+pub fn downstream_frame(relay: &Relay, agent: &AgentShared, msg: &Inbound) -> Result<Option<Bytes>, CloseReason> {
     let mut frame = msg.frame.clone();
     if msg.has_capabilities {
         agent.capabilities_delivered();
@@ -78,11 +79,27 @@ pub fn downstream_frame(
             metrics::counter!(m::CAPABILITIES_REPLAYED).increment(1);
         }
     }
+    if agent.claim_first_reply() {
+        // The spec requires `capabilities` on the first ServerToAgent; a
+        // server that relies on its stream's first message having had them
+        // never sent them to this agent.
+        let payload = framing::payload(&frame).unwrap_or_default();
+        if wire::last(&payload, S2A_CAPABILITIES).is_none() {
+            let caps = relay.links.get(msg.link).map_or(compose::ACCEPTS_STATUS, |l| l.server_capabilities());
+            frame = compose::with_capabilities(&payload, caps);
+        }
+    }
     let set = relay.policies.snapshot();
     if !set.filters(Direction::ServerToAgent) {
         return Ok(Some(frame));
     }
     let payload = framing::payload(&frame).unwrap_or_default();
+    // The message's own uid: on a chained gateway's link, or after the
+    // server assigned a new uid, it is not the connection's first.
+    let uid = match wire::last(&payload, UID) {
+        Some(Wire::Bytes(u)) => u,
+        _ => &[],
+    };
     match set.filter(Direction::ServerToAgent, uid, payload.clone()) {
         FilterOutcome::Forward(p) if p == payload => Ok(Some(frame)),
         FilterOutcome::Forward(p) => Ok(Some(framing::frame(&p))),

@@ -10,22 +10,26 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
-use hyper::upgrade::Upgraded;
-use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{mpsc, watch};
-use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError};
+use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError, ProtocolError};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
-use super::{pipeline, Downstream};
-use crate::protocol::handshake::ConnectRequest;
-use crate::protocol::{AgentFrame, InstanceUid, UidError};
-use crate::relay::{Admission, AdmitError, AdmitRequest, AgentShared, CloseReason, Inbound, LinkLease, LinkState};
+use super::{pipeline, uid_guard, Downstream};
+use crate::protocol::compose::{self, ErrorKind};
+use crate::protocol::AgentFrame;
+use crate::relay::{
+    Admission, AdmitError, AdmitRequest, AgentShared, CloseReason, Identity, Inbound, LinkLease, LinkState,
+};
 use crate::telemetry::metrics as m;
 
-type Ws = WebSocketStream<TokioIo<Upgraded>>;
+/// The agent's socket. Generic so tests and fuzzers can drive a session
+/// over an in-memory stream; in the gateway it is a hyper upgrade.
+pub trait AgentIo: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> AgentIo for T {}
 
 pub struct Session {
     ds: Arc<Downstream>,
@@ -36,15 +40,18 @@ pub struct Session {
     /// Kept to re-run the handshake on another link.
     admit: AdmitRequest,
     /// Every uid this connection spoke for, and whether it said goodbye.
-    uids: Vec<(InstanceUid, bool)>,
-    /// Handshakes a chained gateway forwarded through us (request uids).
-    forwarded: Vec<Bytes>,
+    /// One for an ordinary agent (plus any the server assigned it); many
+    /// only for a trusted downstream gateway.
+    uids: uid_guard::SpokenFor,
+    /// The uid named by the message that broke a rule, for the
+    /// `error_response` sent before closing when the session has none yet.
+    offending_uid: Option<Bytes>,
     last_seen: Instant,
 }
 
 impl Session {
-    pub fn new(ds: Arc<Downstream>, admission: Admission, admit: AdmitRequest) -> Self {
-        let (agent, inbox) = AgentShared::new(ds.next_id(), ds.relay.settings.agent_queue);
+    pub fn new(ds: Arc<Downstream>, admission: Admission, admit: AdmitRequest, identity: Identity) -> Self {
+        let (agent, inbox) = AgentShared::new(ds.next_id(), ds.relay.settings.agent_queue, identity);
         let mut link_state = admission.lease.link().subscribe();
         link_state.mark_unchanged();
         Self {
@@ -54,19 +61,29 @@ impl Session {
             lease: admission.lease,
             link_state,
             admit,
-            uids: Vec::new(),
-            forwarded: Vec::new(),
+            uids: uid_guard::SpokenFor::default(),
+            offending_uid: None,
             last_seen: Instant::now(),
         }
     }
 
-    pub async fn run(mut self, mut ws: Ws) {
+    pub async fn run<S: AgentIo>(mut self, mut ws: WebSocketStream<S>) {
         let gauge = metrics::gauge!(m::CONNECTIONS, "direction" => m::DOWNSTREAM, "transport" => "websocket");
         gauge.increment(1.0);
         let reason = self.pump(&mut ws).await;
-        if reason != CloseReason::Peer {
+        if let Some(frame) = self.parting_message(reason) {
+            // Best effort: the agent learns why before the close frame.
+            let _ = tokio::time::timeout(self.ds.settings.write_timeout, ws.send(Message::Binary(frame))).await;
+        }
+        let write_timeout = self.ds.settings.write_timeout;
+        if reason == CloseReason::Peer {
+            // If the agent sent a close frame, tungstenite has queued its
+            // echo: flushing sends it, so the agent sees a clean close
+            // rather than 1006.
+            let _ = tokio::time::timeout(write_timeout, SinkExt::close(&mut ws)).await;
+        } else {
             let frame = CloseFrame { code: CloseCode::from(reason.close_code()), reason: reason.as_str().into() };
-            let _ = tokio::time::timeout(self.ds.settings.write_timeout, ws.close(Some(frame))).await;
+            let _ = tokio::time::timeout(write_timeout, ws.close(Some(frame))).await;
         }
         self.release().await;
         gauge.decrement(1.0);
@@ -74,7 +91,7 @@ impl Session {
         tracing::debug!(agent = self.agent.id, reason = reason.as_str(), "agent session ended");
     }
 
-    async fn pump(&mut self, ws: &mut Ws) -> CloseReason {
+    async fn pump<S: AgentIo>(&mut self, ws: &mut WebSocketStream<S>) -> CloseReason {
         let keepalive = self.ds.settings.keepalive;
         let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + keepalive, keepalive);
         let shutdown = self.ds.shutdown.clone();
@@ -104,21 +121,22 @@ impl Session {
             Some(Ok(Message::Text(_))) => return Err(CloseReason::TextFrame),
             Some(Ok(Message::Close(_))) | None => return Err(CloseReason::Peer),
             Some(Ok(_)) => return Ok(()), // ping/pong: already answered by tungstenite
-            Some(Err(WsError::Capacity(CapacityError::MessageTooLong { size, max_size }))) => {
-                tracing::info!(agent = self.agent.id, size, max_size, "agent message over the size limit");
-                return Err(CloseReason::TooBig);
+            Some(Err(e)) => {
+                let reason = read_error_reason(&e);
+                if reason != CloseReason::Peer {
+                    tracing::info!(agent = self.agent.id, error = %e, reason = reason.as_str(), "agent message refused");
+                }
+                return Err(reason);
             }
-            Some(Err(WsError::Protocol(e))) => {
-                tracing::info!(agent = self.agent.id, error = %e, "agent broke the WebSocket protocol");
-                return Err(CloseReason::Protocol);
-            }
-            Some(Err(_)) => return Err(CloseReason::Peer),
         };
         let parsed = AgentFrame::parse_ws(&frame).map_err(|e| {
             tracing::info!(agent = self.agent.id, error = %e, "malformed agent message");
             CloseReason::Protocol
         })?;
-        self.learn_uid(&parsed)?;
+        if let uid_guard::Passed::Answer(frame) = self.learn_uid(&parsed)? {
+            let answer = Inbound { frame, link: self.lease.index(), has_capabilities: true, received: Instant::now() };
+            return self.agent.offer(answer);
+        }
 
         if let Some(frame) = pipeline::upstream_frame(&self.ds.relay, &parsed, Some(frame))? {
             pipeline::send_up(&self.lease, &self.agent, frame, self.last_seen).await;
@@ -126,49 +144,49 @@ impl Session {
         Ok(())
     }
 
-    /// Registers the uid(s) this connection speaks for. A connection may
-    /// carry several (a chained gateway's link), each routed back here.
-    fn learn_uid(&mut self, parsed: &AgentFrame) -> Result<(), CloseReason> {
-        match InstanceUid::parse(parsed.uid.clone()) {
-            Ok(uid) => {
-                match self.uids.iter_mut().find(|(u, _)| *u == uid) {
-                    Some(entry) => entry.1 |= parsed.disconnect,
-                    None => {
-                        self.ds.relay.routes.insert(uid.as_bytes().clone(), &self.agent);
-                        self.uids.push((uid, parsed.disconnect));
-                    }
-                }
-                Ok(())
-            }
-            Err(UidError::Missing) => {
-                // A gateway chained below us forwards its agents' handshakes;
-                // remember where to send the answer.
-                let request =
-                    parsed.custom_message().and_then(|m| ConnectRequest::from_custom(&m)).and_then(Result::ok);
-                match request {
-                    Some(r) => {
-                        let key = Bytes::from(r.request_uid.into_bytes());
-                        self.ds.relay.routes.insert(key.clone(), &self.agent);
-                        self.forwarded.push(key);
-                        Ok(())
-                    }
-                    None => {
-                        tracing::info!(agent = self.agent.id, "agent message without instance_uid");
-                        Err(CloseReason::Protocol)
-                    }
-                }
-            }
-            Err(e) => {
-                tracing::info!(agent = self.agent.id, error = %e, "invalid instance_uid");
-                Err(CloseReason::Protocol)
-            }
+    /// Applies the ownership rules to a message before it goes anywhere:
+    /// an ordinary agent speaks for exactly one uid (the one in its first
+    /// message, or one the server assigned it) and sends no gateway-capability
+    /// custom messages; only a trusted downstream gateway may do either.
+    fn learn_uid(&mut self, parsed: &AgentFrame) -> Result<uid_guard::Passed, CloseReason> {
+        let outcome = uid_guard::check(&self.ds.relay, &self.agent, &mut self.uids, parsed);
+        if let Err(refusal) = &outcome {
+            self.offending_uid = parsed.uid.clone().filter(|u| !u.is_empty());
+            refusal.record(self.agent.id, &self.admit.remote_addr, "websocket");
         }
+        outcome.map_err(|r| r.close_reason())
+    }
+
+    /// What to tell the agent before closing it, where OpAMP has a word for
+    /// it: `BAD_REQUEST` for what it sent, `UNAVAILABLE` + `retry_info` for
+    /// "come back later".
+    fn parting_message(&self, reason: CloseReason) -> Option<Bytes> {
+        if self.agent.identity().is_gateway() {
+            return None; // its agents are told by the gateway below
+        }
+        let uid = self.uids.first().map(|u| u.as_bytes().clone()).or_else(|| self.offending_uid.clone())?;
+        let retry_after = self.ds.settings.retry_after;
+        let (kind, text) = match reason {
+            CloseReason::Protocol => (ErrorKind::BadRequest, "malformed message"),
+            CloseReason::TextFrame => (ErrorKind::BadRequest, "OpAMP messages are binary WebSocket frames"),
+            CloseReason::UidMismatch => {
+                (ErrorKind::BadRequest, "this connection already speaks for another instance_uid")
+            }
+            CloseReason::UidInUse => (ErrorKind::BadRequest, "instance_uid is in use by another connection"),
+            CloseReason::ForgedHandshake => (ErrorKind::BadRequest, "gateway custom messages are not accepted here"),
+            CloseReason::NoUpstream => (ErrorKind::Unavailable { retry_after }, "no upstream server link is available"),
+            CloseReason::Shutdown => (ErrorKind::Unavailable { retry_after }, "the gateway is shutting down"),
+            CloseReason::SlowConsumer => {
+                (ErrorKind::Unavailable { retry_after }, "the agent read too slowly and fell behind")
+            }
+            _ => return None,
+        };
+        Some(compose::error_response(&uid, kind, text, self.lease.link().server_capabilities()))
     }
 
     /// A server message for this agent.
-    async fn deliver(&mut self, ws: &mut Ws, msg: Inbound) -> Result<(), CloseReason> {
-        let uid = self.uids.first().map(|(u, _)| u.as_bytes().clone()).unwrap_or_default();
-        let Some(frame) = pipeline::downstream_frame(&self.ds.relay, &self.agent, &uid, &msg)? else {
+    async fn deliver<S: AgentIo>(&mut self, ws: &mut WebSocketStream<S>, msg: Inbound) -> Result<(), CloseReason> {
+        let Some(frame) = pipeline::downstream_frame(&self.ds.relay, &self.agent, &msg)? else {
             return Ok(());
         };
         let len = frame.len();
@@ -182,7 +200,7 @@ impl Session {
         }
     }
 
-    async fn keepalive(&mut self, ws: &mut Ws) -> Result<(), CloseReason> {
+    async fn keepalive<S: AgentIo>(&mut self, ws: &mut WebSocketStream<S>) -> Result<(), CloseReason> {
         let keepalive = self.ds.settings.keepalive;
         if self.last_seen.elapsed() > keepalive * 2 {
             return Err(CloseReason::Dead);
@@ -249,12 +267,31 @@ impl Session {
                 self.lease = admission.lease; // drops the old lease: its load goes down
                 self.link_state = self.lease.link().subscribe();
                 self.link_state.mark_unchanged();
+                self.request_full_state();
                 self.resend_returned().await
             }
             Err(AdmitError::Rejected(_)) => Err(CloseReason::Rejected),
             Err(e) => {
                 tracing::info!(agent = self.agent.id, from, error = %e, "no link could take the agent; closing it");
                 Err(CloseReason::NoUpstream)
+            }
+        }
+    }
+
+    /// After a move the server on the new link may know nothing of this
+    /// agent, and opamp-go agents send only deltas after a reconnect: ask
+    /// each uid on this connection for its full state.
+    fn request_full_state(&self) {
+        let caps = self.lease.link().server_capabilities();
+        for (uid, said_goodbye) in self.uids.iter() {
+            if said_goodbye {
+                continue;
+            }
+            let frame = compose::request_full_state(uid.as_bytes(), caps);
+            // Marked as carrying capabilities so no replay is spliced in.
+            let msg = Inbound { frame, link: self.lease.index(), has_capabilities: true, received: Instant::now() };
+            if self.agent.offer(msg).is_ok() {
+                metrics::counter!(m::FULL_STATE_REQUESTS).increment(1);
             }
         }
     }
@@ -266,16 +303,21 @@ impl Session {
 
     /// Forgets the agent's routes and tells the server about every uid that
     /// left without `agent_disconnect`: behind a gateway the server's stream
-    /// stays open, so it cannot notice on its own.
+    /// stays open, so it cannot notice on its own. Only uids this connection
+    /// still owns are reported: one the agent took over on a newer
+    /// connection is alive, and a goodbye would make the server drop it.
     async fn release(&mut self) {
-        for key in self.forwarded.drain(..).chain(self.agent.take_aliases()) {
-            self.ds.relay.routes.remove(&key, self.agent.id);
-        }
-        for (uid, said_goodbye) in std::mem::take(&mut self.uids) {
-            self.ds.relay.routes.remove(uid.as_bytes(), self.agent.id);
-            if !said_goodbye {
+        self.ds.relay.forwarded.forget(self.agent.id);
+        // Uids first: a server-assigned alias the agent adopted is one of
+        // them, and must be reported; the rest of the aliases just go.
+        for (uid, said_goodbye) in self.uids.take() {
+            let owned = self.ds.relay.routes.remove(uid.as_bytes(), self.agent.id);
+            if owned && !said_goodbye {
                 pipeline::report_gone(&self.lease, &uid).await;
             }
+        }
+        for alias in self.agent.take_aliases() {
+            self.ds.relay.routes.remove(&alias, self.agent.id);
         }
         // Frames still waiting for a link can no longer be delivered.
         let left = self.agent.take_returned().len();
@@ -283,5 +325,32 @@ impl Session {
             metrics::counter!(m::MESSAGES_DROPPED, "direction" => m::UPSTREAM, "reason" => "agent_closed")
                 .increment(left as u64);
         }
+    }
+}
+
+/// Why reading from an agent failed. A peer that vanished (TCP reset, EOF
+/// mid-handshake) is the peer's doing, not a protocol error.
+fn read_error_reason(e: &WsError) -> CloseReason {
+    match e {
+        WsError::Capacity(CapacityError::MessageTooLong { .. }) => CloseReason::TooBig,
+        WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake) => CloseReason::Peer,
+        WsError::Protocol(_) => CloseReason::Protocol,
+        _ => CloseReason::Peer,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_reset_is_the_peers_doing() {
+        let reset = WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake);
+        assert_eq!(read_error_reason(&reset), CloseReason::Peer);
+        let io = WsError::Io(std::io::Error::from(std::io::ErrorKind::ConnectionReset));
+        assert_eq!(read_error_reason(&io), CloseReason::Peer);
+        assert_eq!(read_error_reason(&WsError::Protocol(ProtocolError::NonZeroReservedBits)), CloseReason::Protocol);
+        let big = WsError::Capacity(CapacityError::MessageTooLong { size: 2, max_size: 1 });
+        assert_eq!(read_error_reason(&big), CloseReason::TooBig);
     }
 }

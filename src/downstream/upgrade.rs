@@ -19,6 +19,7 @@ use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::WebSocketStream;
 
 use super::session::Session;
+use super::trust::PeerCertificate;
 use super::Downstream;
 use crate::policy::Transport;
 use crate::relay::{AdmitError, AdmitRequest};
@@ -74,6 +75,7 @@ async fn websocket(ds: Arc<Downstream>, mut req: Request<Incoming>, remote: Sock
         remote_addr: remote.to_string(),
         transport: Transport::WebSocket,
     };
+    let peer_cert = req.extensions().get::<PeerCertificate>().cloned();
     let started = Instant::now();
     let admission = ds.relay.admit(&admit).await;
     metrics::histogram!(m::HANDSHAKE_SECONDS).record(started.elapsed().as_secs_f64());
@@ -101,7 +103,12 @@ async fn websocket(ds: Arc<Downstream>, mut req: Request<Incoming>, remote: Sock
             Ok(upgraded) => {
                 let ws =
                     WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(ws_config(&ds2))).await;
-                Session::new(ds2, admission, admit).run(ws).await;
+                // Decided only now that the server accepted these headers.
+                let identity = ds2.settings.gateways.identify(&admit.headers, peer_cert.as_ref());
+                if identity.is_gateway() {
+                    tracing::info!(%remote, "downstream gateway connected");
+                }
+                Session::new(ds2, admission, admit, identity).run(ws).await;
             }
             Err(e) => tracing::debug!(%remote, error = %e, "agent went away during the upgrade"),
         }
@@ -121,7 +128,7 @@ fn ws_config(ds: &Downstream) -> WebSocketConfig {
 }
 
 /// Answers an agent the gateway could not admit, with the server's status
-/// and headers on rejection, or 503/504 with `Retry-After`.
+/// and headers on rejection, or 502/503/504 with `Retry-After`.
 pub(crate) fn refuse(ds: &Downstream, e: AdmitError, remote: SocketAddr, transport: Transport) -> Response<Body> {
     let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::UNAUTHORIZED);
     let t = transport_label(transport);
@@ -131,7 +138,9 @@ pub(crate) fn refuse(ds: &Downstream, e: AdmitError, remote: SocketAddr, transpo
     let mut r = plain(status, e.to_string());
     match &e {
         AdmitError::Rejected(result) => copy_headers(r.headers_mut(), &result.response_headers),
-        AdmitError::NoUpstream | AdmitError::Timeout | AdmitError::PolicyRefused(_) => {
+        // A 502 (unreadable connectResult) is the server's fault too: ask the
+        // agent to back off rather than retry at once.
+        AdmitError::NoUpstream | AdmitError::Timeout | AdmitError::BadResult(_) | AdmitError::PolicyRefused(_) => {
             let secs = ds.settings.retry_after.as_secs().max(1).to_string();
             r.headers_mut().insert(RETRY_AFTER, HeaderValue::from_str(&secs).expect("digits"));
         }
@@ -139,14 +148,47 @@ pub(crate) fn refuse(ds: &Downstream, e: AdmitError, remote: SocketAddr, transpo
     r
 }
 
-/// The request's headers as the server should see them. `Host` is left out,
-/// as Go's `http.Request.Header` (what the reference forwards) leaves it out.
+/// The request's headers as the server should see them: Go-style, without
+/// `Host` (Go's `http.Request.Header`, what the reference forwards, leaves
+/// it out), and without what belongs to this hop rather than to the agent —
+/// hop-by-hop headers (RFC 9110 §7.6.1, including those the `Connection`
+/// header names), the WebSocket handshake's own, and the gateway's own
+/// `X-Opamp-Gateway-*`, which an agent must not be able to forge.
 pub(crate) fn forwarded_headers(h: &http::HeaderMap) -> Vec<(String, String)> {
+    let named_by_connection: Vec<String> = h
+        .get_all(CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|t| t.trim().to_ascii_lowercase())
+        .filter(|t| !t.is_empty())
+        .collect();
     h.iter()
-        .filter(|(name, _)| *name != http::header::HOST)
+        .filter(|(name, _)| {
+            let n = name.as_str();
+            !(HOP_BY_HOP.contains(&n)
+                || n.starts_with("sec-websocket-")
+                || n.starts_with("x-opamp-gateway-")
+                || named_by_connection.iter().any(|c| c == n))
+        })
         .map(|(name, value)| (name.as_str().to_owned(), String::from_utf8_lossy(value.as_bytes()).into_owned()))
         .collect()
 }
+
+/// Never forwarded: `Host`, and the hop-by-hop headers of RFC 9110 §7.6.1
+/// plus the proxy ones RFC 2616 listed.
+const HOP_BY_HOP: &[&str] = &[
+    "host",
+    "connection",
+    "proxy-connection",
+    "keep-alive",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "proxy-authorization",
+    "proxy-authenticate",
+];
 
 fn copy_headers(into: &mut http::HeaderMap, from: &std::collections::BTreeMap<String, String>) {
     for (k, v) in from {

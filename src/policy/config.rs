@@ -10,10 +10,23 @@
 //!   watch: true              # hot-reload the directory
 //!   cache: true              # cache compiled policies on disk
 //!   cache_dir: /var/cache/opamp-gateway   # default: the user cache dir
+//!   required: false          # /readyz fails while the set is empty or degraded
+//!   quarantine:              # circuit breaker per policy (see `breaker`)
+//!     after: 5               # consecutive failures (0: never by count)
+//!     rate: 0.5              # failed share of calls in `window` (0: never by rate)
+//!     window: 10s
+//!     backoff: 1s            # first quarantine; doubles per failed trial
+//!     max_backoff: 1m
+//!   limits:                  # what a policy can make the gateway do
+//!     max_forwarded_headers: 100
+//!     max_forwarded_header_bytes: 65536
+//!     log_lines: 50          # guest log/stdout lines per policy per log_interval
+//!     log_interval: 10s
 //! ```
 //!
-//! A policy's `<name>.yaml` may override `on_error`, `call_timeout` and
-//! `memory_limit` for that policy (see `docs/policies.md`).
+//! A policy's `<name>.yaml` may override `on_error`, `call_timeout`,
+//! `memory_limit` and the `quarantine_*` settings for that policy (see
+//! `docs/policies.md`).
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -48,9 +61,192 @@ pub struct PoliciesConfig {
     /// Where the compile cache lives. Default: wasmtime's per-user cache
     /// directory (`$XDG_CACHE_HOME/wasmtime`, usually `~/.cache/wasmtime`).
     pub cache_dir: Option<PathBuf>,
+    /// Readiness (`/readyz`) fails while no policy is serving or the
+    /// directory cannot be read (the last good set keeps serving).
+    pub required: bool,
+    /// Default circuit breaker of every policy.
+    pub quarantine: BreakerConfig,
+    pub limits: PolicyLimits,
+}
+
+/// When a failing policy is quarantined, and for how long. A quarantined
+/// policy costs no Wasm call: `on_error: open` skips it, `closed` refuses
+/// what it would judge. After `backoff` one trial call decides: success
+/// lifts the quarantine, failure doubles the backoff (up to `max_backoff`).
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BreakerConfig {
+    /// Consecutive failed calls that trip the breaker; 0 disables.
+    pub after: u32,
+    /// Share of failed calls within `window` (at least [`MIN_CALLS`] calls)
+    /// that trips the breaker, in (0, 1]; 0 disables.
+    pub rate: f64,
+    #[serde(with = "humantime_serde")]
+    pub window: Duration,
+    #[serde(with = "humantime_serde")]
+    pub backoff: Duration,
+    #[serde(with = "humantime_serde")]
+    pub max_backoff: Duration,
+}
+
+/// Calls a window needs before its failure rate counts.
+pub const MIN_CALLS: u64 = 20;
+
+impl Default for BreakerConfig {
+    fn default() -> Self {
+        Self {
+            after: 5,
+            rate: 0.5,
+            window: Duration::from_secs(10),
+            backoff: Duration::from_secs(1),
+            max_backoff: Duration::from_secs(60),
+        }
+    }
+}
+
+impl BreakerConfig {
+    /// Checks ranges; `Err` names the key (relative to the section).
+    pub fn validate(&self) -> Result<(), (&'static str, String)> {
+        if !(0.0..=1.0).contains(&self.rate) || self.rate.is_nan() {
+            return Err(("rate", format!("expected a fraction in [0, 1], got {}", self.rate)));
+        }
+        if self.window.is_zero() {
+            return Err(("window", "expected a duration > 0".into()));
+        }
+        if self.backoff.is_zero() {
+            return Err(("backoff", "expected a duration > 0".into()));
+        }
+        if self.max_backoff < self.backoff {
+            return Err(("max_backoff", "expected a duration >= backoff".into()));
+        }
+        Ok(())
+    }
+}
+
+/// A policy's own `quarantine_*` keys (in its `<name>.yaml`; flat, so the
+/// guest helper's config parser can skip them), each over the global value.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct BreakerOverrides {
+    pub after: Option<u32>,
+    pub rate: Option<f64>,
+    pub window: Option<Duration>,
+    pub backoff: Option<Duration>,
+    pub max_backoff: Option<Duration>,
+}
+
+impl BreakerOverrides {
+    /// The reserved keys, as a policy's YAML spells them.
+    pub const KEYS: [&'static str; 5] =
+        ["quarantine_after", "quarantine_rate", "quarantine_window", "quarantine_backoff", "quarantine_max_backoff"];
+
+    /// Reads the keys from a policy's top-level mapping; `Err` says which
+    /// key is wrong and what it expects.
+    pub fn parse(map: &serde_yaml_ng::Mapping) -> Result<Self, String> {
+        let show =
+            |v: &serde_yaml_ng::Value| serde_yaml_ng::to_string(v).map(|s| s.trim().to_owned()).unwrap_or_default();
+        let duration = |key: &str| -> Result<Option<Duration>, String> {
+            map.get(key)
+                .map(|v| {
+                    v.as_str()
+                        .and_then(|t| humantime::parse_duration(t).ok())
+                        .filter(|d| !d.is_zero())
+                        .ok_or_else(|| format!("{key} must be a duration like `2s`, not {}", show(v)))
+                })
+                .transpose()
+        };
+        let after = map
+            .get("quarantine_after")
+            .map(|v| {
+                v.as_u64()
+                    .and_then(|n| u32::try_from(n).ok())
+                    .ok_or_else(|| format!("quarantine_after must be a count of failures (0: off), not {}", show(v)))
+            })
+            .transpose()?;
+        let rate = map
+            .get("quarantine_rate")
+            .map(|v| {
+                v.as_f64()
+                    .filter(|r| (0.0..=1.0).contains(r))
+                    .ok_or_else(|| format!("quarantine_rate must be a fraction in [0, 1] (0: off), not {}", show(v)))
+            })
+            .transpose()?;
+        Ok(Self {
+            after,
+            rate,
+            window: duration("quarantine_window")?,
+            backoff: duration("quarantine_backoff")?,
+            max_backoff: duration("quarantine_max_backoff")?,
+        })
+    }
+
+    /// `base` with these overrides; `None` when there are none. The cap is
+    /// raised to the backoff when only the backoff was raised.
+    pub fn over(&self, base: &BreakerConfig) -> Option<BreakerConfig> {
+        if *self == Self::default() {
+            return None;
+        }
+        let backoff = self.backoff.unwrap_or(base.backoff);
+        Some(BreakerConfig {
+            after: self.after.unwrap_or(base.after),
+            rate: self.rate.unwrap_or(base.rate),
+            window: self.window.unwrap_or(base.window),
+            backoff,
+            max_backoff: self.max_backoff.unwrap_or(base.max_backoff).max(backoff),
+        })
+    }
+}
+
+/// Caps on what a policy's answers can make the gateway do.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PolicyLimits {
+    /// Headers a `forward-headers` answer may hold.
+    pub max_forwarded_headers: usize,
+    /// Total bytes (names + values) of a `forward-headers` answer.
+    pub max_forwarded_header_bytes: usize,
+    /// Guest log and stdout/stderr lines logged per policy per
+    /// `log_interval`; the rest are counted and summarised.
+    pub log_lines: u32,
+    #[serde(with = "humantime_serde")]
+    pub log_interval: Duration,
+    /// Largest replacement message per direction (agent→server,
+    /// server→agent): the receiving side's `max_message_size`, filled in by
+    /// [`PoliciesConfig::for_relay`]; not configurable here.
+    #[serde(skip)]
+    pub max_replacement: [usize; 2],
+}
+
+impl Default for PolicyLimits {
+    fn default() -> Self {
+        Self {
+            max_forwarded_headers: 100,
+            max_forwarded_header_bytes: 64 << 10,
+            log_lines: 50,
+            log_interval: Duration::from_secs(10),
+            max_replacement: [64 << 20; 2],
+        }
+    }
 }
 
 impl PoliciesConfig {
+    /// This config with replacements bounded by the message sizes of the
+    /// side they go to: agent→server by `server.max_message_size`,
+    /// server→agent by `listener.max_message_size`.
+    pub fn for_relay(&self, to_server: usize, to_agent: usize) -> Self {
+        let mut c = self.clone();
+        c.limits.max_replacement = [to_server, to_agent];
+        c
+    }
+
+    /// Checks ranges; `Err` is the field path (under `policies.`) and why.
+    pub fn validate(&self) -> Result<(), (String, String)> {
+        self.quarantine.validate().map_err(|(k, why)| (format!("quarantine.{k}"), why))?;
+        if self.limits.log_interval.is_zero() {
+            return Err(("limits.log_interval".into(), "expected a duration > 0".into()));
+        }
+        Ok(())
+    }
+
     /// Idle instances per policy, resolved.
     pub fn instances(&self) -> usize {
         self.instances.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get())).max(1)
@@ -68,6 +264,9 @@ impl Default for PoliciesConfig {
             watch: true,
             cache: true,
             cache_dir: None,
+            required: false,
+            quarantine: BreakerConfig::default(),
+            limits: PolicyLimits::default(),
         }
     }
 }
@@ -87,5 +286,45 @@ mod tests {
         assert_eq!(c.instances(), 3);
         assert!(!c.cache);
         assert!(serde_yaml_ng::from_str::<PoliciesConfig>("bogus: 1").is_err());
+    }
+
+    #[test]
+    fn containment_settings() {
+        let c: PoliciesConfig = serde_yaml_ng::from_str("{}").unwrap();
+        assert!(!c.required);
+        assert_eq!(c.quarantine, BreakerConfig::default());
+        assert_eq!((c.limits.max_forwarded_headers, c.limits.max_forwarded_header_bytes), (100, 65536));
+        let c: PoliciesConfig = serde_yaml_ng::from_str(
+            "required: true\nquarantine: { after: 0, rate: 0.25, backoff: 2s, max_backoff: 10s }\n\
+             limits: { max_forwarded_headers: 3, log_lines: 1 }",
+        )
+        .unwrap();
+        assert!(c.required);
+        assert_eq!((c.quarantine.after, c.quarantine.rate), (0, 0.25));
+        assert_eq!(c.quarantine.max_backoff, Duration::from_secs(10));
+        assert_eq!((c.limits.max_forwarded_headers, c.limits.log_lines), (3, 1));
+        assert!(c.validate().is_ok());
+        let c: PoliciesConfig = serde_yaml_ng::from_str("quarantine: { backoff: 2s, max_backoff: 1s }").unwrap();
+        assert_eq!(c.validate().unwrap_err().0, "quarantine.max_backoff");
+        let c: PoliciesConfig = serde_yaml_ng::from_str("quarantine: { rate: 1.5 }").unwrap();
+        assert_eq!(c.validate().unwrap_err().0, "quarantine.rate");
+        assert!(serde_yaml_ng::from_str::<PoliciesConfig>("limits: { max_replacement: 1 }").is_err());
+        assert_eq!(c.for_relay(10, 20).limits.max_replacement, [10, 20]);
+    }
+
+    #[test]
+    fn per_policy_quarantine_keys() {
+        let map = |t: &str| serde_yaml_ng::from_str::<serde_yaml_ng::Mapping>(t).unwrap();
+        let base = BreakerConfig::default();
+        assert_eq!(BreakerOverrides::parse(&map("allow: [a]")).unwrap().over(&base), None);
+        let o =
+            BreakerOverrides::parse(&map("quarantine_after: 2\nquarantine_backoff: 5m\nquarantine_rate: 0")).unwrap();
+        let c = o.over(&base).unwrap();
+        assert_eq!((c.after, c.rate, c.window), (2, 0.0, base.window));
+        assert_eq!((c.backoff, c.max_backoff), (Duration::from_secs(300), Duration::from_secs(300)));
+        for bad in ["quarantine_after: -1", "quarantine_rate: 2", "quarantine_window: soon", "quarantine_backoff: 0s"] {
+            let e = BreakerOverrides::parse(&map(bad)).unwrap_err();
+            assert!(e.starts_with(bad.split(':').next().unwrap()), "{bad}: {e}");
+        }
     }
 }

@@ -11,14 +11,19 @@
 //! [`Policies`], an atomically swappable snapshot. The Wasm host
 //! ([`wasm`]) is one implementation of [`Policy`]; the relay never names it.
 
+pub mod breaker;
 pub mod config;
+pub mod health;
 pub mod runtime;
 pub mod set;
+pub mod throttle;
+pub mod verdict;
+/// Without the `wasm` feature only its error type and WIT names remain.
 pub mod wasm;
 
 use bytes::Bytes;
 
-pub use config::PoliciesConfig;
+pub use config::{BreakerConfig, PoliciesConfig, PolicyLimits};
 pub use set::{AssignDecision, FilterOutcome, Policies, PolicySet, Refused};
 
 /// Header list as `(name, value)` pairs, names lower-case, in request order.
@@ -98,6 +103,9 @@ pub enum HookError {
     Memory,
     #[error("returned an invalid answer: {0}")]
     Invalid(String),
+    /// Not called: its circuit breaker has it quarantined.
+    #[error("is quarantined after repeated failures")]
+    Quarantined,
 }
 
 impl HookError {
@@ -108,6 +116,7 @@ impl HookError {
             HookError::Timeout => "timeout",
             HookError::Memory => "memory",
             HookError::Invalid(_) => "invalid",
+            HookError::Quarantined => "quarantined",
         }
     }
 }
@@ -123,6 +132,11 @@ pub trait Policy: Send + Sync + 'static {
 
     /// Which phases this policy implements (so the chain skips the others).
     fn hooks(&self) -> Hooks;
+
+    /// Its own circuit-breaker settings; `None`: `policies.quarantine`.
+    fn quarantine(&self) -> Option<BreakerConfig> {
+        None
+    }
 
     fn assign(&self, _input: &AssignInput<'_>) -> Result<Option<u32>, HookError> {
         Ok(None)

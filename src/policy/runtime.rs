@@ -11,16 +11,26 @@
 //! channel ([`PolicyRuntime::subscribe`]), logged, and counted in
 //! `opampgateway_policy_reloads_total{outcome}`; the loaded set is exported
 //! as `opampgateway_policy_loaded{policy,digest} 1`.
+//!
+//! Built without the `wasm` feature, the runtime serves the empty set and
+//! refuses a directory that holds `.wasm` files (it could not run them).
 
 use std::fmt;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+#[cfg(feature = "wasm")]
+use std::sync::Mutex;
 
 use tokio::sync::watch;
 
-use super::set::{Policies, PolicySet};
-use super::wasm::{hook_list, DirWatcher, Loader, PolicyEngine, PolicyError, WasmPolicy};
-use super::{FailureMode, Hooks, PoliciesConfig, Policy};
+use super::health::PolicyHealth;
+use super::set::{Containment, Policies, PolicySet};
+use super::wasm::PolicyError;
+#[cfg(feature = "wasm")]
+use super::wasm::{hook_list, DirWatcher, Loader, PolicyEngine, WasmPolicy};
+#[cfg(feature = "wasm")]
+use super::Policy;
+use super::{FailureMode, Hooks, PoliciesConfig};
 use crate::telemetry::metrics as m;
 
 /// A loaded policy, as reported in logs and reload statuses.
@@ -35,6 +45,7 @@ pub struct LoadedPolicy {
     pub config: Option<PathBuf>,
 }
 
+#[cfg(feature = "wasm")]
 impl LoadedPolicy {
     fn of(p: &WasmPolicy) -> Self {
         Self {
@@ -75,7 +86,11 @@ pub struct ReloadStatus {
 
 struct Shared {
     policies: Arc<Policies>,
+    health: Arc<PolicyHealth>,
+    #[cfg(feature = "wasm")]
     loader: Mutex<Loader>,
+    #[cfg(not(feature = "wasm"))]
+    directory: PathBuf,
     status: watch::Sender<ReloadStatus>,
 }
 
@@ -84,9 +99,11 @@ struct Shared {
 pub struct PolicyRuntime {
     shared: Arc<Shared>,
     status: watch::Receiver<ReloadStatus>,
+    #[cfg(feature = "wasm")]
     _watcher: Option<DirWatcher>,
 }
 
+#[cfg(feature = "wasm")]
 impl PolicyRuntime {
     /// Loads `cfg.directory` and, if `cfg.watch`, starts watching it. Fails
     /// if the engine cannot start or a policy in the directory does not load.
@@ -101,14 +118,16 @@ impl PolicyRuntime {
             Vec::new()
         };
         let loaded: Vec<LoadedPolicy> = set.iter().map(|p| LoadedPolicy::of(p)).collect();
-        let policies = Arc::new(Policies::new(to_set(&set)));
+        let policies = Arc::new(Policies::with_containment(to_set(&set), Containment::from_config(cfg)));
+        let health = Arc::new(PolicyHealth::new(cfg.required));
+        health.set_serving(set.len());
         announce(&[], &set);
         metrics::counter!(m::POLICY_RELOADS, "outcome" => "initial").increment(1);
         loader.commit(set);
 
         let initial = ReloadStatus { generation: 0, outcome: ReloadOutcome::Applied(loaded) };
         let (tx, rx) = watch::channel(initial);
-        let shared = Arc::new(Shared { policies, loader: Mutex::new(loader), status: tx });
+        let shared = Arc::new(Shared { policies, health, loader: Mutex::new(loader), status: tx });
         let watcher = if cfg.watch {
             let s = shared.clone();
             Some(DirWatcher::start(dir, move || {
@@ -118,16 +137,6 @@ impl PolicyRuntime {
             None
         };
         Ok(Self { shared, status: rx, _watcher: watcher })
-    }
-
-    /// The policy chain the relay consults.
-    pub fn policies(&self) -> Arc<Policies> {
-        self.shared.policies.clone()
-    }
-
-    /// Reload statuses, latest first; `changed()` wakes on each attempt.
-    pub fn subscribe(&self) -> watch::Receiver<ReloadStatus> {
-        self.status.clone()
     }
 
     /// Reloads now, on the calling thread (it may compile: from async code,
@@ -149,11 +158,98 @@ impl PolicyRuntime {
     }
 }
 
+impl PolicyRuntime {
+    /// The policy chain the relay consults.
+    pub fn policies(&self) -> Arc<Policies> {
+        self.shared.policies.clone()
+    }
+
+    /// Reload statuses, latest first; `changed()` wakes on each attempt.
+    pub fn subscribe(&self) -> watch::Receiver<ReloadStatus> {
+        self.status.clone()
+    }
+
+    /// Readiness as far as policies go (for `/readyz`).
+    pub fn health(&self) -> Arc<PolicyHealth> {
+        self.shared.health.clone()
+    }
+}
+
+#[cfg(not(feature = "wasm"))]
+impl PolicyRuntime {
+    /// Serves the empty set; refuses a directory holding `.wasm` files.
+    pub fn start(cfg: &PoliciesConfig) -> Result<Self, PolicyError> {
+        without_wasm(&cfg.directory)?;
+        metrics::counter!(m::POLICY_RELOADS, "outcome" => "initial").increment(1);
+        let (tx, rx) = watch::channel(ReloadStatus { generation: 0, outcome: ReloadOutcome::Applied(Vec::new()) });
+        let shared = Shared {
+            policies: Arc::new(Policies::with_containment(PolicySet::default(), Containment::from_config(cfg))),
+            health: Arc::new(PolicyHealth::new(cfg.required)),
+            directory: cfg.directory.clone(),
+            status: tx,
+        };
+        Ok(Self { shared: Arc::new(shared), status: rx })
+    }
+
+    /// Checks the directory again: still nothing this build can load?
+    pub fn reload(&self) -> ReloadStatus {
+        let outcome = match without_wasm(&self.shared.directory) {
+            Ok(()) => ReloadOutcome::Unchanged,
+            Err(e) => ReloadOutcome::Refused { file: e.path().map(Into::into), reason: e.to_string() },
+        };
+        let generation = self.shared.status.borrow().generation + 1;
+        let status = ReloadStatus { generation, outcome };
+        self.shared.status.send_replace(status.clone());
+        status
+    }
+
+    /// The set serving now: always empty in this build.
+    pub fn loaded(&self) -> Vec<LoadedPolicy> {
+        Vec::new()
+    }
+}
+
+/// The first `.wasm` file in `dir` (chain order), as the error this build
+/// gives for it. An absent directory holds none.
+#[cfg(not(feature = "wasm"))]
+fn without_wasm(dir: &std::path::Path) -> Result<(), PolicyError> {
+    let Ok(entries) = std::fs::read_dir(dir) else { return Ok(()) };
+    let mut modules: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
+            !name.starts_with('.') && p.extension().is_some_and(|x| x == "wasm")
+        })
+        .collect();
+    modules.sort();
+    match modules.into_iter().next() {
+        None => Ok(()),
+        Some(path) => Err(PolicyError::Engine(format!(
+            "{}: built without Wasm policy support (cargo feature `wasm`)",
+            path.display()
+        ))),
+    }
+}
+
+#[cfg(feature = "wasm")]
 impl Shared {
     fn reload(&self) -> ReloadStatus {
         // One reload at a time (watcher thread and manual calls).
         let mut loader = self.loader.lock().unwrap_or_else(|e| e.into_inner());
-        let outcome = match loader.load() {
+        // A directory that vanished or became unreadable unloads nothing:
+        // the set keeps serving, degraded (only an empty one unloads all).
+        let dir = loader.directory().to_owned();
+        let loaded = match std::fs::read_dir(&dir) {
+            Err(source) if !loader.current().is_empty() => Err(PolicyError::Io { path: dir.clone(), source }),
+            Err(_) => Ok(Vec::new()), // nothing serving, nothing to keep
+            Ok(_) => loader.load(),
+        };
+        let degraded = matches!(&loaded, Err(PolicyError::Io { path, .. }) if *path == dir);
+        self.health.set_degraded(match &loaded {
+            Err(e) if degraded => Some(e.to_string()),
+            _ => None,
+        });
+        let outcome = match loaded {
             Ok(set) if loader.unchanged(&set) => {
                 tracing::debug!(dir = %loader.directory().display(), "policy directory changed; set unchanged");
                 metrics::counter!(m::POLICY_RELOADS, "outcome" => "unchanged").increment(1);
@@ -161,6 +257,7 @@ impl Shared {
             }
             Ok(set) => {
                 self.policies.replace(to_set(&set));
+                self.health.set_serving(set.len());
                 announce(loader.current(), &set);
                 metrics::counter!(m::POLICY_RELOADS, "outcome" => "applied").increment(1);
                 let loaded = set.iter().map(|p| LoadedPolicy::of(p)).collect();
@@ -168,13 +265,20 @@ impl Shared {
                 ReloadOutcome::Applied(loaded)
             }
             Err(e) => {
-                tracing::error!(
-                    file = %e.path().map(|p| p.display().to_string()).unwrap_or_default(),
-                    kind = e.kind(),
-                    "policy reload refused, the previous set keeps serving: {e}"
-                );
+                let outcome = ReloadOutcome::Refused { file: e.path().map(Into::into), reason: e.to_string() };
+                let file = e.path().map(|p| p.display().to_string()).unwrap_or_default();
+                // Logged once per distinct reason, not on every event.
+                if self.status.borrow().outcome == outcome {
+                    tracing::debug!(file, kind = e.kind(), "policy reload refused again: {e}");
+                } else {
+                    tracing::error!(
+                        file,
+                        kind = e.kind(),
+                        "policy reload refused, the previous set keeps serving: {e}"
+                    );
+                }
                 metrics::counter!(m::POLICY_RELOADS, "outcome" => "refused").increment(1);
-                ReloadOutcome::Refused { file: e.path().map(Into::into), reason: e.to_string() }
+                outcome
             }
         };
         let generation = self.status.borrow().generation + 1;
@@ -184,11 +288,13 @@ impl Shared {
     }
 }
 
+#[cfg(feature = "wasm")]
 fn to_set(set: &[Arc<WasmPolicy>]) -> PolicySet {
     PolicySet::new(set.iter().map(|p| p.clone() as Arc<dyn Policy>).collect())
 }
 
 /// Logs the new set and moves the `loaded` gauge from `old` to `new`.
+#[cfg(feature = "wasm")]
 fn announce(old: &[Arc<WasmPolicy>], new: &[Arc<WasmPolicy>]) {
     for p in old {
         if !new.iter().any(|q| Arc::ptr_eq(p, q)) {
@@ -212,4 +318,25 @@ fn announce(old: &[Arc<WasmPolicy>], new: &[Arc<WasmPolicy>]) {
     }
     let names: Vec<String> = new.iter().map(|p| LoadedPolicy::of(p).to_string()).collect();
     tracing::info!(count = new.len(), "policy set serving: [{}]", names.join(", "));
+}
+
+#[cfg(all(test, not(feature = "wasm")))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn without_wasm_only_an_empty_directory_starts() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = |d: &std::path::Path| PoliciesConfig { directory: d.into(), watch: false, ..Default::default() };
+        assert!(PolicyRuntime::start(&cfg(&dir.path().join("absent"))).is_ok());
+        std::fs::write(dir.path().join("notes.yaml"), "x: 1").unwrap();
+        let rt = PolicyRuntime::start(&cfg(dir.path())).unwrap();
+        assert!(rt.loaded().is_empty());
+
+        std::fs::write(dir.path().join("tenant.wasm"), b"\0asm").unwrap();
+        let e = PolicyRuntime::start(&cfg(dir.path())).err().expect("refused");
+        assert!(e.to_string().contains("built without Wasm policy support"), "{e}");
+        assert!(e.to_string().contains("tenant.wasm"), "{e}");
+        assert!(matches!(rt.reload().outcome, ReloadOutcome::Refused { .. }));
+    }
 }

@@ -10,6 +10,14 @@
 //! A failing policy is skipped (fail-open) or blocks the traffic it judged
 //! (fail-closed), per its [`FailureMode`]. Nothing here can panic the relay.
 //!
+//! Containment: each policy has a circuit [`Breaker`]; while it is
+//! quarantined the chain applies its `on_error` without calling it. The
+//! answers are capped ([`PolicyLimits`]): forwarded headers by count and
+//! bytes, a replacement by the receiving side's `max_message_size`; over a
+//! cap the answer is invalid. Failure warnings are rate-limited per policy
+//! (the error counter carries the volume). A policy's breaker and log limit
+//! follow it into the next set while it is reused unchanged.
+//!
 //! Every call is counted and timed. The metric handles are resolved once per
 //! policy and hook, on first use (by then the gateway's recorder is
 //! installed), so the per-call cost is two atomic updates rather than a
@@ -21,8 +29,32 @@ use std::time::Instant;
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 
+use super::breaker::{Admit, Breaker, Clock, SystemClock};
+use super::config::{BreakerConfig, PoliciesConfig, PolicyLimits};
+use super::throttle::Throttle;
 use super::{AssignInput, Direction, FailureMode, HeaderList, HookError, Hooks, Policy, Verdict};
 use crate::telemetry::metrics as m;
+
+/// What a set needs besides its policies: breaker defaults, answer caps,
+/// and the clock breakers and log limits read.
+#[derive(Clone)]
+pub struct Containment {
+    pub quarantine: BreakerConfig,
+    pub limits: PolicyLimits,
+    pub clock: Arc<dyn Clock>,
+}
+
+impl Default for Containment {
+    fn default() -> Self {
+        Self { quarantine: BreakerConfig::default(), limits: PolicyLimits::default(), clock: Arc::new(SystemClock) }
+    }
+}
+
+impl Containment {
+    pub fn from_config(cfg: &PoliciesConfig) -> Self {
+        Self { quarantine: cfg.quarantine, limits: cfg.limits.clone(), ..Self::default() }
+    }
+}
 
 /// An ordered, immutable set of policies. Cheap to share; swapped whole.
 #[derive(Default)]
@@ -31,6 +63,7 @@ pub struct PolicySet {
     /// Positions in `policies` of the filters for each direction (indexed by
     /// [`dir_index`]), so the per-message path visits only those.
     filter_chains: [Vec<usize>; 2],
+    limits: PolicyLimits,
 }
 
 fn dir_index(dir: Direction) -> usize {
@@ -45,13 +78,34 @@ struct Entry {
     policy: Arc<dyn Policy>,
     /// `policy.hooks()`, asked once.
     hooks: Hooks,
+    guard: Arc<Guard>,
     /// Indexed by [`Hook`].
     instruments: [OnceLock<Instruments>; 3],
+}
+
+/// Per-policy state that outlives a set while the policy is reused.
+struct Guard {
+    breaker: Breaker,
+    /// Limits the `policy call failed` warnings.
+    failures: Throttle,
+    clock: Arc<dyn Clock>,
+}
+
+impl Guard {
+    fn new(policy: &dyn Policy, c: &Containment) -> Arc<Self> {
+        let cfg = policy.quarantine().unwrap_or(c.quarantine);
+        Arc::new(Self {
+            breaker: Breaker::new(policy.name().into(), cfg, c.clock.clone()),
+            failures: Throttle::new(1, c.limits.log_interval),
+            clock: c.clock.clone(),
+        })
+    }
 }
 
 struct Instruments {
     calls: metrics::Counter,
     seconds: metrics::Histogram,
+    skipped: metrics::Counter,
 }
 
 #[derive(Clone, Copy)]
@@ -72,23 +126,35 @@ impl Hook {
 }
 
 impl Entry {
-    fn new(policy: Arc<dyn Policy>) -> Self {
-        Self { hooks: policy.hooks(), policy, instruments: Default::default() }
+    fn new(policy: Arc<dyn Policy>, c: &Containment) -> Self {
+        Self { hooks: policy.hooks(), guard: Guard::new(policy.as_ref(), c), policy, instruments: Default::default() }
     }
 
-    /// Runs one hook call, counted and timed.
-    fn timed<T>(&self, hook: Hook, call: impl FnOnce(&dyn Policy) -> T) -> T {
-        let start = Instant::now();
-        let out = call(self.policy.as_ref());
-        let i = self.instruments[hook as usize].get_or_init(|| {
+    fn instruments(&self, hook: Hook) -> &Instruments {
+        self.instruments[hook as usize].get_or_init(|| {
             let name = self.policy.name().to_owned();
             Instruments {
                 calls: metrics::counter!(m::POLICY_CALLS, "policy" => name.clone(), "hook" => hook.label()),
-                seconds: metrics::histogram!(m::POLICY_CALL_SECONDS, "policy" => name, "hook" => hook.label()),
+                seconds: metrics::histogram!(m::POLICY_CALL_SECONDS, "policy" => name.clone(), "hook" => hook.label()),
+                skipped: metrics::counter!(m::POLICY_SKIPPED, "policy" => name, "hook" => hook.label()),
             }
-        });
+        })
+    }
+
+    /// Runs one hook call (the call and the check of its answer) through
+    /// the breaker, counted and timed. A quarantined policy is not called.
+    fn call<T>(&self, hook: Hook, call: impl FnOnce(&dyn Policy) -> Result<T, HookError>) -> Result<T, HookError> {
+        let admit = self.guard.breaker.admit();
+        if admit == Admit::Quarantined {
+            self.instruments(hook).skipped.increment(1);
+            return Err(HookError::Quarantined);
+        }
+        let start = Instant::now();
+        let out = call(self.policy.as_ref());
+        let i = self.instruments(hook);
         i.calls.increment(1);
         i.seconds.record(start.elapsed().as_secs_f64());
+        self.guard.breaker.record(admit, out.is_ok());
         out
     }
 }
@@ -98,6 +164,7 @@ impl Entry {
 /// an in-flight call.
 pub struct Policies {
     current: ArcSwap<PolicySet>,
+    containment: Containment,
 }
 
 /// Outcome of the `assign` phase.
@@ -128,11 +195,41 @@ pub struct Refused {
 }
 
 impl PolicySet {
+    /// A set with the default [`Containment`].
     pub fn new(policies: Vec<Arc<dyn Policy>>) -> Self {
-        let policies: Vec<Entry> = policies.into_iter().map(Entry::new).collect();
+        Self::with_containment(policies, &Containment::default())
+    }
+
+    pub fn with_containment(policies: Vec<Arc<dyn Policy>>, c: &Containment) -> Self {
+        let policies: Vec<Entry> = policies.into_iter().map(|p| Entry::new(p, c)).collect();
         let chain = |dir| policies.iter().enumerate().filter(|(_, e)| e.hooks.filters(dir)).map(|(i, _)| i).collect();
         let filter_chains = [chain(Direction::AgentToServer), chain(Direction::ServerToAgent)];
-        Self { policies, filter_chains }
+        Self { policies, filter_chains, limits: c.limits.clone() }
+    }
+
+    /// Takes `c`'s limits, and for each policy `old` also serves (the same
+    /// object), its breaker and log limit; the others get fresh ones. The
+    /// breakers of `old`'s policies that leave are retired.
+    fn adopt(mut self, c: &Containment, old: &PolicySet) -> Self {
+        self.limits = c.limits.clone();
+        let same = |a: &Arc<dyn Policy>, b: &Arc<dyn Policy>| std::ptr::addr_eq(Arc::as_ptr(a), Arc::as_ptr(b));
+        for e in &mut self.policies {
+            e.guard = match old.policies.iter().find(|o| same(&o.policy, &e.policy)) {
+                Some(o) => o.guard.clone(),
+                None => Guard::new(e.policy.as_ref(), c),
+            };
+        }
+        for o in &old.policies {
+            if !self.policies.iter().any(|e| Arc::ptr_eq(&e.guard, &o.guard)) {
+                o.guard.breaker.retire();
+            }
+        }
+        self
+    }
+
+    /// Names of the policies whose breaker has them quarantined now.
+    pub fn quarantined(&self) -> Vec<&str> {
+        self.policies.iter().filter(|e| e.guard.breaker.is_quarantined()).map(|e| e.policy.name()).collect()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -152,7 +249,7 @@ impl PolicySet {
     pub fn assign(&self, input: &AssignInput<'_>) -> Result<AssignDecision, Refused> {
         for e in self.policies.iter().filter(|e| e.hooks.assign) {
             let p = e.policy.as_ref();
-            match e.timed(Hook::Assign, |p| p.assign(input)) {
+            match e.call(Hook::Assign, |p| p.assign(input)) {
                 Ok(None) => {}
                 Ok(Some(index)) => {
                     let usable = input.links.iter().any(|l| l.index == index && l.connected);
@@ -162,7 +259,7 @@ impl PolicySet {
                     metrics::counter!(m::POLICY_INVALID_ASSIGN, "policy" => p.name().to_owned()).increment(1);
                     tracing::debug!(policy = p.name(), index, "assign named an unusable link; ignored");
                 }
-                Err(error) => fail(p, Hook::Assign.label(), error)?,
+                Err(error) => fail(e, Hook::Assign.label(), error)?,
             }
         }
         Ok(AssignDecision::Default)
@@ -171,9 +268,10 @@ impl PolicySet {
     pub fn forward_headers(&self, mut headers: HeaderList) -> Result<HeaderList, Refused> {
         for e in self.policies.iter().filter(|e| e.hooks.forward_headers) {
             let input = headers.clone();
-            match e.timed(Hook::ForwardHeaders, |p| p.forward_headers(input)) {
+            let limits = &self.limits;
+            match e.call(Hook::ForwardHeaders, |p| p.forward_headers(input).and_then(|h| check_headers(h, limits))) {
                 Ok(out) => headers = out,
-                Err(error) => fail(e.policy.as_ref(), Hook::ForwardHeaders.label(), error)?,
+                Err(error) => fail(e, Hook::ForwardHeaders.label(), error)?,
             }
         }
         Ok(headers)
@@ -183,14 +281,15 @@ impl PolicySet {
     /// filter for `dir` are called.
     pub fn filter(&self, dir: Direction, uid: &[u8], message: Bytes) -> FilterOutcome {
         let mut current = message;
+        let max = self.limits.max_replacement[dir_index(dir)];
         for e in self.filter_chains[dir_index(dir)].iter().map(|&i| &self.policies[i]) {
-            match e.timed(Hook::Filter, |p| p.filter(dir, uid, &current)) {
+            match e.call(Hook::Filter, |p| p.filter(dir, uid, &current).and_then(|v| check_size(v, max, dir))) {
                 Ok(Verdict::Forward) => {}
                 Ok(Verdict::Replace(bytes)) => current = bytes,
                 Ok(Verdict::Drop) => return FilterOutcome::Drop,
                 Ok(Verdict::Close) => return FilterOutcome::Close,
                 Err(error) => {
-                    if fail(e.policy.as_ref(), Hook::Filter.label(), error).is_err() {
+                    if fail(e, Hook::Filter.label(), error).is_err() {
                         return FilterOutcome::Drop;
                     }
                 }
@@ -200,11 +299,55 @@ impl PolicySet {
     }
 }
 
-/// Records a failure; `Err` when the policy fails closed.
-fn fail(p: &dyn Policy, hook: &'static str, error: HookError) -> Result<(), Refused> {
-    metrics::counter!(m::POLICY_ERRORS, "policy" => p.name().to_owned(), "hook" => hook, "kind" => error.kind())
-        .increment(1);
-    tracing::warn!(policy = p.name(), hook, %error, mode = ?p.failure_mode(), "policy call failed");
+/// A `forward-headers` answer within `policies.limits`.
+fn check_headers(headers: HeaderList, limits: &PolicyLimits) -> Result<HeaderList, HookError> {
+    if headers.len() > limits.max_forwarded_headers {
+        return Err(HookError::Invalid(format!(
+            "{} headers, more than policies.limits.max_forwarded_headers ({})",
+            headers.len(),
+            limits.max_forwarded_headers
+        )));
+    }
+    let bytes: usize = headers.iter().map(|(n, v)| n.len() + v.len()).sum();
+    if bytes > limits.max_forwarded_header_bytes {
+        return Err(HookError::Invalid(format!(
+            "{bytes} bytes of headers, more than policies.limits.max_forwarded_header_bytes ({})",
+            limits.max_forwarded_header_bytes
+        )));
+    }
+    Ok(headers)
+}
+
+/// A replacement no larger than the receiving side accepts.
+fn check_size(verdict: Verdict, max: usize, dir: Direction) -> Result<Verdict, HookError> {
+    match &verdict {
+        Verdict::Replace(b) if b.len() > max => {
+            let side = match dir {
+                Direction::AgentToServer => "server",
+                Direction::ServerToAgent => "listener",
+            };
+            Err(HookError::Invalid(format!("a {}-byte replacement exceeds {side}.max_message_size ({max})", b.len())))
+        }
+        _ => Ok(verdict),
+    }
+}
+
+/// Records a failure; `Err` when the policy fails closed. A quarantined
+/// policy's skipped call is neither counted as an error nor logged.
+fn fail(e: &Entry, hook: &'static str, error: HookError) -> Result<(), Refused> {
+    let p = e.policy.as_ref();
+    if !matches!(error, HookError::Quarantined) {
+        metrics::counter!(m::POLICY_ERRORS, "policy" => p.name().to_owned(), "hook" => hook, "kind" => error.kind())
+            .increment(1);
+        if let Some(suppressed) = e.guard.failures.admit(e.guard.clock.now()) {
+            let mode = p.failure_mode();
+            if suppressed > 0 {
+                tracing::warn!(policy = p.name(), hook, %error, ?mode, suppressed, "policy call failed ({suppressed} more failures not logged since the last line; see opampgateway_policy_errors_total)");
+            } else {
+                tracing::warn!(policy = p.name(), hook, %error, ?mode, "policy call failed");
+            }
+        }
+    }
     match p.failure_mode() {
         FailureMode::Open => Ok(()),
         FailureMode::Closed => Err(Refused { policy: p.name().to_owned(), hook, error }),
@@ -213,7 +356,12 @@ fn fail(p: &dyn Policy, hook: &'static str, error: HookError) -> Result<(), Refu
 
 impl Policies {
     pub fn new(set: PolicySet) -> Self {
-        Self { current: ArcSwap::from_pointee(set) }
+        Self::with_containment(set, Containment::default())
+    }
+
+    pub fn with_containment(set: PolicySet, containment: Containment) -> Self {
+        let set = set.adopt(&containment, &PolicySet::default());
+        Self { current: ArcSwap::from_pointee(set), containment }
     }
 
     /// No policies: the plain relay.
@@ -226,8 +374,11 @@ impl Policies {
         self.current.load_full()
     }
 
-    /// Installs a new set; in-flight snapshots keep the old one until dropped.
+    /// Installs a new set; in-flight snapshots keep the old one until
+    /// dropped. Policies the old set also served keep their breaker state.
+    /// Swaps are expected from one thread at a time (the reloader).
     pub fn replace(&self, set: PolicySet) {
+        let set = set.adopt(&self.containment, &self.current.load());
         self.current.store(Arc::new(set));
     }
 }
@@ -413,5 +564,125 @@ mod tests {
         p.replace(PolicySet::new(vec![fixed("a", None, Ok(Verdict::Drop), FailureMode::Open)]));
         assert!(before.is_empty());
         assert!(!p.snapshot().is_empty());
+    }
+
+    /// Fails while `failing` is set; counts the calls that reach it.
+    struct Flaky {
+        name: &'static str,
+        mode: FailureMode,
+        failing: std::sync::atomic::AtomicBool,
+        calls: std::sync::atomic::AtomicUsize,
+        headers: usize,
+    }
+
+    impl Flaky {
+        fn new(name: &'static str, mode: FailureMode) -> Arc<Self> {
+            Arc::new(Flaky { name, mode, failing: true.into(), calls: 0.into(), headers: 0 })
+        }
+        fn calls(&self) -> usize {
+            self.calls.load(std::sync::atomic::Ordering::Relaxed)
+        }
+    }
+
+    impl Policy for Flaky {
+        fn name(&self) -> &str {
+            self.name
+        }
+        fn failure_mode(&self) -> FailureMode {
+            self.mode
+        }
+        fn hooks(&self) -> Hooks {
+            Hooks { assign: true, forward_headers: true, ..Hooks::FILTER }
+        }
+        fn forward_headers(&self, h: HeaderList) -> Result<HeaderList, HookError> {
+            self.calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            Ok((0..self.headers).map(|i| (format!("x-{i}"), "v".into())).chain(h).collect())
+        }
+        fn filter(&self, _: Direction, _: &[u8], m: &Bytes) -> Result<Verdict, HookError> {
+            self.calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            if self.failing.load(std::sync::atomic::Ordering::Relaxed) {
+                Err(HookError::Timeout)
+            } else {
+                Ok(Verdict::Replace(m.clone()))
+            }
+        }
+    }
+
+    fn containment(clock: Arc<crate::policy::breaker::tests::ManualClock>) -> Containment {
+        let quarantine = BreakerConfig { after: 3, backoff: std::time::Duration::from_secs(1), ..Default::default() };
+        Containment { quarantine, clock, ..Containment::default() }
+    }
+
+    #[test]
+    fn a_quarantined_policy_is_not_called_and_recovers_after_a_trial() {
+        let clock = crate::policy::breaker::tests::ManualClock::new();
+        let open = Flaky::new("open", FailureMode::Open);
+        let closed = Flaky::new("closed", FailureMode::Closed);
+        let policies =
+            Policies::with_containment(PolicySet::new(vec![open.clone(), closed.clone()]), containment(clock.clone()));
+        let set = policies.snapshot();
+        let m = Bytes::from_static(b"m");
+        for _ in 0..3 {
+            assert_eq!(set.filter(Direction::AgentToServer, &[], m.clone()), FilterOutcome::Drop);
+        }
+        assert_eq!(set.quarantined(), ["open", "closed"]);
+        // Quarantined: no call; open skips, closed refuses.
+        for _ in 0..100 {
+            assert_eq!(set.filter(Direction::AgentToServer, &[], m.clone()), FilterOutcome::Drop);
+        }
+        let refused = set.forward_headers(vec![]).unwrap_err();
+        assert!(matches!(refused.error, HookError::Quarantined) && refused.policy == "closed", "{refused}");
+        assert_eq!((open.calls(), closed.calls()), (3, 3));
+
+        // After the backoff, one trial each; the fixed policy recovers.
+        open.failing.store(false, std::sync::atomic::Ordering::Relaxed);
+        clock.advance(std::time::Duration::from_secs(1));
+        assert_eq!(set.filter(Direction::AgentToServer, &[], m.clone()), FilterOutcome::Drop);
+        assert_eq!((open.calls(), closed.calls()), (4, 4));
+        assert_eq!(set.quarantined(), ["closed"]);
+        assert_eq!(set.filter(Direction::AgentToServer, &[], m.clone()), FilterOutcome::Drop);
+        assert_eq!((open.calls(), closed.calls()), (5, 4), "closed waits twice as long now");
+    }
+
+    #[test]
+    fn breaker_state_follows_a_reused_policy_into_the_next_set() {
+        let clock = crate::policy::breaker::tests::ManualClock::new();
+        let bad = Flaky::new("bad", FailureMode::Open);
+        let policies = Policies::with_containment(PolicySet::new(vec![bad.clone()]), containment(clock));
+        for _ in 0..3 {
+            policies.snapshot().filter(Direction::AgentToServer, &[], Bytes::from_static(b"m"));
+        }
+        // Another policy is added: `bad` is the same object, still quarantined.
+        let other = Flaky::new("other", FailureMode::Open);
+        policies.replace(PolicySet::new(vec![bad.clone(), other.clone()]));
+        assert_eq!(policies.snapshot().quarantined(), ["bad"]);
+        // Replaced by a new object under the same name: a fresh breaker.
+        policies.replace(PolicySet::new(vec![Flaky::new("bad", FailureMode::Open), other]));
+        assert!(policies.snapshot().quarantined().is_empty());
+    }
+
+    #[test]
+    fn answers_over_the_limits_are_invalid() {
+        let mut many = Flaky::new("many", FailureMode::Closed);
+        Arc::get_mut(&mut many).unwrap().headers = 101;
+        let set = PolicySet::new(vec![many]);
+        let e = set.forward_headers(vec![]).unwrap_err();
+        assert!(e.to_string().contains("101 headers, more than policies.limits.max_forwarded_headers (100)"), "{e}");
+
+        let limits = PolicyLimits { max_forwarded_header_bytes: 10, max_replacement: [4, 3], ..Default::default() };
+        let c = Containment { limits, ..Containment::default() };
+        let mut big = Flaky::new("big", FailureMode::Closed);
+        Arc::get_mut(&mut big).unwrap().headers = 2; // 2 × "x-N" + "v" = 8 bytes, + ours
+        big.failing.store(false, std::sync::atomic::Ordering::Relaxed);
+        let fixed = Flaky::new("fixed", FailureMode::Closed);
+        fixed.failing.store(false, std::sync::atomic::Ordering::Relaxed);
+        let set = Policies::with_containment(PolicySet::new(vec![big, fixed]), c).snapshot();
+        assert!(set.forward_headers(vec![]).is_ok());
+        let e = set.forward_headers(vec![("abc".into(), "".into())]).unwrap_err();
+        assert!(e.to_string().contains("11 bytes of headers"), "{e}");
+        // Replacements: 4 bytes may go to the server, 3 to an agent.
+        let m = Bytes::from_static(b"1234");
+        assert_eq!(set.filter(Direction::AgentToServer, &[], m.clone()), FilterOutcome::Forward(m.clone()));
+        assert_eq!(set.filter(Direction::ServerToAgent, &[], m), FilterOutcome::Drop);
     }
 }

@@ -2,9 +2,24 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 
+use std::time::Duration;
+
 use super::framing;
-use super::proto::{AgentDisconnect, AgentToServer, ServerToAgent};
+use super::proto::{
+    server_error_response, AgentDisconnect, AgentToServer, RetryInfo, ServerErrorResponse, ServerErrorResponseType,
+    ServerToAgent,
+};
 use super::uid::InstanceUid;
+use super::wire::{self, Wire};
+
+/// `ServerCapabilities_AcceptsStatus`: every server MUST set it, so it is
+/// what the gateway claims for a server it has not heard from yet.
+pub const ACCEPTS_STATUS: u64 = 0x1;
+/// `ServerToAgentFlags_ReportFullState`.
+pub const REPORT_FULL_STATE: u64 = 0x1;
+
+const S2A_FLAGS: u32 = 6;
+const S2A_CAPABILITIES: u32 = 7;
 
 /// `AgentToServer{instance_uid, agent_disconnect{}}`: what the gateway sends
 /// for an agent that vanished without saying goodbye. Behind a gateway the
@@ -18,8 +33,76 @@ pub fn agent_disconnect(uid: &InstanceUid) -> Bytes {
 }
 
 /// An empty reply that only names the agent (HTTP polling, nothing to say).
-pub fn empty_reply(uid: &InstanceUid) -> Bytes {
-    framing::encode(&ServerToAgent { instance_uid: uid.as_bytes().clone(), ..Default::default() })
+/// It carries the server's `capabilities`: it may be the first
+/// `ServerToAgent` the agent sees, and the spec says that one MUST.
+pub fn empty_reply(uid: &[u8], capabilities: u64) -> Bytes {
+    framing::encode(&ServerToAgent { instance_uid: Bytes::copy_from_slice(uid), capabilities, ..Default::default() })
+}
+
+/// Asks the agent for its full state (`ReportFullState`), as after it moved
+/// to another link: opamp-go clients send only deltas after a reconnect, so
+/// the server would otherwise never see the agent whole.
+pub fn request_full_state(uid: &[u8], capabilities: u64) -> Bytes {
+    framing::encode(&ServerToAgent {
+        instance_uid: Bytes::copy_from_slice(uid),
+        flags: REPORT_FULL_STATE,
+        capabilities,
+        ..Default::default()
+    })
+}
+
+/// Why the gateway answers an agent with `error_response`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// The agent sent something malformed or not allowed (`BAD_REQUEST`).
+    BadRequest,
+    /// Come back later (`UNAVAILABLE` with `retry_info`).
+    Unavailable { retry_after: Duration },
+}
+
+/// A `ServerToAgent` with only `error_response` (and the capabilities the
+/// spec requires of a first message), sent before the gateway closes an agent.
+pub fn error_response(uid: &[u8], kind: ErrorKind, message: &str, capabilities: u64) -> Bytes {
+    let (r#type, details) = match kind {
+        ErrorKind::BadRequest => (ServerErrorResponseType::BadRequest, None),
+        ErrorKind::Unavailable { retry_after } => (
+            ServerErrorResponseType::Unavailable,
+            Some(server_error_response::Details::RetryInfo(RetryInfo {
+                retry_after_nanoseconds: u64::try_from(retry_after.as_nanos()).unwrap_or(u64::MAX),
+            })),
+        ),
+    };
+    framing::encode(&ServerToAgent {
+        instance_uid: Bytes::copy_from_slice(uid),
+        error_response: Some(ServerErrorResponse { r#type: r#type as i32, error_message: message.to_owned(), details }),
+        capabilities,
+        ..Default::default()
+    })
+}
+
+/// `frame_payload` with `bits` OR-ed into its `flags` (field 6). A scalar
+/// appended later wins when protobuf decodes, so appending the combined
+/// value sets it without re-encoding the rest.
+pub fn with_flags(frame_payload: &[u8], bits: u64) -> Bytes {
+    let current = match wire::last(frame_payload, S2A_FLAGS) {
+        Some(Wire::Varint(v)) => v,
+        _ => 0,
+    };
+    append(frame_payload, S2A_FLAGS, Wire::Varint(current | bits))
+}
+
+/// `frame_payload` with `capabilities` (field 7) set, for a first message
+/// to an agent that lacks it.
+pub fn with_capabilities(frame_payload: &[u8], capabilities: u64) -> Bytes {
+    append(frame_payload, S2A_CAPABILITIES, Wire::Varint(capabilities))
+}
+
+fn append(frame_payload: &[u8], number: u32, value: Wire<'_>) -> Bytes {
+    let mut out = Vec::with_capacity(1 + frame_payload.len() + 12);
+    out.push(framing::HEADER);
+    out.extend_from_slice(frame_payload);
+    wire::put_field(&mut out, number, value);
+    out.into()
 }
 
 /// Adds `custom_capabilities` (ServerToAgent field 10) to a server message
@@ -51,6 +134,32 @@ mod tests {
         assert_eq!(decoded.custom_capabilities, Some(caps));
         assert_eq!(decoded.flags, 1);
         assert_eq!(decoded.instance_uid, original.instance_uid);
+    }
+
+    #[test]
+    fn flags_are_or_ed_and_capabilities_set() {
+        let original = ServerToAgent { instance_uid: Bytes::from_static(&[3; 16]), flags: 2, ..Default::default() };
+        let out = with_flags(&original.encode_to_vec(), REPORT_FULL_STATE);
+        let decoded = ServerToAgent::decode(&out[1..]).unwrap();
+        assert_eq!(decoded.flags, 3);
+        assert_eq!(decoded.instance_uid, original.instance_uid);
+        let out = with_capabilities(&out[1..], 0x5);
+        assert_eq!(ServerToAgent::decode(&out[1..]).unwrap().capabilities, 0x5);
+    }
+
+    #[test]
+    fn error_responses_carry_type_retry_and_capabilities() {
+        let kind = ErrorKind::Unavailable { retry_after: Duration::from_secs(30) };
+        let m = ServerToAgent::decode(&error_response(&[1; 16], kind, "later", 1)[1..]).unwrap();
+        let e = m.error_response.unwrap();
+        assert_eq!(e.r#type, ServerErrorResponseType::Unavailable as i32);
+        assert_eq!(
+            e.details,
+            Some(server_error_response::Details::RetryInfo(RetryInfo { retry_after_nanoseconds: 30_000_000_000 }))
+        );
+        assert_eq!(m.capabilities, 1);
+        let m = ServerToAgent::decode(&error_response(&[1; 16], ErrorKind::BadRequest, "bad", 1)[1..]).unwrap();
+        assert_eq!(m.error_response.unwrap().r#type, ServerErrorResponseType::BadRequest as i32);
     }
 
     #[test]

@@ -15,6 +15,7 @@ use super::wire::{self, Wire};
 const UID: u32 = 1;
 const A2S_AGENT_DISCONNECT: u32 = 9;
 const A2S_CUSTOM_MESSAGE: u32 = 13;
+const S2A_CAPABILITIES: u32 = 7;
 const S2A_AGENT_IDENTIFICATION: u32 = 8;
 const S2A_CUSTOM_CAPABILITIES: u32 = 10;
 const S2A_CUSTOM_MESSAGE: u32 = 11;
@@ -70,6 +71,8 @@ pub struct ServerFrame {
     pub uid: Option<Bytes>,
     /// Field 10 is present.
     pub has_custom_capabilities: bool,
+    /// `capabilities` (field 7, the server's capability bits), if set.
+    pub capabilities: Option<u64>,
     custom_capabilities: Option<Bytes>,
     custom_message: Option<Bytes>,
     agent_identification: Option<Bytes>,
@@ -85,12 +88,14 @@ impl ServerFrame {
             payload: payload.clone(),
             uid: None,
             has_custom_capabilities: false,
+            capabilities: None,
             custom_capabilities: None,
             custom_message: None,
             agent_identification: None,
         };
-        walk(&payload, |field, value| match field {
+        walk_scalars(&payload, |field, value, scalar| match field {
             UID => out.uid = value.cloned(),
+            S2A_CAPABILITIES => out.capabilities = scalar,
             S2A_AGENT_IDENTIFICATION => out.agent_identification = value.cloned(),
             S2A_CUSTOM_CAPABILITIES => {
                 out.has_custom_capabilities = true;
@@ -130,10 +135,16 @@ fn decode_custom(raw: Option<&Bytes>) -> Option<CustomMessage> {
 /// Calls `visit(field, value)` for each top-level field; `value` is the
 /// contents of length-delimited fields (a zero-copy slice), `None` for scalars.
 fn walk(buf: &Bytes, mut visit: impl FnMut(u32, Option<&Bytes>)) -> Result<(), ScanError> {
+    walk_scalars(buf, |field, value, _| visit(field, value))
+}
+
+/// As [`walk`], also passing varint values.
+fn walk_scalars(buf: &Bytes, mut visit: impl FnMut(u32, Option<&Bytes>, Option<u64>)) -> Result<(), ScanError> {
     wire::walk(buf, |field, value| {
         match value {
-            Wire::Bytes(b) => visit(field, Some(&buf.slice_ref(b))),
-            _ => visit(field, None),
+            Wire::Bytes(b) => visit(field, Some(&buf.slice_ref(b)), None),
+            Wire::Varint(v) => visit(field, None, Some(v)),
+            _ => visit(field, None, None),
         }
         true
     })
@@ -193,6 +204,9 @@ mod tests {
         };
         let f = ServerFrame::parse_ws(&framing::encode(&msg)).unwrap();
         assert!(f.has_custom_capabilities);
+        assert_eq!(f.capabilities, None);
+        let with_caps = ServerToAgent { capabilities: 0x3, ..msg.clone() };
+        assert_eq!(ServerFrame::parse_ws(&framing::encode(&with_caps)).unwrap().capabilities, Some(0x3));
         let raw = f.custom_capabilities_raw().unwrap();
         let caps: CustomCapabilities = prost::Message::decode(raw.clone()).unwrap();
         assert_eq!(caps.capabilities, vec!["io.example.x"]);

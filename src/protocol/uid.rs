@@ -2,7 +2,10 @@
 //!
 //! The spec says 16 bytes (a UUID, v7 recommended). Agents built before that
 //! rule send a 26-character ULID string in the same field; we accept both and
-//! route on the raw bytes, so the two never need converting.
+//! route on the raw bytes, so the two never need converting. Any 26 bytes are
+//! accepted, as the reference gateway does: the gateway only routes on the
+//! uid, so insisting on valid Crockford base32 would refuse agents the server
+//! itself accepts.
 
 use std::fmt;
 
@@ -14,8 +17,6 @@ pub enum UidError {
     Missing,
     #[error("instance_uid must be 16 bytes (UUID) or a 26-character ULID, got {0} bytes")]
     BadLength(usize),
-    #[error("instance_uid of 26 bytes is not a valid ULID (Crockford base32)")]
-    BadUlid,
 }
 
 /// A validated agent uid. Cheap to clone (shares the message's buffer).
@@ -27,9 +28,7 @@ impl InstanceUid {
         let raw = raw.ok_or(UidError::Missing)?;
         match raw.len() {
             0 => Err(UidError::Missing),
-            16 => Ok(Self(raw)),
-            26 if raw.iter().all(|b| is_crockford(*b)) && raw[0] <= b'7' => Ok(Self(raw)),
-            26 => Err(UidError::BadUlid),
+            16 | 26 => Ok(Self(raw)),
             n => Err(UidError::BadLength(n)),
         }
     }
@@ -42,10 +41,6 @@ impl InstanceUid {
     pub fn from_uuid(u: uuid::Uuid) -> Self {
         Self(Bytes::copy_from_slice(u.as_bytes()))
     }
-}
-
-fn is_crockford(b: u8) -> bool {
-    matches!(b.to_ascii_uppercase(), b'0'..=b'9' | b'A'..=b'H' | b'J' | b'K' | b'M' | b'N' | b'P'..=b'T' | b'V'..=b'Z')
 }
 
 impl fmt::Display for InstanceUid {
@@ -81,8 +76,14 @@ mod tests {
     fn rejects_other_shapes() {
         assert_eq!(InstanceUid::parse(None), Err(UidError::Missing));
         assert_eq!(InstanceUid::parse(Some(Bytes::from_static(&[1; 5]))), Err(UidError::BadLength(5)));
-        assert_eq!(InstanceUid::parse(Some(Bytes::from_static(b"01ARZ3NDEKTSV4RRFFQ69G5FA!"))), Err(UidError::BadUlid));
-        // A ULID's first character encodes the top 3 bits of a 48-bit time.
-        assert_eq!(InstanceUid::parse(Some(Bytes::from_static(b"81ARZ3NDEKTSV4RRFFQ69G5FAV"))), Err(UidError::BadUlid));
+        assert_eq!(InstanceUid::parse(Some(Bytes::from_static(&[1; 27]))), Err(UidError::BadLength(27)));
+    }
+
+    #[test]
+    fn accepts_any_26_bytes_as_the_reference_does() {
+        for raw in [&b"01ARZ3NDEKTSV4RRFFQ69G5FA!"[..], b"81ARZ3NDEKTSV4RRFFQ69G5FAV", &[0xff; 26]] {
+            let u = InstanceUid::parse(Some(Bytes::copy_from_slice(raw))).unwrap();
+            assert_eq!(u.as_bytes().len(), 26);
+        }
     }
 }

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::time::Instant;
 
 use super::links::{LinkLease, Outbound};
-use super::pending::LinkLost;
+use super::pending::NoResult;
 use super::Relay;
 use crate::policy::{AssignDecision, AssignInput, HeaderList, Refused, Transport};
 use crate::protocol::handshake::{ConnectRequest, ConnectResult};
@@ -36,6 +36,10 @@ pub enum AdmitError {
     Timeout,
     #[error("the server rejected the agent with status {}", .0.reject_status())]
     Rejected(ConnectResult),
+    /// The server answered with a connectResult that cannot be read: the
+    /// agent is answered at once rather than left to time out.
+    #[error("the server's connectResult could not be read: {0}")]
+    BadResult(String),
     #[error(transparent)]
     PolicyRefused(#[from] Refused),
 }
@@ -47,6 +51,7 @@ impl AdmitError {
             AdmitError::NoUpstream => "unavailable",
             AdmitError::Timeout => "timeout",
             AdmitError::Rejected(_) => "rejected",
+            AdmitError::BadResult(_) => "bad_result",
             AdmitError::PolicyRefused(_) => "policy_refused",
         }
     }
@@ -56,6 +61,7 @@ impl AdmitError {
         match self {
             AdmitError::NoUpstream | AdmitError::PolicyRefused(_) => 503,
             AdmitError::Timeout => 504,
+            AdmitError::BadResult(_) => 502,
             AdmitError::Rejected(r) => r.reject_status(),
         }
     }
@@ -96,7 +102,8 @@ impl Relay {
                     return Ok(Admission { lease, response_headers: result.response_headers });
                 }
                 Ok(Ok(Ok(result))) => return Err(AdmitError::Rejected(result)),
-                Ok(Ok(Err(LinkLost)) | Err(_)) => {
+                Ok(Ok(Err(NoResult::Unreadable(why)))) => return Err(AdmitError::BadResult(why)),
+                Ok(Ok(Err(NoResult::LinkLost)) | Err(_)) => {
                     tracing::debug!(link = lease.index(), "link lost during handshake; trying another");
                     preferred = None;
                 }

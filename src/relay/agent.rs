@@ -1,12 +1,14 @@
 //! The core's handle on one agent session.
 
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, OnceLock};
 use std::time::Instant;
 
 use bytes::Bytes;
 use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
+
+use super::identity::Identity;
 
 /// A server→agent frame waiting in an agent's queue.
 #[derive(Debug)]
@@ -22,7 +24,6 @@ pub struct Inbound {
 
 /// Why the gateway closed an agent; also the `reason` metric label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[repr(u8)]
 pub enum CloseReason {
     /// The agent closed or vanished.
     Peer = 0,
@@ -46,6 +47,15 @@ pub enum CloseReason {
     Rejected,
     /// The gateway is shutting down.
     Shutdown,
+    /// A message named a uid this connection does not speak for.
+    UidMismatch,
+    /// Its uid is owned by another live connection with other credentials.
+    UidInUse,
+    /// An ordinary agent sent a gateway-capability custom message.
+    ForgedHandshake,
+    /// The same agent reconnected (same uid, same credentials) on a new
+    /// connection before this one was known dead.
+    Superseded,
 }
 
 impl CloseReason {
@@ -62,29 +72,29 @@ impl CloseReason {
             CloseReason::NoUpstream => "no_upstream",
             CloseReason::Rejected => "rejected",
             CloseReason::Shutdown => "shutdown",
+            CloseReason::UidMismatch => "uid_mismatch",
+            CloseReason::UidInUse => "uid_in_use",
+            CloseReason::ForgedHandshake => "forged_handshake",
+            CloseReason::Superseded => "superseded",
         }
     }
 
     /// The WebSocket close code to send (RFC 6455 §7.4.1).
     pub fn close_code(self) -> u16 {
         match self {
-            CloseReason::Peer => 1000,
+            CloseReason::Peer | CloseReason::Superseded => 1000,
             CloseReason::Shutdown => 1001,
             CloseReason::Protocol => 1007,
             CloseReason::TextFrame => 1003,
-            CloseReason::Policy | CloseReason::Rejected => 1008,
+            CloseReason::Policy
+            | CloseReason::Rejected
+            | CloseReason::UidMismatch
+            | CloseReason::UidInUse
+            | CloseReason::ForgedHandshake => 1008,
             CloseReason::TooBig => 1009,
             CloseReason::SlowConsumer | CloseReason::WriteTimeout | CloseReason::NoUpstream => 1013,
             CloseReason::Dead => 1011,
         }
-    }
-
-    fn from_u8(v: u8) -> Self {
-        use CloseReason::*;
-        [Peer, SlowConsumer, WriteTimeout, Dead, Protocol, TextFrame, TooBig, Policy, NoUpstream, Rejected, Shutdown]
-            .get(v as usize)
-            .copied()
-            .unwrap_or(Peer)
     }
 }
 
@@ -94,27 +104,32 @@ pub struct AgentShared {
     pub id: u64,
     queue: mpsc::Sender<Inbound>,
     closing: CancellationToken,
-    reason: AtomicU8,
+    /// Set once: the first reason wins, atomically.
+    reason: OnceLock<CloseReason>,
     /// Frames a dead link handed back, replayed on the agent's next link.
     returned: Mutex<Vec<Bytes>>,
     returned_ready: Notify,
     capabilities_sent: AtomicBool,
+    first_reply_sent: AtomicBool,
     /// Uids the server assigned this agent (routed here before first use).
     aliases: Mutex<Vec<Bytes>>,
+    identity: Identity,
 }
 
 impl AgentShared {
-    pub fn new(id: u64, queue_size: usize) -> (std::sync::Arc<Self>, mpsc::Receiver<Inbound>) {
+    pub fn new(id: u64, queue_size: usize, identity: Identity) -> (std::sync::Arc<Self>, mpsc::Receiver<Inbound>) {
         let (queue, rx) = mpsc::channel(queue_size);
         let shared = Self {
             id,
             queue,
             closing: CancellationToken::new(),
-            reason: AtomicU8::new(CloseReason::Peer as u8),
+            reason: OnceLock::new(),
             returned: Mutex::new(Vec::new()),
             returned_ready: Notify::new(),
             capabilities_sent: AtomicBool::new(false),
+            first_reply_sent: AtomicBool::new(false),
             aliases: Mutex::new(Vec::new()),
+            identity,
         };
         (std::sync::Arc::new(shared), rx)
     }
@@ -135,8 +150,7 @@ impl AgentShared {
 
     /// Asks the session to close; the first reason wins.
     pub fn close(&self, reason: CloseReason) {
-        if !self.closing.is_cancelled() {
-            self.reason.store(reason as u8, Ordering::Relaxed);
+        if self.reason.set(reason).is_ok() {
             self.closing.cancel();
         }
     }
@@ -146,7 +160,7 @@ impl AgentShared {
     }
 
     pub fn close_reason(&self) -> CloseReason {
-        CloseReason::from_u8(self.reason.load(Ordering::Relaxed))
+        self.reason.get().copied().unwrap_or(CloseReason::Peer)
     }
 
     /// A link that died with this agent's frame still queued returns it.
@@ -169,6 +183,16 @@ impl AgentShared {
         !self.capabilities_sent.swap(true, Ordering::Relaxed)
     }
 
+    /// Who is on this connection (credential digest, agent or gateway).
+    pub fn identity(&self) -> &Identity {
+        &self.identity
+    }
+
+    /// Whether the server assigned this agent `uid` (it may then use it).
+    pub fn has_alias(&self, uid: &[u8]) -> bool {
+        self.aliases.lock().expect("aliases lock").iter().any(|a| a == uid)
+    }
+
     /// Remembers a server-assigned uid routed to this agent.
     pub fn add_alias(&self, uid: Bytes) {
         self.aliases.lock().expect("aliases lock").push(uid);
@@ -178,8 +202,37 @@ impl AgentShared {
         std::mem::take(&mut *self.aliases.lock().expect("aliases lock"))
     }
 
+    /// True exactly once: for the first `ServerToAgent` this agent is sent,
+    /// which the spec says MUST carry the server's `capabilities`.
+    pub fn claim_first_reply(&self) -> bool {
+        !self.first_reply_sent.swap(true, Ordering::Relaxed)
+    }
+
     /// The server sent this agent capabilities itself: nothing to replay.
     pub fn capabilities_delivered(&self) {
         self.capabilities_sent.store(true, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::relay::identity::{Credential, Identity};
+
+    #[test]
+    fn the_first_close_reason_wins_even_under_races() {
+        let (agent, _rx) = AgentShared::new(1, 1, Identity::agent(Credential::none()));
+        let reasons = [CloseReason::SlowConsumer, CloseReason::Shutdown, CloseReason::Policy, CloseReason::Dead];
+        std::thread::scope(|s| {
+            for r in reasons {
+                let agent = &agent;
+                s.spawn(move || agent.close(r));
+            }
+        });
+        assert!(agent.closing().is_cancelled());
+        let winner = agent.close_reason();
+        assert!(reasons.contains(&winner));
+        agent.close(CloseReason::Peer);
+        assert_eq!(agent.close_reason(), winner, "later reasons never overwrite the first");
     }
 }

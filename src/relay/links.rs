@@ -6,6 +6,7 @@
 //! that has since died is never written to its successor (where the server
 //! has not seen that agent's handshake) — it is handed back to its agent.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -44,6 +45,9 @@ pub struct Link {
     /// `custom_capabilities` the server sent on the current connection (raw
     /// protobuf), replayed into each agent's first message.
     capabilities: ArcSwapOption<Bytes>,
+    /// The server's `capabilities` bits as last seen on this link (0: not
+    /// yet), for the messages the gateway writes to agents itself.
+    server_capabilities: AtomicU64,
     /// Shared by all slots: bumped whenever any link connects.
     any_up: Arc<watch::Sender<u64>>,
 }
@@ -73,6 +77,20 @@ impl Link {
 
     pub fn set_capabilities(&self, raw: Bytes) {
         self.capabilities.store(Some(Arc::new(raw)));
+    }
+
+    /// The capabilities to claim in a message the gateway writes itself:
+    /// the server's own, or `AcceptsStatus` (which every server has) until
+    /// the server has said.
+    pub fn server_capabilities(&self) -> u64 {
+        match self.server_capabilities.load(Ordering::Relaxed) {
+            0 => crate::protocol::compose::ACCEPTS_STATUS,
+            c => c,
+        }
+    }
+
+    pub fn set_server_capabilities(&self, bits: u64) {
+        self.server_capabilities.store(bits, Ordering::Relaxed);
     }
 
     /// Called by the link task when its connection is up.
@@ -115,6 +133,7 @@ impl Links {
                 tx,
                 state,
                 capabilities: ArcSwapOption::empty(),
+                server_capabilities: AtomicU64::new(0),
                 any_up: any_up.clone(),
             }));
             rxs.push(rx);

@@ -5,8 +5,13 @@
 //!   can never drift) and their generations (bumped on every loss).
 //! - [`agent`]: what the core knows of one agent session: its queue, close
 //!   signal and frames handed back by a dead link.
-//! - [`routes`]: instance uid → agent, for server→agent messages.
+//! - [`identity`]: who is on a connection (credential digest, agent or
+//!   trusted downstream gateway), for uid ownership.
+//! - [`routes`]: instance uid → agent, for server→agent messages, and the
+//!   ownership rule (a uid belongs to the connection that first spoke for it).
 //! - [`pending`]: connect handshakes awaiting the server's connectResult.
+//! - [`forwarded`]: handshakes a downstream gateway forwarded through us,
+//!   by request uid (a namespace of their own, never mixed with uids).
 //! - [`admission`]: the connect handshake itself (assign a link, ask the
 //!   server, wait), shared by first connects and migrations.
 //! - [`dispatch`]: what to do with one message from the server.
@@ -14,6 +19,8 @@
 pub mod admission;
 pub mod agent;
 pub mod dispatch;
+pub mod forwarded;
+pub mod identity;
 pub mod links;
 pub mod pending;
 pub mod routes;
@@ -25,9 +32,11 @@ use crate::policy::Policies;
 
 pub use admission::{Admission, AdmitError, AdmitRequest};
 pub use agent::{AgentShared, CloseReason, Inbound};
+pub use forwarded::{ForwardRefused, ForwardedHandshakes};
+pub use identity::{Credential, Identity, Role};
 pub use links::{Link, LinkLease, LinkState, Links, Outbound};
 pub use pending::PendingConnects;
-pub use routes::Routes;
+pub use routes::{Claimed, Routes, UidInUse};
 
 /// Settings the core needs (a slice of the config).
 #[derive(Debug, Clone)]
@@ -36,6 +45,9 @@ pub struct RelaySettings {
     /// How long an agent whose link died waits for any link to be up.
     pub failover_wait: Duration,
     pub agent_queue: usize,
+    /// Connect handshakes one downstream gateway connection may have in
+    /// flight through us.
+    pub max_forwarded_handshakes: usize,
 }
 
 /// The shared state of one gateway.
@@ -43,12 +55,20 @@ pub struct Relay {
     pub links: Arc<Links>,
     pub routes: Routes,
     pub pending: PendingConnects,
+    pub forwarded: ForwardedHandshakes,
     pub policies: Arc<Policies>,
     pub settings: RelaySettings,
 }
 
 impl Relay {
     pub fn new(links: Arc<Links>, policies: Arc<Policies>, settings: RelaySettings) -> Self {
-        Self { links, routes: Routes::default(), pending: PendingConnects::default(), policies, settings }
+        Self {
+            links,
+            routes: Routes::default(),
+            pending: PendingConnects::default(),
+            forwarded: ForwardedHandshakes::default(),
+            policies,
+            settings,
+        }
     }
 }

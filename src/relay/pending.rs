@@ -7,11 +7,17 @@ use tokio::sync::oneshot;
 
 use crate::protocol::handshake::ConnectResult;
 
-/// Why a handshake ended without a result.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct LinkLost;
+/// Why a handshake ended without a usable result.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NoResult {
+    /// The link died, so no answer can come: try another link.
+    LinkLost,
+    /// The server answered with a connectResult that cannot be read.
+    Unreadable(String),
+}
 
-type Waiter = oneshot::Sender<Result<ConnectResult, LinkLost>>;
+type Answer = Result<ConnectResult, NoResult>;
+type Waiter = oneshot::Sender<Answer>;
 
 #[derive(Default)]
 pub struct PendingConnects {
@@ -31,11 +37,7 @@ impl Drop for PendingGuard {
 }
 
 impl PendingConnects {
-    pub fn register(
-        &self,
-        request_uid: String,
-        link: u32,
-    ) -> (PendingGuard, oneshot::Receiver<Result<ConnectResult, LinkLost>>) {
+    pub fn register(&self, request_uid: String, link: u32) -> (PendingGuard, oneshot::Receiver<Answer>) {
         let (tx, rx) = oneshot::channel();
         self.map.lock().expect("pending lock").insert(request_uid.clone(), (link, tx));
         (PendingGuard { map: self.map.clone(), request_uid }, rx)
@@ -50,6 +52,16 @@ impl PendingConnects {
         }
     }
 
+    /// Fails the handshake `request_uid` because its answer cannot be read;
+    /// false if nobody waits for it.
+    pub fn fail(&self, request_uid: &str, reason: String) -> bool {
+        let waiter = self.map.lock().expect("pending lock").remove(request_uid);
+        match waiter {
+            Some((_, tx)) => tx.send(Err(NoResult::Unreadable(reason))).is_ok(),
+            None => false,
+        }
+    }
+
     /// Fails every handshake in flight on `link` (its connection died, so no
     /// answer can come).
     pub fn fail_link(&self, link: u32) {
@@ -57,7 +69,7 @@ impl PendingConnects {
         let lost: Vec<String> = map.iter().filter(|(_, (l, _))| *l == link).map(|(k, _)| k.clone()).collect();
         for k in lost {
             if let Some((_, tx)) = map.remove(&k) {
-                let _ = tx.send(Err(LinkLost));
+                let _ = tx.send(Err(NoResult::LinkLost));
             }
         }
     }
@@ -80,10 +92,14 @@ mod tests {
         let p = PendingConnects::default();
         let (_g1, rx1) = p.register("a".into(), 0);
         let (_g2, rx2) = p.register("b".into(), 1);
+        let (_g4, rx4) = p.register("d".into(), 1);
+        assert!(p.fail("d", "bad JSON".into()));
+        assert_eq!(rx4.await.unwrap(), Err(NoResult::Unreadable("bad JSON".into())));
+        assert!(!p.fail("d", "again".into()), "a failed handshake is forgotten");
         assert!(p.resolve(ConnectResult { request_uid: "a".into(), accept: true, ..Default::default() }));
         assert!(rx1.await.unwrap().unwrap().accept);
         p.fail_link(1);
-        assert_eq!(rx2.await.unwrap(), Err(LinkLost));
+        assert_eq!(rx2.await.unwrap(), Err(NoResult::LinkLost));
         let (g3, _rx3) = p.register("c".into(), 0);
         drop(g3);
         assert!(p.is_empty());

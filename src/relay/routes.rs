@@ -1,7 +1,17 @@
-//! instance uid → agent session, for routing server→agent messages.
+//! instance uid → agent session, for routing server→agent messages, and the
+//! ownership rule that keeps one agent from speaking for another.
 //!
 //! One map for all links: a uid is global, and after a migration the server
 //! may still answer on the old link for a moment; either way it arrives.
+//!
+//! **Ownership.** A uid belongs to the connection that first spoke for it,
+//! while that connection lives ([`Routes::claim`]). A second live connection
+//! naming the same uid is refused, with one exception: the agent itself
+//! reconnecting before its old socket is known dead. That connection
+//! authenticated with the same credentials (compared as digests), so it takes
+//! the uid over and the old connection is closed. Only the owner's release
+//! removes a route ([`Routes::remove`] checks), so a connection that lost its
+//! uid never says goodbye for it.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -15,10 +25,46 @@ pub struct Routes {
     map: Mutex<HashMap<Bytes, Arc<AgentShared>>>,
 }
 
+/// A successful [`Routes::claim`].
+#[derive(Debug)]
+pub enum Claimed {
+    /// The uid was free, or already this agent's.
+    Owned,
+    /// The same credentials reconnected: the uid moved here from this older
+    /// connection, which the caller must close.
+    TookOver(Arc<AgentShared>),
+}
+
+/// The uid is owned by another live connection with other credentials.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("instance_uid is in use by another connection")]
+pub struct UidInUse;
+
 impl Routes {
-    /// Points `uid` at `agent`. A uid that moves to a new session (agent
-    /// reconnected before its old socket timed out) follows the newest.
-    pub fn insert(&self, uid: Bytes, agent: &Arc<AgentShared>) {
+    /// Makes `agent` the owner of `uid` if the ownership rule allows it.
+    pub fn claim(&self, uid: &Bytes, agent: &Arc<AgentShared>) -> Result<Claimed, UidInUse> {
+        let mut map = self.map.lock().expect("routes lock");
+        match map.get(uid) {
+            Some(owner) if owner.id == agent.id => Ok(Claimed::Owned),
+            // A closing owner is leaving anyway; its release will find the
+            // route no longer its own and stay quiet.
+            Some(owner) if !owner.closing().is_cancelled() => {
+                if owner.identity().credential != agent.identity().credential {
+                    return Err(UidInUse);
+                }
+                let old = map.insert(uid.clone(), agent.clone()).expect("checked above");
+                Ok(Claimed::TookOver(old))
+            }
+            _ => {
+                map.insert(uid.clone(), agent.clone());
+                Ok(Claimed::Owned)
+            }
+        }
+    }
+
+    /// Points `uid` at `agent` unconditionally. Only for uids the server
+    /// itself assigned (`new_instance_uid`): the server is the authority.
+    pub fn assign(&self, uid: Bytes, agent: &Arc<AgentShared>) {
         self.map.lock().expect("routes lock").insert(uid, agent.clone());
     }
 
@@ -26,7 +72,14 @@ impl Routes {
         self.map.lock().expect("routes lock").get(uid).cloned()
     }
 
-    /// Removes `uid` only if it still points at `agent_id`.
+    /// Whether `uid` currently routes to `agent_id`.
+    pub fn is_owner(&self, uid: &[u8], agent_id: u64) -> bool {
+        self.map.lock().expect("routes lock").get(uid).is_some_and(|a| a.id == agent_id)
+    }
+
+    /// Removes `uid` only if it still points at `agent_id`; true if it did.
+    /// A false return means the uid moved on: its new owner is alive, so no
+    /// goodbye may be sent for it.
     pub fn remove(&self, uid: &[u8], agent_id: u64) -> bool {
         let mut map = self.map.lock().expect("routes lock");
         if map.get(uid).is_some_and(|a| a.id == agent_id) {
@@ -43,5 +96,47 @@ impl Routes {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::relay::identity::{Credential, Identity};
+
+    fn agent(id: u64, key: &str) -> Arc<AgentShared> {
+        let cred = Credential::from_headers([("authorization", key)], None);
+        AgentShared::new(id, 4, Identity::agent(cred)).0
+    }
+
+    #[test]
+    fn first_speaker_owns_until_it_closes() {
+        let routes = Routes::default();
+        let uid = Bytes::from_static(&[1; 16]);
+        let (a, b) = (agent(1, "key-a"), agent(2, "key-b"));
+        assert!(matches!(routes.claim(&uid, &a), Ok(Claimed::Owned)));
+        assert!(matches!(routes.claim(&uid, &a), Ok(Claimed::Owned)));
+        assert_eq!(routes.claim(&uid, &b).unwrap_err(), UidInUse, "other credentials cannot take it");
+        assert_eq!(routes.get(&uid).unwrap().id, 1);
+        assert!(!routes.remove(&uid, 2), "only the owner removes");
+
+        a.close(crate::relay::CloseReason::Peer);
+        assert!(matches!(routes.claim(&uid, &b), Ok(Claimed::Owned)), "a closing owner gives way");
+        assert!(!routes.remove(&uid, 1), "the old owner's release finds it gone");
+        assert!(routes.is_owner(&uid, 2));
+    }
+
+    #[test]
+    fn same_credentials_take_over() {
+        let routes = Routes::default();
+        let uid = Bytes::from_static(&[2; 16]);
+        let (old, new) = (agent(1, "key-a"), agent(2, "key-a"));
+        routes.claim(&uid, &old).unwrap();
+        match routes.claim(&uid, &new) {
+            Ok(Claimed::TookOver(prev)) => assert_eq!(prev.id, 1),
+            other => panic!("expected a takeover, got {other:?}"),
+        }
+        assert!(!routes.remove(&uid, 1));
+        assert!(routes.remove(&uid, 2));
     }
 }

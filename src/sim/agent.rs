@@ -99,6 +99,16 @@ pub enum AgentError {
     WebSocket(tungstenite::Error),
 }
 
+/// How a connection ended, from [`SimAgent::recv_close`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct CloseSeen {
+    /// The close frame's code; `None` if the TCP connection just went away.
+    pub code: Option<u16>,
+    pub reason: String,
+    /// The `error_response` sent before the close, if any.
+    pub error: Option<crate::protocol::proto::ServerErrorResponse>,
+}
+
 /// Any byte stream a WebSocket can run on (plain TCP or TLS).
 trait Transport: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Transport for T {}
@@ -228,6 +238,22 @@ impl SimAgent {
             Some(Ok(msg)) => Ok(msg),
             Some(Err(e)) => Err(closed_or(e)),
             None => Err(AgentError::Closed { code: None, reason: "stream ended".into() }),
+        }
+    }
+
+    /// Reads until the connection ends, as an agent being sent away would.
+    /// A server may explain itself first with `error_response` (OpAMP's
+    /// BAD_REQUEST or UNAVAILABLE): that message comes back with the close.
+    /// Any other message before the close is an error.
+    pub async fn recv_close(&mut self, timeout: Duration) -> Result<CloseSeen, AgentError> {
+        let mut error = None;
+        loop {
+            match self.recv(timeout).await {
+                Ok(m) if m.error_response.is_some() && error.is_none() => error = m.error_response,
+                Ok(m) => return Err(AgentError::Decode(format!("expected a close, got {m:?}"))),
+                Err(AgentError::Closed { code, reason }) => return Ok(CloseSeen { code, reason, error }),
+                Err(e) => return Err(e),
+            }
         }
     }
 

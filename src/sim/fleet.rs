@@ -275,8 +275,13 @@ impl AgentRun {
                     c.add(&c.sent, 1);
                 }
                 reply = agent.next_server_message() => {
-                    reply.map_err(drop)?;
+                    let reply = reply.map_err(drop)?;
                     c.add(&c.replies, 1);
+                    // As opamp-go agents do: ReportFullState → a full status.
+                    if reply.flags & crate::protocol::compose::REPORT_FULL_STATE != 0 {
+                        agent.send(agent.status_report()).await.map_err(drop)?;
+                        c.add(&c.sent, 1);
+                    }
                 }
             }
         }

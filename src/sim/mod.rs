@@ -12,9 +12,12 @@
 //!   codes, abrupt drops.
 //! - [`fleet`]: [`Fleet`], N agents with bounded connect concurrency and
 //!   heartbeats, counted in atomics; the load generator for demo and benches.
+//! - [`proxy`]: [`ConnectProxy`], an HTTP CONNECT egress proxy (optionally
+//!   TLS, optionally demanding credentials) that records what it was asked.
 
 pub mod agent;
 pub mod fleet;
+pub mod proxy;
 pub mod server;
 
 #[cfg(test)]
@@ -22,6 +25,7 @@ mod tests;
 
 pub use agent::{AgentError, AgentOptions, SimAgent};
 pub use fleet::{Fleet, FleetConfig, FleetStats};
+pub use proxy::{ConnectProxy, ConnectProxyConfig, ConnectRecord, ProxyState};
 pub use server::{
     AgentRecord, ConnectMode, ConnectionRecord, ReferenceServer, ReferenceServerConfig, ServerState, WaitTimeout,
 };

@@ -38,7 +38,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::CancellationToken;
@@ -62,6 +62,31 @@ pub struct ReferenceServerConfig {
     pub reply_to_messages: bool,
     /// `(certificate chain PEM, private key PEM)`: serve `wss://`.
     pub tls: Option<(Vec<u8>, Vec<u8>)>,
+    /// How `connectResult` JSON is written.
+    pub json: JsonEncoding,
+}
+
+/// How the server writes its `connectResult` JSON.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum JsonEncoding {
+    /// serde's: every field, no headers as `{}`.
+    #[default]
+    Rust,
+    /// Byte for byte what a Go server writes for the reference's struct
+    /// (`encoding/json`): no headers as `null`, an empty `request_uid` left
+    /// out. What the reference's own test server sends.
+    Go,
+}
+
+impl JsonEncoding {
+    pub const ALL: [JsonEncoding; 2] = [JsonEncoding::Rust, JsonEncoding::Go];
+
+    fn encode(self, result: &ConnectResult) -> Bytes {
+        match self {
+            JsonEncoding::Rust => serde_json::to_vec(result).expect("plain data serializes").into(),
+            JsonEncoding::Go => result.to_go_json().into(),
+        }
+    }
 }
 
 impl Default for ReferenceServerConfig {
@@ -72,6 +97,7 @@ impl Default for ReferenceServerConfig {
             custom_capabilities: vec!["io.opamp-gateway.reference".into()],
             reply_to_messages: true,
             tls: None,
+            json: JsonEncoding::Rust,
         }
     }
 }
@@ -86,6 +112,9 @@ pub enum ConnectMode {
     Ignore,
     /// Reject every agent with this status and these response headers.
     Reject { status: u16, headers: BTreeMap<String, String> },
+    /// Answer with this connectResult JSON, as is, after replacing
+    /// `{request_uid}` with the request's uid: for answers no encoder writes.
+    Raw(String),
 }
 
 /// One accepted WebSocket connection (from a gateway link or a direct agent).
@@ -176,6 +205,7 @@ impl ReferenceServer {
             secret_key: cfg.secret_key,
             custom_capabilities: caps,
             reply_to_messages: cfg.reply_to_messages,
+            json: cfg.json,
             state: watch::Sender::new(ServerState::default()),
             links: Mutex::new(HashMap::new()),
             mode: Mutex::new(ConnectMode::Normal),
@@ -217,6 +247,14 @@ impl ReferenceServer {
     /// Sends a raw WebSocket payload as is (no header added, no capabilities).
     pub fn push_raw(&self, conn_id: u64, payload: Bytes) -> bool {
         self.shared.send_to(conn_id, Outgoing::Raw(payload))
+    }
+
+    /// Closes every open connection cleanly: a close frame with `code`, then
+    /// the socket. New connections still work.
+    pub fn close_connections(&self, code: u16) {
+        for link in lock(&self.shared.links).values() {
+            let _ = link.tx.send(Outgoing::Close(code));
+        }
     }
 
     /// Abruptly closes every open connection: the TCP socket is dropped with
@@ -268,6 +306,7 @@ struct ServerShared {
     secret_key: Option<String>,
     custom_capabilities: Option<CustomCapabilities>,
     reply_to_messages: bool,
+    json: JsonEncoding,
     /// The observable state; `send_modify` wakes every `wait_until`.
     state: watch::Sender<ServerState>,
     /// Live connections by id: how to reach and kill each one.
@@ -284,6 +323,7 @@ struct LinkHandle {
 enum Outgoing {
     Message(Box<ServerToAgent>),
     Raw(Bytes),
+    Close(u16),
 }
 
 impl ServerShared {
@@ -302,7 +342,7 @@ impl ServerShared {
         };
         let mode = lock(&self.mode).clone();
         match mode {
-            ConnectMode::Ignore => None,
+            ConnectMode::Ignore | ConnectMode::Raw(_) => None,
             ConnectMode::Reject { status, headers } => Some(reject(status, headers)),
             ConnectMode::Normal => {
                 let authorized = match &self.secret_key {
@@ -376,6 +416,10 @@ impl ServerShared {
     }
 
     fn on_connect(&self, conn_id: u64, req: ConnectRequest) -> Option<ServerToAgent> {
+        let raw = match &*lock(&self.mode) {
+            ConnectMode::Raw(json) => Some(Bytes::from(json.replace("{request_uid}", &req.request_uid))),
+            _ => None,
+        };
         let verdict = self.decide(&req);
         self.state.send_modify(|s| {
             s.connections[conn_id as usize].messages += 1;
@@ -386,12 +430,15 @@ impl ServerShared {
                 None => {}
             }
         });
-        let result = verdict?;
+        let data = match raw {
+            Some(raw) => raw,
+            None => self.json.encode(&verdict?),
+        };
         Some(ServerToAgent {
             custom_message: Some(CustomMessage {
                 capability: handshake::CAPABILITY.into(),
                 r#type: handshake::CONNECT_RESULT.into(),
-                data: serde_json::to_vec(&result).expect("plain data serializes").into(),
+                data,
             }),
             ..Default::default()
         })
@@ -523,11 +570,18 @@ where
             Message::Binary(framing::encode(&*msg))
         }
         Outgoing::Raw(bytes) => Message::Binary(bytes),
+        Outgoing::Close(code) => Message::Close(Some(CloseFrame { code: code.into(), reason: "".into() })),
     };
-    while let Some(out) = rx.recv().await {
-        sink.feed(encode(out)).await?;
-        while let Ok(more) = rx.try_recv() {
-            sink.feed(encode(more)).await?;
+    while let Some(first) = rx.recv().await {
+        let mut next = Some(first);
+        while let Some(out) = next.take() {
+            let closing = matches!(out, Outgoing::Close(_));
+            sink.feed(encode(out)).await?;
+            if closing {
+                // Returning ends the connection task, which drops the socket.
+                return sink.flush().await;
+            }
+            next = rx.try_recv().ok();
         }
         sink.flush().await?;
     }

@@ -15,6 +15,8 @@ pub const MESSAGE_BYTES: &str = "opampgateway_message_bytes_total";
 pub const MESSAGE_LATENCY: &str = "opampgateway_message_latency_seconds";
 /// Counter: connect handshakes by outcome (`accepted`, `rejected`, `timeout`,
 /// `unavailable`, `policy_refused`) and `status` (HTTP status answered).
+/// Sockets the listener turns away before a request (`refused`) also carry a
+/// `reason`: the setting that decided (`max_connections`, `header_timeout`...).
 pub const HANDSHAKES: &str = "opampgateway_handshakes_total";
 /// Histogram (seconds): connect handshake round trip to the server.
 pub const HANDSHAKE_SECONDS: &str = "opampgateway_handshake_seconds";
@@ -34,6 +36,11 @@ pub const MESSAGES_DROPPED: &str = "opampgateway_messages_dropped_total";
 pub const MESSAGES_REPLAYED: &str = "opampgateway_messages_replayed_total";
 /// Counter: `agent_disconnect` messages the gateway synthesized.
 pub const SYNTHESIZED_DISCONNECTS: &str = "opampgateway_synthesized_disconnects_total";
+/// Counter: uids taken over by the same agent reconnecting (same
+/// credentials) before its old connection was known dead.
+pub const UID_TAKEOVERS: &str = "opampgateway_uid_takeovers_total";
+/// Counter: `ReportFullState` requests sent to agents after they moved link.
+pub const FULL_STATE_REQUESTS: &str = "opampgateway_full_state_requests_total";
 /// Counter: custom capabilities replayed into an agent's first message.
 pub const CAPABILITIES_REPLAYED: &str = "opampgateway_custom_capabilities_replayed_total";
 
@@ -49,6 +56,16 @@ pub const POLICY_INVALID_ASSIGN: &str = "opampgateway_policy_invalid_assign_tota
 pub const POLICY_RELOADS: &str = "opampgateway_policy_reloads_total";
 /// Gauge: loaded policies, by `policy` and `digest` (value 1).
 pub const POLICY_LOADED: &str = "opampgateway_policy_loaded";
+/// Gauge: 1 while a policy is quarantined by its circuit breaker, by `policy`.
+pub const POLICY_QUARANTINED: &str = "opampgateway_policy_quarantined";
+/// Counter: quarantines (breaker trips), by `policy`.
+pub const POLICY_QUARANTINES: &str = "opampgateway_policy_quarantines_total";
+/// Counter: hook calls skipped because the policy was quarantined, by
+/// `policy` and `hook`.
+pub const POLICY_SKIPPED: &str = "opampgateway_policy_quarantine_skipped_total";
+/// Counter: guest log and stdout/stderr lines held back by the per-policy
+/// log limit, by `policy`.
+pub const POLICY_LOG_SUPPRESSED: &str = "opampgateway_policy_log_lines_suppressed_total";
 
 pub const UPSTREAM: &str = "upstream";
 pub const DOWNSTREAM: &str = "downstream";

@@ -1,6 +1,8 @@
 //! Metrics (Prometheus text on `/metrics`) and the health endpoint.
 
 pub mod metrics;
+pub mod naming;
 pub mod server;
 
-pub use server::{install_recorder, serve, TelemetryError};
+pub use naming::MetricNaming;
+pub use server::{install_recorder, install_recorder_with, serve, TelemetryError};

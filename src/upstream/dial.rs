@@ -1,4 +1,5 @@
-//! Dialing one upstream link: TCP, optional TLS, WebSocket handshake.
+//! Dialing one upstream link: TCP (directly or through a CONNECT proxy),
+//! optional TLS, WebSocket handshake.
 
 use std::time::Duration;
 
@@ -10,6 +11,7 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::WebSocketStream;
 
+use super::proxy::{self, Tunnel};
 use crate::config::{Config, ConfigError};
 use crate::tls::{self, TlsError};
 
@@ -33,6 +35,11 @@ pub enum DialError {
     WebSocket(#[from] tokio_tungstenite::tungstenite::Error),
     #[error("timed out after {0:?}")]
     Timeout(Duration),
+    /// `proxy` is shown without credentials.
+    #[error("proxy {proxy} refused CONNECT to {target}: {status} {reason}")]
+    ProxyRefused { proxy: String, target: String, status: u16, reason: String },
+    #[error("proxy {proxy}: {source}")]
+    ProxyIo { proxy: String, source: std::io::Error },
 }
 
 /// Everything needed to dial, prepared once from the config.
@@ -40,6 +47,7 @@ pub struct Dialer {
     uri: Uri,
     headers: Vec<(HeaderName, HeaderValue)>,
     tls: Option<(TlsConnector, rustls::pki_types::ServerName<'static>)>,
+    proxy: Option<Tunnel>,
     ws_config: WebSocketConfig,
     timeout: Duration,
 }
@@ -74,7 +82,9 @@ impl Dialer {
         };
         let max = cfg.server.max_message_size.as_usize();
         let ws_config = WebSocketConfig::default().max_message_size(Some(max)).max_frame_size(Some(max));
-        Ok(Self { uri, headers, tls, ws_config, timeout: cfg.server.write_timeout.max(Duration::from_secs(5)) })
+        let proxy = proxy::for_endpoint(cfg, &uri, &|k| std::env::var(k).ok())?;
+        let timeout = cfg.server.write_timeout.max(Duration::from_secs(5));
+        Ok(Self { uri, headers, tls, proxy, ws_config, timeout })
     }
 
     pub fn endpoint(&self) -> &Uri {
@@ -91,17 +101,16 @@ impl Dialer {
     async fn dial_inner(&self, index: u32) -> Result<WebSocketStream<BoxedIo>, DialError> {
         let host = self.uri.host().unwrap_or_default();
         let port = self.uri.port_u16().unwrap_or(if self.tls.is_some() { 443 } else { 80 });
-        let addr = format!("{}:{port}", host.trim_start_matches('[').trim_end_matches(']'));
-        let tcp = TcpStream::connect(&addr).await.map_err(|source| DialError::Tcp { addr: addr.clone(), source })?;
-        let _ = tcp.set_nodelay(true);
-        let io: BoxedIo = match &self.tls {
-            Some((connector, name)) => Box::new(
-                connector
-                    .connect(name.clone(), tcp)
-                    .await
-                    .map_err(|source| DialError::Tls { host: host.to_owned(), source })?,
-            ),
-            None => Box::new(tcp),
+        let io: BoxedIo = match &self.proxy {
+            // The proxy resolves the name: brackets stay on an IPv6 host.
+            Some(tunnel) => self.secure(tunnel.connect(&format!("{host}:{port}")).await?, host).await?,
+            None => {
+                let addr = format!("{}:{port}", host.trim_start_matches('[').trim_end_matches(']'));
+                let tcp =
+                    TcpStream::connect(&addr).await.map_err(|source| DialError::Tcp { addr: addr.clone(), source })?;
+                let _ = tcp.set_nodelay(true);
+                self.secure(tcp, host).await?
+            }
         };
         let mut request = self.uri.clone().into_client_request()?;
         let h = request.headers_mut();
@@ -112,17 +121,33 @@ impl Dialer {
             HeaderName::from_static(CONNECTION_ID_HEADER),
             HeaderValue::from_str(&format!("upstream-{index}")).expect("ascii"),
         );
-        h.insert(
-            http::header::USER_AGENT,
-            HeaderValue::from_static(concat!("opamp-gateway/", env!("CARGO_PKG_VERSION"))),
-        );
+        // A configured User-Agent wins over ours, as with the reference.
+        if !h.contains_key(http::header::USER_AGENT) {
+            h.insert(
+                http::header::USER_AGENT,
+                HeaderValue::from_static(concat!("opamp-gateway/", env!("CARGO_PKG_VERSION"))),
+            );
+        }
         let (ws, _response) = tokio_tungstenite::client_async_with_config(request, io, Some(self.ws_config)).await?;
         Ok(ws)
+    }
+
+    /// TLS to the upstream over `io` for `wss://`; `io` as is for `ws://`.
+    async fn secure<S: Io>(&self, io: S, host: &str) -> Result<BoxedIo, DialError> {
+        Ok(match &self.tls {
+            Some((connector, name)) => Box::new(
+                connector
+                    .connect(name.clone(), io)
+                    .await
+                    .map_err(|source| DialError::Tls { host: host.to_owned(), source })?,
+            ),
+            None => Box::new(io),
+        })
     }
 }
 
 impl std::fmt::Debug for Dialer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Dialer").field("uri", &self.uri).finish_non_exhaustive()
+        f.debug_struct("Dialer").field("uri", &self.uri).field("proxy", &self.proxy).finish_non_exhaustive()
     }
 }

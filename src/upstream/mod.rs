@@ -2,6 +2,8 @@
 //!
 //! - [`backoff`]: jittered exponential redial delays.
 //! - [`dial`]: TCP + optional TLS + WebSocket handshake, with our headers.
+//! - [`proxy`]: which egress proxy a link uses (config or environment) and
+//!   the HTTP CONNECT tunnel through it.
 //! - [`link`]: one task per link slot: dial, pump frames both ways with
 //!   batched writes and keepalive pings, and on loss hand queued frames back
 //!   to their agents before redialing.
@@ -9,6 +11,7 @@
 pub mod backoff;
 pub mod dial;
 pub mod link;
+pub mod proxy;
 
 pub use dial::{DialError, Dialer};
 pub use link::{spawn_links, LinkSettings};

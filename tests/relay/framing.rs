@@ -3,15 +3,15 @@
 use bytes::Bytes;
 use opamp_gateway::protocol::framing;
 use opamp_gateway::protocol::proto::AgentToServer;
-use opamp_gateway::sim::agent::{AgentError, SimAgent};
+use opamp_gateway::sim::agent::SimAgent;
 use prost::Message as _;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::common::{round_trip, Harness, T};
 
 async fn expect_close(a: &mut SimAgent, code: u16) {
-    match a.recv(T).await {
-        Err(AgentError::Closed { code: Some(c), .. }) => assert_eq!(c, code),
+    match a.recv_close(T).await {
+        Ok(seen) => assert_eq!(seen.code, Some(code), "{seen:?}"),
         other => panic!("expected close {code}, got {other:?}"),
     }
 }
@@ -54,4 +54,19 @@ async fn bad_input_closes_only_that_agent() {
         assert_eq!(h.server.state().open_connections, 1, "{what}: the link survived");
     }
     assert_eq!(h.loads(), vec![1], "closed agents released their link");
+}
+
+/// An agent that closes first gets its close frame echoed (RFC 6455 §5.5.1),
+/// so it sees a clean 1000 instead of an abnormal 1006.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agents_close_is_echoed() {
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+    use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+    let h = Harness::start().await;
+    let mut a = h.agent().await;
+    a.send_raw(Message::Close(Some(CloseFrame { code: CloseCode::Normal, reason: "bye".into() }))).await.unwrap();
+    match a.recv_message(T).await {
+        Ok(Message::Close(Some(frame))) => assert_eq!(u16::from(frame.code), 1000),
+        other => panic!("expected the close echoed, got {other:?}"),
+    }
 }

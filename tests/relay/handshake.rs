@@ -1,26 +1,50 @@
 //! Authentication is the server's: connect / connectResult on the agent's link.
+//! Each scenario runs against both JSON encodings of the reference server
+//! (`::rust`, `::go`): a Go server writes no headers as `null`.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use opamp_gateway::sim::agent::{AgentError, SimAgent};
-use opamp_gateway::sim::server::{ConnectMode, ReferenceServerConfig};
+use opamp_gateway::sim::server::{ConnectMode, JsonEncoding, ReferenceServerConfig};
 use opamp_gateway::Gateway;
 
 use crate::common::{config, round_trip, Harness, T};
 
-fn keyed() -> ReferenceServerConfig {
-    ReferenceServerConfig { secret_key: Some("s3cret".into()), ..Default::default() }
+/// Runs `async fn $name(JsonEncoding)` as the tests `$name::rust` and `$name::go`.
+macro_rules! both_encodings {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn rust() {
+                super::$name(super::JsonEncoding::Rust).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn go() {
+                super::$name(super::JsonEncoding::Go).await
+            }
+        }
+    )*};
+}
+
+both_encodings!(
+    accepted_agent_is_announced_on_its_own_link,
+    rejection_carries_the_servers_status_and_headers,
+    silent_server_means_504_after_auth_timeout,
+    unreadable_answer_means_502_at_once,
+);
+
+fn keyed(json: JsonEncoding) -> ReferenceServerConfig {
+    ReferenceServerConfig { secret_key: Some("s3cret".into()), json, ..Default::default() }
 }
 
 fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
     headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn accepted_agent_is_announced_on_its_own_link() {
-    let h = Harness::with(keyed(), |_| {}).await;
+async fn accepted_agent_is_announced_on_its_own_link(json: JsonEncoding) {
+    let h = Harness::with(keyed(json), |_| {}).await;
     let opts = h
         .agent_options()
         .header("Authorization", "Secret-Key s3cret")
@@ -44,9 +68,8 @@ async fn accepted_agent_is_announced_on_its_own_link() {
     assert_eq!(state.agent(a.uid().as_bytes()).unwrap().conn_id, conn);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rejection_carries_the_servers_status_and_headers() {
-    let h = Harness::with(keyed(), |_| {}).await;
+async fn rejection_carries_the_servers_status_and_headers(json: JsonEncoding) {
+    let h = Harness::with(keyed(json), |_| {}).await;
     let bad = SimAgent::connect(h.agent_options().header("Authorization", "Secret-Key wrong")).await;
     match bad {
         Err(AgentError::Rejected { status, headers }) => {
@@ -69,16 +92,46 @@ async fn rejection_carries_the_servers_status_and_headers() {
     assert_eq!(h.loads().iter().sum::<u32>(), 0, "rejected agents hold no link");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn silent_server_means_504_after_auth_timeout() {
-    let h =
-        Harness::with(ReferenceServerConfig::default(), |c| c.server.auth_timeout = Duration::from_millis(300)).await;
+async fn silent_server_means_504_after_auth_timeout(json: JsonEncoding) {
+    let cfg = ReferenceServerConfig { json, ..Default::default() };
+    let h = Harness::with(cfg, |c| c.server.auth_timeout = Duration::from_millis(300)).await;
     h.server.set_connect_mode(ConnectMode::Ignore);
     match SimAgent::connect(h.agent_options()).await {
         Err(AgentError::Rejected { status: 504, headers }) => assert!(header(&headers, "retry-after").is_some()),
         other => panic!("expected a 504, got {:?}", other.map(|_| ())),
     }
     assert_eq!(h.gateway.relay().pending.len(), 0, "timed-out handshakes are forgotten");
+    h.server.set_connect_mode(ConnectMode::Normal);
+    h.agent().await;
+}
+
+/// A connectResult the gateway cannot read still answers its agent, with a
+/// 502, as soon as it arrives: not a 504 after the (default, 30 s) auth
+/// timeout. One without a findable request uid can only be dropped.
+async fn unreadable_answer_means_502_at_once(json: JsonEncoding) {
+    let h = Harness::with(ReferenceServerConfig { json, ..Default::default() }, |_| {}).await;
+    h.server.set_connect_mode(ConnectMode::Raw(r#"{"request_uid":"{request_uid}","accept":1}"#.into()));
+    match SimAgent::connect(h.agent_options()).await {
+        Err(AgentError::Rejected { status: 502, headers }) => assert!(header(&headers, "retry-after").is_some()),
+        other => panic!("expected a 502, got {:?}", other.map(|_| ())),
+    }
+    assert_eq!(h.gateway.relay().pending.len(), 0, "the failed handshake is forgotten");
+    assert_eq!(h.loads().iter().sum::<u32>(), 0, "and holds no link");
+    h.server.set_connect_mode(ConnectMode::Normal);
+    h.agent().await;
+}
+
+/// A connectResult without request uid matches no handshake: it is dropped
+/// (and logged), the agent waits out the auth timeout, the link is unharmed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answer_without_request_uid_is_dropped() {
+    let h = Harness::with(ReferenceServerConfig { json: JsonEncoding::Go, ..Default::default() }, |c| {
+        c.server.auth_timeout = Duration::from_millis(300)
+    })
+    .await;
+    h.server
+        .set_connect_mode(ConnectMode::Raw(r#"{"accept":true,"http_status_code":200,"response_headers":null}"#.into()));
+    assert!(matches!(SimAgent::connect(h.agent_options()).await, Err(AgentError::Rejected { status: 504, .. })));
     h.server.set_connect_mode(ConnectMode::Normal);
     h.agent().await;
 }

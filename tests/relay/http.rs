@@ -97,7 +97,7 @@ async fn http_and_websocket_agents_share_the_listener() {
 
     // One handshake for the HTTP agent across all its polls (cached).
     let http_handshakes =
-        h.server.state().connect_requests.iter().filter(|(_, r)| !r.headers.contains_key("Sec-Websocket-Key")).count();
+        h.server.state().connect_requests.iter().filter(|(_, r)| r.headers.contains_key("Content-Type")).count();
     assert_eq!(http_handshakes, 1);
 }
 
@@ -149,8 +149,15 @@ async fn revoked_credentials_stop_working_within_the_cache_ttl() {
     let addr = h.gateway.listen_addr();
     let uid = [0x33; 16];
     assert_eq!(post(addr, &[KEY], status_msg(&uid)).await.status, 200);
+    // Other credentials on a live agent's uid are refused before the server
+    // is asked (see a_poll_cannot_read_another_agents_messages); on a new
+    // uid they are the server's to judge.
+    let connects = h.server.state().connect_requests.len();
     let wrong = post(addr, &[("authorization", "Secret-Key wrong")], status_msg(&uid)).await;
-    assert_eq!(wrong.status, 401, "changed headers are re-authenticated at once");
+    assert_eq!(wrong.status, 409);
+    assert_eq!(h.server.state().connect_requests.len(), connects);
+    let wrong = post(addr, &[("authorization", "Secret-Key wrong")], status_msg(&[0x34; 16])).await;
+    assert_eq!(wrong.status, 401, "the server's verdict");
     assert_eq!(wrong.headers["x-reject-reason"], "bad key");
 
     assert_eq!(post(addr, &[KEY], status_msg(&uid)).await.status, 200);
@@ -197,4 +204,67 @@ async fn no_upstream_is_503_with_retry_after() {
     assert_eq!(r.status, 503);
     assert_eq!(r.headers["retry-after"], "30");
     g.shutdown().await;
+}
+
+/// The uid rule holds over HTTP too: a poll naming a live agent's uid with
+/// other credentials is refused before the server is asked anything, and the
+/// victim's queued messages stay the victim's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poll_cannot_read_another_agents_messages() {
+    let h = Harness::with(ReferenceServerConfig::default(), |c| c.server.connections = 1).await;
+    let addr = h.gateway.listen_addr();
+    let (victim_key, attacker_key) = (("authorization", "Secret-Key a"), ("authorization", "Secret-Key b"));
+    let uid = [0x42; 16];
+    post(addr, &[victim_key], status_msg(&uid)).await.message();
+    assert!(h.server.push(&uid, ServerToAgent { flags: 5, ..Default::default() }));
+    let connects = h.server.state().connect_requests.len();
+
+    let stolen = post(addr, &[attacker_key], status_msg(&uid)).await;
+    assert_eq!(stolen.status, 409, "body: {:?}", String::from_utf8_lossy(&stolen.body));
+    assert_eq!(h.server.state().connect_requests.len(), connects, "no credential check on the attacker's behalf");
+
+    let mut seen = Vec::new();
+    while !seen.contains(&5) {
+        assert!(seen.len() < 5, "the pushed message never reached the victim: {seen:?}");
+        seen.push(post(addr, &[victim_key], status_msg(&uid)).await.message().flags);
+    }
+}
+
+/// The first reply to an HTTP agent carries the server's capabilities, even
+/// when the gateway writes it (nothing from the server within the wait).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn synthesized_first_replies_carry_capabilities() {
+    let h = Harness::with(ReferenceServerConfig::default(), |c| {
+        c.server.connections = 1;
+        c.listener.http.response_wait = Duration::from_millis(50);
+    })
+    .await;
+    // The gateway learns the server's capabilities from what it relays.
+    let mut ws = h.agent().await;
+    round_trip(&mut ws).await;
+    let uid = [0x43; 16];
+    // A goodbye is answered by the gateway itself, never by the server.
+    let bye = AgentToServer {
+        instance_uid: Bytes::copy_from_slice(&uid),
+        agent_disconnect: Some(AgentDisconnect {}),
+        ..Default::default()
+    };
+    let reply = post(h.gateway.listen_addr(), &[], bye.encode_to_vec()).await.message();
+    assert_eq!(&reply.instance_uid[..], &uid);
+    assert_eq!(reply.capabilities, opamp_gateway::sim::server::REPLY_CAPABILITIES, "the server's own capabilities");
+}
+
+/// A declared `Content-Length` over the limit is answered 413 at once, not
+/// held open waiting for a body that may never come.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_declared_length_is_refused_before_the_body() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let h = Harness::start().await;
+    let mut tcp = tokio::net::TcpStream::connect(h.gateway.listen_addr()).await.unwrap();
+    let head = "POST /v1/opamp HTTP/1.1\r\nHost: gateway\r\nContent-Type: application/x-protobuf\r\n\
+                Content-Length: 99999999999\r\n\r\n";
+    tcp.write_all(head.as_bytes()).await.unwrap();
+    let mut status = [0u8; 12];
+    tokio::time::timeout(T, tcp.read_exact(&mut status)).await.expect("answered without a body").unwrap();
+    assert_eq!(&status, b"HTTP/1.1 413");
 }

@@ -2,10 +2,17 @@
 
 use std::collections::BTreeMap;
 
+use opamp_gateway::protocol::proto::ServerToAgent;
 use opamp_gateway::sim::agent::{AgentError, SimAgent};
 use opamp_gateway::sim::server::{ConnectMode, ReferenceServerConfig};
 
 use crate::common::{eventually, heartbeat, round_trip, Harness, T};
+
+/// The gateway's own request: `ReportFullState` and nothing but the uid and
+/// the capabilities a first message needs.
+fn is_full_state_request(m: &ServerToAgent) -> bool {
+    m.flags == 1 && m.remote_config.is_none() && m.error_response.is_none() && m.custom_message.is_none()
+}
 
 async fn fleet(h: &Harness, n: usize) -> Vec<SimAgent> {
     let mut v = Vec::new();
@@ -30,11 +37,20 @@ async fn agents_survive_link_loss_and_nothing_is_lost() {
         }
     }
     // Each message is answered by the server, so 5 replies each = none lost.
+    // Every agent moved, so the gateway also asks each for its full state
+    // (opamp-go agents send only deltas after a reconnect).
     for a in &mut agents {
-        for _ in 0..5 {
+        let (mut replies, mut full_state_requests) = (0, 0);
+        while replies < 5 || full_state_requests == 0 {
             let reply = a.recv(T).await.expect("agent stays connected and is answered");
             assert_eq!(&reply.instance_uid, a.uid().as_bytes());
+            if is_full_state_request(&reply) {
+                full_state_requests += 1;
+            } else {
+                replies += 1;
+            }
         }
+        assert!(replies == 5, "exactly the five replies, got {replies}");
     }
     let state = h.server.state();
     let redone = &state.connect_requests[before..];

@@ -131,7 +131,7 @@ async fn restart_after_shutdown() {
     };
     let mut a = h.agent().await;
     h.gateway.shutdown().await;
-    assert!(matches!(a.recv(T).await, Err(opamp_gateway::sim::agent::AgentError::Closed { code: Some(1001), .. })));
+    assert_eq!(a.recv_close(T).await.unwrap().code, Some(1001));
     // Same port, new gateway: agents reconnect and flow again.
     let g2 = Gateway::start(&cfg, None).await.expect("restart on the same port");
     assert!(g2.wait_for_links(3, T).await);

@@ -16,13 +16,22 @@
 //!
 //! Anything else (nested mappings, multi-line scalars, anchors) is an error
 //! naming the line, so a config is never half-understood. The gateway's own
-//! keys (`on_error`, `call_timeout`, `memory_limit`) are parsed like any
-//! other; [`Config::expect_keys`] ignores them.
+//! keys (`on_error`, `call_timeout`, `memory_limit`, `quarantine_*`) are
+//! parsed like any other; [`Config::expect_keys`] ignores them.
 
 use std::fmt;
 
 /// Top-level keys read by the gateway itself, not by the policy.
-pub const GATEWAY_KEYS: [&str; 3] = ["on_error", "call_timeout", "memory_limit"];
+pub const GATEWAY_KEYS: [&str; 8] = [
+    "on_error",
+    "call_timeout",
+    "memory_limit",
+    "quarantine_after",
+    "quarantine_rate",
+    "quarantine_window",
+    "quarantine_backoff",
+    "quarantine_max_backoff",
+];
 
 /// One value.
 #[derive(Debug, Clone, PartialEq, Eq)]

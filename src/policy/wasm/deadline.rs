@@ -61,9 +61,21 @@ impl CallClock {
 }
 
 /// CPU time consumed by the calling thread.
+#[cfg(unix)]
 fn thread_cpu_time() -> Duration {
     let t = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
     Duration::new(u64::try_from(t.tv_sec).unwrap_or(0), u32::try_from(t.tv_nsec).unwrap_or(0))
+}
+
+/// Elsewhere (Windows), wall time since first use: the thread CPU clock
+/// there (`GetThreadTimes`) needs `unsafe` FFI, which this crate forbids.
+/// The budget then also charges preemption, as a wall-clock deadline would.
+#[cfg(not(unix))]
+fn thread_cpu_time() -> Duration {
+    use std::sync::OnceLock;
+    use std::time::Instant;
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    EPOCH.get_or_init(Instant::now).elapsed()
 }
 
 #[cfg(test)]
@@ -83,6 +95,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg(unix)] // the wall-clock fallback charges it by design
     fn time_off_the_cpu_is_not_charged() {
         let mut clock = CallClock::default();
         clock.start(Duration::from_millis(20));

@@ -37,6 +37,9 @@ pub(crate) struct Budget {
     pub memory_limit: u64,
     /// Idle instances kept per policy.
     pub instances: usize,
+    /// Guest log lines per policy per `log_interval`.
+    pub log_lines: u32,
+    pub log_interval: Duration,
 }
 
 impl Budget {
@@ -46,6 +49,8 @@ impl Budget {
             init_timeout: cfg.init_timeout,
             memory_limit: cfg.memory_limit,
             instances: cfg.instances(),
+            log_lines: cfg.limits.log_lines,
+            log_interval: cfg.limits.log_interval,
         }
     }
 }
@@ -94,7 +99,7 @@ impl PolicyEngine {
         let mut linker = Linker::new(&engine);
         // The denying WASI context (see `sandbox`) backs these: Rust's std
         // for wasm32-wasip2 imports them even when a policy never uses them.
-        wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(|e| engine_err("wasi", e))?;
+        super::sandbox::add_wasi_to_linker(&mut linker).map_err(|e| engine_err("wasi", e))?;
         GatewayPolicy::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)
             .map_err(|e| engine_err("host interface", e))?;
 

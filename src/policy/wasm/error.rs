@@ -63,6 +63,7 @@ impl PolicyError {
 
 /// Error text from wasmtime or wasmparser (which may pretty-print over
 /// several lines) as one log-friendly line.
+#[cfg_attr(not(feature = "wasm"), allow(dead_code))]
 pub(crate) fn one_line(text: &str) -> String {
     text.split_whitespace().collect::<Vec<_>>().join(" ")
 }

@@ -27,7 +27,7 @@ use super::error::{one_line, PolicyError};
 use super::policy::WasmPolicy;
 use super::pool::{InitFailure, InstancePool};
 use super::sandbox::HostState;
-use crate::policy::config::PoliciesConfig;
+use crate::policy::config::{BreakerOverrides, PoliciesConfig};
 use crate::policy::{FailureMode, HookError};
 
 /// The files of one policy.
@@ -93,11 +93,13 @@ fn valid_name(name: &str) -> bool {
 /// Host-side settings read from a policy's YAML. These top-level keys are
 /// reserved for the gateway; the policy receives the whole text and ignores
 /// them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub(crate) struct Settings {
     pub on_error: FailureMode,
     pub call_timeout: Option<Duration>,
     pub memory_limit: Option<u64>,
+    /// `quarantine_*` keys, over `policies.quarantine`.
+    pub quarantine: BreakerOverrides,
 }
 
 pub(crate) fn parse_settings(path: &Path, text: &str) -> Result<Settings, PolicyError> {
@@ -131,6 +133,7 @@ pub(crate) fn parse_settings(path: &Path, text: &str) -> Result<Settings, Policy
             .ok_or_else(|| bad(format!("memory_limit must be a number of bytes >= 65536, not {}", show(v))))?;
         s.memory_limit = Some(n);
     }
+    s.quarantine = BreakerOverrides::parse(&map).map_err(bad)?;
     Ok(s)
 }
 
@@ -243,6 +246,7 @@ pub(crate) fn compile(
         wasm_path: files.wasm,
         config_path: files.config,
         failure_mode: settings.on_error,
+        quarantine: settings.quarantine.over(&cfg.quarantine),
         hooks,
         pool,
     })
@@ -284,10 +288,8 @@ impl Loader {
     /// the empty set. Any bad policy fails the whole set: a chain with a
     /// hole in it could let through what the missing policy would stop.
     pub fn load(&self) -> Result<Vec<Arc<WasmPolicy>>, PolicyError> {
+        // A missing directory is an error here (the runtime decides).
         let dir = &self.cfg.directory;
-        if !dir.exists() {
-            return Ok(Vec::new());
-        }
         let mut out = Vec::new();
         for files in scan(dir)? {
             let source = Source::read(files)?;

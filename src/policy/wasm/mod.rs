@@ -19,23 +19,38 @@
 //! `docs/policies.md`; example policies are in `policies/`.
 
 mod bindings;
+#[cfg(feature = "wasm")]
 mod check;
+#[cfg(feature = "wasm")]
 mod deadline;
+#[cfg(feature = "wasm")]
 mod engine;
 mod error;
+#[cfg(feature = "wasm")]
 mod loader;
+#[cfg(feature = "wasm")]
 mod message;
+#[cfg(feature = "wasm")]
 mod policy;
+#[cfg(feature = "wasm")]
 mod pool;
+#[cfg(feature = "wasm")]
 mod sandbox;
+#[cfg(feature = "wasm")]
 mod watcher;
 
 pub use bindings::WORLD;
+#[cfg(feature = "wasm")]
 pub use check::{check, CheckReport};
 pub use error::PolicyError;
+#[cfg(feature = "wasm")]
 pub use policy::WasmPolicy;
 
+#[cfg(feature = "wasm")]
 pub(crate) use check::hook_list;
+#[cfg(feature = "wasm")]
 pub(crate) use engine::PolicyEngine;
+#[cfg(feature = "wasm")]
 pub(crate) use loader::Loader;
+#[cfg(feature = "wasm")]
 pub(crate) use watcher::DirWatcher;

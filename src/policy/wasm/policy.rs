@@ -1,9 +1,8 @@
 //! [`WasmPolicy`]: a loaded component behind the [`Policy`] trait.
 //!
-//! Converts between the relay's types and the WIT types, and checks what
-//! comes back: header names and values must be valid HTTP, a replacement
-//! message must be well-formed protobuf that keeps the agent's uid (routing
-//! depends on it).
+//! Converts between the relay's types and the WIT types; what comes back is
+//! checked by [`crate::policy::verdict`] (valid HTTP headers, a replacement
+//! that parses and keeps the agent's uid).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -11,13 +10,12 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use super::bindings::opamp_gateway::policy::types as wit;
-use super::message::{last, walk, MessageHandle, Wire};
+use super::message::{MessageHandle, Wire};
 use super::pool::InstancePool;
-use crate::policy::{AssignInput, Direction, FailureMode, HeaderList, HookError, Hooks, Policy, Transport, Verdict};
-use crate::protocol::wire::set_field;
-
-/// Field 1 of both `AgentToServer` and `ServerToAgent`.
-const INSTANCE_UID: u32 = 1;
+use crate::policy::verdict::{self, check_header, check_replacement};
+use crate::policy::{
+    AssignInput, BreakerConfig, Direction, FailureMode, HeaderList, HookError, Hooks, Policy, Transport, Verdict,
+};
 
 /// One policy component, ready to be called from any thread.
 pub struct WasmPolicy {
@@ -27,6 +25,8 @@ pub struct WasmPolicy {
     pub(crate) wasm_path: PathBuf,
     pub(crate) config_path: Option<PathBuf>,
     pub(crate) failure_mode: FailureMode,
+    /// Its own breaker settings, when its YAML has `quarantine_*` keys.
+    pub(crate) quarantine: Option<BreakerConfig>,
     pub(crate) hooks: Hooks,
     pub(crate) pool: InstancePool,
 }
@@ -75,6 +75,10 @@ impl Policy for WasmPolicy {
         self.hooks
     }
 
+    fn quarantine(&self) -> Option<BreakerConfig> {
+        self.quarantine
+    }
+
     fn assign(&self, input: &AssignInput<'_>) -> Result<Option<u32>, HookError> {
         let arg = wit::AssignInput {
             headers: input.headers.to_vec(),
@@ -119,59 +123,15 @@ impl Policy for WasmPolicy {
     }
 }
 
-/// Header names are lower-cased (the relay's convention) and both halves
-/// must be valid HTTP, since they end up in a request to the server.
-fn check_header((name, value): (String, String)) -> Result<(String, String), HookError> {
-    let token = |c: u8| c.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&c);
-    if name.is_empty() || !name.bytes().all(token) {
-        return Err(HookError::Invalid(format!("invalid header name {name:?}")));
-    }
-    if value.bytes().any(|c| c == b'\r' || c == b'\n' || c == 0) {
-        return Err(HookError::Invalid(format!("invalid value for header {name:?}")));
-    }
-    Ok((name.to_ascii_lowercase(), value))
-}
-
-/// Applies a `set-field` answer. The original was validated by the relay,
-/// so the result is well-formed; only the uid is off limits.
+/// The WIT edit in host types; [`verdict::apply_edit`] does the checking.
 fn apply_edit(original: &Bytes, edit: wit::FieldEdit) -> Result<Bytes, HookError> {
-    if edit.number == INSTANCE_UID || edit.number == 0 || edit.number >= 1 << 29 {
-        return Err(HookError::Invalid(format!("set-field cannot set field {}", edit.number)));
-    }
     let value = edit.value.as_ref().map(|v| match v {
         wit::FieldValue::Varint(x) => Wire::Varint(*x),
         wit::FieldValue::Fixed64(x) => Wire::Fixed64(*x),
         wit::FieldValue::Fixed32(x) => Wire::Fixed32(*x),
         wit::FieldValue::Bytes(b) => Wire::Bytes(b),
     });
-    set_field(original, edit.number, value)
-        .map(Bytes::from)
-        .map_err(|m| HookError::Invalid(format!("the message is not a valid protobuf (byte {})", m.offset)))
-}
-
-/// A replacement must parse at the top level and keep the original uid.
-fn check_replacement(original: &Bytes, replacement: Vec<u8>) -> Result<Bytes, HookError> {
-    // One walk validates the whole replacement and finds its uid.
-    let mut new_uid: Option<Vec<u8>> = None;
-    let walked = walk(&replacement, |n, v| {
-        if let (INSTANCE_UID, Wire::Bytes(u)) = (n, v) {
-            new_uid = Some(u.to_vec());
-        } else if n == INSTANCE_UID {
-            new_uid = None; // not bytes: no usable uid
-        }
-        true
-    });
-    if let Err(m) = walked {
-        return Err(HookError::Invalid(format!("replacement is not a valid protobuf (byte {})", m.offset)));
-    }
-    let old_uid = match last(original, INSTANCE_UID) {
-        Some(Wire::Bytes(u)) => Some(u),
-        _ => None,
-    };
-    if old_uid != new_uid.as_deref() {
-        return Err(HookError::Invalid("replacement changes the instance_uid".into()));
-    }
-    Ok(Bytes::from(replacement))
+    verdict::apply_edit(original, edit.number, value)
 }
 
 #[cfg(test)]
@@ -179,18 +139,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn headers_are_checked_and_lowercased() {
-        assert_eq!(check_header(("X-Tenant".into(), "a".into())).unwrap(), ("x-tenant".into(), "a".into()));
-        assert!(check_header(("bad name".into(), "a".into())).is_err());
-        assert!(check_header(("".into(), "a".into())).is_err());
-        assert!(check_header(("x".into(), "a\r\nInjected: 1".into())).is_err());
-    }
-
-    #[test]
-    fn field_edits_are_applied_by_the_host() {
+    fn wit_field_values_reach_the_host_check() {
         let orig = Bytes::from_static(&[0x0a, 2, 1, 2, 0x2a, 1, b'p', 0x10, 1]);
         let set = |number, value| apply_edit(&orig, wit::FieldEdit { number, value });
-        assert_eq!(set(5, None).unwrap(), Bytes::from_static(&[0x0a, 2, 1, 2, 0x10, 1]));
         assert_eq!(
             set(5, Some(wit::FieldValue::Bytes(b"xy".to_vec()))).unwrap(),
             Bytes::from_static(&[0x0a, 2, 1, 2, 0x2a, 2, b'x', b'y', 0x10, 1])
@@ -200,16 +151,5 @@ mod tests {
             Bytes::from_static(&[0x0a, 2, 1, 2, 0x2a, 1, b'p', 0x10, 5])
         );
         assert!(matches!(set(1, None), Err(HookError::Invalid(_))), "the uid is off limits");
-        assert!(matches!(set(0, None), Err(HookError::Invalid(_))));
-        assert!(matches!(set(1 << 29, None), Err(HookError::Invalid(_))));
-    }
-
-    #[test]
-    fn replacement_keeps_uid_and_parses() {
-        let orig = Bytes::from_static(&[0x0a, 2, 1, 2, 0x10, 1]);
-        assert!(check_replacement(&orig, vec![0x0a, 2, 1, 2]).is_ok());
-        assert!(matches!(check_replacement(&orig, vec![0x0a, 2, 9, 9]), Err(HookError::Invalid(_))));
-        assert!(matches!(check_replacement(&orig, vec![0x10]), Err(HookError::Invalid(_))));
-        assert!(matches!(check_replacement(&orig, vec![0x10, 1]), Err(HookError::Invalid(_))));
     }
 }

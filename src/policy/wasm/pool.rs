@@ -18,7 +18,7 @@ use wasmtime::{Store, Trap};
 use super::bindings::opamp_gateway::policy::types::Hooks as WitHooks;
 use super::bindings::{GatewayPolicy, GatewayPolicyPre};
 use super::engine::{Budget, PolicyEngine, TickerLease};
-use super::sandbox::HostState;
+use super::sandbox::{GuestLog, HostState};
 use crate::policy::{HookError, Hooks};
 
 /// One live instance and the store it lives in.
@@ -36,6 +36,8 @@ pub(crate) struct InstancePool {
     max_idle: usize,
     call_timeout: Duration,
     init_timeout: Duration,
+    /// The log budget all instances share.
+    guest: Arc<GuestLog>,
     idle: Mutex<Vec<Instance>>,
     /// Keeps deadlines firing while this pool's instances may run.
     _lease: TickerLease,
@@ -68,7 +70,7 @@ impl InstancePool {
         budget: Budget,
     ) -> Result<(Self, Hooks), InitFailure> {
         let pool = Self {
-            name,
+            name: name.clone(),
             pre,
             _lease: engine.ticker.lease(),
             engine,
@@ -77,6 +79,7 @@ impl InstancePool {
             max_idle: budget.instances.max(1),
             call_timeout: budget.call_timeout,
             init_timeout: budget.init_timeout,
+            guest: GuestLog::new(name.clone(), budget.log_lines, budget.log_interval),
             idle: Mutex::new(Vec::new()),
         };
         let (first, hooks) = pool.instantiate()?;
@@ -102,7 +105,7 @@ impl InstancePool {
 
     /// A new instance, initialised with the policy's config.
     fn instantiate(&self) -> Result<(Instance, Hooks), InitFailure> {
-        let mut store = Store::new(&self.engine.engine, HostState::new(self.name.clone(), self.memory_limit));
+        let mut store = Store::new(&self.engine.engine, HostState::new(self.guest.clone(), self.memory_limit));
         store.limiter(|s| &mut s.limiter);
         store.epoch_deadline_callback(|mut s| Ok(s.data_mut().clock.on_tick()));
         store.data_mut().begin_call(self.init_timeout);
@@ -190,10 +193,8 @@ fn convert_hooks(h: WitHooks) -> Hooks {
 
 /// Logs what a healthy call printed (policies should use `host.log`, but a
 /// stray `println!` should not vanish).
-fn log_output(name: &str, state: &mut HostState) {
-    if let Some(out) = state.take_output() {
-        tracing::debug!(target: "opamp_gateway::policy::guest", policy = name, "output: {out}");
-    }
+fn log_output(_name: &str, state: &mut HostState) {
+    state.log_output();
 }
 
 /// Turns a failed call into a [`HookError`], with what the guest printed

@@ -5,27 +5,42 @@
 //!   sockets or name lookups, stdin closed, both clocks frozen at zero.
 //!   Random numbers stay available: they grant no authority and std's
 //!   `HashMap` seeds itself from them.
-//! - stdout/stderr go to a small per-instance buffer that the pool drains
-//!   after each call into the log (a panic message ends up in the error).
+//! - stdout/stderr go to a small per-instance memory buffer that the pool
+//!   drains after each call into the log, line by line, rate-limited per
+//!   policy (a panic message ends up in the error). Guest output never
+//!   reaches the gateway's own stdout/stderr.
+//! - WASI's blocking I/O calls never block and never enter an async
+//!   runtime ([`add_wasi_to_linker`]): calls run synchronously on the
+//!   relay's tokio threads, where wasmtime-wasi's sync bridge (`block_on`)
+//!   panics.
+//! - `host.log` and output lines share one per-policy budget
+//!   ([`GuestLog`]): `policies.limits.log_lines` per `log_interval`, then
+//!   one "suppressed N lines" summary.
 //! - Memory growth beyond the policy's limit is refused by [`Limiter`], which
 //!   remembers the refusal so a subsequent trap is reported as `Memory`.
 //! - The `host.log` import, routed to `tracing` with the policy's name.
 //! - The current call's CPU-time deadline ([`CallClock`]).
 
-use std::pin::Pin;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::future::Future;
+use std::pin::{pin, Pin};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use wasmtime::component::ResourceTable;
+use wasmtime::component::{HasData, Linker, Resource, ResourceTable};
 use wasmtime::ResourceLimiter;
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
+use wasmtime_wasi::p2::bindings::io::{poll as async_poll, streams as async_streams};
+use wasmtime_wasi::p2::bindings::sync::io::{poll as sync_poll, streams as sync_streams};
+use wasmtime_wasi::p2::{DynInputStream, DynOutputStream, DynPollable};
 use wasmtime_wasi::p2::{OutputStream, Pollable, StreamError, StreamResult};
 use wasmtime_wasi::{HostMonotonicClock, HostWallClock, WasiCtx, WasiCtxView, WasiView};
 
 use super::bindings::opamp_gateway::policy::host::{self, Level};
 use super::deadline::CallClock;
+use crate::policy::throttle::Throttle;
+use crate::telemetry::metrics as m;
 
 /// Bytes of stdout/stderr kept per call; the rest is discarded.
 const OUTPUT_CAP: usize = 4096;
@@ -37,6 +52,7 @@ const LOG_LINES_PER_CALL: u32 = 16;
 /// The `T` of every policy `Store<T>`.
 pub(crate) struct HostState {
     pub policy: Arc<str>,
+    guest: Arc<GuestLog>,
     pub table: ResourceTable,
     wasi: WasiCtx,
     pub limiter: Limiter,
@@ -47,7 +63,7 @@ pub(crate) struct HostState {
 }
 
 impl HostState {
-    pub fn new(policy: Arc<str>, memory_limit: u64) -> Self {
+    pub fn new(guest: Arc<GuestLog>, memory_limit: u64) -> Self {
         let output = OutputBuffer::default();
         let mut b = WasiCtx::builder();
         b.stdout(output.clone())
@@ -58,7 +74,8 @@ impl HostState {
             .allow_udp(false)
             .allow_ip_name_lookup(false);
         Self {
-            policy,
+            policy: guest.policy.clone(),
+            guest,
             table: ResourceTable::new(),
             wasi: b.build(),
             limiter: Limiter::new(memory_limit),
@@ -83,6 +100,53 @@ impl HostState {
             return None;
         }
         Some(String::from_utf8_lossy(&bytes).trim_end().to_owned())
+    }
+
+    /// Logs what a healthy call printed, a line at a time, within the
+    /// policy's log budget.
+    pub fn log_output(&mut self) {
+        let Some(out) = self.take_output() else { return };
+        for line in out.lines().filter(|l| !l.trim().is_empty()) {
+            if self.guest.admit() {
+                tracing::debug!(target: "opamp_gateway::policy::guest", policy = &*self.policy, stream = "stdio", "{line}");
+            }
+        }
+    }
+}
+
+/// One policy's log budget, shared by all its instances.
+pub(crate) struct GuestLog {
+    pub policy: Arc<str>,
+    throttle: Throttle,
+    suppressed: OnceLock<metrics::Counter>,
+}
+
+impl GuestLog {
+    pub fn new(policy: Arc<str>, lines: u32, interval: Duration) -> Arc<Self> {
+        Arc::new(Self { policy, throttle: Throttle::new(lines, interval), suppressed: OnceLock::new() })
+    }
+
+    /// Whether one more line may be logged now; says how many were
+    /// suppressed before it, once.
+    fn admit(&self) -> bool {
+        match self.throttle.admit(Instant::now()) {
+            Some(0) => true,
+            Some(n) => {
+                tracing::info!(
+                    target: "opamp_gateway::policy::guest",
+                    policy = &*self.policy,
+                    suppressed = n,
+                    "{n} policy log lines suppressed (policies.limits.log_lines)"
+                );
+                true
+            }
+            None => {
+                self.suppressed
+                    .get_or_init(|| metrics::counter!(m::POLICY_LOG_SUPPRESSED, "policy" => self.policy.to_string()))
+                    .increment(1);
+                false
+            }
+        }
     }
 }
 
@@ -110,6 +174,9 @@ impl host::Host for HostState {
         if level == Level::Error && message.starts_with("panic: ") {
             self.output.append(message.as_bytes());
             self.output.append(b"\n");
+        }
+        if !self.guest.admit() {
+            return Ok(());
         }
         let policy = &*self.policy;
         match level {
@@ -278,6 +345,137 @@ impl tokio::io::AsyncWrite for OutputBuffer {
 
     fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Poll::Ready(Ok(()))
+    }
+}
+
+/// Links WASI for policies: wasmtime-wasi's synchronous bindings, with
+/// `wasi:io/streams` and `wasi:io/poll` replaced by [`NoBlockIo`].
+///
+/// The sync bindings run every blocking stream call (`blocking-write-and-
+/// flush`, which Rust's `println!` uses, and even dropping a stream) through
+/// `block_on` on the ambient tokio runtime. Policy calls run synchronously
+/// on the relay's tokio worker threads, where that panics ("Cannot start a
+/// runtime from within a runtime"), failing the call. Async WASI would need
+/// an async call path through the relay; instead, since nothing a policy
+/// can reach ever needs to wait (its stdout/stderr are memory buffers that
+/// are always ready, stdin is closed, files and sockets are denied), the
+/// replacements poll the operation once and call it a trap if it would wait.
+pub(crate) fn add_wasi_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
+    wasmtime_wasi::p2::add_to_linker_sync(linker)?;
+    linker.allow_shadowing(true);
+    sync_poll::add_to_linker::<HostState, NoBlock>(linker, |s| NoBlockIo(&mut s.table))?;
+    sync_streams::add_to_linker::<HostState, NoBlock>(linker, |s| NoBlockIo(&mut s.table))?;
+    linker.allow_shadowing(false);
+    Ok(())
+}
+
+struct NoBlock;
+
+impl HasData for NoBlock {
+    type Data<'a> = NoBlockIo<'a>;
+}
+
+/// `wasi:io` over the store's resource table, without a runtime.
+pub(crate) struct NoBlockIo<'a>(&'a mut ResourceTable);
+
+const WOULD_BLOCK: &str = "a policy cannot wait on WASI I/O (the operation would block)";
+
+/// Polls `f` once: the operations policies can reach complete at once.
+fn at_once<F: Future>(f: F) -> Option<F::Output> {
+    wasmtime_wasi::runtime::poll_noop(pin!(f))
+}
+
+fn now<T>(f: impl Future<Output = wasmtime::Result<T>>) -> wasmtime::Result<T> {
+    at_once(f).unwrap_or_else(|| Err(wasmtime::Error::msg(WOULD_BLOCK)))
+}
+
+fn stream_now<T>(f: impl Future<Output = StreamResult<T>>) -> StreamResult<T> {
+    at_once(f).unwrap_or_else(|| Err(StreamError::trap(WOULD_BLOCK)))
+}
+
+impl sync_poll::Host for NoBlockIo<'_> {
+    fn poll(&mut self, pollables: Vec<Resource<DynPollable>>) -> wasmtime::Result<Vec<u32>> {
+        now(async_poll::Host::poll(self.0, pollables))
+    }
+}
+
+impl sync_poll::HostPollable for NoBlockIo<'_> {
+    fn ready(&mut self, pollable: Resource<DynPollable>) -> wasmtime::Result<bool> {
+        now(async_poll::HostPollable::ready(self.0, pollable))
+    }
+    fn block(&mut self, pollable: Resource<DynPollable>) -> wasmtime::Result<()> {
+        now(async_poll::HostPollable::block(self.0, pollable))
+    }
+    fn drop(&mut self, pollable: Resource<DynPollable>) -> wasmtime::Result<()> {
+        async_poll::HostPollable::drop(self.0, pollable)
+    }
+}
+
+impl sync_streams::Host for NoBlockIo<'_> {
+    fn convert_stream_error(&mut self, err: StreamError) -> wasmtime::Result<sync_streams::StreamError> {
+        sync_streams::Host::convert_stream_error(self.0, err)
+    }
+}
+
+impl sync_streams::HostOutputStream for NoBlockIo<'_> {
+    fn drop(&mut self, stream: Resource<DynOutputStream>) -> wasmtime::Result<()> {
+        now(async_streams::HostOutputStream::drop(self.0, stream))
+    }
+    fn check_write(&mut self, stream: Resource<DynOutputStream>) -> StreamResult<u64> {
+        async_streams::HostOutputStream::check_write(self.0, stream)
+    }
+    fn write(&mut self, stream: Resource<DynOutputStream>, bytes: Vec<u8>) -> StreamResult<()> {
+        async_streams::HostOutputStream::write(self.0, stream, bytes)
+    }
+    fn blocking_write_and_flush(&mut self, stream: Resource<DynOutputStream>, bytes: Vec<u8>) -> StreamResult<()> {
+        stream_now(async_streams::HostOutputStream::blocking_write_and_flush(self.0, stream, bytes))
+    }
+    fn blocking_write_zeroes_and_flush(&mut self, stream: Resource<DynOutputStream>, len: u64) -> StreamResult<()> {
+        stream_now(async_streams::HostOutputStream::blocking_write_zeroes_and_flush(self.0, stream, len))
+    }
+    fn subscribe(&mut self, stream: Resource<DynOutputStream>) -> wasmtime::Result<Resource<DynPollable>> {
+        async_streams::HostOutputStream::subscribe(self.0, stream)
+    }
+    fn write_zeroes(&mut self, stream: Resource<DynOutputStream>, len: u64) -> StreamResult<()> {
+        async_streams::HostOutputStream::write_zeroes(self.0, stream, len)
+    }
+    fn flush(&mut self, stream: Resource<DynOutputStream>) -> StreamResult<()> {
+        async_streams::HostOutputStream::flush(self.0, stream)
+    }
+    fn blocking_flush(&mut self, stream: Resource<DynOutputStream>) -> StreamResult<()> {
+        stream_now(async_streams::HostOutputStream::blocking_flush(self.0, stream))
+    }
+    fn splice(&mut self, dst: Resource<DynOutputStream>, src: Resource<DynInputStream>, len: u64) -> StreamResult<u64> {
+        async_streams::HostOutputStream::splice(self.0, dst, src, len)
+    }
+    fn blocking_splice(
+        &mut self,
+        dst: Resource<DynOutputStream>,
+        src: Resource<DynInputStream>,
+        len: u64,
+    ) -> StreamResult<u64> {
+        stream_now(async_streams::HostOutputStream::blocking_splice(self.0, dst, src, len))
+    }
+}
+
+impl sync_streams::HostInputStream for NoBlockIo<'_> {
+    fn drop(&mut self, stream: Resource<DynInputStream>) -> wasmtime::Result<()> {
+        now(async_streams::HostInputStream::drop(self.0, stream))
+    }
+    fn read(&mut self, stream: Resource<DynInputStream>, len: u64) -> StreamResult<Vec<u8>> {
+        async_streams::HostInputStream::read(self.0, stream, len)
+    }
+    fn blocking_read(&mut self, stream: Resource<DynInputStream>, len: u64) -> StreamResult<Vec<u8>> {
+        stream_now(async_streams::HostInputStream::blocking_read(self.0, stream, len))
+    }
+    fn skip(&mut self, stream: Resource<DynInputStream>, len: u64) -> StreamResult<u64> {
+        async_streams::HostInputStream::skip(self.0, stream, len)
+    }
+    fn blocking_skip(&mut self, stream: Resource<DynInputStream>, len: u64) -> StreamResult<u64> {
+        stream_now(async_streams::HostInputStream::blocking_skip(self.0, stream, len))
+    }
+    fn subscribe(&mut self, stream: Resource<DynInputStream>) -> wasmtime::Result<Resource<DynPollable>> {
+        async_streams::HostInputStream::subscribe(self.0, stream)
     }
 }
 

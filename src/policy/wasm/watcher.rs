@@ -10,7 +10,8 @@
 //! `*.yaml`, `*.yml`, and Kubernetes' atomic `..data` symlink swap. Opens and
 //! reads are not (the reload itself reads the files). A missing directory is
 //! watched through its parent and picked up when it appears; a removed one
-//! unloads every policy.
+//! unloads nothing (the runtime keeps the set serving and reports it
+//! degraded) until it reappears, empty or not.
 
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, RecvTimeoutError};

@@ -6,21 +6,42 @@
 //! server answers with type [`CONNECT_RESULT`], JSON [`ConnectResult`],
 //! correlated by `request_uid` (the reply's own instance uid is meaningless).
 //! This matches the Bindplane server and its `opampgateway` extension.
+//!
+//! The reference's Go structs (json-iterator on the gateway side,
+//! `encoding/json` in its test server), in field order:
+//!
+//! - connect: `request_uid` string `omitempty`, `remote_address` string,
+//!   `headers` `http.Header` (`map[string][]string`);
+//! - connectResult: `request_uid` string `omitempty`, `accept` bool,
+//!   `http_status_code` int, `response_headers` `map[string]string` — `null`
+//!   when the server sets none, as the reference's own test server does.
+//!
+//! Both are read as Go reads them ([`go_decode`]): every field optional, `null`
+//! anywhere a Go value may be nil, names case-insensitive, unknown fields
+//! ignored. [`go_encode`] writes a connectResult byte for byte as Go does, for
+//! the reference server's Go mode.
+
+mod go_decode;
+mod go_encode;
+#[cfg(test)]
+mod tests;
 
 use std::collections::BTreeMap;
 
 use bytes::Bytes;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use super::framing;
 use super::proto::{AgentToServer, CustomMessage, ServerToAgent};
+
+pub use go_decode::{describe_error, request_uid_hint};
 
 pub const CAPABILITY: &str = "com.bindplane.opamp-gateway";
 pub const CONNECT: &str = "connect";
 pub const CONNECT_RESULT: &str = "connectResult";
 
 /// What the gateway tells the server about a connecting agent.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize)]
 pub struct ConnectRequest {
     pub request_uid: String,
     /// `ip:port` of the agent as the gateway saw it.
@@ -31,22 +52,22 @@ pub struct ConnectRequest {
 }
 
 /// The server's verdict on a [`ConnectRequest`].
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize)]
 pub struct ConnectResult {
     pub request_uid: String,
     pub accept: bool,
-    #[serde(default)]
     pub http_status_code: u16,
-    #[serde(default)]
     pub response_headers: BTreeMap<String, String>,
 }
 
 impl ConnectResult {
-    /// The status to answer a rejected agent with: the server's, or 401.
+    /// The status to answer a rejected agent with: the server's, 401 if it
+    /// gave none, 502 if what it gave is no HTTP status at all.
     pub fn reject_status(&self) -> u16 {
         match self.http_status_code {
             0 => 401,
-            s => s,
+            s @ 100..=999 => s,
+            _ => 502,
         }
     }
 }
@@ -65,6 +86,11 @@ impl ConnectRequest {
         Self { request_uid, remote_address, headers: map }
     }
 
+    /// Parses a connect payload as a Go peer writes it (see [`go_decode`]).
+    pub fn parse(data: &[u8]) -> Result<Self, serde_json::Error> {
+        serde_json::from_str(&String::from_utf8_lossy(data))
+    }
+
     /// The complete WebSocket payload to send upstream.
     pub fn to_frame(&self) -> Bytes {
         framing::encode(&AgentToServer {
@@ -79,24 +105,31 @@ impl ConnectRequest {
 
     /// Recognises a connect request (used by the reference server).
     pub fn from_custom(msg: &CustomMessage) -> Option<Result<Self, serde_json::Error>> {
-        (msg.capability == CAPABILITY && msg.r#type == CONNECT).then(|| serde_json::from_slice(&msg.data))
+        (msg.capability == CAPABILITY && msg.r#type == CONNECT).then(|| Self::parse(&msg.data))
     }
 }
 
 impl ConnectResult {
+    /// Parses a connectResult payload as a Go peer writes it (see
+    /// [`go_decode`]). Invalid UTF-8 becomes U+FFFD, as in Go.
+    pub fn parse(data: &[u8]) -> Result<Self, serde_json::Error> {
+        serde_json::from_str(&String::from_utf8_lossy(data))
+    }
+
     /// Recognises a connectResult; `None` if the message is something else.
     pub fn from_custom(msg: &CustomMessage) -> Option<Result<Self, serde_json::Error>> {
-        (msg.capability == CAPABILITY && msg.r#type == CONNECT_RESULT).then(|| serde_json::from_slice(&msg.data))
+        (msg.capability == CAPABILITY && msg.r#type == CONNECT_RESULT).then(|| Self::parse(&msg.data))
     }
 
     /// The complete WebSocket payload a server sends back.
     pub fn to_frame(&self) -> Bytes {
+        Self::frame_with(serde_json::to_vec(self).expect("plain data serializes").into())
+    }
+
+    /// A `ServerToAgent` carrying `data` as a connectResult, whatever it holds.
+    pub fn frame_with(data: Bytes) -> Bytes {
         framing::encode(&ServerToAgent {
-            custom_message: Some(CustomMessage {
-                capability: CAPABILITY.into(),
-                r#type: CONNECT_RESULT.into(),
-                data: serde_json::to_vec(self).expect("plain data serializes").into(),
-            }),
+            custom_message: Some(CustomMessage { capability: CAPABILITY.into(), r#type: CONNECT_RESULT.into(), data }),
             ..Default::default()
         })
     }
@@ -117,45 +150,4 @@ pub fn canonical_header_name(name: &str) -> String {
             out
         })
         .collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::protocol::scan::{AgentFrame, ServerFrame};
-
-    #[test]
-    fn canonical_names_match_go() {
-        assert_eq!(canonical_header_name("authorization"), "Authorization");
-        assert_eq!(canonical_header_name("x-API-key"), "X-Api-Key");
-        assert_eq!(canonical_header_name("sec-websocket-key"), "Sec-Websocket-Key");
-        assert_eq!(canonical_header_name("bad name"), "bad name");
-    }
-
-    #[test]
-    fn connect_round_trip_uses_the_wire_field_names() {
-        let req = ConnectRequest::new(
-            "r-1".into(),
-            "10.0.0.1:5555".into(),
-            [("authorization", "Secret-Key a"), ("x-tag", "1"), ("X-Tag", "2")],
-        );
-        let json: serde_json::Value = serde_json::to_value(&req).unwrap();
-        assert_eq!(json["request_uid"], "r-1");
-        assert_eq!(json["remote_address"], "10.0.0.1:5555");
-        assert_eq!(json["headers"]["X-Tag"], serde_json::json!(["1", "2"]));
-
-        let frame = AgentFrame::parse_ws(&req.to_frame()).unwrap();
-        assert!(frame.uid.is_none());
-        let back = ConnectRequest::from_custom(&frame.custom_message().unwrap()).unwrap().unwrap();
-        assert_eq!(back, req);
-    }
-
-    #[test]
-    fn connect_result_defaults_to_401() {
-        let r: ConnectResult = serde_json::from_str(r#"{"request_uid":"x","accept":false}"#).unwrap();
-        assert_eq!(r.reject_status(), 401);
-        let frame = ServerFrame::parse_ws(&r.to_frame()).unwrap();
-        let back = ConnectResult::from_custom(&frame.custom_message().unwrap()).unwrap().unwrap();
-        assert_eq!(back, r);
-    }
 }

@@ -1,0 +1,241 @@
+//! The listener's socket budget: every open agent socket holds a permit, and
+//! one source may hold only so many sockets that are not agents yet. What is
+//! refused is answered (plain HTTP), counted and logged (rate-limited).
+
+use std::collections::HashMap;
+use std::io;
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use http::StatusCode;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use crate::telemetry::metrics as m;
+
+/// Refusals being answered at once; beyond, a refused socket is just closed
+/// (a flood must not turn the answers into a socket budget of their own).
+const ANSWERING: usize = 256;
+/// Time to write a refusal and let the client read it.
+const ANSWER_TIME: Duration = Duration::from_secs(2);
+/// One info line per reason per this period; the others are counted.
+const LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// Why a connection was turned away or closed before becoming an agent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(super) enum Refusal {
+    MaxConnections,
+    PerSource,
+    HeaderTimeout,
+    TlsHandshakeTimeout,
+    TlsHandshakeFailed,
+}
+
+impl Refusal {
+    /// The `reason` label, named after the setting that decided it.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Refusal::MaxConnections => "max_connections",
+            Refusal::PerSource => "max_handshaking_per_source",
+            Refusal::HeaderTimeout => "header_timeout",
+            Refusal::TlsHandshakeTimeout => "tls_handshake_timeout",
+            Refusal::TlsHandshakeFailed => "tls_handshake_failed",
+        }
+    }
+
+    /// The HTTP answer (status, its label, text) where one is given.
+    fn answer(self) -> Option<(StatusCode, &'static str, &'static str)> {
+        match self {
+            Refusal::MaxConnections => {
+                Some((StatusCode::SERVICE_UNAVAILABLE, "503", "gateway at its connection limit"))
+            }
+            Refusal::PerSource => {
+                Some((StatusCode::TOO_MANY_REQUESTS, "429", "too many connections from this address still connecting"))
+            }
+            _ => None,
+        }
+    }
+}
+
+/// A socket's share of the budget, held for the socket's whole life.
+pub(super) struct Admitted {
+    pub permit: OwnedSemaphorePermit,
+    pub source: SourceSlot,
+}
+
+pub(super) struct Limits {
+    budget: Arc<Semaphore>,
+    max_connections: usize,
+    sources: Arc<Sources>,
+    answering: Arc<Semaphore>,
+    log: Mutex<HashMap<Refusal, (Instant, u64)>>,
+}
+
+impl Limits {
+    pub fn new(max_connections: usize, max_handshaking_per_source: usize) -> Self {
+        Self {
+            budget: Arc::new(Semaphore::new(max_connections)),
+            max_connections,
+            sources: Arc::new(Sources { max: max_handshaking_per_source, counts: Mutex::default() }),
+            answering: Arc::new(Semaphore::new(ANSWERING)),
+            log: Mutex::default(),
+        }
+    }
+
+    /// A newly accepted socket's permit and source slot, if both are free.
+    pub fn admit(&self, ip: IpAddr) -> Result<Admitted, Refusal> {
+        let source = self.sources.try_acquire(ip).ok_or(Refusal::PerSource)?;
+        let permit = self.budget.clone().try_acquire_owned().map_err(|_| Refusal::MaxConnections)?;
+        Ok(Admitted { permit, source })
+    }
+
+    /// Turns a socket away: on a plain listener with a short HTTP answer
+    /// (`Retry-After` included), on TLS by closing it (a handshake is what an
+    /// overloaded gateway should not spend).
+    pub fn refuse(&self, tcp: TcpStream, remote: SocketAddr, why: Refusal, tls: bool, retry_after: Duration) {
+        let slot = if tls { None } else { self.answering.clone().try_acquire_owned().ok() };
+        match (why.answer(), slot) {
+            (Some((status, label, text)), Some(slot)) => {
+                self.note(why, remote, label);
+                tokio::spawn(async move {
+                    let _slot = slot;
+                    let _ = tokio::time::timeout(ANSWER_TIME, answer(tcp, status, text, retry_after)).await;
+                });
+            }
+            _ => self.note(why, remote, "none"),
+        }
+    }
+
+    /// Counts a connection closed before it became an agent, and logs the
+    /// first of each reason per [`LOG_EVERY`].
+    pub fn note(&self, why: Refusal, remote: SocketAddr, status: &'static str) {
+        metrics::counter!(m::HANDSHAKES, "outcome" => "refused", "reason" => why.reason(), "status" => status)
+            .increment(1);
+        let now = Instant::now();
+        let mut log = self.log.lock().expect("refusal log lock");
+        let entry = log.entry(why).or_insert((now - LOG_EVERY, 0));
+        if now.duration_since(entry.0) < LOG_EVERY {
+            entry.1 += 1;
+            return;
+        }
+        let since_last = std::mem::replace(entry, (now, 0)).1;
+        drop(log);
+        let limit = match why {
+            Refusal::MaxConnections => self.max_connections,
+            Refusal::PerSource => self.sources.max,
+            _ => 0,
+        };
+        tracing::info!(
+            reason = why.reason(),
+            source = %remote.ip(),
+            limit,
+            suppressed_since_last = since_last,
+            "agent connection refused (logged at most once per {}s per reason)",
+            LOG_EVERY.as_secs()
+        );
+    }
+}
+
+/// Writes the answer, then reads until the client closes: closing with its
+/// request unread would reset the connection and could destroy the answer
+/// before the client reads it.
+async fn answer(mut tcp: TcpStream, status: StatusCode, text: &str, retry_after: Duration) -> io::Result<()> {
+    let reason = status.canonical_reason().unwrap_or("");
+    let response = format!(
+        "HTTP/1.1 {} {reason}\r\nRetry-After: {}\r\nContent-Type: text/plain; charset=utf-8\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{text}\n",
+        status.as_str(),
+        retry_after.as_secs().max(1),
+        text.len() + 1,
+    );
+    tcp.write_all(response.as_bytes()).await?;
+    tcp.shutdown().await?;
+    let mut sink = [0u8; 1024];
+    while tcp.read(&mut sink).await? > 0 {}
+    Ok(())
+}
+
+/// Sockets per source that are not agents yet.
+struct Sources {
+    max: usize,
+    counts: Mutex<HashMap<IpAddr, usize>>,
+}
+
+impl Sources {
+    fn try_acquire(self: &Arc<Self>, ip: IpAddr) -> Option<SourceSlot> {
+        let key = source_key(ip);
+        let mut counts = self.counts.lock().expect("sources lock");
+        let n = counts.entry(key).or_insert(0);
+        if *n >= self.max {
+            return None;
+        }
+        *n += 1;
+        Some(SourceSlot { sources: self.clone(), key })
+    }
+}
+
+/// One not-yet-agent socket of a source; dropped when the socket becomes an
+/// agent or closes.
+pub(super) struct SourceSlot {
+    sources: Arc<Sources>,
+    key: IpAddr,
+}
+
+impl Drop for SourceSlot {
+    fn drop(&mut self) {
+        let mut counts = self.sources.counts.lock().expect("sources lock");
+        if let Some(n) = counts.get_mut(&self.key) {
+            *n -= 1;
+            if *n == 0 {
+                counts.remove(&self.key);
+            }
+        }
+    }
+}
+
+/// IPv4 by address; IPv6 by /64, the block one host is usually given.
+fn source_key(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => IpAddr::V6(Ipv6Addr::from(u128::from(v6) & !((1u128 << 64) - 1))),
+        v4 => v4,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn per_source_slots_are_returned() {
+        let limits = Limits::new(10, 2);
+        let ip: IpAddr = "192.0.2.1".parse().unwrap();
+        let a = limits.admit(ip).unwrap();
+        let _b = limits.admit(ip).unwrap();
+        assert_eq!(limits.admit(ip).err(), Some(Refusal::PerSource));
+        assert!(limits.admit("192.0.2.2".parse().unwrap()).is_ok(), "another source has its own share");
+        drop(a.source);
+        assert!(limits.admit(ip).is_ok(), "a slot comes back when its socket is no longer connecting");
+    }
+
+    #[test]
+    fn budget_permits_are_returned() {
+        let limits = Limits::new(1, 10);
+        let a = limits.admit("192.0.2.1".parse().unwrap()).unwrap();
+        assert_eq!(limits.admit("192.0.2.2".parse().unwrap()).err(), Some(Refusal::MaxConnections));
+        drop(a);
+        let _b = limits.admit("192.0.2.2".parse().unwrap()).unwrap();
+        let counts = limits.sources.counts.lock().unwrap();
+        assert_eq!(counts.get(&"192.0.2.2".parse().unwrap()), Some(&1), "the refusal returned its source slot");
+        assert_eq!(counts.len(), 1, "a source with no connecting socket is forgotten");
+    }
+
+    #[test]
+    fn sources_group_ipv6_by_64_and_unmap_ipv4() {
+        let k = |s: &str| source_key(s.parse().unwrap());
+        assert_eq!(k("2001:db8:1:2:aaaa::1"), k("2001:db8:1:2:bbbb::2"));
+        assert_ne!(k("2001:db8:1:2::1"), k("2001:db8:1:3::1"));
+        assert_eq!(k("::ffff:192.0.2.7"), k("192.0.2.7"));
+    }
+}

@@ -1,0 +1,79 @@
+//! [`PolicyHealth`]: what `/readyz` says about the policy set.
+//!
+//! The set is *degraded* while its directory cannot be read (removed,
+//! unmounted, permissions): the last good set keeps serving, but the
+//! operator's intent can no longer be followed. With `policies.required`,
+//! readiness fails while the set is degraded or empty.
+
+use std::sync::Mutex;
+
+pub struct PolicyHealth {
+    required: bool,
+    state: Mutex<State>,
+}
+
+#[derive(Default)]
+struct State {
+    serving: usize,
+    degraded: Option<String>,
+}
+
+impl PolicyHealth {
+    pub fn new(required: bool) -> Self {
+        Self { required, state: Mutex::default() }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Policies in the serving set.
+    pub fn set_serving(&self, n: usize) {
+        self.lock().serving = n;
+    }
+
+    /// Why the directory cannot be read, or `None` once it can.
+    pub fn set_degraded(&self, reason: Option<String>) {
+        self.lock().degraded = reason;
+    }
+
+    pub fn is_degraded(&self) -> bool {
+        self.lock().degraded.is_some()
+    }
+
+    /// One line for `/readyz`: `Ok` when ready as far as policies go.
+    pub fn readiness(&self) -> Result<String, String> {
+        let s = self.lock();
+        let text = match &s.degraded {
+            Some(why) => format!("policies degraded: {why}; the last good set ({}) keeps serving", s.serving),
+            None => format!("policies: {} serving", s.serving),
+        };
+        if self.required && (s.degraded.is_some() || s.serving == 0) {
+            Err(format!("{text} (policies.required)"))
+        } else {
+            Ok(text)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn required_sets_fail_when_empty_or_degraded() {
+        let h = PolicyHealth::new(true);
+        assert!(h.readiness().is_err(), "empty");
+        h.set_serving(2);
+        assert_eq!(h.readiness().unwrap(), "policies: 2 serving");
+        h.set_degraded(Some("dir: cannot read".into()));
+        let e = h.readiness().unwrap_err();
+        assert!(e.contains("degraded: dir: cannot read") && e.contains("(2) keeps serving"), "{e}");
+        h.set_degraded(None);
+        assert!(h.readiness().is_ok());
+
+        let optional = PolicyHealth::new(false);
+        optional.set_degraded(Some("gone".into()));
+        assert!(optional.readiness().unwrap().contains("degraded"));
+    }
+}

@@ -1,0 +1,110 @@
+//! Who a connection is, as far as uid ownership is concerned.
+//!
+//! The gateway makes no authentication decision, but it must keep one
+//! authenticated agent from speaking for another. It does so by remembering,
+//! per connection, a digest of the credentials the server accepted it with,
+//! and whether the connection is a trusted downstream gateway (the only kind
+//! allowed to speak for several uids).
+
+use sha2::{Digest, Sha256};
+
+/// The request headers whose values count as credentials (lower-case names).
+/// A reconnecting agent may take over its own uid from a connection not yet
+/// known dead only if these match; see `Routes::claim`.
+pub const CREDENTIAL_HEADERS: &[&str] =
+    &["authorization", "proxy-authorization", "cookie", "x-api-key", "x-secret-key", "x-bindplane-secret-key"];
+
+/// A SHA-256 digest of a connection's credentials. The headers themselves are
+/// never kept, so a credential cannot leak from here into logs or dumps.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Credential([u8; 32]);
+
+impl Credential {
+    /// Digests the values of [`CREDENTIAL_HEADERS`] in `headers` (names
+    /// lower-case), in a canonical order, plus the verified client
+    /// certificate's identity when there is one.
+    pub fn from_headers<'a>(headers: impl IntoIterator<Item = (&'a str, &'a str)>, client_cert: Option<&[u8]>) -> Self {
+        let mut parts: Vec<(&str, &str)> = headers
+            .into_iter()
+            .filter(|(k, _)| CREDENTIAL_HEADERS.contains(&k.to_ascii_lowercase().as_str()))
+            .collect();
+        parts.sort_unstable();
+        let mut h = Sha256::new();
+        for (k, v) in parts {
+            // Length-prefixed, so ("ab","c") and ("a","bc") differ.
+            for part in [k.to_ascii_lowercase().as_bytes(), v.as_bytes()] {
+                h.update((part.len() as u64).to_be_bytes());
+                h.update(part);
+            }
+        }
+        if let Some(cert) = client_cert {
+            h.update(b"client-cert");
+            h.update(Sha256::digest(cert));
+        }
+        Self(h.finalize().into())
+    }
+
+    /// For tests and the simulator: the digest of no credentials at all.
+    pub fn none() -> Self {
+        Self::from_headers(std::iter::empty(), None)
+    }
+}
+
+impl std::fmt::Debug for Credential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // A prefix is enough to tell two apart in a debug dump.
+        write!(f, "Credential({:02x}{:02x}{:02x}{:02x}…)", self.0[0], self.0[1], self.0[2], self.0[3])
+    }
+}
+
+/// What a connection is allowed to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// An ordinary agent: exactly one uid, no gateway custom messages.
+    Agent,
+    /// A downstream gateway trusted by `listener.downstream_gateways`: may
+    /// speak for many uids and forward connect handshakes.
+    Gateway,
+}
+
+/// Everything the core needs to know about who is on a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Identity {
+    pub credential: Credential,
+    pub role: Role,
+}
+
+impl Identity {
+    pub fn agent(credential: Credential) -> Self {
+        Self { credential, role: Role::Agent }
+    }
+
+    pub fn is_gateway(&self) -> bool {
+        self.role == Role::Gateway
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn digest_depends_on_credentials_only() {
+        let a = Credential::from_headers([("authorization", "Secret-Key a"), ("user-agent", "x")], None);
+        let a2 = Credential::from_headers([("user-agent", "y"), ("Authorization", "Secret-Key a")], None);
+        let b = Credential::from_headers([("authorization", "Secret-Key b")], None);
+        assert_eq!(a, a2, "non-credential headers and name case do not matter");
+        assert_ne!(a, b);
+        assert_ne!(a, Credential::from_headers([("authorization", "Secret-Key a")], Some(b"cert")));
+        assert_ne!(
+            Credential::from_headers([("x-api-key", "ab"), ("cookie", "c")], None),
+            Credential::from_headers([("x-api-key", "a"), ("cookie", "bc")], None)
+        );
+    }
+
+    #[test]
+    fn debug_never_shows_the_secret() {
+        let c = Credential::from_headers([("authorization", "Secret-Key hunter2")], None);
+        assert!(!format!("{c:?}").contains("hunter2"));
+    }
+}

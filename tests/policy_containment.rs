@@ -1,0 +1,295 @@
+//! A failing policy must not take the relay down (issue 17), through a real
+//! gateway on loopback with the real `misbehave` component:
+//! - a looping filter is quarantined by its circuit breaker: new agents
+//!   connect and messages flow without a Wasm call, one warning is logged;
+//!   a half-open trial lifts the quarantine, and so does a replacement;
+//! - a guest printing on every call breaks nothing, and its output is
+//!   rate-limited into the log;
+//! - a `forward-headers` answer over the cap is invalid;
+//! - a vanished policy directory unloads nothing; `/readyz` says so.
+//!
+//! The tests share one log capture and one metrics recorder (both are
+//! process-wide), so each uses its own policy names.
+
+#[path = "policy_support/mod.rs"]
+mod policy_support;
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use bytes::Bytes;
+use metrics_exporter_prometheus::PrometheusHandle;
+use opamp_gateway::config::Config;
+use opamp_gateway::policy::runtime::ReloadOutcome;
+use opamp_gateway::protocol::proto::AgentToServer;
+use opamp_gateway::protocol::uid::InstanceUid;
+use opamp_gateway::sim::agent::{AgentError, AgentOptions, SimAgent};
+use opamp_gateway::sim::server::{ReferenceServer, ReferenceServerConfig};
+use opamp_gateway::Gateway;
+use policy_support::{applied, install, wait_for};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const T: Duration = Duration::from_secs(20);
+
+#[derive(Clone)]
+struct Capture(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Capture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The process-wide log capture and metrics recorder, installed once.
+fn globals() -> &'static (Capture, PrometheusHandle) {
+    static G: OnceLock<(Capture, PrometheusHandle)> = OnceLock::new();
+    G.get_or_init(|| {
+        let capture = Capture(Arc::default());
+        let writer = capture.clone();
+        tracing_subscriber::fmt()
+            .with_env_filter("warn,opamp_gateway::policy=debug")
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .init();
+        (capture, opamp_gateway::telemetry::install_recorder().unwrap())
+    })
+}
+
+/// Captured log lines mentioning every one of `words`.
+fn log_lines(words: &[&str]) -> Vec<String> {
+    let text = String::from_utf8_lossy(&globals().0 .0.lock().unwrap()).into_owned();
+    text.lines().filter(|l| words.iter().all(|w| l.contains(w))).map(str::to_owned).collect()
+}
+
+async fn start(server: &ReferenceServer, dir: &Path, tune: impl FnOnce(&mut Config)) -> Gateway {
+    let handle = globals().1.clone();
+    let mut cfg = Config::from_yaml(&format!(
+        "server:\n  endpoint: {}\n  reconnect: {{ initial_interval: 50ms }}\nlistener:\n  endpoint: 127.0.0.1:0\n\
+         telemetry:\n  metrics:\n    endpoint: 127.0.0.1:0\n",
+        server.url()
+    ))
+    .unwrap();
+    cfg.policies = policy_support::config(dir, true);
+    tune(&mut cfg);
+    let g = Gateway::start(&cfg, Some(handle)).await.expect("gateway starts with its policies");
+    assert!(g.wait_for_links(3, T).await);
+    g
+}
+
+/// `GET path` on the metrics server: (status, body).
+async fn get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes()).await.unwrap();
+    let mut raw = String::new();
+    tcp.read_to_string(&mut raw).await.unwrap();
+    let status = raw.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    (status, raw.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default())
+}
+
+/// The value of `name{...policy="<policy>"...}` (summed over other labels).
+async fn metric(g: &Gateway, name: &str, policy: &str) -> Option<f64> {
+    let (_, text) = get(g.metrics_addr().unwrap(), "/metrics").await;
+    let label = format!("policy=\"{policy}\"");
+    let values: Vec<f64> = text
+        .lines()
+        .filter(|l| l.starts_with(&format!("{name}{{")) && l.contains(&label))
+        .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
+        .collect();
+    (!values.is_empty()).then(|| values.iter().sum())
+}
+
+/// An agent whose 16-byte uid starts with the fixture's `mode` word.
+async fn agent(g: &Gateway, mode: &str, n: usize) -> SimAgent {
+    let mut o = AgentOptions::new(g.agent_url());
+    let uid = format!("{mode}_{n:0width$}", width = 15 - mode.len());
+    o.uid = InstanceUid::parse(Some(Bytes::from(uid))).unwrap();
+    SimAgent::connect(o).await.unwrap()
+}
+
+async fn plain_agent(g: &Gateway) -> SimAgent {
+    SimAgent::connect(AgentOptions::new(g.agent_url())).await.unwrap()
+}
+
+async fn round_trip(a: &mut SimAgent) {
+    a.send(AgentToServer::default()).await.unwrap();
+    assert_eq!(&a.recv(T).await.unwrap().instance_uid, a.uid().as_bytes());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_looping_filter_is_quarantined_and_a_replacement_recovers() {
+    let server = ReferenceServer::start(ReferenceServerConfig::default()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    // Default breaker (5 consecutive failures) and on_error (open); a
+    // backoff no test run reaches, so the quarantine holds throughout.
+    install(dir.path(), "fixture_misbehave", "loop_a", Some("quarantine_backoff: 1h\n"));
+    let g = start(&server, dir.path(), |_| {}).await;
+
+    // Each message from this agent makes the filter spin to its deadline;
+    // fail-open forwards it anyway. The reply comes after the filter ran.
+    let mut spinner = agent(&g, "spin", 1).await;
+    for _ in 0..5 {
+        round_trip(&mut spinner).await;
+    }
+    let set = g.policies().policies().snapshot();
+    assert_eq!(set.quarantined(), ["loop_a"]);
+    assert_eq!(metric(&g, "opampgateway_policy_quarantined", "loop_a").await, Some(1.0));
+    assert_eq!(metric(&g, "opampgateway_policy_quarantines_total", "loop_a").await, Some(1.0));
+    let calls = metric(&g, "opampgateway_policy_calls_total", "loop_a").await.unwrap();
+
+    // Quarantined: 20 new agents connect and talk, the spinner too, and
+    // the policy is never called.
+    let mut fleet = Vec::new();
+    for _ in 0..20 {
+        let mut a = plain_agent(&g).await;
+        round_trip(&mut a).await;
+        fleet.push(a);
+    }
+    for _ in 0..20 {
+        round_trip(&mut spinner).await;
+    }
+    assert_eq!(metric(&g, "opampgateway_policy_calls_total", "loop_a").await, Some(calls));
+    let skipped = metric(&g, "opampgateway_policy_quarantine_skipped_total", "loop_a").await.unwrap();
+    assert!(skipped >= 40.0, "{skipped}");
+    assert_eq!(metric(&g, "opampgateway_policy_errors_total", "loop_a").await, Some(5.0));
+    // Logged once each: the quarantine, and the first failure only.
+    assert_eq!(log_lines(&["policy quarantined", "loop_a"]).len(), 1);
+    assert_eq!(log_lines(&["WARN", "policy call failed", "loop_a"]).len(), 1);
+
+    // A good policy under the same name: a fresh breaker, the gauge back to 0.
+    let mut status = g.policies().subscribe();
+    install(dir.path(), "block_packages", "loop_a", None);
+    wait_for(&mut status, "replacement", |s| match &s.outcome {
+        ReloadOutcome::Applied(set) => set.iter().any(|p| p.name == "loop_a" && !p.hooks.filter_agent_to_server),
+        _ => false,
+    })
+    .await;
+    assert!(g.policies().policies().snapshot().quarantined().is_empty());
+    assert_eq!(metric(&g, "opampgateway_policy_quarantined", "loop_a").await, Some(0.0));
+    round_trip(&mut spinner).await;
+    round_trip(&mut fleet[0]).await;
+    g.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_half_open_trial_lifts_the_quarantine() {
+    let server = ReferenceServer::start(ReferenceServerConfig::default()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = "quarantine_after: 2\nquarantine_backoff: 50ms\nquarantine_max_backoff: 50ms\n";
+    install(dir.path(), "fixture_misbehave", "trial_b", Some(yaml));
+    let g = start(&server, dir.path(), |_| {}).await;
+    let mut spinner = agent(&g, "spin", 2).await;
+    round_trip(&mut spinner).await;
+    round_trip(&mut spinner).await;
+    assert_eq!(g.policies().policies().snapshot().quarantined(), ["trial_b"]);
+
+    // Only well-behaved traffic now: the first message after the backoff
+    // is the trial, it succeeds, and the policy is back.
+    let mut a = plain_agent(&g).await;
+    tokio::time::timeout(T, async {
+        while !g.policies().policies().snapshot().quarantined().is_empty() {
+            round_trip(&mut a).await;
+        }
+    })
+    .await
+    .expect("a trial call within the test's time");
+    assert_eq!(metric(&g, "opampgateway_policy_quarantined", "trial_b").await, Some(0.0));
+    assert_eq!(log_lines(&["policy recovered", "trial_b"]).len(), 1);
+    g.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_printing_guest_breaks_nothing_and_its_output_is_rate_limited() {
+    let server = ReferenceServer::start(ReferenceServerConfig::default()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    // Fail-closed: a call broken by its printing would drop the message.
+    install(dir.path(), "fixture_misbehave", "print_c", Some("on_error: closed\ncall_timeout: 1s\n"));
+    let g = start(&server, dir.path(), |c| {
+        c.policies.limits.log_lines = 3;
+        c.policies.limits.log_interval = Duration::from_secs(3600);
+    })
+    .await;
+    for n in 0..5 {
+        let mut a = agent(&g, "print", n).await;
+        for _ in 0..4 {
+            round_trip(&mut a).await;
+        }
+    }
+    assert_eq!(metric(&g, "opampgateway_policy_errors_total", "print_c").await, None, "no call failed");
+    let printed = log_lines(&["print_c", "printed to std"]);
+    assert!((1..=3).contains(&printed.len()), "{printed:?}");
+    // 40 calls (both directions), two lines each, three logged.
+    let held = metric(&g, "opampgateway_policy_log_lines_suppressed_total", "print_c").await.unwrap();
+    assert!(held >= 70.0, "{held}");
+    g.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarded_headers_are_capped() {
+    let server = ReferenceServer::start(ReferenceServerConfig::default()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    install(dir.path(), "fixture_misbehave", "hdr_d", Some("on_error: closed\ncall_timeout: 1s\n"));
+    let g = start(&server, dir.path(), |_| {}).await;
+    let before = server.state().connect_requests.len();
+    let o = AgentOptions::new(g.agent_url()).header("x-misbehave", "many");
+    match SimAgent::connect(o).await {
+        Err(AgentError::Rejected { status: 503, .. }) => {}
+        other => panic!("expected 503, got {:?}", other.map(|_| ())),
+    }
+    assert_eq!(server.state().connect_requests.len(), before, "the server never saw them");
+    let e = log_lines(&["hdr_d", "10000 headers, more than policies.limits.max_forwarded_headers (100)"]);
+    assert_eq!(e.len(), 1, "{e:?}");
+    let mut fine = plain_agent(&g).await;
+    round_trip(&mut fine).await;
+    g.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vanished_directory_unloads_nothing_and_fails_readiness() {
+    let server = ReferenceServer::start(ReferenceServerConfig::default()).await.unwrap();
+    let parent = tempfile::tempdir().unwrap();
+    let dir = parent.path().join("policies");
+    std::fs::create_dir(&dir).unwrap();
+    // Enforcing: messages from `close_…` agents close their session.
+    install(&dir, "fixture_misbehave", "enforce_e", Some("on_error: closed\ncall_timeout: 1s\n"));
+    let g = start(&server, &dir, |c| c.policies.required = true).await;
+    let metrics = g.metrics_addr().unwrap();
+    let (code, body) = get(metrics, "/readyz").await;
+    assert_eq!(code, 200, "{body}");
+    let enforced = |mut a: SimAgent| async move {
+        a.send(AgentToServer::default()).await.unwrap();
+        a.recv_close(T).await.expect("closed by the policy");
+    };
+    enforced(agent(&g, "close", 1).await).await;
+
+    let mut status = g.policies().subscribe();
+    std::fs::remove_dir_all(&dir).unwrap();
+    let refused = wait_for(&mut status, "refusal", |s| matches!(s.outcome, ReloadOutcome::Refused { .. })).await;
+    assert!(matches!(&refused.outcome, ReloadOutcome::Refused { file: Some(f), .. } if *f == dir), "{refused:?}");
+    assert_eq!(g.policies().loaded().len(), 1, "still serving");
+    enforced(agent(&g, "close", 2).await).await;
+    let mut fine = plain_agent(&g).await;
+    round_trip(&mut fine).await;
+    let (code, body) = get(metrics, "/readyz").await;
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("policies degraded") && body.contains("(1) keeps serving"), "{body}");
+    assert_eq!(get(metrics, "/healthz").await.0, 200, "health is about links only");
+    let dir_name = dir.display().to_string();
+    assert_eq!(log_lines(&["ERROR", "policy reload refused", &dir_name]).len(), 1);
+
+    // Unloading everything takes an explicit empty directory.
+    std::fs::create_dir(&dir).unwrap();
+    wait_for(&mut status, "empty set", |s| applied(s) == Some(vec![])).await;
+    let (code, body) = get(metrics, "/readyz").await;
+    assert_eq!(code, 503, "required, and nothing serving: {body}");
+    assert!(body.contains("policies: 0 serving"), "{body}");
+    let mut free = agent(&g, "close", 3).await;
+    round_trip(&mut free).await;
+    g.shutdown().await;
+}
