@@ -17,11 +17,12 @@ const INSTANCE_UID: u32 = 1;
 /// Header names are lower-cased (the relay's convention) and both halves
 /// must be valid HTTP.
 pub fn check_header((name, value): (String, String)) -> Result<(String, String), HookError> {
-    let token = |c: u8| c.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&c);
-    if name.is_empty() || !name.bytes().all(token) {
+    // The http crate's rules: a token name, and a value of visible bytes,
+    // spaces and tabs (no CR, LF, NUL or other control bytes).
+    if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
         return Err(HookError::Invalid(format!("invalid header name {name:?}")));
     }
-    if value.bytes().any(|c| c == b'\r' || c == b'\n' || c == 0) {
+    if http::HeaderValue::from_bytes(value.as_bytes()).is_err() {
         return Err(HookError::Invalid(format!("invalid value for header {name:?}")));
     }
     Ok((name.to_ascii_lowercase(), value))
@@ -74,6 +75,10 @@ mod tests {
         assert!(check_header(("bad name".into(), "a".into())).is_err());
         assert!(check_header(("".into(), "a".into())).is_err());
         assert!(check_header(("x".into(), "a\r\nInjected: 1".into())).is_err());
+        for control in ["a\u{1}b", "a\u{7f}", "a\0"] {
+            assert!(check_header(("x".into(), control.into())).is_err(), "{control:?}");
+        }
+        assert!(check_header(("x".into(), "tab\tand space é".into())).is_ok(), "HTAB and obs-text are allowed");
     }
 
     #[test]
