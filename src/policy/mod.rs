@@ -10,6 +10,17 @@
 //! chain ([`PolicySet`]); the relay only ever sees the chain, through
 //! [`Policies`], an atomically swappable snapshot. The Wasm host
 //! ([`wasm`]) is one implementation of [`Policy`]; the relay never names it.
+//!
+//! Modules:
+//! - [`set`]: the chain, its failure modes and the caps on what a policy's
+//!   answer may make the gateway do;
+//! - [`breaker`]: the per-policy circuit breaker (quarantine, half-open);
+//! - [`verdict`]: host-side checks of answers (`replace` keeps the uid,
+//!   `set-field` never touches it, headers are valid HTTP);
+//! - [`throttle`]: rate limits on a policy's log lines;
+//! - [`health`]: whether the policy directory is being served as configured;
+//! - [`config`], [`runtime`]: loading, watching and swapping the set;
+//! - [`wasm`]: the WebAssembly host (cargo feature `wasm`, on by default).
 
 pub mod breaker;
 pub mod config;

@@ -1,4 +1,9 @@
-//! Metrics (Prometheus text on `/metrics`) and the health endpoint.
+//! Metrics (Prometheus text on `/metrics`) and the health endpoints.
+//!
+//! - [`metrics`]: every metric name, in one place.
+//! - [`naming`]: `telemetry.metrics.naming: otelcol`, a recorder layer that
+//!   exports the reference's four instruments under the collector's names.
+//! - [`server`]: `/metrics`, `/healthz` and `/readyz`.
 
 pub mod metrics;
 pub mod naming;
