@@ -118,7 +118,11 @@ pub async fn handle(ds: Arc<Downstream>, req: Request<Incoming>, remote: SocketA
     }
     let content_type = req.headers().get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or_default();
     if !content_type.split(';').next().unwrap_or_default().trim().eq_ignore_ascii_case(PROTOBUF) {
-        return plain(StatusCode::UNSUPPORTED_MEDIA_TYPE, format!("expected Content-Type: {PROTOBUF}"));
+        return refused(
+            "content_type",
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            format!("expected Content-Type: {PROTOBUF}"),
+        );
     }
     let gzip_in = header_has(&req, CONTENT_ENCODING, "gzip");
     let gzip_out = header_has(&req, ACCEPT_ENCODING, "gzip");
@@ -134,24 +138,26 @@ pub async fn handle(ds: Arc<Downstream>, req: Request<Incoming>, remote: SocketA
     let body = match Limited::new(req.into_body(), max).collect().await {
         Ok(b) => b.to_bytes(),
         Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => return too_large(max),
-        Err(_) => return plain(StatusCode::BAD_REQUEST, "could not read the request body"),
+        Err(_) => return refused("protocol_error", StatusCode::BAD_REQUEST, "could not read the request body"),
     };
     let body = if gzip_in {
         match gunzip(&body, max) {
             Ok(Some(b)) => b,
             Ok(None) => return too_large(max),
-            Err(e) => return plain(StatusCode::BAD_REQUEST, format!("invalid gzip body: {e}")),
+            Err(e) => return refused("protocol_error", StatusCode::BAD_REQUEST, format!("invalid gzip body: {e}")),
         }
     } else {
         body
     };
     let parsed = match AgentFrame::parse_payload(body) {
         Ok(p) => p,
-        Err(e) => return plain(StatusCode::BAD_REQUEST, format!("not an AgentToServer protobuf: {e}")),
+        Err(e) => {
+            return refused("protocol_error", StatusCode::BAD_REQUEST, format!("not an AgentToServer protobuf: {e}"))
+        }
     };
     let uid = match InstanceUid::parse(parsed.uid.clone()) {
         Ok(u) => u,
-        Err(e) => return plain(StatusCode::BAD_REQUEST, e.to_string()),
+        Err(e) => return refused("protocol_error", StatusCode::BAD_REQUEST, e.to_string()),
     };
     // HTTP agents are never gateways: they speak for themselves only.
     if parsed.custom_message().is_some_and(|m| m.capability == handshake::CAPABILITY) {
@@ -395,7 +401,17 @@ fn gunzip(body: &[u8], max: usize) -> std::io::Result<Option<Bytes>> {
 }
 
 fn too_large(max: usize) -> Response<Body> {
-    plain(StatusCode::PAYLOAD_TOO_LARGE, format!("message larger than the limit of {max} bytes"))
+    refused("message_too_big", StatusCode::PAYLOAD_TOO_LARGE, format!("message larger than the limit of {max} bytes"))
+}
+
+/// A poll refused for what it is (size, type, malformed body): counted as a
+/// dropped agent message with `reason`; the volume is in the counter, so
+/// nothing is logged above debug.
+fn refused(reason: &'static str, status: StatusCode, text: impl Into<String>) -> Response<Body> {
+    metrics::counter!(m::MESSAGES_DROPPED, "direction" => m::UPSTREAM, "reason" => reason).increment(1);
+    let text = text.into();
+    tracing::debug!(status = status.as_u16(), reason, %text, "HTTP agent request refused");
+    plain(status, text)
 }
 
 fn header_has<B>(req: &Request<B>, name: http::HeaderName, token: &str) -> bool {
