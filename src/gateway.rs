@@ -113,7 +113,7 @@ impl Gateway {
                     auth_cache_ttl: l.http.auth_cache_ttl,
                     queue_size: l.http.queue_size,
                 },
-                gateways: downstream::trust::GatewayTrust::from_config(&l.downstream_gateways),
+                gateways: downstream::trust::GatewayTrust::from_config(&l.downstream_gateways, &l.credential_headers),
             },
             agents_shutdown.clone(),
         ));

@@ -4,7 +4,6 @@
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use opamp_gateway::config::DownstreamGatewaysConfig;
 use opamp_gateway::downstream::http::HttpSettings;
 use opamp_gateway::downstream::trust::GatewayTrust;
 use opamp_gateway::downstream::{Downstream, DownstreamSettings};
@@ -103,6 +102,6 @@ fn settings() -> DownstreamSettings {
             auth_cache_ttl: Duration::from_secs(60),
             queue_size: 16,
         },
-        gateways: GatewayTrust::from_config(&DownstreamGatewaysConfig::default()),
+        gateways: GatewayTrust::default(),
     }
 }

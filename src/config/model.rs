@@ -211,6 +211,10 @@ pub struct ListenerConfig {
     /// Connections allowed to act as a gateway below this one (several uids,
     /// forwarded handshakes). Empty: every connection is an ordinary agent.
     pub downstream_gateways: DownstreamGatewaysConfig,
+    /// Request headers whose values are an agent's credentials: only an agent
+    /// reconnecting with the same values (and client certificate) may take
+    /// its uid over from a connection not yet known dead.
+    pub credential_headers: Vec<String>,
 }
 
 /// `listener.downstream_gateways`: which connections are trusted gateways.
@@ -246,6 +250,15 @@ impl DownstreamGatewaysConfig {
                 }
                 (Some(h), _) if http::HeaderName::from_bytes(h.name.as_bytes()).is_err() => {
                     return Err(ConfigError::field(format!("{at}.header.name"), "not a valid HTTP header name"))
+                }
+                (Some(h), _)
+                    if h.name.to_ascii_lowercase().starts_with("x-opamp-gateway-")
+                        || h.name.eq_ignore_ascii_case("proxy-authorization") =>
+                {
+                    return Err(ConfigError::field(
+                        format!("{at}.header.name"),
+                        "the gateway strips this header from every request, so it can never match; use another name",
+                    ))
                 }
                 (Some(h), _) if h.value.is_empty() => {
                     return Err(ConfigError::field(format!("{at}.header.value"), "must not be empty"))
@@ -328,6 +341,7 @@ impl Default for ListenerConfig {
             shutdown_timeout: Duration::from_secs(10),
             http: HttpTransportConfig::default(),
             downstream_gateways: DownstreamGatewaysConfig::default(),
+            credential_headers: crate::relay::identity::CREDENTIAL_HEADERS.iter().map(|s| s.to_string()).collect(),
         }
     }
 }
@@ -604,6 +618,14 @@ impl Config {
             return Err(ConfigError::field("listener.http.idle_timeout", "must be greater than 0, e.g. 2m"));
         }
         l.downstream_gateways.validate()?;
+        for (i, name) in l.credential_headers.iter().enumerate() {
+            if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+                return Err(ConfigError::field(
+                    format!("listener.credential_headers[{i}]"),
+                    format!("not a valid HTTP header name: {name:?}"),
+                ));
+            }
+        }
         for (d, field) in [(l.keepalive, "listener.keepalive"), (l.write_timeout, "listener.write_timeout")] {
             if d.is_zero() {
                 return Err(ConfigError::field(field, "must be greater than 0"));

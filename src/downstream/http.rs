@@ -30,14 +30,13 @@ use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use tokio::sync::mpsc;
 
+use super::trust::PeerCertificate;
 use super::uid_guard::Refusal;
 use super::upgrade::{forwarded_headers, plain, refuse, Body};
 use super::{pipeline, Downstream};
 use crate::policy::Transport;
 use crate::protocol::{compose, framing, handshake, AgentFrame, InstanceUid};
-use crate::relay::{
-    AdmitError, AdmitRequest, AgentShared, Claimed, CloseReason, Credential, Identity, Inbound, LinkLease,
-};
+use crate::relay::{AdmitError, AdmitRequest, AgentShared, Claimed, CloseReason, Identity, Inbound, LinkLease};
 use crate::telemetry::metrics as m;
 
 pub const PROTOBUF: &str = "application/x-protobuf";
@@ -127,6 +126,7 @@ pub async fn handle(ds: Arc<Downstream>, req: Request<Incoming>, remote: SocketA
     let gzip_in = header_has(&req, CONTENT_ENCODING, "gzip");
     let gzip_out = header_has(&req, ACCEPT_ENCODING, "gzip");
     let headers = forwarded_headers(req.headers());
+    let peer_cert = req.extensions().get::<PeerCertificate>().cloned();
     let max = ds.settings.max_message_size;
     // A declared length over the limit is refused before reading a byte.
     // (gzip bodies are checked again after decompression.)
@@ -165,7 +165,7 @@ pub async fn handle(ds: Arc<Downstream>, req: Request<Incoming>, remote: SocketA
         return plain(StatusCode::FORBIDDEN, Refusal::ForgedHandshake.to_string());
     }
 
-    let agent = match admitted(&ds, &uid, headers, remote).await {
+    let agent = match admitted(&ds, &uid, headers, peer_cert.as_ref(), remote).await {
         Ok(a) => a,
         Err(Polled::Refused(e)) => return refuse(&ds, e, remote, Transport::Http),
         Err(Polled::UidInUse) => {
@@ -222,11 +222,11 @@ async fn admitted(
     ds: &Arc<Downstream>,
     uid: &InstanceUid,
     headers: Vec<(String, String)>,
+    peer_cert: Option<&PeerCertificate>,
     remote: SocketAddr,
 ) -> Result<Arc<HttpAgent>, Polled> {
-    let digest = digest(&headers);
-    let identity =
-        Identity::agent(Credential::from_headers(headers.iter().map(|(k, v)| (k.as_str(), v.as_str())), None));
+    let digest = digest(&headers, peer_cert);
+    let identity = Identity::agent(ds.settings.gateways.credential(&headers, peer_cert));
     let existing = ds.http.get(uid);
     if let Some(agent) = &existing {
         if !agent.shared.closing().is_cancelled() && agent.shared.identity().credential != identity.credential {
@@ -249,9 +249,14 @@ async fn admitted(
     let admission = match admission {
         Ok(a) => a,
         Err(e) => {
-            // A revoked or changed credential ends the agent's session.
+            // A revoked credential ends the agent's session: the same headers
+            // it was admitted with are now refused. Different headers that
+            // are refused end nothing: they may not be the agent's at all.
             if let (Some(agent), AdmitError::Rejected(_)) = (&existing, &e) {
-                release(ds, agent, false).await;
+                let same_headers = agent.state.lock().expect("http agent lock").headers_digest == digest;
+                if same_headers {
+                    release(ds, agent, false).await;
+                }
             }
             return Err(Polled::Refused(e));
         }
@@ -288,7 +293,10 @@ async fn admitted(
             });
             let mut map = ds.http.map.lock().expect("http agents lock");
             match map.get(uid.as_bytes()) {
-                Some(racer) => Ok(racer.clone()), // a concurrent poll registered first
+                // A concurrent poll registered first: it is this agent only
+                // if it has the same credentials.
+                Some(racer) if racer.shared.identity().credential == identity.credential => Ok(racer.clone()),
+                Some(_) => Err(Polled::UidInUse),
                 None => {
                     match ds.relay.routes.claim(uid.as_bytes(), &agent.shared) {
                         Ok(Claimed::Owned) => {}
@@ -425,7 +433,7 @@ fn header_has<B>(req: &Request<B>, name: http::HeaderName, token: &str) -> bool 
 
 /// What decides whether a poll must be re-authenticated: a SHA-256 over
 /// the sorted headers, so two header sets cannot be made to collide.
-fn digest(headers: &[(String, String)]) -> [u8; 32] {
+fn digest(headers: &[(String, String)], peer_cert: Option<&PeerCertificate>) -> [u8; 32] {
     use sha2::{Digest, Sha256};
     let mut sorted: Vec<_> = headers
         .iter()
@@ -439,6 +447,10 @@ fn digest(headers: &[(String, String)]) -> [u8; 32] {
             h.update((part.len() as u64).to_be_bytes());
             h.update(part);
         }
+    }
+    if let Some(cert) = peer_cert {
+        h.update(b"client-cert");
+        h.update(cert.0.as_ref());
     }
     h.finalize().into()
 }

@@ -11,6 +11,7 @@ use rustls_pki_types::{CertificateDer, ServerName};
 use sha2::{Digest, Sha256};
 
 use crate::config::{DownstreamGatewaysConfig, GatewayRule};
+use crate::relay::identity::CREDENTIAL_HEADERS;
 use crate::relay::{Credential, Identity, Role};
 
 /// The verified client certificate of a TLS connection, put into each
@@ -19,9 +20,17 @@ use crate::relay::{Credential, Identity, Role};
 pub struct PeerCertificate(pub CertificateDer<'static>);
 
 /// `listener.downstream_gateways`, prepared once.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct GatewayTrust {
     rules: Vec<Rule>,
+    /// `listener.credential_headers`.
+    credential_headers: Vec<String>,
+}
+
+impl Default for GatewayTrust {
+    fn default() -> Self {
+        Self { rules: Vec::new(), credential_headers: CREDENTIAL_HEADERS.iter().map(|s| s.to_string()).collect() }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -43,15 +52,24 @@ impl From<&GatewayRule> for Rule {
 }
 
 impl GatewayTrust {
-    pub fn from_config(cfg: &DownstreamGatewaysConfig) -> Self {
-        Self { rules: cfg.trusted.iter().map(Rule::from).collect() }
+    pub fn from_config(cfg: &DownstreamGatewaysConfig, credential_headers: &[String]) -> Self {
+        Self { rules: cfg.trusted.iter().map(Rule::from).collect(), credential_headers: credential_headers.to_vec() }
+    }
+
+    /// The digest of a connection's credentials (`listener.credential_headers`
+    /// and the client certificate), for uid ownership.
+    pub fn credential(&self, headers: &[(String, String)], cert: Option<&PeerCertificate>) -> Credential {
+        Credential::from_headers(
+            headers.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+            &self.credential_headers,
+            cert.map(|c| c.0.as_ref()),
+        )
     }
 
     /// The identity of a connection the server accepted, from its forwarded
     /// headers (names lower-case) and verified client certificate.
     pub fn identify(&self, headers: &[(String, String)], cert: Option<&PeerCertificate>) -> Identity {
-        let credential =
-            Credential::from_headers(headers.iter().map(|(k, v)| (k.as_str(), v.as_str())), cert.map(|c| c.0.as_ref()));
+        let credential = self.credential(headers, cert);
         let gateway = self.rules.iter().any(|r| r.matches(headers, cert));
         Identity { credential, role: if gateway { Role::Gateway } else { Role::Agent } }
     }
@@ -85,13 +103,14 @@ mod tests {
 
     #[test]
     fn header_rule_needs_the_exact_value() {
-        let trust = GatewayTrust::from_config(&DownstreamGatewaysConfig {
+        let cfg = DownstreamGatewaysConfig {
             trusted: vec![GatewayRule {
                 header: Some(HeaderRule { name: "X-Gateway-Token".into(), value: "t0k3n".into() }),
                 client_cert_san: None,
             }],
             ..Default::default()
-        });
+        };
+        let trust = GatewayTrust::from_config(&cfg, &[]);
         assert!(trust.identify(&headers(&[("x-gateway-token", "t0k3n")]), None).is_gateway());
         assert!(!trust.identify(&headers(&[("x-gateway-token", "t0k3")]), None).is_gateway());
         assert!(!trust.identify(&headers(&[("authorization", "t0k3n")]), None).is_gateway());
@@ -104,10 +123,11 @@ mod tests {
         let cert = rcgen::CertificateParams::new(vec!["gw-east.internal".into()]).unwrap().self_signed(&key).unwrap();
         let peer = PeerCertificate(cert.der().clone());
         let rule = |san: &str| {
-            GatewayTrust::from_config(&DownstreamGatewaysConfig {
+            let cfg = DownstreamGatewaysConfig {
                 trusted: vec![GatewayRule { header: None, client_cert_san: Some(san.into()) }],
                 ..Default::default()
-            })
+            };
+            GatewayTrust::from_config(&cfg, &[])
         };
         assert!(rule("gw-east.internal").identify(&[], Some(&peer)).is_gateway());
         assert!(!rule("gw-west.internal").identify(&[], Some(&peer)).is_gateway());

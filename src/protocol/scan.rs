@@ -49,12 +49,23 @@ impl AgentFrame {
     /// Parses a bare protobuf (the HTTP transport's body).
     pub fn parse_payload(payload: Bytes) -> Result<Self, ScanError> {
         let mut out = AgentFrame { payload: payload.clone(), uid: None, disconnect: false, custom_message: None };
+        let mut custom_messages = 0;
         walk(&payload, |field, value| match field {
             UID => out.uid = value.cloned(),
             A2S_AGENT_DISCONNECT => out.disconnect = true,
-            A2S_CUSTOM_MESSAGE => out.custom_message = value.cloned(),
+            A2S_CUSTOM_MESSAGE => {
+                custom_messages += 1;
+                out.custom_message = value.cloned();
+            }
             _ => {}
         })?;
+        // A decoder merges repeated occurrences of a message field, so the
+        // server would see a custom message that no single occurrence shows
+        // (e.g. the gateway capability in one, an empty one last). No encoder
+        // writes it twice: refuse it rather than judge only a part.
+        if custom_messages > 1 {
+            return Err(ScanError::Malformed { offset: 0, what: "custom_message (field 13) appears more than once" });
+        }
         Ok(out)
     }
 
@@ -193,6 +204,27 @@ mod tests {
         ] {
             assert!(AgentFrame::parse_ws(&Bytes::copy_from_slice(bad)).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn a_repeated_custom_message_is_malformed() {
+        use crate::protocol::proto::CustomMessage;
+        let forged = AgentToServer {
+            custom_message: Some(CustomMessage {
+                capability: "com.bindplane.opamp-gateway".into(),
+                r#type: "connect".into(),
+                data: Bytes::new(),
+            }),
+            ..Default::default()
+        };
+        let blank = AgentToServer {
+            custom_message: Some(CustomMessage { r#type: "connect".into(), ..Default::default() }),
+            ..Default::default()
+        };
+        let mut both = prost::Message::encode_to_vec(&forged);
+        both.extend(prost::Message::encode_to_vec(&blank));
+        assert!(AgentFrame::parse_payload(Bytes::from(both)).is_err());
+        assert!(AgentFrame::parse_payload(Bytes::from(prost::Message::encode_to_vec(&forged))).is_ok());
     }
 
     #[test]

@@ -8,11 +8,12 @@
 
 use sha2::{Digest, Sha256};
 
-/// The request headers whose values count as credentials (lower-case names).
-/// A reconnecting agent may take over its own uid from a connection not yet
-/// known dead only if these match; see `Routes::claim`.
+/// The request headers whose values count as credentials by default
+/// (`listener.credential_headers`). A reconnecting agent may take over its
+/// own uid from a connection not yet known dead only if these match; see
+/// `Routes::claim`.
 pub const CREDENTIAL_HEADERS: &[&str] =
-    &["authorization", "proxy-authorization", "cookie", "x-api-key", "x-secret-key", "x-bindplane-secret-key"];
+    &["authorization", "cookie", "x-api-key", "x-secret-key", "x-bindplane-secret-key"];
 
 /// A SHA-256 digest of a connection's credentials. The headers themselves are
 /// never kept, so a credential cannot leak from here into logs or dumps.
@@ -20,14 +21,16 @@ pub const CREDENTIAL_HEADERS: &[&str] =
 pub struct Credential([u8; 32]);
 
 impl Credential {
-    /// Digests the values of [`CREDENTIAL_HEADERS`] in `headers` (names
-    /// lower-case), in a canonical order, plus the verified client
-    /// certificate's identity when there is one.
-    pub fn from_headers<'a>(headers: impl IntoIterator<Item = (&'a str, &'a str)>, client_cert: Option<&[u8]>) -> Self {
-        let mut parts: Vec<(&str, &str)> = headers
-            .into_iter()
-            .filter(|(k, _)| CREDENTIAL_HEADERS.contains(&k.to_ascii_lowercase().as_str()))
-            .collect();
+    /// Digests the values of the headers named in `names` (any case), in a
+    /// canonical order, plus the verified client certificate when there is
+    /// one.
+    pub fn from_headers<'a, N: AsRef<str>>(
+        headers: impl IntoIterator<Item = (&'a str, &'a str)>,
+        names: &[N],
+        client_cert: Option<&[u8]>,
+    ) -> Self {
+        let counts = |k: &str| names.iter().any(|n| n.as_ref().eq_ignore_ascii_case(k));
+        let mut parts: Vec<(&str, &str)> = headers.into_iter().filter(|(k, _)| counts(k)).collect();
         parts.sort_unstable();
         let mut h = Sha256::new();
         for (k, v) in parts {
@@ -46,7 +49,7 @@ impl Credential {
 
     /// For tests and the simulator: the digest of no credentials at all.
     pub fn none() -> Self {
-        Self::from_headers(std::iter::empty(), None)
+        Self::from_headers(std::iter::empty(), CREDENTIAL_HEADERS, None)
     }
 }
 
@@ -90,21 +93,25 @@ mod tests {
 
     #[test]
     fn digest_depends_on_credentials_only() {
-        let a = Credential::from_headers([("authorization", "Secret-Key a"), ("user-agent", "x")], None);
-        let a2 = Credential::from_headers([("user-agent", "y"), ("Authorization", "Secret-Key a")], None);
-        let b = Credential::from_headers([("authorization", "Secret-Key b")], None);
+        let d = |h: &[(&str, &str)], cert: Option<&[u8]>| {
+            Credential::from_headers(h.iter().copied(), CREDENTIAL_HEADERS, cert)
+        };
+        let a = d(&[("authorization", "Secret-Key a"), ("user-agent", "x")], None);
+        let a2 = d(&[("user-agent", "y"), ("Authorization", "Secret-Key a")], None);
+        let b = d(&[("authorization", "Secret-Key b")], None);
         assert_eq!(a, a2, "non-credential headers and name case do not matter");
         assert_ne!(a, b);
-        assert_ne!(a, Credential::from_headers([("authorization", "Secret-Key a")], Some(b"cert")));
-        assert_ne!(
-            Credential::from_headers([("x-api-key", "ab"), ("cookie", "c")], None),
-            Credential::from_headers([("x-api-key", "a"), ("cookie", "bc")], None)
-        );
+        assert_ne!(a, d(&[("authorization", "Secret-Key a")], Some(b"cert")));
+        assert_ne!(d(&[("x-api-key", "ab"), ("cookie", "c")], None), d(&[("x-api-key", "a"), ("cookie", "bc")], None));
+        // A server that authenticates by another header: name it in the list.
+        assert_eq!(d(&[("x-tenant-token", "t1")], None), d(&[("x-tenant-token", "t2")], None), "not one by default");
+        let custom = |v| Credential::from_headers([("x-tenant-token", v)], &["X-Tenant-Token"], None);
+        assert_ne!(custom("t1"), custom("t2"));
     }
 
     #[test]
     fn debug_never_shows_the_secret() {
-        let c = Credential::from_headers([("authorization", "Secret-Key hunter2")], None);
+        let c = Credential::from_headers([("authorization", "Secret-Key hunter2")], CREDENTIAL_HEADERS, None);
         assert!(!format!("{c:?}").contains("hunter2"));
     }
 }

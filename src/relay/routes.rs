@@ -49,7 +49,9 @@ impl Routes {
             // A closing owner is leaving anyway; its release will find the
             // route no longer its own and stay quiet.
             Some(owner) if !owner.closing().is_cancelled() => {
-                if owner.identity().credential != agent.identity().credential {
+                // Only the very same identity may take over, and never from
+                // a gateway: closing its link would drop every agent behind it.
+                if owner.identity() != agent.identity() || owner.identity().is_gateway() {
                     return Err(UidInUse);
                 }
                 let old = map.insert(uid.clone(), agent.clone()).expect("checked above");
@@ -105,7 +107,7 @@ mod tests {
     use crate::relay::identity::{Credential, Identity};
 
     fn agent(id: u64, key: &str) -> Arc<AgentShared> {
-        let cred = Credential::from_headers([("authorization", key)], None);
+        let cred = Credential::from_headers([("authorization", key)], crate::relay::identity::CREDENTIAL_HEADERS, None);
         AgentShared::new(id, 4, Identity::agent(cred)).0
     }
 

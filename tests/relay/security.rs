@@ -285,3 +285,24 @@ async fn a_trusted_client_certificate_makes_a_gateway() {
     assert_eq!(agent.recv_close(T).await.unwrap().code, Some(1008), "an ordinary agent: one uid");
     g.shutdown().await;
 }
+
+/// A deployment whose server authenticates by another header names it in
+/// `listener.credential_headers`; two tenants then differ, and one cannot
+/// take the other's uid over (by default that header is not a credential,
+/// so both would look like the same credential-less agent).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credential_headers_are_configurable() {
+    let h = Harness::with(ReferenceServerConfig::default(), |c| {
+        c.server.connections = 1;
+        c.listener.credential_headers = vec!["X-Tenant-Key".into()];
+    })
+    .await;
+    let mut victim = h.agent_with(h.agent_options().header("X-Tenant-Key", "tenant-a")).await;
+    let mut opts = h.agent_options().header("X-Tenant-Key", "tenant-b");
+    opts.uid = victim.uid().clone();
+    let mut attacker = SimAgent::connect(opts).await.unwrap();
+    let report = attacker.status_report();
+    attacker.send(report).await.unwrap();
+    assert_eq!(closed_by_gateway(&mut attacker).await.0, Some(1008), "uid_in_use, not a takeover");
+    round_trip(&mut victim).await;
+}
