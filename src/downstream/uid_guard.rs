@@ -56,10 +56,6 @@ impl SpokenFor {
         self.first.is_none()
     }
 
-    pub fn len(&self) -> usize {
-        usize::from(self.first.is_some()) + self.more.len()
-    }
-
     /// Every uid with whether it said goodbye.
     pub fn iter(&self) -> impl Iterator<Item = (&InstanceUid, bool)> {
         self.first.iter().map(|(u, b)| (u, *b)).chain(self.more.iter().map(|(u, b)| (u, *b)))
