@@ -4,7 +4,13 @@
 //! ```text
 //! cargo bench --bench policy_hooks    # POLICY_BENCH_ITERS=20000 by default
 //! cargo bench --bench policy_hooks -- --json target/policy_hooks.json
+//! cargo bench --bench policy_hooks -- --memory   # RSS around a memory bomb
 //! ```
+//!
+//! Besides the hooks, it times what a relay call adds around them: a turn
+//! of the policy gate (`policies.concurrency`), and, for comparison, the
+//! two designs not taken: a hop to a dedicated policy thread and back, and
+//! `block_in_place` around the call.
 //!
 //! Each case is called once per sample and timed individually (the clock
 //! costs ~20 ns, included). Reported: p50 / p99 / p99.9 / mean in µs. The
@@ -16,7 +22,10 @@
 #[path = "../tests/policy_support/mod.rs"]
 mod policy_support;
 
-use std::time::Instant;
+use std::future::Future;
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use hdrhistogram::Histogram;
@@ -95,11 +104,13 @@ struct Case {
     mean: f64,
 }
 
-fn measure(cases: &mut Vec<Case>, name: &str, iters: u64, mut call: impl FnMut()) {
-    // POLICY_BENCH_ONLY=<substring> runs only the matching cases (profiling).
-    if std::env::var("POLICY_BENCH_ONLY").is_ok_and(|only| !name.contains(&only)) {
-        return;
-    }
+/// POLICY_BENCH_ONLY=<substring> runs only the matching cases (profiling).
+fn skipped(name: &str) -> bool {
+    std::env::var("POLICY_BENCH_ONLY").is_ok_and(|only| !name.contains(&only))
+}
+
+/// Times `iters` calls (after `iters / 10` warm-up calls), one per sample.
+fn sample(iters: u64, mut call: impl FnMut()) -> (Histogram<u64>, Duration) {
     for _ in 0..iters / 10 {
         call();
     }
@@ -110,7 +121,18 @@ fn measure(cases: &mut Vec<Case>, name: &str, iters: u64, mut call: impl FnMut()
         call();
         h.record(t.elapsed().as_nanos().max(1) as u64).unwrap();
     }
-    let total = all.elapsed();
+    (h, all.elapsed())
+}
+
+fn measure(cases: &mut Vec<Case>, name: &str, iters: u64, call: impl FnMut()) {
+    if skipped(name) {
+        return;
+    }
+    let (h, total) = sample(iters, call);
+    report(cases, name, iters, &h, total);
+}
+
+fn report(cases: &mut Vec<Case>, name: &str, iters: u64, h: &Histogram<u64>, total: Duration) {
     let us = |ns: u64| ns as f64 / 1000.0;
     let case = Case {
         name: name.to_owned(),
@@ -137,6 +159,9 @@ fn main() {
     let default_iters = if benching { 20_000 } else { 200 };
     let iters: u64 = std::env::var("POLICY_BENCH_ITERS").ok().and_then(|v| v.parse().ok()).unwrap_or(default_iters);
     let args: Vec<String> = std::env::args().collect();
+    if args.iter().any(|a| a == "--memory") {
+        return memory(args.iter().position(|a| a == "--json").and_then(|i| args.get(i + 1)));
+    }
     let json_out = args.iter().position(|a| a == "--json").and_then(|i| args.get(i + 1)).cloned();
     let (_d1, allow) =
         policy_support::runtime(&[("header_allowlist", "allow", Some("allow: [authorization, x-tenant]\n"))]);
@@ -148,6 +173,10 @@ fn main() {
         ("redact_secrets", "2-redact", None),
         ("block_packages", "3-block", None),
     ]);
+    // The relay's entry point for `block`: its runtime's `Policies`.
+    let gated = block.policies();
+    let hop = policy_thread();
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).build().unwrap();
     let none = PolicySet::default();
     let (allow, affinity, redact, block, chain) = (
         allow.policies().snapshot(),
@@ -201,6 +230,37 @@ fn main() {
         measure(cases, "chain of 3: filter s2a plain", iters, || {
             std::hint::black_box(chain.filter(Direction::ServerToAgent, UID, s_plain.clone()));
         });
+        // What the relay adds around the chain: a turn of the gate.
+        measure(cases, "gate: one turn, uncontended", iters, || {
+            std::hint::black_box(ready(gated.gate().enter()));
+        });
+        measure(cases, "block_packages: filter, gated (relay path)", iters, || {
+            std::hint::black_box(ready(gated.filter(&block, Direction::ServerToAgent, UID, s_plain.clone())));
+        });
+        // The designs not taken, around the same call.
+        measure(cases, "not taken: hop to a policy thread and back", iters, || {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            let (set, msg) = (block.clone(), s_plain.clone());
+            let job: Job = Box::new(move || {
+                let _ = tx.send(set.filter(Direction::ServerToAgent, UID, msg));
+            });
+            hop.send(job).unwrap();
+            std::hint::black_box(rx.blocking_recv().unwrap());
+        });
+        let name = "not taken: block_in_place around the call";
+        if !skipped(name) {
+            let (set, msg) = (block.clone(), s_plain.clone());
+            let (h, total) = runtime
+                .block_on(runtime.spawn(async move {
+                    sample(iters, || {
+                        tokio::task::block_in_place(|| {
+                            std::hint::black_box(set.filter(Direction::ServerToAgent, UID, msg.clone()));
+                        })
+                    })
+                }))
+                .unwrap();
+            report(cases, name, iters, &h, total);
+        }
         if let (Some(path), true) = (&json_out, pass.starts_with("Prometheus")) {
             let rows: Vec<serde_json::Value> = cases
                 .iter()
@@ -212,5 +272,119 @@ fn main() {
             std::fs::write(path, serde_json::to_string_pretty(&doc).expect("json")).expect("writing --json");
             println!("wrote {path}");
         }
+    }
+}
+
+/// Polls a future that must be ready at once (an uncontended gate).
+fn ready<F: Future>(f: F) -> F::Output {
+    let mut f = std::pin::pin!(f);
+    match f.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
+        Poll::Ready(v) => v,
+        Poll::Pending => panic!("an uncontended gate never waits"),
+    }
+}
+
+type Job = Box<dyn FnOnce() + Send>;
+
+/// A dedicated thread running jobs, as a policy thread pool would.
+fn policy_thread() -> std::sync::mpsc::Sender<Job> {
+    let (tx, rx) = std::sync::mpsc::channel::<Job>();
+    std::thread::spawn(move || {
+        while let Ok(job) = rx.recv() {
+            job();
+        }
+    });
+    tx
+}
+
+/// VmRSS of this process, KiB.
+fn rss_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// RSS before a memory-bomb policy is loaded, while it is hammered from
+/// four threads, and after it is removed. The bomb is the `misbehave`
+/// fixture's `leak` mode: each call keeps 1 MiB more of touched memory, so
+/// an instance fills its 32 MiB limit in about 30 calls, fails, and is
+/// dropped and replaced.
+fn memory(json: Option<&String>) {
+    use opamp_gateway::policy::runtime::PolicyRuntime;
+    let calls: usize = std::env::var("POLICY_BENCH_ITERS").ok().and_then(|v| v.parse().ok()).unwrap_or(2000);
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = policy_support::config(dir.path(), false);
+    let msg = heartbeat();
+    // Warm-up: the same load and hammering with a harmless policy, so that
+    // the figures below are the bomb's, not the first use of the engine.
+    policy_support::install(dir.path(), "fixture_misbehave", "warm", None);
+    let warm = PolicyRuntime::start(&cfg).expect("loads");
+    let set = warm.policies().snapshot();
+    for _ in 0..calls {
+        set.filter(Direction::AgentToServer, b"fine", msg.clone());
+    }
+    drop((set, warm));
+    std::fs::remove_file(dir.path().join("warm.wasm")).unwrap();
+
+    let before = rss_kib();
+    let yaml = "quarantine_after: 0\nquarantine_rate: 0\nleak_bytes: 1048576\n";
+    policy_support::install(dir.path(), "fixture_misbehave", "bomb", Some(yaml));
+    let rt = PolicyRuntime::start(&cfg).expect("loads");
+    let loaded = rss_kib();
+    let peak = Arc::new(std::sync::atomic::AtomicU64::new(loaded));
+    let set = rt.policies().snapshot();
+    let started = Instant::now();
+    std::thread::scope(|s| {
+        for _ in 0..4 {
+            let (set, msg, peak) = (&set, msg.clone(), peak.clone());
+            s.spawn(move || {
+                for i in 0..calls / 4 {
+                    set.filter(Direction::AgentToServer, b"leak", msg.clone());
+                    if i % 16 == 0 {
+                        peak.fetch_max(rss_kib(), std::sync::atomic::Ordering::Relaxed);
+                    }
+                }
+            });
+        }
+    });
+    let hammered = started.elapsed();
+    let peak = peak.load(std::sync::atomic::Ordering::Relaxed);
+    let bomb = rt.policy("bomb").unwrap();
+    let instances = bomb.live_instances();
+    drop((bomb, set));
+    // Removed the way an operator would: the file goes, the set reloads.
+    std::fs::remove_file(dir.path().join("bomb.wasm")).unwrap();
+    let status = rt.reload();
+    assert!(rt.loaded().is_empty(), "{status:?}");
+    // The refill thread may still be finishing an instance for the old pool.
+    std::thread::sleep(Duration::from_millis(200));
+    let removed = rss_kib();
+    drop(rt);
+    std::thread::sleep(Duration::from_millis(200));
+    let dropped = rss_kib();
+    let mib = |k: u64| k as f64 / 1024.0;
+    let failed = calls.div_ceil(32);
+    println!("\npolicy memory: a memory bomb (1 MiB kept per call, 32 MiB limit per instance), {calls} calls from 4 threads (~{failed} hit the limit)");
+    println!("{:<44} {:>10}", "phase", "RSS MiB");
+    for (phase, k) in [
+        ("before load (engine warm)", before),
+        ("bomb loaded", loaded),
+        ("peak while hammered", peak),
+        ("bomb removed (reload)", removed),
+        ("runtime dropped", dropped),
+    ] {
+        println!("{phase:<44} {:>10.1}", mib(k));
+    }
+    println!("live instances after hammering: {instances}; {:.0} calls/s", calls as f64 / hammered.as_secs_f64());
+    if let Some(path) = json {
+        let doc = serde_json::json!({
+            "calls": calls, "rss_mib": {"before": mib(before), "loaded": mib(loaded), "peak": mib(peak),
+            "removed": mib(removed), "dropped": mib(dropped)}, "instances_after": instances,
+        });
+        std::fs::write(path, serde_json::to_string_pretty(&doc).expect("json")).expect("writing --json");
+        println!("wrote {path}");
     }
 }

@@ -1,6 +1,8 @@
 //! Wires the layers together and owns the lifecycle.
 //!
-//! Start: policies → link slots → link tasks (dialing) → listener → metrics.
+//! Start: policies → link slots → bind the listener and the metrics endpoint
+//! → link tasks (dialing) → accept loop. Nothing is spawned before the last
+//! step that can fail.
 //! Shutdown (SIGTERM): stop accepting → close every agent with 1001 (each
 //! session first reports uids that never said goodbye) → wait for sessions
 //! (bounded) → close upstream links with a close frame → done.
@@ -71,22 +73,13 @@ impl Gateway {
                 failover_wait: config.server.failover_wait,
                 agent_queue: config.listener.queue_size,
                 max_forwarded_handshakes: config.listener.downstream_gateways.max_handshakes_in_flight,
+                max_buffered_bytes: config.listener.max_buffered_bytes.as_usize(),
             },
         ));
 
+        // Every step that can fail comes before the first task is spawned,
+        // so a failed start (a port in use, say) leaves nothing running.
         let links_shutdown = CancellationToken::new();
-        let link_tasks = spawn_links(
-            relay.clone(),
-            receivers,
-            dialer,
-            LinkSettings {
-                keepalive: config.server.keepalive,
-                write_timeout: config.server.write_timeout,
-                backoff: config.server.reconnect.clone(),
-            },
-            links_shutdown.clone(),
-        );
-
         let agents_shutdown = CancellationToken::new();
         let l = &config.listener;
         let listener = downstream::bind(
@@ -117,9 +110,8 @@ impl Gateway {
             },
             agents_shutdown.clone(),
         ));
-        let listener_task = listener.serve(ds.clone());
-        ds.sessions.spawn(downstream::http::reap_idle(ds.clone()));
 
+        // The last fallible step; its own task stops with the links.
         let metrics_addr = match (&config.telemetry.metrics.endpoint, metrics) {
             (Some(ep), Some(handle)) => {
                 let addr: SocketAddr = ep.parse().map_err(|_| {
@@ -131,6 +123,20 @@ impl Gateway {
             }
             _ => None,
         };
+
+        let link_tasks = spawn_links(
+            relay.clone(),
+            receivers,
+            dialer,
+            LinkSettings {
+                keepalive: config.server.keepalive,
+                write_timeout: config.server.write_timeout,
+                backoff: config.server.reconnect.clone(),
+            },
+            links_shutdown.clone(),
+        );
+        let listener_task = listener.serve(ds.clone());
+        ds.sessions.spawn(downstream::http::reap_idle(ds.clone()));
         tracing::info!(
             listener = %listen_addr,
             upstream = %config.server.endpoint,

@@ -21,8 +21,9 @@
 //! Around them: [`config`] (the YAML file, `${env:VAR}` expansion, validation
 //! with field paths), [`policy`] (the hook trait and its default behaviour;
 //! the Wasm host implements the same trait), [`tls`], [`gateway`] (wires it all
-//! together and owns shutdown) and [`sim`] (a reference upstream server and an
-//! agent simulator used by the demo, the tests and the benchmarks).
+//! together and owns shutdown) and `sim` (a reference upstream server and an
+//! agent simulator used by the demo, the tests and the benchmarks; behind the
+//! `sim` cargo feature, on by default).
 
 #![forbid(unsafe_code)]
 
@@ -32,6 +33,7 @@ pub mod gateway;
 pub mod policy;
 pub mod protocol;
 pub mod relay;
+#[cfg(feature = "sim")]
 pub mod sim;
 pub mod telemetry;
 pub mod tls;

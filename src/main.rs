@@ -38,30 +38,41 @@ enum Command {
 #[derive(Subcommand)]
 enum PolicyCommand {
     /// Validate a policy offline, exactly as the gateway would load it:
-    /// compile, match the WIT, run init with its config.
+    /// compile, match the WIT, run init with its config, then call each
+    /// hook it announces on synthetic traffic under the gateway's limits.
+    /// Exits non-zero if any call fails.
     ///
     /// `--config` names the policy's own YAML (default: `<name>.yaml` next
     /// to the component, if present).
     Check {
         /// The component (`<name>.wasm`).
         wasm: PathBuf,
-        /// A gateway config whose `policies:` limits (timeouts, memory) apply.
+        /// A gateway config whose `policies:` limits (timeouts, memory,
+        /// answer caps) and `max_message_size`s apply.
         #[arg(long)]
         gateway_config: Option<PathBuf>,
+        /// Calls per announced hook (0: load and init only).
+        #[arg(long, default_value_t = opamp_gateway::policy::wasm::CheckReport::DEFAULT_CALLS)]
+        calls: usize,
     },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // The demo prints its own narrative; only warnings from the gateway.
-    let default_level = if matches!(cli.command, Some(Command::Demo(_))) { "warn" } else { "info" };
+    // `policy check` reports every failure itself.
+    let default_level = match cli.command {
+        Some(Command::Demo(_)) => "warn",
+        Some(Command::Policy(_)) => "error",
+        _ => "info",
+    };
     init_logging(default_level);
     let result = match cli.command.unwrap_or(Command::Run) {
         Command::Check => check(cli.config),
         Command::Run => runtime().and_then(|rt| rt.block_on(run(cli.config))),
         Command::Demo(args) => runtime().and_then(|rt| rt.block_on(demo::run(args))),
-        Command::Policy(PolicyCommand::Check { wasm, gateway_config }) => {
-            policy_check(gateway_config, &wasm, cli.config)
+        Command::Policy(PolicyCommand::Check { wasm, gateway_config, calls }) => {
+            policy_check(gateway_config, &wasm, cli.config, calls)
         }
     };
     match result {
@@ -104,15 +115,34 @@ fn check(path: Option<PathBuf>) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `policy check`: the gateway config (if given) supplies the sandbox limits.
-fn policy_check(config: Option<PathBuf>, wasm: &std::path::Path, policy_config: Option<PathBuf>) -> anyhow::Result<()> {
+/// `policy check`: the gateway config (if given) supplies the sandbox
+/// limits and answer caps, as the gateway itself would apply them.
+fn policy_check(
+    config: Option<PathBuf>,
+    wasm: &std::path::Path,
+    policy_config: Option<PathBuf>,
+    calls: usize,
+) -> anyhow::Result<()> {
     let limits = match config {
-        Some(path) => Config::load(&path)?.policies,
+        Some(path) => {
+            let c = Config::load(&path)?;
+            c.policies.for_relay(c.server.max_message_size.as_usize(), c.listener.max_message_size.as_usize())
+        }
         None => Default::default(),
     };
     let yaml = policy_config.or_else(|| Some(wasm.with_extension("yaml")).filter(|p| p.exists()));
-    let report = opamp_gateway::policy::wasm::check(wasm, yaml.as_deref(), &limits)?;
+    let mut report = opamp_gateway::policy::wasm::check(wasm, yaml.as_deref(), &limits)?;
+    report.exercise(&limits, calls);
     println!("{report}");
+    let failures = report.failures();
+    if !failures.is_empty() {
+        anyhow::bail!(
+            "policy {} failed {} kind(s) of hook call:\n  {}",
+            report.name,
+            failures.len(),
+            failures.join("\n  ")
+        );
+    }
     Ok(())
 }
 

@@ -293,3 +293,121 @@ async fn a_vanished_directory_unloads_nothing_and_fails_readiness() {
     round_trip(&mut free).await;
     g.shutdown().await;
 }
+
+/// Issue 17.2: a looping policy holds at most `policies.concurrency` relay
+/// workers. With one turn and no queue, while one call spins (breaker off,
+/// a long budget) every other chain is shed, so new agents are admitted and
+/// messages flow on the other worker; the spinning call is not interrupted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spinning_call_holds_one_worker_and_the_rest_of_the_relay_flows() {
+    let server = ReferenceServer::start(ReferenceServerConfig::default()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    // Breaker off; a budget long enough that the call still spins while the
+    // test runs (it ends by itself afterwards).
+    let yaml = "quarantine_after: 0\nquarantine_rate: 0\ncall_timeout: 5s\n";
+    install(dir.path(), "fixture_misbehave", "hog_f", Some(yaml));
+    let g = start(&server, dir.path(), |c| {
+        c.policies.concurrency = Some(1);
+        c.policies.queue = 0;
+    })
+    .await;
+    let policies = g.policies().policies();
+    let gate = policies.gate();
+    assert_eq!(gate.available(), 1);
+
+    // Its message is filtered on one worker, which spins.
+    let mut hog = agent(&g, "spin", 1).await;
+    hog.send(AgentToServer::default()).await.unwrap();
+    tokio::time::timeout(T, async {
+        while gate.available() != 0 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    })
+    .await
+    .expect("the spinning call takes the turn");
+
+    // Meanwhile another spinner's call is shed (fail-open), not run, and
+    // new agents are admitted and round trips complete: their chains are
+    // shed too, and the other worker moves their bytes.
+    let mut other = agent(&g, "spin", 2).await;
+    round_trip(&mut other).await;
+    let mut fleet = Vec::new();
+    for _ in 0..10 {
+        let mut a = plain_agent(&g).await;
+        round_trip(&mut a).await;
+        fleet.push(a);
+    }
+    assert_eq!(gate.available(), 0, "the first call still holds the only turn");
+    let shed = metric(&g, "opampgateway_policy_errors_total", "hog_f").await.unwrap_or(0.0);
+    // Each admission sheds assign + forward-headers; each round trip two filters.
+    assert!(shed >= 10.0 * 4.0, "{shed}");
+    assert!(log_lines(&["hog_f", "too many policy calls waiting"]).len() <= 2, "failure logs are rate-limited");
+    assert!(g.policies().policies().snapshot().quarantined().is_empty(), "breaker off");
+
+    // The spin ends at its deadline; the hog's message is forwarded.
+    assert_eq!(&hog.recv(Duration::from_secs(60)).await.unwrap().instance_uid, hog.uid().as_bytes());
+    assert_eq!(gate.available(), 1);
+    round_trip(&mut fleet[0]).await;
+    g.shutdown().await;
+}
+
+/// Issues 17.3 and 15.6: an instance that hit its memory limit is dropped
+/// and replaced off the message path; the next call gets a fresh instance
+/// and succeeds; a policy never has more than its target of instances.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_bombs_are_replaced_off_path_and_instances_stay_bounded() {
+    let server = ReferenceServer::start(ReferenceServerConfig::default()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = "quarantine_after: 0\nquarantine_rate: 0\nmemory_limit: 8388608\n";
+    install(dir.path(), "fixture_misbehave", "bomb_g", Some(yaml));
+    let g = start(&server, dir.path(), |c| {
+        c.policies.instances = Some(2);
+        c.policies.concurrency = Some(2);
+    })
+    .await;
+    let policy = g.policies().policy("bomb_g").unwrap();
+    let full = || async {
+        tokio::time::timeout(T, async {
+            while policy.idle_instances() < 2 {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        })
+        .await
+        .expect("the refill thread tops the pool up");
+    };
+    full().await;
+
+    // Four bombing agents at once, each message failing on memory.
+    let mut bombers = Vec::new();
+    for n in 0..4 {
+        bombers.push(agent(&g, "bomb", n).await);
+    }
+    let mut rounds = Vec::new();
+    for mut b in bombers {
+        rounds.push(tokio::spawn(async move {
+            for _ in 0..5 {
+                round_trip(&mut b).await; // fail-open: forwarded anyway
+            }
+            b
+        }));
+    }
+    let mut plain = plain_agent(&g).await;
+    for _ in 0..5 {
+        round_trip(&mut plain).await;
+        assert!(policy.live_instances() <= 2, "{}", policy.live_instances());
+    }
+    for r in rounds {
+        r.await.unwrap();
+    }
+    let errors = metric(&g, "opampgateway_policy_errors_total", "bomb_g").await.unwrap();
+    assert!(errors >= 20.0, "every bomb failed: {errors}");
+    assert!(log_lines(&["bomb_g", "exceeded its memory limit"]).len() <= 2, "{:?}", log_lines(&["bomb_g"]));
+    // Replaced, not grown: back to two idle instances, and they work.
+    full().await;
+    assert_eq!(policy.live_instances(), 2);
+    let calls = metric(&g, "opampgateway_policy_calls_total", "bomb_g").await.unwrap();
+    round_trip(&mut plain).await;
+    assert_eq!(metric(&g, "opampgateway_policy_errors_total", "bomb_g").await, Some(errors), "no new failure");
+    assert!(metric(&g, "opampgateway_policy_calls_total", "bomb_g").await.unwrap() >= calls + 2.0);
+    g.shutdown().await;
+}

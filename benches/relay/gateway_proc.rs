@@ -6,25 +6,41 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::Context;
-use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, Command};
 
 pub struct GatewayProc {
     child: Child,
     pub listener: SocketAddr,
+    /// The `/metrics` endpoint, when started with one.
+    pub metrics: Option<SocketAddr>,
     _dir: tempfile::TempDir,
 }
 
 impl GatewayProc {
     pub async fn start(upstream: &str, connections: usize, policy_dir: Option<&Path>) -> anyhow::Result<Self> {
+        Self::start_with(upstream, connections, policy_dir, false).await
+    }
+
+    /// `start`, with a `/metrics` endpoint when `metrics` (the containment
+    /// phase reads the policy gauges from it).
+    pub async fn start_with(
+        upstream: &str,
+        connections: usize,
+        policy_dir: Option<&Path>,
+        metrics: bool,
+    ) -> anyhow::Result<Self> {
         let dir = tempfile::tempdir()?;
         let policies = policy_dir
             .map(|p| p.display().to_string())
             .unwrap_or_else(|| dir.path().join("none").display().to_string());
-        let yaml = format!(
+        let mut yaml = format!(
             "server:\n  endpoint: {upstream}\n  connections: {connections}\n  queue_size: 16384\n\
              listener:\n  endpoint: 127.0.0.1:0\n  queue_size: 256\npolicies:\n  directory: {policies}\n"
         );
+        if metrics {
+            yaml.push_str("telemetry:\n  metrics:\n    endpoint: 127.0.0.1:0\n");
+        }
         let path = dir.path().join("gateway.yaml");
         std::fs::write(&path, yaml)?;
         let mut child = Command::new(env!("CARGO_BIN_EXE_opamp-gateway"))
@@ -41,12 +57,10 @@ impl GatewayProc {
             .await
             .context("gateway did not get ready")??
             .context("gateway exited")?;
-        let listener = line
-            .split_whitespace()
-            .find_map(|w| w.strip_prefix("listener="))
-            .context("no listener in the ready line")?
-            .parse()?;
-        Ok(Self { child, listener, _dir: dir })
+        let field = |k: &str| line.split_whitespace().find_map(|w| w.strip_prefix(k));
+        let listener = field("listener=").context("no listener in the ready line")?.parse()?;
+        let metrics = field("metrics=").and_then(|a| a.parse().ok());
+        Ok(Self { child, listener, metrics, _dir: dir })
     }
 
     pub fn url(&self) -> String {
@@ -55,6 +69,19 @@ impl GatewayProc {
 
     pub fn pid(&self) -> u32 {
         self.child.id().unwrap_or(0)
+    }
+
+    /// The text of `/metrics` (empty without an endpoint or on error).
+    pub async fn scrape(&self) -> String {
+        let Some(addr) = self.metrics else { return String::new() };
+        let get = async {
+            let mut s = tokio::net::TcpStream::connect(addr).await?;
+            s.write_all(b"GET /metrics HTTP/1.0\r\nHost: bench\r\n\r\n").await?;
+            let mut buf = String::new();
+            s.read_to_string(&mut buf).await?;
+            Ok::<_, std::io::Error>(buf.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default())
+        };
+        tokio::time::timeout(Duration::from_secs(10), get).await.ok().and_then(Result::ok).unwrap_or_default()
     }
 
     /// Resident memory, KiB.

@@ -8,6 +8,7 @@
 //!
 //! Figures, not assertions: nothing here fails because a number is bad.
 
+mod containment;
 mod gateway_proc;
 mod load;
 mod nginx;
@@ -19,6 +20,8 @@ fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
     let quick = args.iter().any(|a| a == "--quick");
     let only_policies = args.iter().any(|a| a == "--only-policies");
+    // The issue-17 containment phase alone (hostile policies under load).
+    let only_containment = args.iter().any(|a| a == "--only-containment");
     let out = args
         .iter()
         .position(|a| a == "--out")
@@ -33,7 +36,7 @@ fn main() -> anyhow::Result<()> {
     }
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let hooks = args.iter().position(|a| a == "--hooks").and_then(|i| args.get(i + 1)).map(std::path::PathBuf::from);
-    let mut report = rt.block_on(suite::run(suite::Scale::new(quick, only_policies)))?;
+    let mut report = rt.block_on(suite::run(suite::Scale::new(quick, only_policies, only_containment)))?;
     if let Some(hooks) = hooks {
         report.hook_costs(&hooks);
     }

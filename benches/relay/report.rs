@@ -7,6 +7,7 @@ use std::path::Path;
 use hdrhistogram::Histogram;
 use serde_json::{json, Map, Value};
 
+use crate::containment::{self, Case};
 use crate::load::{Run, Storm};
 use crate::policies::SwapOutcome;
 use crate::suite::{machine, FlatOut, PathFigures, Scale};
@@ -196,6 +197,77 @@ impl Report {
         );
     }
 
+    /// The containment phase: per hostile policy, the three stages, plus
+    /// bars for what issue 17 asks of them.
+    pub fn containment(&mut self, cases: &[Case]) {
+        let mib = |kib: u64| (kib as f64 / 1024.0 * 10.0).round() / 10.0;
+        let ms = |h: &Histogram<u64>, q: f64| (us(h, q) as f64 / 100.0).round() / 10.0;
+        let mut out = Vec::new();
+        for c in cases {
+            let stages: Vec<Value> = c
+                .stages
+                .iter()
+                .map(|st| {
+                    let r = &st.steady;
+                    json!({"stage": st.name,
+                           "round_trips_per_s": r.round_trips as f64 / r.elapsed.as_secs_f64(),
+                           "rtt_us": {"p50": us(&r.rtt, 0.5), "p99": us(&r.rtt, 0.99)},
+                           "failed_round_trips": r.errors,
+                           "admitted": st.newcomers.admitted, "tried": st.newcomers.tried,
+                           "connect_ms": {"p50": ms(&st.newcomers.latency, 0.5), "p99": ms(&st.newcomers.latency, 0.99)},
+                           "rss_mib": mib(st.rss_end_kib), "rss_peak_mib": mib(st.rss_peak_kib),
+                           "cpu_us_per_msg": st.cpu_us_per_msg,
+                           "policy_calls": st.counters.calls, "policy_errors": st.counters.errors,
+                           "quarantines": st.counters.quarantines, "quarantine_skipped": st.counters.skipped})
+                })
+                .collect();
+            out.push(json!({"policy": c.label, "what": c.what, "loaded_seen": c.loaded, "unloaded_seen": c.unloaded,
+                            "rss_idle_mib": mib(c.rss_idle_kib), "connect_errors": c.connect_errors, "stages": stages}));
+            let stage = |name: &str| c.stages.iter().find(|s| s.name == name);
+            if let (Some(before), Some(during), Some(after)) = (stage("before"), stage("during"), stage("after")) {
+                let n = &during.newcomers;
+                self.bar(
+                    &format!("{} policy loaded: new agents admitted", c.label),
+                    &format!("{0} of {0}", n.tried),
+                    format!(
+                        "{} of {} (connect p99 {} ms; {} ms with no policy)",
+                        n.admitted,
+                        n.tried,
+                        ms(&n.latency, 0.99),
+                        ms(&before.newcomers.latency, 0.99)
+                    ),
+                    n.admitted == n.tried,
+                );
+                let rate = |s: &containment::Stage| s.steady.round_trips as f64 / s.steady.elapsed.as_secs_f64();
+                let share = rate(during) / rate(before).max(f64::EPSILON);
+                self.bar(
+                    &format!("{} policy loaded: steady fleet's round trips", c.label),
+                    "≥ 95 % of before",
+                    format!(
+                        "{:.1} % ({:.0} vs {:.0}/s, {} failed)",
+                        share * 100.0,
+                        rate(during),
+                        rate(before),
+                        during.steady.errors
+                    ),
+                    share >= 0.95 && during.steady.errors == 0,
+                );
+                let grown = after.rss_end_kib as f64 / 1024.0 - before.rss_end_kib as f64 / 1024.0;
+                self.bar(
+                    &format!("{} policy removed: gateway RSS vs before", c.label),
+                    "within 5 MiB",
+                    format!("{:+.1} MiB ({:.1} → {:.1} MiB)", grown, mib(before.rss_end_kib), mib(after.rss_end_kib)),
+                    grown <= 5.0,
+                );
+            }
+        }
+        self.json.insert(
+            "containment".into(),
+            json!({"steady_agents": containment::STEADY, "newcomers": containment::NEWCOMERS, "rate": containment::RATE,
+                   "newcomer_limit_s": containment::NEWCOMER_LIMIT.as_secs(), "cases": out}),
+        );
+    }
+
     pub fn finish(&mut self) {
         let paths: Map<String, Value> = self.paths.iter().cloned().collect();
         self.json.insert("paths".into(), Value::Object(paths));
@@ -241,44 +313,49 @@ impl Report {
             let _ = writeln!(s, "| {w} | {b} | {g} | {} |", if *ok { "yes" } else { "**no**" });
         }
         let sc = &self.json["scale"];
-        let _ = writeln!(
+        // A phase-filtered run (--only-policies, --only-containment) has none.
+        if !self.paths.is_empty() {
+            let _ = writeln!(
             s,
             "\n## Latency and throughput, side by side\n\nRound trip = agent sends a heartbeat, the server answers, the agent receives it (one message each way). Paced: {} agents offering {} msg/s for {} s. Flat out: {} agents, each sending as soon as it has its answer.\n",
             sc["latency_agents"], sc["latency_rate"], sc["phase_seconds"], sc["saturate_agents"]
         );
-        let _ = writeln!(s, "| path | paced rate | RTT p50 | RTT p99 | RTT p99.9 | flat-out round trips/s | errors |\n|---|---|---|---|---|---|---|");
-        for (name, v) in &self.paths {
-            let _ = writeln!(
-                s,
-                "| {name} | {:.0}/s | {} µs | {} µs | {} µs | {:.0} | {} |",
-                v["achieved_rate"].as_f64().unwrap_or(0.0),
-                v["rtt_us"]["p50"],
-                v["rtt_us"]["p99"],
-                v["rtt_us"]["p999"],
-                v["saturated_round_trips_per_s"].as_f64().unwrap_or(0.0),
-                v["paced_errors"].as_u64().unwrap_or(0)
-                    + v["saturated_errors"].as_u64().unwrap_or(0)
-                    + v["connect_errors"].as_u64().unwrap_or(0)
-            );
+            let _ = writeln!(s, "| path | paced rate | RTT p50 | RTT p99 | RTT p99.9 | flat-out round trips/s | errors |\n|---|---|---|---|---|---|---|");
+            for (name, v) in &self.paths {
+                let _ = writeln!(
+                    s,
+                    "| {name} | {:.0}/s | {} µs | {} µs | {} µs | {:.0} | {} |",
+                    v["achieved_rate"].as_f64().unwrap_or(0.0),
+                    v["rtt_us"]["p50"],
+                    v["rtt_us"]["p99"],
+                    v["rtt_us"]["p999"],
+                    v["saturated_round_trips_per_s"].as_f64().unwrap_or(0.0),
+                    v["paced_errors"].as_u64().unwrap_or(0)
+                        + v["saturated_errors"].as_u64().unwrap_or(0)
+                        + v["connect_errors"].as_u64().unwrap_or(0)
+                );
+            }
         }
         if let Some(st) = self.json.get("connect_storm") {
             let _ = writeln!(s, "\n## Connect storm\n\n{} agents, {} at a time, each completing the WebSocket upgrade, the connect handshake with the server over {} links, and a first status round trip: **{:.2} s** ({} errors; per agent p50 {} ms, p99 {} ms).",
                 st["agents"], st["concurrency"], st["links"], st["seconds"].as_f64().unwrap_or(0.0), st["errors"], st["per_agent_ms"]["p50"], st["per_agent_ms"]["p99"]);
         }
-        let _ = writeln!(s, "\n## How cost grows\n\nEach row is a fresh gateway: N agents connect, then the fleet offers {} msg/s for {} s. Memory is the gateway's RSS delta over its idle baseline, divided by N. CPU is the gateway's user+system time per relayed message (each round trip relays two).\n", sc["growth_rate"], sc["phase_seconds"]);
-        let _ = writeln!(s, "| agents | RSS idle → connected | per agent | achieved rate | CPU per message | errors |\n|---|---|---|---|---|---|");
-        for r in &self.growth {
-            let _ = writeln!(
-                s,
-                "| {} | {:.1} → {:.1} MiB | {:.1} KiB | {:.0}/s | {:.1} µs | {} |",
-                r.agents,
-                r.rss_before_kib as f64 / 1024.0,
-                r.rss_kib as f64 / 1024.0,
-                r.per_agent_kib,
-                r.rate,
-                r.cpu_us_per_msg,
-                r.errors
-            );
+        if !self.growth.is_empty() {
+            let _ = writeln!(s, "\n## How cost grows\n\nEach row is a fresh gateway: N agents connect, then the fleet offers {} msg/s for {} s. Memory is the gateway's RSS delta over its idle baseline, divided by N. CPU is the gateway's user+system time per relayed message (each round trip relays two).\n", sc["growth_rate"], sc["phase_seconds"]);
+            let _ = writeln!(s, "| agents | RSS idle → connected | per agent | achieved rate | CPU per message | errors |\n|---|---|---|---|---|---|");
+            for r in &self.growth {
+                let _ = writeln!(
+                    s,
+                    "| {} | {:.1} → {:.1} MiB | {:.1} KiB | {:.0}/s | {:.1} µs | {} |",
+                    r.agents,
+                    r.rss_before_kib as f64 / 1024.0,
+                    r.rss_kib as f64 / 1024.0,
+                    r.per_agent_kib,
+                    r.rate,
+                    r.cpu_us_per_msg,
+                    r.errors
+                );
+            }
         }
         if let Some(p) = self.json.get("policies") {
             let _ = writeln!(
@@ -317,6 +394,9 @@ impl Report {
         if let Some(h) = self.json.get("hot_swap") {
             let _ = writeln!(s, "\n## Hot swap under load\n\nThe policy set was replaced {} times ({} reloads observed) while {} agents kept a steady rate: {} round trips completed, {} failed, {} agents still connected at the end.", h["swaps"], h["reloads_seen"], h["agents_left"], h["round_trips"], h["failed_round_trips"], h["agents_left"]);
         }
+        if let Some(c) = self.json.get("containment") {
+            self.containment_markdown(&mut s, c);
+        }
         if !self.notes.is_empty() {
             let _ = writeln!(s, "\n## Notes\n");
             for n in &self.notes {
@@ -324,5 +404,44 @@ impl Report {
             }
         }
         s
+    }
+
+    fn containment_markdown(&self, s: &mut String, c: &Value) {
+        let _ = writeln!(
+            s,
+            "\n## Containment: hostile policies under load (issue 17)\n\nOn a fresh gateway per policy, {} agents connect and keep offering {} round trips/s in total. *before*: no policy. *during*: the policy file was dropped into the watched policy folder (the stage starts once `/metrics` shows it loaded). *after*: the file was removed (the stage starts once it shows it unloaded). In each stage {} new agents connect at once; one counts as admitted when its connect and first round trip finish within {} s. RSS is the gateway process's VmRSS at the end of the stage (peak sampled every 100 ms in brackets). Policy counters are cumulative. The pass-through filter is the control: what any loaded filter costs the relay.\n",
+            c["steady_agents"], c["rate"], c["newcomers"], c["newcomer_limit_s"]
+        );
+        let _ = writeln!(s, "| policy | stage | steady round trips/s | RTT p50 / p99 | failed | new agents admitted | connect p50 / p99 | RSS end (peak) | CPU per message | policy calls / errors / quarantines |\n|---|---|---|---|---|---|---|---|---|---|");
+        for case in c["cases"].as_array().into_iter().flatten() {
+            for st in case["stages"].as_array().into_iter().flatten() {
+                let f = |k: &str| st[k].as_f64().unwrap_or(0.0);
+                let _ = writeln!(
+                    s,
+                    "| {} | {} | {:.0} | {} / {} µs | {} | {} of {} | {} / {} ms | {:.1} ({:.1}) MiB | {:.1} µs | {:.0} / {:.0} / {:.0} |",
+                    case["policy"].as_str().unwrap_or("?"),
+                    st["stage"].as_str().unwrap_or("?"),
+                    f("round_trips_per_s"),
+                    st["rtt_us"]["p50"],
+                    st["rtt_us"]["p99"],
+                    st["failed_round_trips"],
+                    st["admitted"],
+                    st["tried"],
+                    st["connect_ms"]["p50"],
+                    st["connect_ms"]["p99"],
+                    f("rss_mib"),
+                    f("rss_peak_mib"),
+                    f("cpu_us_per_msg"),
+                    f("policy_calls"),
+                    f("policy_errors"),
+                    f("quarantines"),
+                );
+            }
+        }
+        for case in c["cases"].as_array().into_iter().flatten() {
+            if case["loaded_seen"] != json!(true) || case["unloaded_seen"] != json!(true) {
+                let _ = writeln!(s, "\n{}: the gateway did not report the policy loaded/unloaded within 30 s (loaded: {}, unloaded: {}); its stages ran anyway.", case["policy"].as_str().unwrap_or("?"), case["loaded_seen"], case["unloaded_seen"]);
+            }
+        }
     }
 }

@@ -6,6 +6,7 @@ use opamp_gateway::sim::agent::SimAgent;
 use opamp_gateway::sim::server::{ReferenceServer, ReferenceServerConfig};
 use serde_json::json;
 
+use crate::containment;
 use crate::gateway_proc::GatewayProc;
 use crate::load::{self, Run};
 use crate::nginx::{self, Nginx};
@@ -27,10 +28,14 @@ pub struct Scale {
     pub policy_rounds: usize,
     /// Only the policy phase (for working on policy overhead).
     pub only_policies: bool,
+    /// Length of each stage (before, during, after) of the containment phase.
+    pub containment_stage: Duration,
+    /// Only the containment phase (`--only-containment`).
+    pub only_containment: bool,
 }
 
 impl Scale {
-    pub fn new(quick: bool, only_policies: bool) -> Self {
+    pub fn new(quick: bool, only_policies: bool, only_containment: bool) -> Self {
         if quick {
             Self {
                 quick,
@@ -45,6 +50,8 @@ impl Scale {
                 swaps: 5,
                 policy_rounds: 1,
                 only_policies,
+                containment_stage: Duration::from_secs(5),
+                only_containment,
             }
         } else {
             Self {
@@ -60,25 +67,32 @@ impl Scale {
                 swaps: 20,
                 policy_rounds: 3,
                 only_policies,
+                containment_stage: Duration::from_secs(10),
+                only_containment,
             }
         }
     }
 }
 
-const LINKS: usize = 3;
+pub const LINKS: usize = 3;
 
 pub async fn run(scale: Scale) -> anyhow::Result<Report> {
     let mut report = Report::new(&scale);
     let server = ReferenceServer::start(ReferenceServerConfig::default()).await?;
     let upstream = server.url();
 
-    if !scale.only_policies {
+    if !scale.only_policies && !scale.only_containment {
         relay_phases(&mut report, &server, &scale).await?;
     }
 
     // 4. Policies: throughput with the four examples vs none, and hot swaps.
-    match policies::prepare()? {
-        Some(set) => {
+    let examples = if scale.only_containment { None } else { Some(policies::prepare()?) };
+    match examples {
+        None => {}
+        Some(None) => {
+            report.note("policy components not built: run scripts/bench (it builds policies/ for wasm32-wasip2)")
+        }
+        Some(Some(set)) => {
             // Interleaved rounds on fresh gateways, the same agents' headers
             // either way: drift on a shared box hits both sides alike.
             let mut none = FlatOut::default();
@@ -101,7 +115,17 @@ pub async fn run(scale: Scale) -> anyhow::Result<Report> {
             report.hot_swap(swaps?, &run, storm.errors);
             gw.stop().await;
         }
-        None => report.note("policy components not built: run scripts/bench (it builds policies/ for wasm32-wasip2)"),
+    }
+
+    // 5. Containment (issue 17): hostile policies hot-loaded under load.
+    if !scale.only_policies {
+        match containment::fixture() {
+            Some(fixture) => {
+                let cases = containment::run(&server, &scale, &fixture).await?;
+                report.containment(&cases);
+            }
+            None => report.note("fixture_misbehave not built: no containment phase (run scripts/bench)"),
+        }
     }
     server.shutdown().await;
     Ok(report)
@@ -257,7 +281,7 @@ async fn path_figures(url: &str, scale: &Scale) -> PathFigures {
     PathFigures { paced: Run { agents: Vec::new(), ..paced }, saturated, connect_errors }
 }
 
-async fn wait_links(server: &ReferenceServer, n: usize) {
+pub async fn wait_links(server: &ReferenceServer, n: usize) {
     let _ = server.wait_until(Duration::from_secs(30), |s| s.open_connections >= n).await;
     // The server counts a link a moment before the gateway marks it up.
     tokio::time::sleep(Duration::from_millis(200)).await;

@@ -54,6 +54,7 @@ impl Core {
                 failover_wait: Duration::from_secs(1),
                 agent_queue: 16,
                 max_forwarded_handshakes: 4,
+                max_buffered_bytes: 64 << 20,
             },
         ));
         let ds = Arc::new(Downstream::new(relay.clone(), settings(), CancellationToken::new()));

@@ -57,6 +57,10 @@ pub struct ServerConfig {
     /// A write to the server that takes longer than this kills the link.
     #[serde(with = "humantime_serde")]
     pub write_timeout: Duration,
+    /// Deadline for opening one link (TCP, proxy, TLS, WebSocket upgrade).
+    /// Unset: `write_timeout`, at least 5s (the behaviour before this key).
+    #[serde(with = "humantime_serde")]
+    pub dial_timeout: Option<Duration>,
     /// Frames queued per link before agents are back-pressured.
     pub queue_size: usize,
     /// Largest message accepted from the server.
@@ -76,6 +80,7 @@ impl Default for ServerConfig {
             reconnect: BackoffConfig::default(),
             keepalive: Duration::from_secs(30),
             write_timeout: Duration::from_secs(10),
+            dial_timeout: None,
             queue_size: 4096,
             max_message_size: ByteSize::mib(64),
         }
@@ -174,6 +179,10 @@ pub struct ListenerConfig {
     pub tls: Option<ServerTlsConfig>,
     /// Largest message accepted from an agent (spec recommendation: 64 MiB).
     pub max_message_size: ByteSize,
+    /// All agents' messages read and not yet written upstream, in bytes.
+    /// Beyond it WebSocket agents are not read (TCP back-pressure) and HTTP
+    /// polls get 503 with `Retry-After`. At least `max_message_size`.
+    pub max_buffered_bytes: ByteSize,
     /// Ping interval per agent; an agent silent for two intervals is closed.
     #[serde(with = "humantime_serde")]
     pub keepalive: Duration,
@@ -203,7 +212,8 @@ pub struct ListenerConfig {
     /// Sockets one source (IPv4 address, IPv6 /64) may hold that are not yet
     /// agents (no request admitted yet); beyond it, 429 with `Retry-After`.
     pub max_handshaking_per_source: usize,
-    /// How long SIGTERM waits for agents to be closed before exiting.
+    /// How long SIGTERM waits for agents to be closed, and for handshakes
+    /// and HTTP polls in flight to be answered, before exiting.
     #[serde(with = "humantime_serde")]
     pub shutdown_timeout: Duration,
     /// Agents that poll with plain HTTP `POST`s.
@@ -329,6 +339,7 @@ impl Default for ListenerConfig {
             path: None,
             tls: None,
             max_message_size: ByteSize::mib(64),
+            max_buffered_bytes: ByteSize::mib(256),
             keepalive: Duration::from_secs(30),
             write_timeout: Duration::from_secs(10),
             queue_size: 64,
@@ -561,6 +572,9 @@ impl Config {
                 return Err(ConfigError::field(field, "must be greater than 0"));
             }
         }
+        if s.dial_timeout.is_some_and(|d| d.is_zero()) {
+            return Err(ConfigError::field("server.dial_timeout", "must be greater than 0, e.g. 10s, or unset"));
+        }
         if s.queue_size == 0 {
             return Err(ConfigError::field("server.queue_size", "must be at least 1"));
         }
@@ -610,6 +624,15 @@ impl Config {
         }
         if l.queue_size == 0 {
             return Err(ConfigError::field("listener.queue_size", "must be at least 1"));
+        }
+        if l.max_buffered_bytes < l.max_message_size {
+            return Err(ConfigError::field(
+                "listener.max_buffered_bytes",
+                format!(
+                    "must be at least listener.max_message_size ({}), got {}",
+                    l.max_message_size, l.max_buffered_bytes
+                ),
+            ));
         }
         if l.http.queue_size == 0 {
             return Err(ConfigError::field("listener.http.queue_size", "must be at least 1"));

@@ -36,7 +36,9 @@ use super::upgrade::{forwarded_headers, plain, refuse, Body};
 use super::{pipeline, Downstream};
 use crate::policy::Transport;
 use crate::protocol::{compose, framing, handshake, AgentFrame, InstanceUid};
-use crate::relay::{AdmitError, AdmitRequest, AgentShared, Claimed, CloseReason, Identity, Inbound, LinkLease};
+use crate::relay::{
+    budget, AdmitError, AdmitRequest, AgentShared, Claimed, CloseReason, Held, Identity, Inbound, LinkLease,
+};
 use crate::telemetry::metrics as m;
 
 pub const PROTOBUF: &str = "application/x-protobuf";
@@ -91,14 +93,16 @@ impl HttpAgents {
 
     /// Removes the agent if it is still the registered one.
     fn remove(&self, agent: &Arc<HttpAgent>) -> bool {
-        let mut map = self.map.lock().expect("http agents lock");
-        if map.get(agent.uid.as_bytes()).is_some_and(|a| Arc::ptr_eq(a, agent)) {
-            map.remove(agent.uid.as_bytes());
+        let removed = {
+            let mut map = self.map.lock().expect("http agents lock");
+            let ours = map.get(agent.uid.as_bytes()).is_some_and(|a| Arc::ptr_eq(a, agent));
+            ours && map.remove(agent.uid.as_bytes()).is_some()
+        };
+        // Outside the lock: the recorder may take locks of its own.
+        if removed {
             metrics::gauge!(m::CONNECTIONS, "direction" => m::DOWNSTREAM, "transport" => "http").decrement(1.0);
-            true
-        } else {
-            false
         }
+        removed
     }
 
     fn idle(&self, now: Instant, idle_timeout: Duration) -> Vec<Arc<HttpAgent>> {
@@ -134,6 +138,15 @@ pub async fn handle(ds: Arc<Downstream>, req: Request<Incoming>, remote: SocketA
     if declared.is_some_and(|n| n > max as u64) {
         return too_large(max);
     }
+    // The body's share of listener.max_buffered_bytes, taken before reading
+    // it when its length is declared (topped up below if it grows). A poll
+    // cannot wait for room the way a socket can, so no room is a 503.
+    let budget = &ds.relay.budget;
+    let mut held = match declared.map(|n| budget.try_take(n as usize)) {
+        Some(Some(held)) => held,
+        Some(None) => return over_budget(&ds),
+        None => Held::default(),
+    };
 
     let body = match Limited::new(req.into_body(), max).collect().await {
         Ok(b) => b.to_bytes(),
@@ -149,6 +162,12 @@ pub async fn handle(ds: Arc<Downstream>, req: Request<Incoming>, remote: SocketA
     } else {
         body
     };
+    if let Some(more) = body.len().checked_sub(held.bytes()).filter(|&n| n > 0) {
+        match budget.try_take(more) {
+            Some(h) => held.merge(h),
+            None => return over_budget(&ds),
+        }
+    }
     let parsed = match AgentFrame::parse_payload(body) {
         Ok(p) => p,
         Err(e) => {
@@ -178,8 +197,8 @@ pub async fn handle(ds: Arc<Downstream>, req: Request<Incoming>, remote: SocketA
     let lease = agent.lease();
     let received = Instant::now();
     pipeline::resend_returned(&lease, &agent.shared).await;
-    match pipeline::upstream_frame(&ds.relay, &parsed, None) {
-        Ok(Some(frame)) => pipeline::send_up(&lease, &agent.shared, frame, received).await,
+    match pipeline::upstream_frame(&ds.relay, &parsed, None).await {
+        Ok(Some(frame)) => pipeline::send_up(&lease, &agent.shared, frame, received, held).await,
         Ok(None) => {}
         Err(_) => {
             release(&ds, &agent, false).await;
@@ -291,26 +310,31 @@ async fn admitted(
                 inbox: tokio::sync::Mutex::new(inbox),
                 state: Mutex::new(state),
             });
-            let mut map = ds.http.map.lock().expect("http agents lock");
-            match map.get(uid.as_bytes()) {
-                // A concurrent poll registered first: it is this agent only
-                // if it has the same credentials.
-                Some(racer) if racer.shared.identity().credential == identity.credential => Ok(racer.clone()),
-                Some(_) => Err(Polled::UidInUse),
-                None => {
-                    match ds.relay.routes.claim(uid.as_bytes(), &agent.shared) {
-                        Ok(Claimed::Owned) => {}
-                        Ok(Claimed::TookOver(old)) => {
-                            old.close(CloseReason::Superseded);
-                            metrics::counter!(m::UID_TAKEOVERS).increment(1);
+            // Decided under the map lock; counted after it is released.
+            let claimed = {
+                let mut map = ds.http.map.lock().expect("http agents lock");
+                match map.get(uid.as_bytes()) {
+                    // A concurrent poll registered first: it is this agent
+                    // only if it has the same credentials.
+                    Some(racer) if racer.shared.identity().credential == identity.credential => {
+                        return Ok(racer.clone());
+                    }
+                    Some(_) => return Err(Polled::UidInUse),
+                    None => match ds.relay.routes.claim(uid.as_bytes(), &agent.shared) {
+                        Ok(claimed) => {
+                            map.insert(uid.as_bytes().clone(), agent.clone());
+                            claimed
                         }
                         Err(_) => return Err(Polled::UidInUse), // a WebSocket agent owns it
-                    }
-                    map.insert(uid.as_bytes().clone(), agent.clone());
-                    metrics::gauge!(m::CONNECTIONS, "direction" => m::DOWNSTREAM, "transport" => "http").increment(1.0);
-                    Ok(agent)
+                    },
                 }
+            };
+            if let Claimed::TookOver(old) = claimed {
+                old.close(CloseReason::Superseded);
+                metrics::counter!(m::UID_TAKEOVERS).increment(1);
             }
+            metrics::gauge!(m::CONNECTIONS, "direction" => m::DOWNSTREAM, "transport" => "http").increment(1.0);
+            Ok(agent)
         }
     }
 }
@@ -335,7 +359,7 @@ async fn next_reply(ds: &Downstream, agent: &HttpAgent) -> Bytes {
             Ok(Some(msg)) => msg,
             _ => return agent.empty_reply(),
         };
-        match pipeline::downstream_frame(&ds.relay, &agent.shared, &msg) {
+        match pipeline::downstream_frame(&ds.relay, &agent.shared, &msg).await {
             Ok(Some(frame)) => {
                 pipeline::delivered(frame.len(), msg.received);
                 return frame;
@@ -406,6 +430,25 @@ fn gunzip(body: &[u8], max: usize) -> std::io::Result<Option<Bytes>> {
     let mut out = Vec::new();
     GzDecoder::new(body).take(max as u64 + 1).read_to_end(&mut out)?;
     Ok((out.len() <= max).then(|| Bytes::from(out)))
+}
+
+/// No room in `listener.max_buffered_bytes`: 503 with `Retry-After`,
+/// counted, and logged at most once per interval.
+fn over_budget(ds: &Downstream) -> Response<Body> {
+    let budget = &ds.relay.budget;
+    if let Some(suppressed) = budget.log_refusal() {
+        tracing::warn!(
+            in_flight = budget.in_flight(),
+            max_buffered_bytes = budget.capacity(),
+            suppressed,
+            "HTTP agent polls refused with 503: listener.max_buffered_bytes is full (logged at most every {:?})",
+            budget::REFUSAL_LOG_INTERVAL
+        );
+    }
+    let mut r = refused("buffer_budget", StatusCode::SERVICE_UNAVAILABLE, "the gateway's message buffers are full");
+    let secs = ds.settings.retry_after.as_secs().max(1).to_string();
+    r.headers_mut().insert(http::header::RETRY_AFTER, HeaderValue::from_str(&secs).expect("digits"));
+    r
 }
 
 fn too_large(max: usize) -> Response<Body> {

@@ -5,6 +5,7 @@
 
 mod conn;
 mod limits;
+pub(crate) mod log_every;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
@@ -156,11 +157,17 @@ impl Listener {
                     }
                 };
                 let _ = tcp.set_nodelay(true);
-                let (tls, ds, limits) = (self.tls.clone(), ds.clone(), limits.clone());
+                let (tls, conn_ds, limits) = (self.tls.clone(), ds.clone(), limits.clone());
                 let tls_timeout = s.tls_handshake_timeout;
-                tokio::spawn(async move {
-                    let Some((io, peer_cert)) = secure(tcp, remote, tls, tls_timeout, &limits).await else { return };
-                    conn::serve(ds, io, remote, admitted, peer_cert, timeouts, limits).await;
+                // Tracked with the sessions: shutdown waits (bounded) for the
+                // handshakes and polls in flight on these connections.
+                ds.sessions.spawn(async move {
+                    let secured = tokio::select! {
+                        s = secure(tcp, remote, tls, tls_timeout, &limits) => s,
+                        _ = conn_ds.shutdown.cancelled() => None,
+                    };
+                    let Some((io, peer_cert)) = secured else { return };
+                    conn::serve(conn_ds, io, remote, admitted, peer_cert, timeouts, limits).await;
                 });
             }
             tracing::info!("listener stopped accepting");

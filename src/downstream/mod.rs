@@ -48,7 +48,8 @@ pub struct Downstream {
     pub settings: DownstreamSettings,
     /// Cancelled on shutdown: sessions close with 1001.
     pub shutdown: CancellationToken,
-    /// Every session task, so shutdown can wait for them.
+    /// Every connection task (TLS, HTTP requests, handshakes) and every
+    /// WebSocket session task, so shutdown can wait for them.
     pub sessions: TaskTracker,
     /// Agents using the plain-HTTP transport.
     pub http: http::HttpAgents,

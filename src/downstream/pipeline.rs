@@ -1,6 +1,12 @@
 //! The per-message steps both transports share (WebSocket and HTTP), so the
 //! two cannot drift apart: agent→server filtering and forwarding, and
 //! server→agent capability replay and filtering.
+//!
+//! The filter phase runs in a turn of the policy [`Gate`]: it may wait
+//! (asynchronously) while `policies.concurrency` chains run. With no policy
+//! filtering a direction, that direction never reaches the gate.
+//!
+//! [`Gate`]: crate::policy::gate::Gate
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -10,26 +16,25 @@ use bytes::Bytes;
 use crate::policy::{Direction, FilterOutcome};
 use crate::protocol::wire::{self, Wire};
 use crate::protocol::{compose, framing, AgentFrame, InstanceUid};
-use crate::relay::{AgentShared, CloseReason, Inbound, LinkLease, Outbound, Relay};
+use crate::relay::{AgentShared, CloseReason, Held, Inbound, LinkLease, Outbound, Relay};
 use crate::telemetry::metrics as m;
-
-/// `instance_uid`, field 1 in both directions.
-const UID: u32 = 1;
-/// `ServerToAgent.capabilities`.
-const S2A_CAPABILITIES: u32 = 7;
 
 /// Runs the agent→server filter phase. `frame` is what the agent sent if it
 /// already is a complete WebSocket payload (forwarded as is when no policy
 /// changes it); `None` for HTTP bodies. Returns the frame to forward, or
 /// `None` if a policy dropped the message.
-pub fn upstream_frame(relay: &Relay, parsed: &AgentFrame, frame: Option<Bytes>) -> Result<Option<Bytes>, CloseReason> {
+pub async fn upstream_frame(
+    relay: &Relay,
+    parsed: &AgentFrame,
+    frame: Option<Bytes>,
+) -> Result<Option<Bytes>, CloseReason> {
     let original = || frame.clone().map(framing::normalized).unwrap_or_else(|| framing::frame(&parsed.payload));
     let set = relay.policies.snapshot();
     if !set.filters(Direction::AgentToServer) {
         return Ok(Some(original()));
     }
     let uid = parsed.uid.as_deref().unwrap_or_default();
-    match set.filter(Direction::AgentToServer, uid, parsed.payload.clone()) {
+    match relay.policies.filter(&set, Direction::AgentToServer, uid, parsed.payload.clone()).await {
         FilterOutcome::Forward(p) if p == parsed.payload => Ok(Some(original())),
         FilterOutcome::Forward(p) => Ok(Some(framing::frame(&p))),
         FilterOutcome::Drop => {
@@ -42,13 +47,13 @@ pub fn upstream_frame(relay: &Relay, parsed: &AgentFrame, frame: Option<Bytes>) 
 
 /// Queues a frame on the agent's link. Waiting here is the back-pressure a
 /// slow server exerts. If the link has died, the frame waits with the agent
-/// until it has a new one.
-pub async fn send_up(lease: &LinkLease, agent: &Arc<AgentShared>, frame: Bytes, received: Instant) {
+/// until it has a new one. `held`, its share of the buffer budget, goes with it.
+pub async fn send_up(lease: &LinkLease, agent: &Arc<AgentShared>, frame: Bytes, received: Instant, held: Held) {
     if lease.is_stale() {
         agent.hand_back(frame);
         return;
     }
-    let out = Outbound { frame, generation: lease.generation(), agent: Some(agent.clone()), received };
+    let out = Outbound { frame, generation: lease.generation(), agent: Some(agent.clone()), received, held };
     if lease.link().send(out).await.is_err() {
         // The link task is gone: the gateway is shutting down.
         metrics::counter!(m::MESSAGES_DROPPED, "direction" => m::UPSTREAM, "reason" => "shutdown").increment(1);
@@ -61,14 +66,14 @@ pub async fn resend_returned(lease: &LinkLease, agent: &Arc<AgentShared>) {
         return; // the agent moves first
     }
     for frame in agent.take_returned() {
-        send_up(lease, agent, frame, Instant::now()).await;
+        send_up(lease, agent, frame, Instant::now(), Held::default()).await;
     }
 }
 
 /// Prepares a server message for its agent: replays the link's custom
 /// capabilities into the agent's first message, then runs the filter phase.
 /// Returns the frame (with header) to deliver, or `None` if dropped.
-pub fn downstream_frame(relay: &Relay, agent: &AgentShared, msg: &Inbound) -> Result<Option<Bytes>, CloseReason> {
+pub async fn downstream_frame(relay: &Relay, agent: &AgentShared, msg: &Inbound) -> Result<Option<Bytes>, CloseReason> {
     let mut frame = msg.frame.clone();
     if msg.has_capabilities {
         agent.capabilities_delivered();
@@ -84,7 +89,7 @@ pub fn downstream_frame(relay: &Relay, agent: &AgentShared, msg: &Inbound) -> Re
         // server that relies on its stream's first message having had them
         // never sent them to this agent.
         let payload = framing::payload(&frame).unwrap_or_default();
-        if wire::last(&payload, S2A_CAPABILITIES).is_none() {
+        if wire::last(&payload, wire::field::server::CAPABILITIES).is_none() {
             let caps = relay.links.get(msg.link).map_or(compose::ACCEPTS_STATUS, |l| l.server_capabilities());
             frame = compose::with_capabilities(&payload, caps);
         }
@@ -96,11 +101,11 @@ pub fn downstream_frame(relay: &Relay, agent: &AgentShared, msg: &Inbound) -> Re
     let payload = framing::payload(&frame).unwrap_or_default();
     // The message's own uid: on a chained gateway's link, or after the
     // server assigned a new uid, it is not the connection's first.
-    let uid = match wire::last(&payload, UID) {
+    let uid = match wire::last(&payload, wire::field::INSTANCE_UID) {
         Some(Wire::Bytes(u)) => u,
         _ => &[],
     };
-    match set.filter(Direction::ServerToAgent, uid, payload.clone()) {
+    match relay.policies.filter(&set, Direction::ServerToAgent, uid, payload.clone()).await {
         FilterOutcome::Forward(p) if p == payload => Ok(Some(frame)),
         FilterOutcome::Forward(p) => Ok(Some(framing::frame(&p))),
         FilterOutcome::Drop => {
@@ -126,6 +131,7 @@ pub async fn report_gone(lease: &LinkLease, uid: &InstanceUid) {
         generation: lease.generation(),
         agent: None,
         received: Instant::now(),
+        held: Held::default(),
     };
     if tokio::time::timeout(REPORT_GONE_TIMEOUT, lease.link().send(out)).await.is_ok_and(|r| r.is_ok()) {
         metrics::counter!(m::SYNTHESIZED_DISCONNECTS).increment(1);

@@ -22,7 +22,8 @@ use super::{pipeline, uid_guard, Downstream};
 use crate::protocol::compose::{self, ErrorKind};
 use crate::protocol::AgentFrame;
 use crate::relay::{
-    Admission, AdmitError, AdmitRequest, AgentShared, CloseReason, Identity, Inbound, LinkLease, LinkState,
+    budget, Admission, AdmitError, AdmitRequest, AgentShared, CloseReason, Held, Identity, Inbound, LinkLease,
+    LinkState,
 };
 use crate::telemetry::metrics as m;
 
@@ -47,13 +48,18 @@ pub struct Session {
     /// `error_response` sent before closing when the session has none yet.
     offending_uid: Option<Bytes>,
     last_seen: Instant,
+    /// `listener.max_buffered_bytes` is closed: start no new message.
+    budget_open: watch::Receiver<bool>,
+    /// A message read while the budget had no room, waiting for its share.
+    /// The socket is not read meanwhile.
+    waiting: Option<(Bytes, Instant, budget::Wait)>,
 }
 
 impl Session {
     pub fn new(ds: Arc<Downstream>, admission: Admission, admit: AdmitRequest, identity: Identity) -> Self {
         let (agent, inbox) = AgentShared::new(ds.next_id(), ds.relay.settings.agent_queue, identity);
-        let mut link_state = admission.lease.link().subscribe();
-        link_state.mark_unchanged();
+        let link_state = watch_link(&admission.lease);
+        let budget_open = ds.relay.budget.watch();
         Self {
             ds,
             agent,
@@ -64,6 +70,8 @@ impl Session {
             uids: uid_guard::SpokenFor::default(),
             offending_uid: None,
             last_seen: Instant::now(),
+            budget_open,
+            waiting: None,
         }
     }
 
@@ -89,6 +97,10 @@ impl Session {
         gauge.decrement(1.0);
         metrics::counter!(m::AGENTS_CLOSED, "reason" => reason.as_str(), "transport" => "websocket").increment(1);
         tracing::debug!(agent = self.agent.id, reason = reason.as_str(), "agent session ended");
+        if reason != CloseReason::Peer {
+            drop(self); // the lease and routes go now, not after the linger
+            linger(&mut ws, write_timeout.min(CLOSE_LINGER)).await;
+        }
     }
 
     async fn pump<S: AgentIo>(&mut self, ws: &mut WebSocketStream<S>) -> CloseReason {
@@ -97,6 +109,7 @@ impl Session {
         let shutdown = self.ds.shutdown.clone();
         let agent = self.agent.clone();
         loop {
+            let reading = self.reading();
             let step = tokio::select! {
                 biased;
                 _ = agent.closing().cancelled() => Err(agent.close_reason()),
@@ -104,7 +117,9 @@ impl Session {
                 _ = self.link_state.changed() => self.on_link_change().await,
                 _ = agent.returned_ready() => self.resend_returned().await,
                 Some(msg) = self.inbox.recv() => self.deliver(ws, msg).await,
-                msg = ws.next() => self.on_agent_message(msg).await,
+                held = wait_room(&mut self.waiting), if self.waiting.is_some() => self.on_room(held).await,
+                Ok(()) = self.budget_open.changed() => Ok(()), // `reading` is re-evaluated
+                msg = ws.next(), if reading => self.on_agent_message(msg).await,
                 _ = ping.tick() => self.keepalive(ws).await,
             };
             if let Err(reason) = step {
@@ -113,7 +128,14 @@ impl Session {
         }
     }
 
-    /// A message from the agent: validate, learn its uid, filter, forward.
+    /// Whether to read the socket now: not while a message waits for room in
+    /// the buffer budget, nor while the budget is closed (TCP back-pressure).
+    fn reading(&mut self) -> bool {
+        self.waiting.is_none() && *self.budget_open.borrow_and_update()
+    }
+
+    /// A message from the agent: takes its share of the buffer budget, or
+    /// waits for it with the socket unread.
     async fn on_agent_message(&mut self, msg: Option<Result<Message, WsError>>) -> Result<(), CloseReason> {
         self.last_seen = Instant::now();
         let frame = match msg {
@@ -129,6 +151,22 @@ impl Session {
                 return Err(reason);
             }
         };
+        match self.ds.relay.budget.take(frame.len()) {
+            Ok(held) => self.forward(frame, self.last_seen, held).await,
+            Err(wait) => {
+                self.waiting = Some((frame, self.last_seen, wait));
+                Ok(())
+            }
+        }
+    }
+
+    async fn on_room(&mut self, held: Held) -> Result<(), CloseReason> {
+        let (frame, received, _) = self.waiting.take().expect("only called for a waiting message");
+        self.forward(frame, received, held).await
+    }
+
+    /// Validates the message, learns its uid, filters and forwards it.
+    async fn forward(&mut self, frame: Bytes, received: Instant, held: Held) -> Result<(), CloseReason> {
         let parsed = AgentFrame::parse_ws(&frame).map_err(|e| {
             tracing::info!(agent = self.agent.id, error = %e, "malformed agent message");
             CloseReason::Protocol
@@ -138,8 +176,8 @@ impl Session {
             return self.agent.offer(answer);
         }
 
-        if let Some(frame) = pipeline::upstream_frame(&self.ds.relay, &parsed, Some(frame))? {
-            pipeline::send_up(&self.lease, &self.agent, frame, self.last_seen).await;
+        if let Some(frame) = pipeline::upstream_frame(&self.ds.relay, &parsed, Some(frame)).await? {
+            pipeline::send_up(&self.lease, &self.agent, frame, received, held).await;
         }
         Ok(())
     }
@@ -186,7 +224,7 @@ impl Session {
 
     /// A server message for this agent.
     async fn deliver<S: AgentIo>(&mut self, ws: &mut WebSocketStream<S>, msg: Inbound) -> Result<(), CloseReason> {
-        let Some(frame) = pipeline::downstream_frame(&self.ds.relay, &self.agent, &msg)? else {
+        let Some(frame) = pipeline::downstream_frame(&self.ds.relay, &self.agent, &msg).await? else {
             return Ok(());
         };
         let len = frame.len();
@@ -202,7 +240,10 @@ impl Session {
 
     async fn keepalive<S: AgentIo>(&mut self, ws: &mut WebSocketStream<S>) -> Result<(), CloseReason> {
         let keepalive = self.ds.settings.keepalive;
-        if self.last_seen.elapsed() > keepalive * 2 {
+        if !self.reading() {
+            // Its pongs wait unread because of us, not because it is gone.
+            self.last_seen = Instant::now();
+        } else if self.last_seen.elapsed() > keepalive * 2 {
             return Err(CloseReason::Dead);
         }
         match tokio::time::timeout(self.ds.settings.write_timeout, ws.send(Message::Ping(Bytes::new()))).await {
@@ -265,8 +306,7 @@ impl Session {
                     "agent moved to another link"
                 );
                 self.lease = admission.lease; // drops the old lease: its load goes down
-                self.link_state = self.lease.link().subscribe();
-                self.link_state.mark_unchanged();
+                self.link_state = watch_link(&self.lease);
                 self.request_full_state();
                 self.resend_returned().await
             }
@@ -320,12 +360,44 @@ impl Session {
             self.ds.relay.routes.remove(&alias, self.agent.id);
         }
         // Frames still waiting for a link can no longer be delivered.
-        let left = self.agent.take_returned().len();
+        let left = self.agent.take_returned().len() + usize::from(self.waiting.take().is_some());
         if left > 0 {
             metrics::counter!(m::MESSAGES_DROPPED, "direction" => m::UPSTREAM, "reason" => "agent_closed")
                 .increment(left as u64);
         }
     }
+}
+
+/// Watches the lease's link for a loss. A link lost between the admission
+/// and this subscription has already changed, so the loss is re-armed: the
+/// session's next turn migrates instead of sitting on a dead lease.
+fn watch_link(lease: &LinkLease) -> watch::Receiver<LinkState> {
+    let mut state = lease.link().subscribe();
+    if lease.is_stale() {
+        state.mark_changed();
+    }
+    state
+}
+
+/// Resolves when the waiting message has its share of the budget.
+async fn wait_room(waiting: &mut Option<(Bytes, Instant, budget::Wait)>) -> Held {
+    match waiting {
+        Some((_, _, wait)) => wait.await,
+        None => std::future::pending().await,
+    }
+}
+
+/// How long a close the gateway started waits for the agent's echo.
+const CLOSE_LINGER: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// After sending a close frame, reads (and discards) until the agent echoes
+/// it or the time is up. Closing the socket with the agent's pongs or last
+/// frames still unread would make the kernel send a reset, which can destroy
+/// the close frame, and its code, before the agent reads it (RFC 6455 §7.1.1:
+/// the server closes TCP after the closing handshake).
+async fn linger<S: AgentIo>(ws: &mut WebSocketStream<S>, limit: std::time::Duration) {
+    let drain = async { while let Some(Ok(_)) = ws.next().await {} };
+    let _ = tokio::time::timeout(limit, drain).await;
 }
 
 /// Why reading from an agent failed. A peer that vanished (TCP reset, EOF
@@ -342,6 +414,17 @@ fn read_error_reason(e: &WsError) -> CloseReason {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_link_lost_before_the_session_watches_it_still_moves_the_session() {
+        let (links, _rx) = crate::relay::links::Links::new(1, 8);
+        links.get(0).unwrap().mark_connected();
+        let live = links.lease(None).unwrap();
+        assert!(!watch_link(&live).has_changed().unwrap(), "a live link is quiet");
+        links.get(0).unwrap().mark_lost();
+        links.get(0).unwrap().mark_connected(); // and back, before anyone looked
+        assert!(watch_link(&live).has_changed().unwrap(), "the loss is not missed");
+    }
 
     #[test]
     fn a_reset_is_the_peers_doing() {

@@ -5,7 +5,7 @@
 //! whatever the server decided (status and headers on reject).
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -18,6 +18,7 @@ use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::WebSocketStream;
 
+use super::listener::log_every::{LogEvery, REFUSAL_LOG_EVERY};
 use super::session::Session;
 use super::trust::PeerCertificate;
 use super::Downstream;
@@ -130,11 +131,12 @@ fn ws_config(ds: &Downstream) -> WebSocketConfig {
 /// Answers an agent the gateway could not admit, with the server's status
 /// and headers on rejection, or 502/503/504 with `Retry-After`.
 pub(crate) fn refuse(ds: &Downstream, e: AdmitError, remote: SocketAddr, transport: Transport) -> Response<Body> {
-    let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::UNAUTHORIZED);
+    // `status()` lets only a 4xx/5xx of the server's through (else 502).
+    let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::BAD_GATEWAY);
     let t = transport_label(transport);
     metrics::counter!(m::HANDSHAKES, "outcome" => e.outcome(), "status" => status.as_str().to_owned(), "transport" => t)
         .increment(1);
-    tracing::info!(%remote, status = status.as_u16(), transport = t, reason = %e, "agent not admitted");
+    log_refusal(&REFUSALS, &e, status, remote, t);
     let mut r = plain(status, e.to_string());
     match &e {
         AdmitError::Rejected(result) => copy_headers(r.headers_mut(), &result.response_headers),
@@ -146,6 +148,40 @@ pub(crate) fn refuse(ds: &Downstream, e: AdmitError, remote: SocketAddr, transpo
         }
     }
     r
+}
+
+/// Refusal log lines, one per (outcome, transport) per interval, as for the
+/// listener's refusals: the handshake counter carries the volume.
+static REFUSALS: LazyLock<LogEvery<(&'static str, &'static str)>> = LazyLock::new(|| LogEvery::new(REFUSAL_LOG_EVERY));
+
+fn log_refusal(
+    log: &LogEvery<(&'static str, &'static str)>,
+    e: &AdmitError,
+    status: StatusCode,
+    remote: SocketAddr,
+    transport: &'static str,
+) {
+    // A reject that is no 4xx/5xx is the server's mistake: said at warn.
+    let odd = match e {
+        AdmitError::Rejected(r) if r.http_status_code != 0 && r.http_status_code != status.as_u16() => {
+            Some(r.http_status_code)
+        }
+        _ => None,
+    };
+    let kind = if odd.is_some() { "rejected_bad_status" } else { e.outcome() };
+    let Some(suppressed) = log.check((kind, transport)) else { return };
+    let every = log.every().as_secs();
+    match odd {
+        Some(server_status) => tracing::warn!(
+            %remote, server_status, status = status.as_u16(), transport, suppressed_since_last = suppressed,
+            "the server rejected an agent with a status that is not 4xx/5xx; answered 502 \
+             (logged at most once per {every}s)"
+        ),
+        None => tracing::info!(
+            %remote, status = status.as_u16(), transport, reason = %e, suppressed_since_last = suppressed,
+            "agent not admitted (logged at most once per {every}s per outcome)"
+        ),
+    }
 }
 
 /// The request's headers as the server should see them: Go-style, without
@@ -216,4 +252,51 @@ pub fn plain(status: StatusCode, body: impl Into<String>) -> Response<Body> {
         .header(http::header::CONTENT_TYPE, "text/plain; charset=utf-8")
         .body(Body::new(Bytes::from(body)))
         .expect("static response parts are valid")
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::protocol::handshake::ConnectResult;
+
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// An auth storm is one line per outcome per interval, not one per agent.
+    #[test]
+    fn refusals_are_logged_once_per_outcome_per_interval() {
+        let out = Captured::default();
+        let sink = out.clone();
+        let subscriber =
+            tracing_subscriber::fmt().with_ansi(false).with_writer(move || sink.clone()).without_time().finish();
+        let log = LogEvery::new(Duration::from_secs(3600));
+        let remote: SocketAddr = "192.0.2.1:4000".parse().unwrap();
+        let odd = AdmitError::Rejected(ConnectResult { http_status_code: 200, ..Default::default() });
+        tracing::subscriber::with_default(subscriber, || {
+            for _ in 0..100 {
+                log_refusal(&log, &AdmitError::Timeout, StatusCode::GATEWAY_TIMEOUT, remote, "websocket");
+                log_refusal(&log, &odd, StatusCode::BAD_GATEWAY, remote, "websocket");
+            }
+            log_refusal(&log, &AdmitError::NoUpstream, StatusCode::SERVICE_UNAVAILABLE, remote, "websocket");
+        });
+        let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
+        assert_eq!(text.lines().count(), 3, "{text}");
+        assert_eq!(text.matches("agent not admitted").count(), 2, "{text}");
+        let warn = text.lines().find(|l| l.contains("WARN")).expect("the odd status is a warning");
+        assert!(warn.contains("server_status=200") && warn.contains("status=502"), "{warn}");
+    }
 }

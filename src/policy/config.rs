@@ -2,11 +2,13 @@
 //!
 //! ```yaml
 //! policies:
-//!   directory: policies      # <name>.wasm (+ <name>.yaml), in file-name order
+//!   directory: policies.d    # <name>.wasm (+ <name>.yaml), in file-name order
 //!   call_timeout: 5ms        # CPU time per hook call; beyond it the call fails (Timeout)
 //!   init_timeout: 1s         # CPU time for instantiation + init() of one instance
 //!   memory_limit: 33554432   # bytes of linear memory per instance (32 MiB)
 //!   instances: 2             # idle instances kept per policy (default: CPUs)
+//!   concurrency: 1           # policy calls running at once, gateway-wide (default: CPUs / 2)
+//!   queue: 1024              # calls waiting for a turn; beyond: shed (kind `overloaded`)
 //!   watch: true              # hot-reload the directory
 //!   cache: true              # cache compiled policies on disk
 //!   cache_dir: /var/cache/opamp-gateway   # default: the user cache dir
@@ -37,12 +39,14 @@ use serde::Deserialize;
 #[serde(deny_unknown_fields, default)]
 pub struct PoliciesConfig {
     /// Folder of `<name>.wasm` (+ optional `<name>.yaml`) files, applied in
-    /// file-name order. A missing folder means "no policies".
+    /// file-name order. A missing folder means "no policies". The default,
+    /// `policies.d`, is not the repository's `policies/` (the SDK's sources).
     pub directory: PathBuf,
-    /// Wall-clock budget for one hook call.
+    /// CPU-time budget for one hook call (the calling thread's CPU clock;
+    /// wall time only where there is none, see `wasm::deadline`).
     #[serde(with = "humantime_serde")]
     pub call_timeout: Duration,
-    /// Wall-clock budget for creating one instance and running its `init`
+    /// CPU-time budget for creating one instance and running its `init`
     /// (compilation is not included: it happens once, off the hot path).
     #[serde(with = "humantime_serde")]
     pub init_timeout: Duration,
@@ -52,6 +56,14 @@ pub struct PoliciesConfig {
     /// a fresh instance that is discarded afterwards. Default: one per CPU,
     /// which is how many relay threads can call at once.
     pub instances: Option<usize>,
+    /// Policy chains running at once on the relay's workers, gateway-wide:
+    /// what bounds how many workers a slow or looping policy can hold.
+    /// Default: half the CPUs, at least 1. Each policy keeps at least this
+    /// many instances.
+    pub concurrency: Option<usize>,
+    /// Callers that may wait for a turn; a call beyond them is shed: each
+    /// policy it would have called fails (`overloaded`) under its `on_error`.
+    pub queue: usize,
     /// Watch the directory and hot-reload on change.
     pub watch: bool,
     /// Keep compiled policies in an on-disk cache (keyed by the module's
@@ -244,7 +256,18 @@ impl PoliciesConfig {
         if self.limits.log_interval.is_zero() {
             return Err(("limits.log_interval".into(), "expected a duration > 0".into()));
         }
+        if self.concurrency == Some(0) {
+            return Err(("concurrency".into(), "expected a number of calls >= 1, got 0".into()));
+        }
+        if self.instances == Some(0) {
+            return Err(("instances".into(), "expected a number of instances >= 1, got 0".into()));
+        }
         Ok(())
+    }
+
+    /// Concurrent policy calls, resolved.
+    pub fn concurrency(&self) -> usize {
+        self.concurrency.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()) / 2).max(1)
     }
 
     /// Idle instances per policy, resolved.
@@ -256,11 +279,13 @@ impl PoliciesConfig {
 impl Default for PoliciesConfig {
     fn default() -> Self {
         Self {
-            directory: PathBuf::from("policies"),
+            directory: PathBuf::from("policies.d"),
             call_timeout: Duration::from_millis(5),
             init_timeout: Duration::from_secs(1),
             memory_limit: 32 << 20,
             instances: None,
+            concurrency: None,
+            queue: 1024,
             watch: true,
             cache: true,
             cache_dir: None,
@@ -286,6 +311,18 @@ mod tests {
         assert_eq!(c.instances(), 3);
         assert!(!c.cache);
         assert!(serde_yaml_ng::from_str::<PoliciesConfig>("bogus: 1").is_err());
+    }
+
+    #[test]
+    fn concurrency_settings() {
+        let c: PoliciesConfig = serde_yaml_ng::from_str("{}").unwrap();
+        assert!(c.concurrency() >= 1 && c.queue == 1024);
+        let c: PoliciesConfig = serde_yaml_ng::from_str("concurrency: 3\nqueue: 0").unwrap();
+        assert_eq!((c.concurrency(), c.queue), (3, 0));
+        let c: PoliciesConfig = serde_yaml_ng::from_str("concurrency: 0").unwrap();
+        assert_eq!(c.validate().unwrap_err().0, "concurrency");
+        let c: PoliciesConfig = serde_yaml_ng::from_str("instances: 0").unwrap();
+        assert_eq!(c.validate().unwrap_err().0, "instances");
     }
 
     #[test]

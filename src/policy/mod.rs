@@ -15,6 +15,7 @@
 //! - [`set`]: the chain, its failure modes and the caps on what a policy's
 //!   answer may make the gateway do;
 //! - [`breaker`]: the per-policy circuit breaker (quarantine, half-open);
+//! - [`gate`]: how many policy calls run at once on the relay's workers;
 //! - [`verdict`]: host-side checks of answers (`replace` keeps the uid,
 //!   `set-field` never touches it, headers are valid HTTP);
 //! - [`throttle`]: rate limits on a policy's log lines;
@@ -24,6 +25,7 @@
 
 pub mod breaker;
 pub mod config;
+pub mod gate;
 pub mod health;
 pub mod runtime;
 pub mod set;
@@ -117,6 +119,9 @@ pub enum HookError {
     /// Not called: its circuit breaker has it quarantined.
     #[error("is quarantined after repeated failures")]
     Quarantined,
+    /// Not called: `policies.queue` callers were already waiting for a turn.
+    #[error("was not called: too many policy calls waiting (policies.queue)")]
+    Overloaded,
 }
 
 impl HookError {
@@ -128,6 +133,7 @@ impl HookError {
             HookError::Memory => "memory",
             HookError::Invalid(_) => "invalid",
             HookError::Quarantined => "quarantined",
+            HookError::Overloaded => "overloaded",
         }
     }
 }

@@ -18,6 +18,12 @@
 //! (the error counter carries the volume). A policy's breaker and log limit
 //! follow it into the next set while it is reused unchanged.
 //!
+//! Concurrency: [`Policies`] runs the relay's calls through its [`Gate`]
+//! (`policies.concurrency` chains at once, gateway-wide; `policies.queue`
+//! may wait; a call beyond is shed: each policy fails as `overloaded`).
+//! The `PolicySet` methods themselves are synchronous and ungated, for
+//! tests, benchmarks and `policy check`.
+//!
 //! Every call is counted and timed. The metric handles are resolved once per
 //! policy and hook, on first use (by then the gateway's recorder is
 //! installed), so the per-call cost is two atomic updates rather than a
@@ -31,28 +37,46 @@ use bytes::Bytes;
 
 use super::breaker::{Admit, Breaker, Clock, SystemClock};
 use super::config::{BreakerConfig, PoliciesConfig, PolicyLimits};
+use super::gate::{Gate, Turn};
 use super::throttle::Throttle;
 use super::{AssignInput, Direction, FailureMode, HeaderList, HookError, Hooks, Policy, Verdict};
 use crate::telemetry::metrics as m;
 
 /// What a set needs besides its policies: breaker defaults, answer caps,
-/// and the clock breakers and log limits read.
+/// the clock breakers and log limits read, and the [`Gate`]'s size.
 #[derive(Clone)]
 pub struct Containment {
     pub quarantine: BreakerConfig,
     pub limits: PolicyLimits,
     pub clock: Arc<dyn Clock>,
+    /// `policies.concurrency`, resolved.
+    pub concurrency: usize,
+    /// `policies.queue`.
+    pub queue: usize,
 }
 
 impl Default for Containment {
     fn default() -> Self {
-        Self { quarantine: BreakerConfig::default(), limits: PolicyLimits::default(), clock: Arc::new(SystemClock) }
+        let cfg = PoliciesConfig::default();
+        Self {
+            quarantine: BreakerConfig::default(),
+            limits: PolicyLimits::default(),
+            clock: Arc::new(SystemClock),
+            concurrency: cfg.concurrency(),
+            queue: cfg.queue,
+        }
     }
 }
 
 impl Containment {
     pub fn from_config(cfg: &PoliciesConfig) -> Self {
-        Self { quarantine: cfg.quarantine, limits: cfg.limits.clone(), ..Self::default() }
+        Self {
+            quarantine: cfg.quarantine,
+            limits: cfg.limits.clone(),
+            concurrency: cfg.concurrency(),
+            queue: cfg.queue,
+            ..Self::default()
+        }
     }
 }
 
@@ -142,8 +166,18 @@ impl Entry {
     }
 
     /// Runs one hook call (the call and the check of its answer) through
-    /// the breaker, counted and timed. A quarantined policy is not called.
-    fn call<T>(&self, hook: Hook, call: impl FnOnce(&dyn Policy) -> Result<T, HookError>) -> Result<T, HookError> {
+    /// the breaker, counted and timed. A quarantined policy is not called,
+    /// nor is any when the call was shed.
+    fn call<T>(
+        &self,
+        hook: Hook,
+        shed: bool,
+        call: impl FnOnce(&dyn Policy) -> Result<T, HookError>,
+    ) -> Result<T, HookError> {
+        if shed {
+            // Not the policy's doing: its breaker does not hear of it.
+            return Err(HookError::Overloaded);
+        }
         let admit = self.guard.breaker.admit();
         if admit == Admit::Quarantined {
             self.instruments(hook).skipped.increment(1);
@@ -165,6 +199,7 @@ impl Entry {
 pub struct Policies {
     current: ArcSwap<PolicySet>,
     containment: Containment,
+    gate: Gate,
 }
 
 /// Outcome of the `assign` phase.
@@ -247,9 +282,13 @@ impl PolicySet {
     }
 
     pub fn assign(&self, input: &AssignInput<'_>) -> Result<AssignDecision, Refused> {
+        self.assign_in(input, false)
+    }
+
+    fn assign_in(&self, input: &AssignInput<'_>, shed: bool) -> Result<AssignDecision, Refused> {
         for e in self.policies.iter().filter(|e| e.hooks.assign) {
             let p = e.policy.as_ref();
-            match e.call(Hook::Assign, |p| p.assign(input)) {
+            match e.call(Hook::Assign, shed, |p| p.assign(input)) {
                 Ok(None) => {}
                 Ok(Some(index)) => {
                     let usable = input.links.iter().any(|l| l.index == index && l.connected);
@@ -265,11 +304,16 @@ impl PolicySet {
         Ok(AssignDecision::Default)
     }
 
-    pub fn forward_headers(&self, mut headers: HeaderList) -> Result<HeaderList, Refused> {
+    pub fn forward_headers(&self, headers: HeaderList) -> Result<HeaderList, Refused> {
+        self.forward_headers_in(headers, false)
+    }
+
+    fn forward_headers_in(&self, mut headers: HeaderList, shed: bool) -> Result<HeaderList, Refused> {
         for e in self.policies.iter().filter(|e| e.hooks.forward_headers) {
             let input = headers.clone();
             let limits = &self.limits;
-            match e.call(Hook::ForwardHeaders, |p| p.forward_headers(input).and_then(|h| check_headers(h, limits))) {
+            let call = |p: &dyn Policy| p.forward_headers(input).and_then(|h| check_headers(h, limits));
+            match e.call(Hook::ForwardHeaders, shed, call) {
                 Ok(out) => headers = out,
                 Err(error) => fail(e, Hook::ForwardHeaders.label(), error)?,
             }
@@ -280,10 +324,14 @@ impl PolicySet {
     /// `message` is the bare protobuf. Only the policies that announced a
     /// filter for `dir` are called.
     pub fn filter(&self, dir: Direction, uid: &[u8], message: Bytes) -> FilterOutcome {
+        self.filter_in(dir, uid, message, false)
+    }
+
+    fn filter_in(&self, dir: Direction, uid: &[u8], message: Bytes, shed: bool) -> FilterOutcome {
         let mut current = message;
         let max = self.limits.max_replacement[dir_index(dir)];
         for e in self.filter_chains[dir_index(dir)].iter().map(|&i| &self.policies[i]) {
-            match e.call(Hook::Filter, |p| p.filter(dir, uid, &current).and_then(|v| check_size(v, max, dir))) {
+            match e.call(Hook::Filter, shed, |p| p.filter(dir, uid, &current).and_then(|v| check_size(v, max, dir))) {
                 Ok(Verdict::Forward) => {}
                 Ok(Verdict::Replace(bytes)) => current = bytes,
                 Ok(Verdict::Drop) => return FilterOutcome::Drop,
@@ -361,7 +409,33 @@ impl Policies {
 
     pub fn with_containment(set: PolicySet, containment: Containment) -> Self {
         let set = set.adopt(&containment, &PolicySet::default());
-        Self { current: ArcSwap::from_pointee(set), containment }
+        let gate = Gate::new(containment.concurrency, containment.queue);
+        Self { current: ArcSwap::from_pointee(set), containment, gate }
+    }
+
+    /// The limit the relay's calls go through.
+    pub fn gate(&self) -> &Gate {
+        &self.gate
+    }
+
+    /// [`PolicySet::filter`] in a turn of the [`Gate`] (the relay's path).
+    pub async fn filter(&self, set: &PolicySet, dir: Direction, uid: &[u8], message: Bytes) -> FilterOutcome {
+        let turn = self.gate.enter().await;
+        set.filter_in(dir, uid, message, matches!(turn, Turn::Shed))
+    }
+
+    /// The connect phases, `assign` then `forward-headers`, in one turn of
+    /// the [`Gate`].
+    pub async fn admit(
+        &self,
+        set: &PolicySet,
+        input: &AssignInput<'_>,
+        headers: HeaderList,
+    ) -> Result<(AssignDecision, HeaderList), Refused> {
+        let turn = self.gate.enter().await;
+        let shed = matches!(turn, Turn::Shed);
+        let decision = set.assign_in(input, shed)?;
+        Ok((decision, set.forward_headers_in(headers, shed)?))
     }
 
     /// No policies: the plain relay.
@@ -659,6 +733,43 @@ mod tests {
         // Replaced by a new object under the same name: a fresh breaker.
         policies.replace(PolicySet::new(vec![Flaky::new("bad", FailureMode::Open), other]));
         assert!(policies.snapshot().quarantined().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_shed_chain_applies_each_on_error_without_calling() {
+        let open = Flaky::new("open", FailureMode::Open);
+        let closed = Flaky::new("closed", FailureMode::Closed);
+        for f in [&open, &closed] {
+            f.failing.store(false, std::sync::atomic::Ordering::Relaxed);
+        }
+        let c = Containment { concurrency: 1, queue: 0, ..Containment::default() };
+        let policies = Policies::with_containment(PolicySet::new(vec![open.clone()]), c.clone());
+        let set = policies.snapshot();
+        let m = Bytes::from_static(b"m");
+        // A free turn: called.
+        assert_eq!(
+            policies.filter(&set, Direction::AgentToServer, &[], m.clone()).await,
+            FilterOutcome::Forward(m.clone())
+        );
+        assert_eq!(open.calls(), 1);
+        // The only turn taken and no queue: shed, not called, not counted
+        // against the breaker however often it happens.
+        let held = policies.gate().enter().await;
+        for _ in 0..10 {
+            let out = policies.filter(&set, Direction::AgentToServer, &[], m.clone()).await;
+            assert_eq!(out, FilterOutcome::Forward(m.clone()), "open: skipped");
+        }
+        assert_eq!(open.calls(), 1);
+        assert!(set.quarantined().is_empty());
+        let policies = Policies::with_containment(PolicySet::new(vec![closed.clone()]), c);
+        let set = policies.snapshot();
+        let _held2 = policies.gate().enter().await;
+        assert_eq!(policies.filter(&set, Direction::AgentToServer, &[], m.clone()).await, FilterOutcome::Drop);
+        let input = input(&[]);
+        let refused = policies.admit(&set, &input, vec![]).await.unwrap_err();
+        assert!(matches!(refused.error, HookError::Overloaded), "{refused}");
+        assert_eq!(closed.calls(), 0);
+        drop(held);
     }
 
     #[test]

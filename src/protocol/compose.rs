@@ -1,6 +1,6 @@
 //! Messages the gateway writes itself, as little re-encoding as possible.
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::Bytes;
 
 use std::time::Duration;
 
@@ -10,6 +10,7 @@ use super::proto::{
     ServerToAgent,
 };
 use super::uid::InstanceUid;
+use super::wire::field::server as s2a;
 use super::wire::{self, Wire};
 
 /// `ServerCapabilities_AcceptsStatus`: every server MUST set it, so it is
@@ -17,9 +18,6 @@ use super::wire::{self, Wire};
 pub const ACCEPTS_STATUS: u64 = 0x1;
 /// `ServerToAgentFlags_ReportFullState`.
 pub const REPORT_FULL_STATE: u64 = 0x1;
-
-const S2A_FLAGS: u32 = 6;
-const S2A_CAPABILITIES: u32 = 7;
 
 /// `AgentToServer{instance_uid, agent_disconnect{}}`: what the gateway sends
 /// for an agent that vanished without saying goodbye. Behind a gateway the
@@ -80,43 +78,39 @@ pub fn error_response(uid: &[u8], kind: ErrorKind, message: &str, capabilities: 
     })
 }
 
-/// `frame_payload` with `bits` OR-ed into its `flags` (field 6). A scalar
-/// appended later wins when protobuf decodes, so appending the combined
-/// value sets it without re-encoding the rest.
+/// `frame_payload` with `bits` OR-ed into its `flags`.
 pub fn with_flags(frame_payload: &[u8], bits: u64) -> Bytes {
-    let current = match wire::last(frame_payload, S2A_FLAGS) {
+    let current = match wire::last(frame_payload, s2a::FLAGS) {
         Some(Wire::Varint(v)) => v,
         _ => 0,
     };
-    append(frame_payload, S2A_FLAGS, Wire::Varint(current | bits))
+    append(frame_payload, s2a::FLAGS, Wire::Varint(current | bits))
 }
 
-/// `frame_payload` with `capabilities` (field 7) set, for a first message
+/// `frame_payload` with `capabilities` set, for a first message
 /// to an agent that lacks it.
 pub fn with_capabilities(frame_payload: &[u8], capabilities: u64) -> Bytes {
-    append(frame_payload, S2A_CAPABILITIES, Wire::Varint(capabilities))
+    append(frame_payload, s2a::CAPABILITIES, Wire::Varint(capabilities))
 }
 
+/// A WebSocket frame: the header, `frame_payload`, then the field. Protobuf
+/// merges concatenated messages (a scalar appended later wins, a message is
+/// merged into), so this sets the field without decoding or re-encoding.
 fn append(frame_payload: &[u8], number: u32, value: Wire<'_>) -> Bytes {
-    let mut out = Vec::with_capacity(1 + frame_payload.len() + 12);
+    let extra = match value {
+        Wire::Bytes(b) => b.len(),
+        _ => 0,
+    };
+    let mut out = Vec::with_capacity(1 + frame_payload.len() + 2 * 10 + extra);
     out.push(framing::HEADER);
     out.extend_from_slice(frame_payload);
     wire::put_field(&mut out, number, value);
     out.into()
 }
 
-/// Adds `custom_capabilities` (ServerToAgent field 10) to a server message
-/// that lacks it. Protobuf merges concatenated messages, so appending the
-/// encoded field is the same as setting it — no decode, no re-encode.
+/// Adds the encoded `custom_capabilities` to a server message that lacks it.
 pub fn with_custom_capabilities(frame_payload: &[u8], raw_caps: &[u8]) -> Bytes {
-    const KEY: u8 = (10 << 3) | 2; // field 10, length-delimited
-    let mut out = BytesMut::with_capacity(1 + frame_payload.len() + 1 + 10 + raw_caps.len());
-    out.put_u8(framing::HEADER);
-    out.put_slice(frame_payload);
-    out.put_u8(KEY);
-    prost::encoding::encode_varint(raw_caps.len() as u64, &mut out);
-    out.put_slice(raw_caps);
-    out.freeze()
+    append(frame_payload, s2a::CUSTOM_CAPABILITIES, Wire::Bytes(raw_caps))
 }
 
 #[cfg(test)]

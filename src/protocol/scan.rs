@@ -9,16 +9,8 @@ use bytes::Bytes;
 
 use super::framing::{self, FrameError};
 use super::proto::CustomMessage;
+use super::wire::field::{agent as a2s, server as s2a, INSTANCE_UID as UID};
 use super::wire::{self, Wire};
-
-// Top-level field numbers we care about (see proto/opamp.proto).
-const UID: u32 = 1;
-const A2S_AGENT_DISCONNECT: u32 = 9;
-const A2S_CUSTOM_MESSAGE: u32 = 13;
-const S2A_CAPABILITIES: u32 = 7;
-const S2A_AGENT_IDENTIFICATION: u32 = 8;
-const S2A_CUSTOM_CAPABILITIES: u32 = 10;
-const S2A_CUSTOM_MESSAGE: u32 = 11;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ScanError {
@@ -52,8 +44,8 @@ impl AgentFrame {
         let mut custom_messages = 0;
         walk(&payload, |field, value| match field {
             UID => out.uid = value.cloned(),
-            A2S_AGENT_DISCONNECT => out.disconnect = true,
-            A2S_CUSTOM_MESSAGE => {
+            a2s::AGENT_DISCONNECT => out.disconnect = true,
+            a2s::CUSTOM_MESSAGE => {
                 custom_messages += 1;
                 out.custom_message = value.cloned();
             }
@@ -106,13 +98,13 @@ impl ServerFrame {
         };
         walk_scalars(&payload, |field, value, scalar| match field {
             UID => out.uid = value.cloned(),
-            S2A_CAPABILITIES => out.capabilities = scalar,
-            S2A_AGENT_IDENTIFICATION => out.agent_identification = value.cloned(),
-            S2A_CUSTOM_CAPABILITIES => {
+            s2a::CAPABILITIES => out.capabilities = scalar,
+            s2a::AGENT_IDENTIFICATION => out.agent_identification = value.cloned(),
+            s2a::CUSTOM_CAPABILITIES => {
                 out.has_custom_capabilities = true;
                 out.custom_capabilities = value.cloned();
             }
-            S2A_CUSTOM_MESSAGE => out.custom_message = value.cloned(),
+            s2a::CUSTOM_MESSAGE => out.custom_message = value.cloned(),
             _ => {}
         })?;
         Ok(out)

@@ -2,6 +2,28 @@
 //! values, without decoding nested messages or copying anything. The relay's
 //! scanner and the policy host's `message` resource both stand on this.
 
+/// The OpAMP field numbers read or written without decoding the message
+/// (proto/opamp.proto), named once here.
+pub mod field {
+    /// `instance_uid`, in `AgentToServer` and `ServerToAgent` alike.
+    pub const INSTANCE_UID: u32 = 1;
+
+    /// `AgentToServer`.
+    pub mod agent {
+        pub const AGENT_DISCONNECT: u32 = 9;
+        pub const CUSTOM_MESSAGE: u32 = 13;
+    }
+
+    /// `ServerToAgent`.
+    pub mod server {
+        pub const FLAGS: u32 = 6;
+        pub const CAPABILITIES: u32 = 7;
+        pub const AGENT_IDENTIFICATION: u32 = 8;
+        pub const CUSTOM_CAPABILITIES: u32 = 10;
+        pub const CUSTOM_MESSAGE: u32 = 11;
+    }
+}
+
 /// One top-level field, borrowed from the message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Wire<'a> {
@@ -138,6 +160,56 @@ pub fn set_field(buf: &[u8], number: u32, value: Option<Wire<'_>>) -> Result<Vec
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn field_numbers_are_the_protos() {
+        use crate::protocol::proto::{
+            AgentDisconnect, AgentIdentification, AgentToServer, CustomCapabilities, CustomMessage, ServerToAgent,
+        };
+        use bytes::Bytes;
+        use prost::Message;
+        let numbers = |m: Vec<u8>| {
+            let mut n = Vec::new();
+            walk(&m, |f, _| {
+                n.push(f);
+                true
+            })
+            .unwrap();
+            n
+        };
+        let a = AgentToServer::default;
+        let s = ServerToAgent::default;
+        let uid = Bytes::from_static(&[1; 16]);
+        let cases = [
+            (AgentToServer { instance_uid: uid.clone(), ..a() }.encode_to_vec(), field::INSTANCE_UID),
+            (
+                AgentToServer { agent_disconnect: Some(AgentDisconnect {}), ..a() }.encode_to_vec(),
+                field::agent::AGENT_DISCONNECT,
+            ),
+            (
+                AgentToServer { custom_message: Some(CustomMessage::default()), ..a() }.encode_to_vec(),
+                field::agent::CUSTOM_MESSAGE,
+            ),
+            (ServerToAgent { instance_uid: uid, ..s() }.encode_to_vec(), field::INSTANCE_UID),
+            (ServerToAgent { flags: 1, ..s() }.encode_to_vec(), field::server::FLAGS),
+            (ServerToAgent { capabilities: 1, ..s() }.encode_to_vec(), field::server::CAPABILITIES),
+            (
+                ServerToAgent { agent_identification: Some(AgentIdentification::default()), ..s() }.encode_to_vec(),
+                field::server::AGENT_IDENTIFICATION,
+            ),
+            (
+                ServerToAgent { custom_capabilities: Some(CustomCapabilities::default()), ..s() }.encode_to_vec(),
+                field::server::CUSTOM_CAPABILITIES,
+            ),
+            (
+                ServerToAgent { custom_message: Some(CustomMessage::default()), ..s() }.encode_to_vec(),
+                field::server::CUSTOM_MESSAGE,
+            ),
+        ];
+        for (encoded, number) in cases {
+            assert_eq!(numbers(encoded), [number]);
+        }
+    }
 
     #[test]
     fn walks_each_wire_type_and_stops_early() {

@@ -70,7 +70,7 @@ impl AdmitError {
 impl Relay {
     pub async fn admit(&self, req: &AdmitRequest) -> Result<Admission, AdmitError> {
         let deadline = tokio::time::Instant::now() + self.settings.auth_timeout;
-        let (mut preferred, headers) = self.apply_policies(req)?;
+        let (mut preferred, headers) = self.apply_policies(req).await?;
         // Each retry follows a link loss mid-handshake; there are at most as
         // many distinct links to try as slots.
         for _ in 0..=self.links.len() {
@@ -90,7 +90,13 @@ impl Relay {
                 headers.iter().map(|(k, v)| (k.as_str(), v.as_str())),
             )
             .to_frame();
-            let out = Outbound { frame, generation: lease.generation(), agent: None, received: Instant::now() };
+            let out = Outbound {
+                frame,
+                generation: lease.generation(),
+                agent: None,
+                received: Instant::now(),
+                held: Default::default(),
+            };
             match tokio::time::timeout_at(deadline, lease.link().send(out)).await {
                 Err(_) => return Err(AdmitError::Timeout),
                 Ok(Err(_)) => return Err(AdmitError::NoUpstream), // link task gone: shutting down
@@ -112,9 +118,9 @@ impl Relay {
         Err(AdmitError::NoUpstream)
     }
 
-    /// Runs the `assign` and `forward-headers` phases (skipped entirely with
-    /// no policies, the default relay).
-    fn apply_policies(&self, req: &AdmitRequest) -> Result<(Option<u32>, HeaderList), Refused> {
+    /// Runs the `assign` and `forward-headers` phases in one turn of the
+    /// policy gate (skipped entirely with no policies, the default relay).
+    async fn apply_policies(&self, req: &AdmitRequest) -> Result<(Option<u32>, HeaderList), Refused> {
         let set = self.policies.snapshot();
         if set.is_empty() {
             return Ok((None, req.headers.clone()));
@@ -126,10 +132,11 @@ impl Relay {
             transport: req.transport,
             links: &links,
         };
-        let preferred = match set.assign(&input)? {
+        let (decision, headers) = self.policies.admit(&set, &input, req.headers.clone()).await?;
+        let preferred = match decision {
             AssignDecision::Link(i) => Some(i),
             AssignDecision::Default => None,
         };
-        Ok((preferred, set.forward_headers(req.headers.clone())?))
+        Ok((preferred, headers))
     }
 }

@@ -145,6 +145,7 @@ mod tests {
             failover_wait: Duration::from_secs(5),
             agent_queue: 8,
             max_forwarded_handshakes: 8,
+            max_buffered_bytes: 1 << 20,
         };
         Relay::new(links, Arc::new(Policies::none()), settings)
     }

@@ -29,6 +29,9 @@ pub struct Outbound {
     pub agent: Option<Arc<AgentShared>>,
     /// When the gateway received the message (for the latency metric).
     pub received: Instant,
+    /// The message's share of the buffer budget, given back when the link
+    /// task has written the frame or handed it back.
+    pub held: super::Held,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

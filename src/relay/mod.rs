@@ -15,9 +15,11 @@
 //! - [`admission`]: the connect handshake itself (assign a link, ask the
 //!   server, wait), shared by first connects and migrations.
 //! - [`dispatch`]: what to do with one message from the server.
+//! - [`budget`]: the gateway-wide cap on agent message bytes in flight.
 
 pub mod admission;
 pub mod agent;
+pub mod budget;
 pub mod dispatch;
 pub mod forwarded;
 pub mod identity;
@@ -32,6 +34,7 @@ use crate::policy::Policies;
 
 pub use admission::{Admission, AdmitError, AdmitRequest};
 pub use agent::{AgentShared, CloseReason, Inbound};
+pub use budget::{Budget, Held};
 pub use forwarded::{ForwardRefused, ForwardedHandshakes};
 pub use identity::{Credential, Identity, Role};
 pub use links::{Link, LinkLease, LinkState, Links, Outbound};
@@ -48,6 +51,8 @@ pub struct RelaySettings {
     /// Connect handshakes one downstream gateway connection may have in
     /// flight through us.
     pub max_forwarded_handshakes: usize,
+    /// `listener.max_buffered_bytes`: the size of [`Relay::budget`].
+    pub max_buffered_bytes: usize,
 }
 
 /// The shared state of one gateway.
@@ -58,6 +63,8 @@ pub struct Relay {
     pub forwarded: ForwardedHandshakes,
     pub policies: Arc<Policies>,
     pub settings: RelaySettings,
+    /// Agent message bytes between being read and written upstream.
+    pub budget: Arc<Budget>,
 }
 
 impl Relay {
@@ -68,6 +75,7 @@ impl Relay {
             pending: PendingConnects::default(),
             forwarded: ForwardedHandshakes::default(),
             policies,
+            budget: Budget::new(settings.max_buffered_bytes),
             settings,
         }
     }

@@ -148,6 +148,9 @@ pub struct AgentRecord {
     /// How many `agent_disconnect` messages it sent (real or synthesized).
     pub disconnected: u32,
     pub last: AgentToServer,
+    /// Messages whose `sequence_num` was not above the previous one's
+    /// (reordered or repeated on the way).
+    pub out_of_order: u64,
 }
 
 /// A snapshot of everything the server has seen.
@@ -210,6 +213,7 @@ impl ReferenceServer {
             links: Mutex::new(HashMap::new()),
             mode: Mutex::new(ConnectMode::Normal),
             accepting: AtomicBool::new(true),
+            reading: watch::Sender::new(true),
         });
         let accept_task = tokio::spawn(accept_loop(listener, acceptor, shared.clone()));
         Ok(ReferenceServer { shared, addr, tls: cfg.tls.is_some(), accept_task })
@@ -232,6 +236,13 @@ impl ReferenceServer {
     /// While false, new TCP connections are closed as soon as they arrive.
     pub fn set_accepting(&self, accepting: bool) {
         self.shared.accepting.store(accepting, Ordering::SeqCst);
+    }
+
+    /// While false, connections stop reading, as a stalled server would: the
+    /// gateway's writes back up into TCP buffers. Replies already queued
+    /// still go out.
+    pub fn set_reading(&self, reading: bool) {
+        self.shared.reading.send_replace(reading);
     }
 
     /// Sends `msg` to the connection `uid` was last seen on, with
@@ -313,6 +324,8 @@ struct ServerShared {
     links: Mutex<HashMap<u64, LinkHandle>>,
     mode: Mutex<ConnectMode>,
     accepting: AtomicBool,
+    /// While false, no connection reads (see `set_reading`).
+    reading: watch::Sender<bool>,
 }
 
 struct LinkHandle {
@@ -401,7 +414,9 @@ impl ServerShared {
                 messages: 0,
                 disconnected: 0,
                 last: AgentToServer::default(),
+                out_of_order: 0,
             });
+            rec.out_of_order += u64::from(rec.messages > 0 && msg.sequence_num <= rec.last.sequence_num);
             rec.conn_id = conn_id;
             rec.messages += 1;
             rec.disconnected += u32::from(goodbye);
@@ -495,7 +510,9 @@ where
         Ok(resp)
     };
     // Modest buffers: benchmarks may point thousands of direct agents here.
-    let config = WebSocketConfig::default().read_buffer_size(8 * 1024).write_buffer_size(8 * 1024);
+    // A gateway writes each message as one frame: frames may be as large as
+    // messages (tungstenite's default caps frames at 16 MiB).
+    let config = WebSocketConfig::default().read_buffer_size(8 * 1024).write_buffer_size(8 * 1024).max_frame_size(None);
     let ws = tokio_tungstenite::accept_hdr_async_with_config(stream, record_request, Some(config)).await;
     let Ok(ws) = ws else {
         shared.state.send_modify(|s| s.refused_connections += 1);
@@ -536,7 +553,11 @@ async fn read_agents<S>(
 ) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    while let Some(Ok(incoming)) = stream.next().await {
+    let mut reading = shared.reading.subscribe();
+    loop {
+        // The sender lives as long as `shared`.
+        let _ = reading.wait_for(|r| *r).await;
+        let Some(Ok(incoming)) = stream.next().await else { break };
         match incoming {
             Message::Binary(frame) => {
                 if let Some(reply) = shared.on_message(id, &frame) {

@@ -32,6 +32,13 @@ pub const AGENT_MIGRATIONS: &str = "opampgateway_agent_migrations_total";
 pub const AGENTS_CLOSED: &str = "opampgateway_agents_closed_total";
 /// Counter: messages the gateway could not deliver, by `direction` and `reason`.
 pub const MESSAGES_DROPPED: &str = "opampgateway_messages_dropped_total";
+/// Gauge: bytes of agent messages read and not yet written upstream
+/// (bounded by `listener.max_buffered_bytes`).
+pub const BUFFERED_BYTES: &str = "opampgateway_buffered_bytes";
+/// Counter: agent messages that waited for room in `listener.max_buffered_bytes`
+/// (their session stopped reading meanwhile). HTTP polls are refused instead,
+/// counted in [`MESSAGES_DROPPED`] with `reason="buffer_budget"`.
+pub const BUFFER_WAITS: &str = "opampgateway_buffer_budget_waits_total";
 /// Counter: agent frames re-sent after their link died (at-least-once).
 pub const MESSAGES_REPLAYED: &str = "opampgateway_messages_replayed_total";
 /// Counter: `agent_disconnect` messages the gateway synthesized.
@@ -66,6 +73,11 @@ pub const POLICY_SKIPPED: &str = "opampgateway_policy_quarantine_skipped_total";
 /// Counter: guest log and stdout/stderr lines held back by the per-policy
 /// log limit, by `policy`.
 pub const POLICY_LOG_SUPPRESSED: &str = "opampgateway_policy_log_lines_suppressed_total";
+/// Counter: policy chains that waited for a turn (`policies.concurrency`).
+pub const POLICY_GATE_WAITS: &str = "opampgateway_policy_gate_waits_total";
+/// Counter: policy chains not run because `policies.queue` callers were
+/// already waiting (each policy's `on_error` applied, kind `overloaded`).
+pub const POLICY_SHED: &str = "opampgateway_policy_shed_total";
 
 pub const UPSTREAM: &str = "upstream";
 pub const DOWNSTREAM: &str = "downstream";

@@ -12,7 +12,7 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::WebSocketStream;
 
 use super::proxy::{self, Tunnel};
-use crate::config::{Config, ConfigError};
+use crate::config::{Config, ConfigError, ServerConfig};
 use crate::tls::{self, TlsError};
 
 /// Any byte stream a WebSocket can run over (plain or TLS).
@@ -83,7 +83,7 @@ impl Dialer {
         let max = cfg.server.max_message_size.as_usize();
         let ws_config = WebSocketConfig::default().max_message_size(Some(max)).max_frame_size(Some(max));
         let proxy = proxy::for_endpoint(cfg, &uri, &|k| std::env::var(k).ok())?;
-        let timeout = cfg.server.write_timeout.max(Duration::from_secs(5));
+        let timeout = dial_timeout(&cfg.server);
         Ok(Self { uri, headers, tls, proxy, ws_config, timeout })
     }
 
@@ -149,5 +149,36 @@ impl Dialer {
 impl std::fmt::Debug for Dialer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Dialer").field("uri", &self.uri).field("proxy", &self.proxy).finish_non_exhaustive()
+    }
+}
+
+/// `server.dial_timeout`; unset, `write_timeout` but at least 5 s (what the
+/// links used before the key existed).
+fn dial_timeout(s: &ServerConfig) -> Duration {
+    s.dial_timeout.unwrap_or_else(|| s.write_timeout.max(Duration::from_secs(5)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dial_timeout_defaults_to_write_timeout_at_least_5s() {
+        let mut s = ServerConfig::default();
+        assert_eq!(dial_timeout(&s), Duration::from_secs(10), "write_timeout's default");
+        s.write_timeout = Duration::from_secs(1);
+        assert_eq!(dial_timeout(&s), Duration::from_secs(5));
+        s.dial_timeout = Some(Duration::from_millis(1500));
+        assert_eq!(dial_timeout(&s), Duration::from_millis(1500), "the key wins");
+    }
+
+    #[test]
+    fn dial_timeout_is_read_from_yaml_and_must_be_positive() {
+        let c = Config::from_yaml("server:\n  endpoint: ws://127.0.0.1:1/\n  dial_timeout: 2s\n").unwrap();
+        assert_eq!(Dialer::from_config(&c).unwrap().timeout, Duration::from_secs(2));
+        let unset = Config::from_yaml("server:\n  endpoint: ws://127.0.0.1:1/\n  dial_timeout: null\n").unwrap();
+        assert_eq!(unset.server.dial_timeout, None, "as the README writes the default");
+        let zero = Config::from_yaml("server:\n  endpoint: ws://127.0.0.1:1/\n  dial_timeout: 0s\n");
+        assert!(zero.unwrap_err().to_string().contains("server.dial_timeout"));
     }
 }

@@ -12,7 +12,8 @@ use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
+use tokio_tungstenite::tungstenite::protocol::frame::Frame;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
@@ -239,7 +240,9 @@ impl LinkTask {
         stale.into_iter().for_each(hand_back);
         let write = async {
             for o in &current {
-                sink.feed(Message::Binary(o.frame.clone())).await?;
+                for part in fragments(&o.frame) {
+                    sink.feed(part).await?;
+                }
             }
             sink.flush().await
         };
@@ -267,6 +270,24 @@ impl LinkTask {
             }
         }
     }
+}
+
+/// Messages above this go out as several WebSocket frames of this size:
+/// tungstenite copies a frame whole into its write buffer, whose capacity
+/// then stays with the link for good (tens of MiB after one big message).
+const FRAGMENT: usize = 1 << 20;
+
+/// One message as WebSocket frames: one, or fragments (RFC 6455 §5.4).
+fn fragments(frame: &Bytes) -> impl Iterator<Item = Message> + '_ {
+    let n = frame.len().div_ceil(FRAGMENT).max(1);
+    (0..n).map(move |i| {
+        if n == 1 {
+            return Message::Binary(frame.clone());
+        }
+        let part = frame.slice(i * FRAGMENT..((i + 1) * FRAGMENT).min(frame.len()));
+        let opcode = if i == 0 { OpCode::Data(Data::Binary) } else { OpCode::Data(Data::Continue) };
+        Message::Frame(Frame::message(part, opcode, i + 1 == n))
+    })
 }
 
 /// Agent frames written in the last [`REPLAY_WINDOW`], oldest first.

@@ -149,3 +149,20 @@ async fn no_upstream_means_503_with_retry_after() {
     }
     tokio::time::timeout(T, g.shutdown()).await.expect("shutdown is bounded");
 }
+
+/// A reject must be a refusal: a 101 or 2xx would tell the agent it was
+/// admitted, a 3xx send it elsewhere. Only 4xx/5xx pass; the rest is 502.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reject_that_is_no_4xx_or_5xx_becomes_502() {
+    let h = Harness::start().await;
+    for status in [101, 200, 302] {
+        h.server.set_connect_mode(ConnectMode::Reject { status, headers: BTreeMap::new() });
+        match tokio::time::timeout(T, SimAgent::connect(h.agent_options())).await.expect("answered") {
+            Err(AgentError::Rejected { status: 502, .. }) => {}
+            other => panic!("a reject with {status}: expected a 502, got {:?}", other.map(|_| ())),
+        }
+    }
+    h.server.set_connect_mode(ConnectMode::Reject { status: 429, headers: BTreeMap::new() });
+    assert!(matches!(SimAgent::connect(h.agent_options()).await, Err(AgentError::Rejected { status: 429, .. })));
+    assert_eq!(h.loads().iter().sum::<u32>(), 0, "rejected agents hold no link");
+}

@@ -15,14 +15,14 @@ use prost::Message;
 
 use crate::common::{config, round_trip, Harness, T};
 
-struct Reply {
+pub(crate) struct Reply {
     status: u16,
     headers: http::HeaderMap,
     body: Bytes,
 }
 
 impl Reply {
-    fn message(&self) -> ServerToAgent {
+    pub(crate) fn message(&self) -> ServerToAgent {
         assert_eq!(self.status, 200, "body: {:?}", String::from_utf8_lossy(&self.body));
         assert_eq!(self.headers["content-type"], "application/x-protobuf");
         let body = if self.headers.get("content-encoding").is_some_and(|v| v == "gzip") {
@@ -36,7 +36,7 @@ impl Reply {
     }
 }
 
-async fn post(addr: SocketAddr, headers: &[(&str, &str)], body: Vec<u8>) -> Reply {
+pub(crate) async fn post(addr: SocketAddr, headers: &[(&str, &str)], body: Vec<u8>) -> Reply {
     let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await.unwrap();
     tokio::spawn(conn);

@@ -3,11 +3,13 @@
 
 mod common;
 
+mod buffer_budget;
 mod chaining;
 
 mod framing;
 mod handshake;
 mod http;
+mod lifecycle;
 mod link_loss;
 mod listener_limits;
 mod liveness;

@@ -41,6 +41,8 @@
 extern crate self as opamp_policy;
 
 pub mod config;
+#[cfg(not(target_arch = "wasm32"))]
+mod host;
 pub mod log;
 pub mod wire;
 
@@ -49,7 +51,7 @@ pub mod wire;
 pub mod bindings {
     wit_bindgen::generate!({
         world: "gateway-policy",
-        path: "../../wit",
+        path: "wit",
         pub_export_macro: true,
         export_macro_name: "__export_gateway_policy",
         default_bindings_module: "::opamp_policy::bindings",
@@ -70,12 +72,69 @@ pub mod proto {
     include!(concat!(env!("OUT_DIR"), "/opamp.proto.v1.rs"));
 }
 
+/// The field numbers of every OpAMP message, generated from `proto/`:
+/// `fields::agent_to_server::EFFECTIVE_CONFIG` is 6. Name fields with these
+/// rather than bare numbers.
+pub mod fields {
+    include!(concat!(env!("OUT_DIR"), "/fields.rs"));
+}
+
 #[doc(hidden)]
 pub use wit_bindgen as __rt;
 
 pub use bindings::opamp_gateway::policy::types::{
-    AssignInput, Direction, FieldEdit, FieldValue, Hooks, Link, Message, Transport, Verdict,
+    AssignInput, Direction, FieldEdit, FieldValue, Hooks, Link, Transport, Verdict,
 };
+
+/// The message a `filter` judges: the gateway's resource in a component, a
+/// plain value (built from bytes or a prost type) in host-side unit tests.
+#[cfg(target_arch = "wasm32")]
+pub use bindings::opamp_gateway::policy::types::Message;
+#[cfg(not(target_arch = "wasm32"))]
+pub use host::Message;
+
+/// Why [`Decode::decode`] could not give a field as a message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DecodeError {
+    /// The field is a number on the wire, not a string, bytes or message.
+    NotBytes { number: u32 },
+    /// Its bytes are not a valid encoding of the requested type.
+    Invalid { number: u32, reason: String },
+}
+
+impl std::fmt::Display for DecodeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DecodeError::NotBytes { number } => write!(f, "field {number} is not length-delimited"),
+            DecodeError::Invalid { number, reason } => write!(f, "field {number} does not decode: {reason}"),
+        }
+    }
+}
+
+impl std::error::Error for DecodeError {}
+
+/// Typed access to an embedded message: one host call, one decode, and only
+/// of the field asked for.
+///
+/// ```ignore
+/// use opamp_policy::{fields::agent_to_server as a2s, proto::EffectiveConfig, Decode};
+/// if let Some(Ok(config)) = message.decode::<EffectiveConfig>(a2s::EFFECTIVE_CONFIG) { /* .. */ }
+/// ```
+pub trait Decode {
+    /// `None` when the field is absent.
+    fn decode<T: prost::Message + Default>(&self, number: u32) -> Option<Result<T, DecodeError>>;
+}
+
+impl Decode for Message {
+    fn decode<T: prost::Message + Default>(&self, number: u32) -> Option<Result<T, DecodeError>> {
+        Some(match self.field(number)? {
+            FieldValue::Bytes(bytes) => {
+                T::decode(bytes.as_slice()).map_err(|e| DecodeError::Invalid { number, reason: e.to_string() })
+            }
+            _ => Err(DecodeError::NotBytes { number }),
+        })
+    }
+}
 
 impl Verdict {
     /// Forward the message with top-level field `number` set to `bytes` (a

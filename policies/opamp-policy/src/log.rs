@@ -7,9 +7,12 @@
 
 pub use crate::bindings::opamp_gateway::policy::host::Level;
 
-/// Logs one line at `level`.
+/// Logs one line at `level` (to stderr in host-side unit tests).
 pub fn log(level: Level, message: &str) {
+    #[cfg(target_arch = "wasm32")]
     crate::bindings::opamp_gateway::policy::host::log(level, message);
+    #[cfg(not(target_arch = "wasm32"))]
+    crate::host::log(level, message);
 }
 
 /// `format!`-style logging at a [`Level`].

@@ -9,6 +9,9 @@
 //! - between requests: `idle_timeout`;
 //! - while a request is handled, and once upgraded to a WebSocket: none here
 //!   (the handshake and the session have their own).
+//!
+//! At shutdown a connection waiting for a request closes at once; one with a
+//! request in flight (a handshake, a poll) answers it first, then closes.
 
 use std::convert::Infallible;
 use std::io;
@@ -145,6 +148,8 @@ pub(super) async fn serve(
     limits: Arc<Limits>,
 ) {
     let start = Instant::now();
+    let shutdown = ds.shutdown.clone();
+    let (mut draining, mut closing) = (false, false);
     let Admitted { permit, source } = admitted;
     let phase =
         Arc::new(Phase { state: AtomicU64::new(HEAD), changed: Notify::new(), source: Mutex::new(Some(source)) });
@@ -186,6 +191,7 @@ pub(super) async fn serve(
                 return;
             }
             _ = phase.changed.notified() => {}
+            _ = shutdown.cancelled(), if !draining => draining = true,
             _ = expired => {
                 if phase.get() == seen {
                     if seen & 0xff == HEAD {
@@ -198,6 +204,19 @@ pub(super) async fn serve(
             }
         }
         let now = phase.get();
+        if draining {
+            match now & 0xff {
+                HEAD => return, // no request yet, or only part of its head
+                // Answered (maybe not flushed yet): hyper writes the answer,
+                // then closes. Not while busy: on a 101 it would add
+                // `Connection: close`.
+                IDLE if !closing => {
+                    conn.as_mut().graceful_shutdown();
+                    closing = true;
+                }
+                _ => {}
+            }
+        }
         if now != seen {
             seen = now;
             deadline = match now & 0xff {

@@ -6,13 +6,14 @@ use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use http::StatusCode;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use super::log_every::{LogEvery, REFUSAL_LOG_EVERY as LOG_EVERY};
 use crate::telemetry::metrics as m;
 
 /// Refusals being answered at once; beyond, a refused socket is just closed
@@ -20,8 +21,6 @@ use crate::telemetry::metrics as m;
 const ANSWERING: usize = 256;
 /// Time to write a refusal and let the client read it.
 const ANSWER_TIME: Duration = Duration::from_secs(2);
-/// One info line per reason per this period; the others are counted.
-const LOG_EVERY: Duration = Duration::from_secs(10);
 
 /// Why a connection was turned away or closed before becoming an agent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -70,7 +69,7 @@ pub(super) struct Limits {
     max_connections: usize,
     sources: Arc<Sources>,
     answering: Arc<Semaphore>,
-    log: Mutex<HashMap<Refusal, (Instant, u64)>>,
+    log: LogEvery<Refusal>,
 }
 
 impl Limits {
@@ -80,7 +79,7 @@ impl Limits {
             max_connections,
             sources: Arc::new(Sources { max: max_handshaking_per_source, counts: Mutex::default() }),
             answering: Arc::new(Semaphore::new(ANSWERING)),
-            log: Mutex::default(),
+            log: LogEvery::new(LOG_EVERY),
         }
     }
 
@@ -113,15 +112,7 @@ impl Limits {
     pub fn note(&self, why: Refusal, remote: SocketAddr, status: &'static str) {
         metrics::counter!(m::HANDSHAKES, "outcome" => "refused", "reason" => why.reason(), "status" => status)
             .increment(1);
-        let now = Instant::now();
-        let mut log = self.log.lock().expect("refusal log lock");
-        let entry = log.entry(why).or_insert((now - LOG_EVERY, 0));
-        if now.duration_since(entry.0) < LOG_EVERY {
-            entry.1 += 1;
-            return;
-        }
-        let since_last = std::mem::replace(entry, (now, 0)).1;
-        drop(log);
+        let Some(since_last) = self.log.check(why) else { return };
         let limit = match why {
             Refusal::MaxConnections => self.max_connections,
             Refusal::PerSource => self.sources.max,

@@ -20,6 +20,7 @@ use wasmtime::{Cache, CacheConfig, Config, Engine};
 
 use super::bindings::GatewayPolicy;
 use super::error::{one_line, PolicyError};
+use super::pool::Refiller;
 use super::sandbox::HostState;
 use crate::policy::config::PoliciesConfig;
 
@@ -35,7 +36,7 @@ pub(crate) struct Budget {
     pub init_timeout: Duration,
     /// Linear-memory cap per instance, bytes.
     pub memory_limit: u64,
-    /// Idle instances kept per policy.
+    /// Instances kept per policy.
     pub instances: usize,
     /// Guest log lines per policy per `log_interval`.
     pub log_lines: u32,
@@ -48,7 +49,9 @@ impl Budget {
             call_timeout: cfg.call_timeout,
             init_timeout: cfg.init_timeout,
             memory_limit: cfg.memory_limit,
-            instances: cfg.instances(),
+            // The gate lets `concurrency` calls run at once: with fewer
+            // instances some of them would wait for one.
+            instances: cfg.instances().max(cfg.concurrency()),
             log_lines: cfg.limits.log_lines,
             log_interval: cfg.limits.log_interval,
         }
@@ -64,6 +67,8 @@ pub(crate) struct PolicyEngine {
     /// Leased by every instance pool: deadlines must keep firing for as long
     /// as any instance can run, even after the runtime itself is dropped.
     pub ticker: Arc<EpochTicker>,
+    /// Makes instances off the message path (see `pool`).
+    pub refiller: Arc<Refiller>,
 }
 
 impl PolicyEngine {
@@ -103,8 +108,11 @@ impl PolicyEngine {
         GatewayPolicy::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)
             .map_err(|e| engine_err("host interface", e))?;
 
-        let ticker = Arc::new(EpochTicker::start(engine.clone()));
-        Ok(Self { engine, linker: Arc::new(linker), ticker })
+        // Without the ticker no deadline would fire, and without the refill
+        // thread no failed instance would be replaced: refuse to start.
+        let ticker = Arc::new(EpochTicker::start(engine.clone())?);
+        let refiller = Arc::new(Refiller::start()?);
+        Ok(Self { engine, linker: Arc::new(linker), ticker, refiller })
     }
 }
 
@@ -127,6 +135,7 @@ fn cache(cfg: &PoliciesConfig) -> wasmtime::Result<Cache> {
 /// pays no wake-ups). Stops when the last holder drops it.
 pub(crate) struct EpochTicker {
     shared: Arc<TickerShared>,
+    /// Always `Some` until dropped.
     thread: Option<JoinHandle<()>>,
 }
 
@@ -148,7 +157,7 @@ impl Drop for TickerLease {
 }
 
 impl EpochTicker {
-    fn start(engine: Engine) -> Self {
+    fn start(engine: Engine) -> Result<Self, PolicyError> {
         let shared = Arc::new(TickerShared { stop: AtomicBool::new(false), leases: AtomicUsize::new(0) });
         let s = shared.clone();
         let thread = std::thread::Builder::new()
@@ -164,12 +173,8 @@ impl EpochTicker {
                     engine.increment_epoch();
                 }
             })
-            .ok();
-        if thread.is_none() {
-            // Without the ticker no deadline would ever fire; say so loudly.
-            tracing::error!("could not start the policy epoch ticker thread; policy calls have no deadline");
-        }
-        Self { shared, thread }
+            .map_err(|e| PolicyError::Engine(format!("could not start the policy epoch ticker thread: {e}")))?;
+        Ok(Self { shared, thread: Some(thread) })
     }
 
     /// Makes the ticker tick until the lease is dropped.
@@ -200,7 +205,7 @@ mod tests {
     #[test]
     fn the_ticker_parks_wakes_and_stops() {
         let engine = Engine::new(Config::new().epoch_interruption(true)).unwrap();
-        let ticker = Arc::new(EpochTicker::start(engine));
+        let ticker = Arc::new(EpochTicker::start(engine).unwrap());
         std::thread::sleep(Duration::from_millis(5)); // parked: no lease
         let a = ticker.lease();
         let b = ticker.lease();

@@ -49,6 +49,12 @@ impl WasmPolicy {
     pub fn idle_instances(&self) -> usize {
         self.pool.idle()
     }
+
+    /// Instances alive or being made (idle, in a call, or on the refill
+    /// thread): at most `max(instances, concurrency)`.
+    pub fn live_instances(&self) -> usize {
+        self.pool.live()
+    }
 }
 
 impl std::fmt::Debug for WasmPolicy {

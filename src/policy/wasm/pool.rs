@@ -2,15 +2,23 @@
 //!
 //! A wasmtime `Store` is `Send` but not `Sync`: one call at a time. Relay
 //! threads take an idle instance, call it and put it back, so two threads
-//! calling the same policy do not queue behind one lock. When none is idle a
-//! fresh instance is made (instantiate + `init`, tens of microseconds) and
-//! kept afterwards if the pool has room.
+//! calling the same policy do not queue behind one lock.
 //!
 //! An instance whose call failed in any way (trap, deadline, memory) is
-//! dropped, never re-entered: its linear memory may be half-updated. The
-//! next call gets a fresh one.
+//! dropped, never re-entered: its linear memory may be half-updated, and
+//! dropping it returns that memory to the OS (each instance's linear memory
+//! is its own mapping, unmapped on drop).
+//!
+//! Instances are made off the message path: the first at load (so a policy
+//! whose `init` fails is refused then), the others, and every replacement
+//! for a dropped one, on the engine's refill thread ([`Refiller`]). A call
+//! that finds no idle instance waits for one to come back or be made (its
+//! tokio worker is handed to another thread meanwhile): it never runs
+//! `init` itself. The pool holds `target` instances (`policies.instances`,
+//! at least `policies.concurrency`, so the gate's callers rarely wait).
 
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
 use wasmtime::{Store, Trap};
@@ -18,6 +26,7 @@ use wasmtime::{Store, Trap};
 use super::bindings::opamp_gateway::policy::types::Hooks as WitHooks;
 use super::bindings::{GatewayPolicy, GatewayPolicyPre};
 use super::engine::{Budget, PolicyEngine, TickerLease};
+use super::error::PolicyError;
 use super::sandbox::{GuestLog, HostState};
 use crate::policy::{HookError, Hooks};
 
@@ -28,19 +37,36 @@ pub(crate) struct Instance {
 }
 
 pub(crate) struct InstancePool {
+    inner: Arc<PoolInner>,
+}
+
+struct PoolInner {
     name: Arc<str>,
     pre: GatewayPolicyPre<HostState>,
     engine: PolicyEngine,
     config_text: String,
     memory_limit: u64,
-    max_idle: usize,
+    /// Instances the pool keeps alive.
+    target: usize,
     call_timeout: Duration,
     init_timeout: Duration,
     /// The log budget all instances share.
     guest: Arc<GuestLog>,
-    idle: Mutex<Vec<Instance>>,
+    slots: Mutex<Slots>,
+    /// Signalled when an instance is returned or made, or a refill failed.
+    ready: Condvar,
     /// Keeps deadlines firing while this pool's instances may run.
     _lease: TickerLease,
+}
+
+struct Slots {
+    idle: Vec<Instance>,
+    /// Instances that exist or are being made: idle, in a call, or queued
+    /// for the refill thread. At most `target`.
+    live: usize,
+    /// Refills that failed so far (a waiter gives up on a new one).
+    failed_refills: u64,
+    last_refill_error: String,
 }
 
 /// `init` answered with an error: the policy refuses its config.
@@ -61,7 +87,8 @@ impl std::fmt::Display for InitFailure {
 
 impl InstancePool {
     /// Creates the pool with its first instance (so a policy whose `init`
-    /// fails is refused at load) and returns the hooks it announced.
+    /// fails is refused at load) and returns the hooks it announced. The
+    /// other instances are made on the refill thread.
     pub fn new(
         name: Arc<str>,
         pre: GatewayPolicyPre<HostState>,
@@ -69,38 +96,101 @@ impl InstancePool {
         config_text: String,
         budget: Budget,
     ) -> Result<(Self, Hooks), InitFailure> {
-        let pool = Self {
+        let inner = Arc::new(PoolInner {
             name: name.clone(),
             pre,
             _lease: engine.ticker.lease(),
             engine,
             config_text,
             memory_limit: budget.memory_limit,
-            max_idle: budget.instances.max(1),
+            target: budget.instances.max(1),
             call_timeout: budget.call_timeout,
             init_timeout: budget.init_timeout,
             guest: GuestLog::new(name.clone(), budget.log_lines, budget.log_interval),
-            idle: Mutex::new(Vec::new()),
-        };
-        let (first, hooks) = pool.instantiate()?;
-        pool.lock().push(first);
-        Ok((pool, hooks))
-    }
-
-    fn lock(&self) -> MutexGuard<'_, Vec<Instance>> {
-        // A panic while holding this lock can only come from Vec::push/pop;
-        // the Vec is still consistent, so poisoning is ignored.
-        self.idle.lock().unwrap_or_else(|e| e.into_inner())
+            slots: Mutex::new(Slots { idle: Vec::new(), live: 0, failed_refills: 0, last_refill_error: String::new() }),
+            ready: Condvar::new(),
+        });
+        let (first, hooks) = inner.instantiate()?;
+        {
+            let mut slots = inner.lock();
+            slots.idle.push(first);
+            slots.live = 1;
+        }
+        inner.top_up();
+        Ok((Self { inner }, hooks))
     }
 
     /// The compiled, type-checked component (cheap to clone).
     pub fn pre(&self) -> GatewayPolicyPre<HostState> {
-        self.pre.clone()
+        self.inner.pre.clone()
     }
 
     /// Idle instances right now (for tests and diagnostics).
     pub fn idle(&self) -> usize {
-        self.lock().len()
+        self.inner.lock().idle.len()
+    }
+
+    /// Instances alive or being made (at most the pool's target).
+    pub fn live(&self) -> usize {
+        self.inner.lock().live
+    }
+
+    /// Runs one hook call on an idle instance within the call deadline. A
+    /// failed instance is discarded (and replaced off the message path).
+    pub fn call<R>(
+        &self,
+        f: impl FnOnce(&mut Store<HostState>, &GatewayPolicy) -> wasmtime::Result<R>,
+    ) -> Result<R, HookError> {
+        // A host function may panic under a guest's control: wasmtime-wasi's
+        // synchronous bindings bridge some WASI calls (stdio streams, poll)
+        // with `block_on`, which panics on an async runtime's thread. A policy
+        // must never take a gateway thread down with it, so such a call is a
+        // trap like any other and its instance is discarded.
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.inner.call_inner(f))) {
+            Ok(r) => r,
+            Err(panic) => {
+                let why = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "unknown".into());
+                Err(HookError::Trap(format!("a host call panicked: {why}")))
+            }
+        }
+    }
+}
+
+/// An instance taken from the pool; dropped without [`Taken::give_back`]
+/// (a failed call, a panic) it is discarded and replaced.
+struct Taken<'a> {
+    pool: &'a Arc<PoolInner>,
+    inst: Option<Instance>,
+}
+
+impl Taken<'_> {
+    fn give_back(mut self) {
+        if let Some(i) = self.inst.take() {
+            self.pool.lock().idle.push(i);
+            self.pool.ready.notify_one();
+        }
+    }
+}
+
+impl Drop for Taken<'_> {
+    fn drop(&mut self) {
+        if let Some(i) = self.inst.take() {
+            drop(i);
+            self.pool.lock().live -= 1;
+            self.pool.top_up();
+        }
+    }
+}
+
+impl PoolInner {
+    fn lock(&self) -> MutexGuard<'_, Slots> {
+        // The slots are only pushed, popped and counted under this lock;
+        // they stay consistent through a panic elsewhere.
+        self.slots.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// A new instance, initialised with the policy's config.
@@ -117,7 +207,7 @@ impl InstancePool {
         let answer = bindings.opamp_gateway_policy_policy().call_init(&mut store, &self.config_text);
         match answer {
             Ok(Ok(hooks)) => {
-                log_output(&self.name, store.data_mut());
+                store.data_mut().log_output();
                 Ok((Instance { store, bindings }, convert_hooks(hooks)))
             }
             Ok(Err(reason)) => Err(InitFailure::Refused(reason)),
@@ -125,60 +215,120 @@ impl InstancePool {
         }
     }
 
-    /// Runs one hook call on an idle (or fresh) instance within the call
-    /// deadline. A failed instance is discarded.
-    pub fn call<R>(
-        &self,
-        f: impl FnOnce(&mut Store<HostState>, &GatewayPolicy) -> wasmtime::Result<R>,
-    ) -> Result<R, HookError> {
-        // A host function may panic under a guest's control: wasmtime-wasi's
-        // synchronous bindings bridge some WASI calls (stdio streams, poll)
-        // with `block_on`, which panics on an async runtime's thread. A policy
-        // must never take a gateway thread down with it, so such a call is a
-        // trap like any other and its instance is discarded.
-        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.call_inner(f))) {
-            Ok(r) => r,
-            Err(panic) => {
-                let why = panic
-                    .downcast_ref::<&str>()
-                    .map(|s| s.to_string())
-                    .or_else(|| panic.downcast_ref::<String>().cloned())
-                    .unwrap_or_else(|| "unknown".into());
-                Err(HookError::Trap(format!("a host call panicked: {why}")))
-            }
+    /// Asks the refill thread for the instances missing from the target.
+    fn top_up(self: &Arc<Self>) {
+        let missing = {
+            let mut slots = self.lock();
+            let n = self.target.saturating_sub(slots.live);
+            slots.live += n;
+            n
+        };
+        for _ in 0..missing {
+            self.engine.refiller.request(Arc::downgrade(self));
         }
     }
 
+    /// Makes one instance for the pool (on the refill thread).
+    fn refill(&self) {
+        let made = self.instantiate();
+        let mut slots = self.lock();
+        match made {
+            Ok((inst, _)) => slots.idle.push(inst),
+            Err(e) => {
+                slots.live -= 1;
+                slots.failed_refills += 1;
+                slots.last_refill_error = e.to_string();
+                tracing::warn!(policy = &*self.name, error = %e, "could not make a new policy instance");
+            }
+        }
+        drop(slots);
+        self.ready.notify_all();
+    }
+
+    /// An idle instance, waiting for one if every instance is busy or
+    /// being made. Never instantiates on the caller's thread.
+    fn take(self: &Arc<Self>) -> Result<Taken<'_>, HookError> {
+        let mut slots = self.lock();
+        if let Some(i) = slots.idle.pop() {
+            return Ok(Taken { pool: self, inst: Some(i) });
+        }
+        let failures = slots.failed_refills;
+        drop(slots);
+        // A refill that failed earlier left the pool short: ask again.
+        self.top_up();
+        off_runtime(|| {
+            let mut slots = self.lock();
+            loop {
+                if let Some(i) = slots.idle.pop() {
+                    return Ok(Taken { pool: self, inst: Some(i) });
+                }
+                if slots.failed_refills != failures {
+                    return Err(HookError::Trap(format!("no instance: {}", slots.last_refill_error)));
+                }
+                slots = self.ready.wait(slots).unwrap_or_else(|e| e.into_inner());
+            }
+        })
+    }
+
     fn call_inner<R>(
-        &self,
+        self: &Arc<Self>,
         f: impl FnOnce(&mut Store<HostState>, &GatewayPolicy) -> wasmtime::Result<R>,
     ) -> Result<R, HookError> {
-        let idle = self.lock().pop();
-        let mut inst = match idle {
-            Some(i) => i,
-            None => match self.instantiate() {
-                Ok((i, _)) => i,
-                Err(InitFailure::Failed(e)) => return Err(e),
-                Err(InitFailure::Refused(r)) => {
-                    return Err(HookError::Trap(format!("init of a new instance failed: {r}")))
-                }
-            },
-        };
+        let mut taken = self.take()?;
+        let inst = taken.inst.as_mut().expect("taken holds its instance until given back");
         inst.store.data_mut().begin_call(self.call_timeout);
         // One tick ahead: the clock is only read if a tick lands mid-call.
         inst.store.set_epoch_deadline(1);
         match f(&mut inst.store, &inst.bindings) {
             Ok(v) => {
-                log_output(&self.name, inst.store.data_mut());
-                let mut idle = self.lock();
-                if idle.len() < self.max_idle {
-                    idle.push(inst);
-                }
+                inst.store.data_mut().log_output();
+                taken.give_back();
                 Ok(v)
             }
-            // `inst` is dropped here: never re-entered.
+            // `taken` drops the instance: never re-entered.
             Err(e) => Err(classify(e, inst.store.data_mut())),
         }
+    }
+}
+
+/// Runs `f`, which may block, without holding up a tokio worker: on a
+/// multi-threaded runtime's worker the worker's other tasks move to
+/// another thread first. Elsewhere (plain threads, a current-thread
+/// runtime in tests) it just runs.
+fn off_runtime<R>(f: impl FnOnce() -> R) -> R {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    match Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == RuntimeFlavor::MultiThread => tokio::task::block_in_place(f),
+        _ => f(),
+    }
+}
+
+/// The thread that makes instances for every pool of an engine, so no
+/// `init` runs on a message's path. Stops when the engine is dropped.
+pub(crate) struct Refiller {
+    tx: Sender<Weak<PoolInner>>,
+}
+
+impl Refiller {
+    pub fn start() -> Result<Self, PolicyError> {
+        let (tx, rx): (Sender<Weak<PoolInner>>, Receiver<Weak<PoolInner>>) = mpsc::channel();
+        std::thread::Builder::new()
+            .name("policy-refill".into())
+            .spawn(move || {
+                // A pool dropped meanwhile (its policy unloaded) is skipped.
+                while let Ok(pool) = rx.recv() {
+                    if let Some(pool) = pool.upgrade() {
+                        pool.refill();
+                    }
+                }
+            })
+            .map_err(|e| PolicyError::Engine(format!("could not start the policy refill thread: {e}")))?;
+        Ok(Self { tx })
+    }
+
+    fn request(&self, pool: Weak<PoolInner>) {
+        // The thread only ends when this sender is dropped.
+        let _ = self.tx.send(pool);
     }
 }
 
@@ -189,12 +339,6 @@ fn convert_hooks(h: WitHooks) -> Hooks {
         filter_agent_to_server: h.contains(WitHooks::FILTER_AGENT_TO_SERVER),
         filter_server_to_agent: h.contains(WitHooks::FILTER_SERVER_TO_AGENT),
     }
-}
-
-/// Logs what a healthy call printed (policies should use `host.log`, but a
-/// stray `println!` should not vanish).
-fn log_output(_name: &str, state: &mut HostState) {
-    state.log_output();
 }
 
 /// Turns a failed call into a [`HookError`], with what the guest printed

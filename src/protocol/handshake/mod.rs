@@ -61,12 +61,13 @@ pub struct ConnectResult {
 }
 
 impl ConnectResult {
-    /// The status to answer a rejected agent with: the server's, 401 if it
-    /// gave none, 502 if what it gave is no HTTP status at all.
+    /// The status to answer a rejected agent with: the server's if it is a
+    /// 4xx or 5xx, 401 if it gave none, else 502 (a 101 or 2xx would tell
+    /// the agent it was admitted, a 3xx send it elsewhere).
     pub fn reject_status(&self) -> u16 {
         match self.http_status_code {
             0 => 401,
-            s @ 100..=999 => s,
+            s @ 400..=599 => s,
             _ => 502,
         }
     }

@@ -38,8 +38,15 @@ fn connect_result_defaults_to_401() {
     let frame = ServerFrame::parse_ws(&r.to_frame()).unwrap();
     let back = ConnectResult::from_custom(&frame.custom_message().unwrap()).unwrap().unwrap();
     assert_eq!(back, r);
-    let odd = ConnectResult { http_status_code: 1200, ..r };
+    let odd = ConnectResult { http_status_code: 1200, ..r.clone() };
     assert_eq!(odd.reject_status(), 502, "not an HTTP status: the server's answer is bad");
+    for s in [100, 101, 200, 204, 302, 399, 600] {
+        let r = ConnectResult { http_status_code: s, ..r.clone() };
+        assert_eq!(r.reject_status(), 502, "{s} is no refusal: the server's answer is bad");
+    }
+    for s in [400, 403, 429, 503, 599] {
+        assert_eq!(ConnectResult { http_status_code: s, ..r.clone() }.reject_status(), s, "passed through");
+    }
 }
 
 /// What the reference's own test server sends to accept an agent

@@ -11,10 +11,10 @@
 //! top-level field byte for byte (no decode, so fields newer than this
 //! policy's proto survive), and nothing crosses into the policy.
 
-use opamp_policy::{export_policy, Direction, Hooks, Message, Policy, Verdict};
+use opamp_policy::{export_policy, fields, Direction, Hooks, Message, Policy, Verdict};
 
 /// `ServerToAgent.packages_available`.
-pub const PACKAGES_AVAILABLE: u32 = 5;
+pub const PACKAGES_AVAILABLE: u32 = fields::server_to_agent::PACKAGES_AVAILABLE;
 
 pub struct BlockPackages;
 
@@ -38,3 +38,23 @@ impl Policy for BlockPackages {
 }
 
 export_policy!(BlockPackages);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use opamp_policy::proto::{PackagesAvailable, ServerToAgent};
+
+    #[test]
+    fn strips_package_offers_and_nothing_else() {
+        let p = BlockPackages::new("").unwrap();
+        let offer = Message::from_proto(&ServerToAgent {
+            instance_uid: vec![2; 16],
+            packages_available: Some(PackagesAvailable::default()),
+            ..Default::default()
+        });
+        assert_eq!(p.filter(Direction::ServerToAgent, &[2; 16], &offer), Verdict::remove_field(PACKAGES_AVAILABLE));
+        let plain = Message::from_proto(&ServerToAgent { instance_uid: vec![2; 16], flags: 1, ..Default::default() });
+        assert_eq!(p.filter(Direction::ServerToAgent, &[2; 16], &plain), Verdict::Forward);
+        assert!(BlockPackages::new("unknown: 1").is_err(), "no config keys are accepted");
+    }
+}

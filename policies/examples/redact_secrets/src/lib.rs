@@ -24,22 +24,22 @@
 pub mod redact;
 
 use opamp_policy::config::Config;
-use opamp_policy::{export_policy, wire, Direction, FieldValue, Hooks, Message, Policy, Verdict};
+use opamp_policy::{export_policy, fields, wire, Direction, FieldValue, Hooks, Message, Policy, Verdict};
 
 /// `AgentToServer.effective_config`.
-pub const EFFECTIVE_CONFIG: u32 = 6;
+pub const EFFECTIVE_CONFIG: u32 = fields::agent_to_server::EFFECTIVE_CONFIG;
 
 pub struct RedactSecrets {
     keys: Vec<String>,
 }
 
-/// The path from `EffectiveConfig` to each config body, as field numbers:
+/// The path from `EffectiveConfig` to each config body:
 /// `EffectiveConfig.config_map` → `AgentConfigMap.config_map` (a map: one
 /// entry per file) → the entry's value (`AgentConfigFile`) → its `body`.
-const CONFIG_MAP: u32 = 1;
-const MAP_ENTRY: u32 = 1;
-const ENTRY_VALUE: u32 = 2;
-const BODY: u32 = 1;
+const CONFIG_MAP: u32 = fields::effective_config::CONFIG_MAP;
+const MAP_ENTRY: u32 = fields::agent_config_map::CONFIG_MAP;
+const ENTRY_VALUE: u32 = fields::agent_config_map::config_map_entry::VALUE;
+const BODY: u32 = fields::agent_config_file::BODY;
 
 impl RedactSecrets {
     /// Redacts every body of an encoded `EffectiveConfig`; `None` if nothing
@@ -98,3 +98,51 @@ impl Policy for RedactSecrets {
 }
 
 export_policy!(RedactSecrets);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use opamp_policy::proto::{AgentConfigFile, AgentConfigMap, AgentToServer, EffectiveConfig};
+    use opamp_policy::Decode;
+
+    fn report(body: &str) -> AgentToServer {
+        let file = AgentConfigFile { body: body.as_bytes().to_vec(), content_type: "text/yaml".into() };
+        let map = AgentConfigMap { config_map: [("collector.yaml".to_owned(), file)].into() };
+        AgentToServer {
+            instance_uid: vec![1; 16],
+            effective_config: Some(EffectiveConfig { config_map: Some(map) }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn the_filter_redacts_bodies_and_forwards_the_rest() {
+        let p = RedactSecrets::new("").unwrap();
+        let msg = Message::from_proto(&report("exporters:\n  otlp:\n    password: hunter2\n"));
+        let Verdict::SetField(edit) = p.filter(Direction::AgentToServer, &[1; 16], &msg) else {
+            panic!("a config with a password is rewritten");
+        };
+        assert_eq!(edit.number, EFFECTIVE_CONFIG);
+        let Some(FieldValue::Bytes(config)) = edit.value else { panic!("a bytes field") };
+        // What the gateway splices in is a whole `EffectiveConfig`.
+        let mut spliced = Vec::new();
+        wire::put_bytes_field(&mut spliced, EFFECTIVE_CONFIG, &config);
+        let spliced = Message::new(spliced);
+        let config: EffectiveConfig = spliced.decode(EFFECTIVE_CONFIG).unwrap().unwrap();
+        let body = &config.config_map.unwrap().config_map["collector.yaml"].body;
+        assert_eq!(String::from_utf8_lossy(body), "exporters:\n  otlp:\n    password: <redacted>\n");
+
+        let clean = Message::from_proto(&report("receivers: {}\n"));
+        assert_eq!(p.filter(Direction::AgentToServer, &[1; 16], &clean), Verdict::Forward);
+        let heartbeat = Message::from_proto(&AgentToServer { instance_uid: vec![1; 16], ..Default::default() });
+        assert_eq!(p.filter(Direction::AgentToServer, &[1; 16], &heartbeat), Verdict::Forward);
+    }
+
+    #[test]
+    fn an_undecodable_config_is_kept_from_leaving() {
+        let p = RedactSecrets::new("").unwrap();
+        // Field 6 holding a length-delimited value that is not a message.
+        let msg = Message::new(vec![0x32, 3, 0x0a, 9, 0]);
+        assert_eq!(p.filter(Direction::AgentToServer, &[1; 16], &msg), Verdict::Drop);
+    }
+}

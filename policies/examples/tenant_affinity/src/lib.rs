@@ -60,3 +60,38 @@ impl Policy for TenantAffinity {
 }
 
 export_policy!(TenantAffinity);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use opamp_policy::{Link, Transport};
+
+    fn input(tenant: Option<&str>, connected: &[bool]) -> AssignInput {
+        AssignInput {
+            headers: tenant.map(|t| ("X-Tenant".to_owned(), t.to_owned())).into_iter().collect(),
+            remote_address: "127.0.0.1:5000".into(),
+            transport: Transport::Websocket,
+            links: connected
+                .iter()
+                .enumerate()
+                .map(|(i, &c)| Link { index: i as u32, load: 0, connected: c })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn one_tenant_one_link_while_the_link_set_is_stable() {
+        let p = TenantAffinity::new("").unwrap();
+        let a = p.assign(&input(Some("acme"), &[true, true, true])).unwrap();
+        assert_eq!(p.assign(&input(Some("acme"), &[true, true, true])), Some(a), "stable");
+        assert_eq!(a, (fnv1a(b"acme") % 3) as u32);
+        // Only connected links are chosen; no header or no link: no opinion.
+        assert_eq!(p.assign(&input(Some("acme"), &[false, true, false])), Some(1));
+        assert_eq!(p.assign(&input(None, &[true, true])), None);
+        assert_eq!(p.assign(&input(Some("acme"), &[false, false])), None);
+        let spread: std::collections::BTreeSet<u32> =
+            (0..32).filter_map(|i| p.assign(&input(Some(&format!("tenant-{i}")), &[true, true, true]))).collect();
+        assert_eq!(spread.len(), 3, "tenants spread over every link");
+        assert!(TenantAffinity::new("header: ''").is_err());
+    }
+}

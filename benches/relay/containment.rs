@@ -1,0 +1,276 @@
+//! Containment (issue 17): a steady fleet, then a hostile policy hot-loaded
+//! into the gateway's watched policy folder, then removed.
+//!
+//! Per hostile policy, on a fresh gateway: 300 agents connect and keep a
+//! paced rate of round trips throughout. Three stages of equal length:
+//! *before* (no policy), *during* (the policy file dropped into the folder;
+//! the stage starts once the gateway reports it loaded) and *after* (the
+//! file removed; the stage starts once it reports it unloaded). In each
+//! stage 20 new agents connect (connect + first round trip, each bounded
+//! by [`NEWCOMER_LIMIT`]), and the gateway's RSS is sampled. A
+//! well-behaved filter runs the same way first, as the control.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use opamp_gateway::sim::agent::{AgentOptions, SimAgent};
+use opamp_gateway::sim::server::ReferenceServer;
+use opamp_gateway::telemetry::metrics as m;
+
+use crate::gateway_proc::{proc_status_kib, GatewayProc};
+use crate::load::{self, Run};
+use crate::suite::{wait_links, Scale, LINKS};
+
+/// Steady agents, as in the issue.
+pub const STEADY: usize = 300;
+/// New agents connecting in each stage, as in the issue.
+pub const NEWCOMERS: usize = 20;
+/// Round trips per second the steady fleet offers, in total.
+pub const RATE: f64 = 1000.0;
+/// A newcomer that has not completed its first round trip by then counts as
+/// not admitted.
+pub const NEWCOMER_LIMIT: Duration = Duration::from_secs(15);
+/// The policy's file name in the folder (its metric label).
+const NAME: &str = "hostile";
+
+/// One policy: `fixture_misbehave` with a config that makes every `filter`
+/// call misbehave (or, for the control, behave).
+pub struct Hostile {
+    pub label: &'static str,
+    pub what: &'static str,
+    pub yaml: &'static str,
+}
+
+pub const HOSTILE: [Hostile; 3] = [
+    // The control: what any loaded filter costs the relay, to set the
+    // hostile ones' "during" figures against.
+    Hostile {
+        label: "pass-through (control)",
+        what: "a well-behaved filter that forwards everything",
+        yaml: "hooks: [filter]\n",
+    },
+    Hostile {
+        label: "loop",
+        what: "a filter that loops (`loop {}`), default `on_error: open`",
+        yaml: "hooks: [filter]\nfilter: spin\n",
+    },
+    Hostile {
+        label: "memory bomb",
+        what: "a filter that allocates until its memory limit",
+        yaml: "hooks: [filter]\nfilter: bomb\n",
+    },
+];
+
+pub struct Newcomers {
+    pub tried: usize,
+    pub admitted: usize,
+    /// Connect + first round trip of the admitted ones, µs.
+    pub latency: Histogram<u64>,
+}
+
+/// The policy's counters as `/metrics` shows them at the end of a stage.
+#[derive(Default, Clone, Copy)]
+pub struct Counters {
+    pub calls: f64,
+    pub errors: f64,
+    pub quarantines: f64,
+    pub skipped: f64,
+}
+
+pub struct Stage {
+    pub name: &'static str,
+    /// The steady fleet's round trips (agents already handed back).
+    pub steady: Run,
+    pub newcomers: Newcomers,
+    pub rss_end_kib: u64,
+    pub rss_peak_kib: u64,
+    pub cpu_us_per_msg: f64,
+    pub counters: Counters,
+}
+
+pub struct Case {
+    pub label: &'static str,
+    pub what: &'static str,
+    pub rss_idle_kib: u64,
+    pub connect_errors: usize,
+    pub stages: Vec<Stage>,
+    /// Whether the gateway reported the policy loaded, then unloaded, in
+    /// time (else the stage ran anyway, and the report says so).
+    pub loaded: bool,
+    pub unloaded: bool,
+}
+
+/// The misbehaving fixture, if `policies/` was built.
+pub fn fixture() -> Option<PathBuf> {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("policies/target/wasm32-wasip2/release/fixture_misbehave.wasm");
+    p.exists().then_some(p)
+}
+
+pub async fn run(server: &ReferenceServer, scale: &Scale, fixture: &Path) -> anyhow::Result<Vec<Case>> {
+    let mut cases = Vec::new();
+    for hostile in &HOSTILE {
+        eprintln!("[bench] containment: {}", hostile.label);
+        cases.push(one(server, scale, fixture, hostile).await?);
+    }
+    Ok(cases)
+}
+
+async fn one(server: &ReferenceServer, scale: &Scale, fixture: &Path, hostile: &Hostile) -> anyhow::Result<Case> {
+    let dir = tempfile::tempdir()?;
+    let gw = GatewayProc::start_with(&server.url(), LINKS, Some(dir.path()), true).await?;
+    wait_links(server, LINKS).await;
+    let rss_idle_kib = gw.rss_kib();
+    let storm = load::storm(&gw.url(), STEADY, 256, &[]).await;
+    let mut stages = Vec::new();
+
+    let (before, agents) = stage("before", &gw, storm.agents, scale).await;
+    stages.push(before);
+
+    let yaml = dir.path().join(format!("{NAME}.yaml"));
+    let wasm = dir.path().join(format!("{NAME}.wasm"));
+    std::fs::write(&yaml, hostile.yaml)?;
+    let tmp = dir.path().join(format!(".{NAME}.wasm.tmp"));
+    std::fs::copy(fixture, &tmp)?;
+    std::fs::rename(&tmp, &wasm)?;
+    let loaded = wait_loaded(&gw, 1.0).await;
+    eprintln!("[bench]   policy loaded: {loaded}");
+    let (during, agents) = stage("during", &gw, agents, scale).await;
+    stages.push(during);
+
+    std::fs::remove_file(&wasm)?;
+    std::fs::remove_file(&yaml)?;
+    let unloaded = wait_loaded(&gw, 0.0).await;
+    eprintln!("[bench]   policy removed: {unloaded}");
+    let (after, agents) = stage("after", &gw, agents, scale).await;
+    stages.push(after);
+
+    drop(agents);
+    gw.stop().await;
+    Ok(Case {
+        label: hostile.label,
+        what: hostile.what,
+        rss_idle_kib,
+        connect_errors: storm.errors,
+        stages,
+        loaded,
+        unloaded,
+    })
+}
+
+/// One stage: the steady fleet at [`RATE`], [`NEWCOMERS`] new agents
+/// connecting from its start, RSS sampled every 100 ms.
+async fn stage(name: &'static str, gw: &GatewayProc, agents: Vec<SimAgent>, scale: &Scale) -> (Stage, Vec<SimAgent>) {
+    let duration = scale.containment_stage;
+    let cpu0 = gw.cpu_seconds();
+    let url = gw.url();
+    let (run, newcomers, rss_peak_kib) = tokio::join!(
+        load::drive(agents, Some(RATE), duration),
+        newcomers(&url, NEWCOMERS),
+        peak_rss(gw.pid(), duration)
+    );
+    let cpu = gw.cpu_seconds() - cpu0;
+    let counters = counters(&gw.scrape().await);
+    let rss_end_kib = gw.rss_kib();
+    let Run { agents, rtt, round_trips, errors, elapsed } = run;
+    let stage = Stage {
+        name,
+        steady: Run { agents: Vec::new(), rtt, round_trips, errors, elapsed },
+        newcomers,
+        rss_end_kib,
+        rss_peak_kib: rss_peak_kib.max(rss_end_kib),
+        cpu_us_per_msg: cpu * 1e6 / (2 * round_trips).max(1) as f64,
+        counters,
+    };
+    eprintln!(
+        "[bench]   {name}: {:.0} round trips/s (p99 {} µs, {} failed), new agents {}/{} (p99 {} ms), RSS {:.1} MiB",
+        stage.steady.round_trips as f64 / stage.steady.elapsed.as_secs_f64(),
+        stage.steady.rtt.value_at_quantile(0.99),
+        stage.steady.errors,
+        stage.newcomers.admitted,
+        stage.newcomers.tried,
+        stage.newcomers.latency.value_at_quantile(0.99) / 1000,
+        rss_end_kib as f64 / 1024.0
+    );
+    (stage, agents)
+}
+
+/// `n` agents connect at once; each must finish its first round trip
+/// within [`NEWCOMER_LIMIT`]. They leave afterwards.
+async fn newcomers(url: &str, n: usize) -> Newcomers {
+    let tasks: Vec<_> = (0..n)
+        .map(|_| {
+            let opts = AgentOptions::new(url);
+            tokio::spawn(async move {
+                let t = Instant::now();
+                let first = async {
+                    let mut a = SimAgent::connect(opts).await.ok()?;
+                    let report = a.status_report();
+                    a.send(report).await.ok()?;
+                    a.recv(NEWCOMER_LIMIT).await.ok()?;
+                    Some(a)
+                };
+                let agent = tokio::time::timeout(NEWCOMER_LIMIT, first).await.ok().flatten();
+                agent.map(|_| t.elapsed())
+            })
+        })
+        .collect();
+    let mut out = Newcomers { tried: n, admitted: 0, latency: load::histogram() };
+    for t in tasks {
+        if let Ok(Some(d)) = t.await {
+            out.admitted += 1;
+            out.latency.saturating_record(d.as_micros() as u64);
+        }
+    }
+    out
+}
+
+/// Highest VmRSS seen over `duration`, KiB.
+async fn peak_rss(pid: u32, duration: Duration) -> u64 {
+    let end = Instant::now() + duration;
+    let mut peak = 0;
+    while Instant::now() < end {
+        peak = peak.max(proc_status_kib(pid, "VmRSS:"));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    peak
+}
+
+/// Waits (up to 30 s) until `/metrics` shows the policy's `loaded` gauge at
+/// `value`; false if it never did.
+async fn wait_loaded(gw: &GatewayProc, value: f64) -> bool {
+    let end = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < end {
+        let body = gw.scrape().await;
+        let now = sum(&body, m::POLICY_LOADED);
+        // Absent counts as 0: a gauge only appears once the policy loaded.
+        if now == value {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
+}
+
+fn counters(body: &str) -> Counters {
+    Counters {
+        calls: sum(body, m::POLICY_CALLS),
+        errors: sum(body, m::POLICY_ERRORS),
+        quarantines: sum(body, m::POLICY_QUARANTINES),
+        skipped: sum(body, m::POLICY_SKIPPED),
+    }
+}
+
+/// Sum of the samples of `name` labelled with the hostile policy.
+fn sum(body: &str, name: &str) -> f64 {
+    let label = format!("policy=\"{NAME}\"");
+    body.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            let (n, labels) = series.split_once('{')?;
+            (n == name && labels.contains(&label)).then(|| value.parse::<f64>().ok())?
+        })
+        // Not `sum()`: an empty float sum is -0.
+        .fold(0.0, |a, b| a + b)
+}
