@@ -17,7 +17,7 @@ mod policy_support;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -29,6 +29,7 @@ use opamp_gateway::protocol::uid::InstanceUid;
 use opamp_gateway::sim::agent::{AgentError, AgentOptions, SimAgent};
 use opamp_gateway::sim::server::{ReferenceServer, ReferenceServerConfig};
 use opamp_gateway::Gateway;
+use parking_lot::Mutex;
 use policy_support::{applied, install, wait_for};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -39,7 +40,7 @@ struct Capture(Arc<Mutex<Vec<u8>>>);
 
 impl Write for Capture {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
+        self.0.lock().extend_from_slice(buf);
         Ok(buf.len())
     }
     fn flush(&mut self) -> std::io::Result<()> {
@@ -64,7 +65,7 @@ fn globals() -> &'static (Capture, PrometheusHandle) {
 
 /// Captured log lines mentioning every one of `words`.
 fn log_lines(words: &[&str]) -> Vec<String> {
-    let text = String::from_utf8_lossy(&globals().0 .0.lock().unwrap()).into_owned();
+    let text = String::from_utf8_lossy(&globals().0 .0.lock()).into_owned();
     text.lines().filter(|l| words.iter().all(|w| l.contains(w))).map(str::to_owned).collect()
 }
 

@@ -18,7 +18,7 @@
 use std::collections::HashMap;
 use std::io::Read;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -28,6 +28,7 @@ use http::header::{ACCEPT_ENCODING, CONTENT_ENCODING, CONTENT_TYPE};
 use http::{HeaderValue, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
+use parking_lot::Mutex;
 use tokio::sync::mpsc;
 
 use super::trust::PeerCertificate;
@@ -80,7 +81,7 @@ pub struct HttpAgents {
 
 impl HttpAgents {
     pub fn len(&self) -> usize {
-        self.map.lock().expect("http agents lock").len()
+        self.map.lock().len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -88,13 +89,13 @@ impl HttpAgents {
     }
 
     fn get(&self, uid: &InstanceUid) -> Option<Arc<HttpAgent>> {
-        self.map.lock().expect("http agents lock").get(uid.as_bytes()).cloned()
+        self.map.lock().get(uid.as_bytes()).cloned()
     }
 
     /// Removes the agent if it is still the registered one.
     fn remove(&self, agent: &Arc<HttpAgent>) -> bool {
         let removed = {
-            let mut map = self.map.lock().expect("http agents lock");
+            let mut map = self.map.lock();
             let ours = map.get(agent.uid.as_bytes()).is_some_and(|a| Arc::ptr_eq(a, agent));
             ours && map.remove(agent.uid.as_bytes()).is_some()
         };
@@ -106,11 +107,8 @@ impl HttpAgents {
     }
 
     fn idle(&self, now: Instant, idle_timeout: Duration) -> Vec<Arc<HttpAgent>> {
-        let map = self.map.lock().expect("http agents lock");
-        map.values()
-            .filter(|a| now.duration_since(a.state.lock().expect("http agent lock").last_poll) > idle_timeout)
-            .cloned()
-            .collect()
+        let map = self.map.lock();
+        map.values().filter(|a| now.duration_since(a.state.lock().last_poll) > idle_timeout).cloned().collect()
     }
 }
 
@@ -211,7 +209,7 @@ pub async fn handle(ds: Arc<Downstream>, req: Request<Incoming>, remote: SocketA
     }
     let mut frame = next_reply(&ds, &agent).await;
     let full_state_due = {
-        let mut st = agent.state.lock().expect("http agent lock");
+        let mut st = agent.state.lock();
         st.last_poll = Instant::now();
         std::mem::take(&mut st.full_state_due)
     };
@@ -252,7 +250,7 @@ async fn admitted(
             return Err(Polled::UidInUse);
         }
         let fresh = {
-            let st = agent.state.lock().expect("http agent lock");
+            let st = agent.state.lock();
             st.headers_digest == digest
                 && !st.lease.is_stale()
                 && st.authenticated.elapsed() < ds.settings.http.auth_cache_ttl
@@ -272,7 +270,7 @@ async fn admitted(
             // it was admitted with are now refused. Different headers that
             // are refused end nothing: they may not be the agent's at all.
             if let (Some(agent), AdmitError::Rejected(_)) = (&existing, &e) {
-                let same_headers = agent.state.lock().expect("http agent lock").headers_digest == digest;
+                let same_headers = agent.state.lock().headers_digest == digest;
                 if same_headers {
                     release(ds, agent, false).await;
                 }
@@ -292,7 +290,7 @@ async fn admitted(
     match existing {
         // Same agent, re-authenticated (and possibly moved): keep its queue.
         Some(agent) if !agent.shared.closing().is_cancelled() => {
-            let mut st = agent.state.lock().expect("http agent lock");
+            let mut st = agent.state.lock();
             let moved = st.lease.is_stale() || st.lease.index() != state.lease.index();
             state.full_state_due = st.full_state_due || moved;
             *st = state;
@@ -312,7 +310,7 @@ async fn admitted(
             });
             // Decided under the map lock; counted after it is released.
             let claimed = {
-                let mut map = ds.http.map.lock().expect("http agents lock");
+                let mut map = ds.http.map.lock();
                 match map.get(uid.as_bytes()) {
                     // A concurrent poll registered first: it is this agent
                     // only if it has the same credentials.
@@ -341,7 +339,7 @@ async fn admitted(
 
 impl HttpAgent {
     fn lease(&self) -> Arc<LinkLease> {
-        self.state.lock().expect("http agent lock").lease.clone()
+        self.state.lock().lease.clone()
     }
 
     fn empty_reply(&self) -> Bytes {
@@ -405,7 +403,7 @@ pub async fn reap_idle(ds: Arc<Downstream>) {
         }
     }
     // Shutting down: every HTTP agent leaves this gateway.
-    let all: Vec<_> = ds.http.map.lock().expect("http agents lock").values().cloned().collect();
+    let all: Vec<_> = ds.http.map.lock().values().cloned().collect();
     for agent in all {
         release(&ds, &agent, false).await;
     }

@@ -256,8 +256,9 @@ pub fn plain(status: StatusCode, body: impl Into<String>) -> Response<Body> {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Mutex;
     use std::time::Duration;
+
+    use parking_lot::Mutex;
 
     use super::*;
     use crate::protocol::handshake::ConnectResult;
@@ -267,7 +268,7 @@ mod tests {
 
     impl std::io::Write for Captured {
         fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(buf);
+            self.0.lock().extend_from_slice(buf);
             Ok(buf.len())
         }
 
@@ -293,7 +294,7 @@ mod tests {
             }
             log_refusal(&log, &AdmitError::NoUpstream, StatusCode::SERVICE_UNAVAILABLE, remote, "websocket");
         });
-        let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
+        let text = String::from_utf8(out.0.lock().clone()).unwrap();
         assert_eq!(text.lines().count(), 3, "{text}");
         assert_eq!(text.matches("agent not admitted").count(), 2, "{text}");
         let warn = text.lines().find(|l| l.contains("WARN")).expect("the odd status is a warning");

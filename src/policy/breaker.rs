@@ -17,8 +17,10 @@
 //! after it; the clock is read only on failures and while quarantined.
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
 
 use super::config::{BreakerConfig, MIN_CALLS};
 use crate::telemetry::metrics as m;
@@ -151,12 +153,8 @@ impl Breaker {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Slow> {
-        self.slow.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
     fn failed(&self) {
-        let mut s = self.lock();
+        let mut s = self.slow.lock();
         if self.state.load(Ordering::Acquire) != CLOSED {
             return; // tripped meanwhile by a concurrent call
         }
@@ -202,7 +200,7 @@ impl Breaker {
     }
 
     fn reopen(&self) {
-        let mut s = self.lock();
+        let mut s = self.slow.lock();
         let now = self.clock.now();
         s.backoff = (s.backoff * 2).min(self.cfg.max_backoff);
         self.reopen_at.store(self.nanos(now + s.backoff), Ordering::Release);
@@ -215,7 +213,7 @@ impl Breaker {
     }
 
     fn close(&self) {
-        let mut s = self.lock();
+        let mut s = self.slow.lock();
         let since = s.since.take();
         s.backoff = self.cfg.backoff;
         s.window_start = None;
@@ -257,13 +255,13 @@ pub(crate) mod tests {
             Arc::new(Self(Mutex::new(Instant::now())))
         }
         pub fn advance(&self, d: Duration) {
-            *self.0.lock().unwrap() += d;
+            *self.0.lock() += d;
         }
     }
 
     impl Clock for ManualClock {
         fn now(&self) -> Instant {
-            *self.0.lock().unwrap()
+            *self.0.lock()
         }
     }
 

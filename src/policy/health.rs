@@ -5,7 +5,7 @@
 //! operator's intent can no longer be followed. With `policies.required`,
 //! readiness fails while the set is degraded or empty.
 
-use std::sync::Mutex;
+use parking_lot::Mutex;
 
 pub struct PolicyHealth {
     required: bool,
@@ -23,27 +23,23 @@ impl PolicyHealth {
         Self { required, state: Mutex::default() }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
     /// Policies in the serving set.
     pub fn set_serving(&self, n: usize) {
-        self.lock().serving = n;
+        self.state.lock().serving = n;
     }
 
     /// Why the directory cannot be read, or `None` once it can.
     pub fn set_degraded(&self, reason: Option<String>) {
-        self.lock().degraded = reason;
+        self.state.lock().degraded = reason;
     }
 
     pub fn is_degraded(&self) -> bool {
-        self.lock().degraded.is_some()
+        self.state.lock().degraded.is_some()
     }
 
     /// One line for `/readyz`: `Ok` when ready as far as policies go.
     pub fn readiness(&self) -> Result<String, String> {
-        let s = self.lock();
+        let s = self.state.lock();
         let text = match &s.degraded {
             Some(why) => format!("policies degraded: {why}; the last good set ({}) keeps serving", s.serving),
             None => format!("policies: {} serving", s.serving),

@@ -15,11 +15,11 @@
 //! Built without the `wasm` feature, the runtime serves the empty set and
 //! refuses a directory that holds `.wasm` files (it could not run them).
 
+#[cfg(feature = "wasm")]
+use parking_lot::Mutex;
 use std::fmt;
 use std::path::PathBuf;
 use std::sync::Arc;
-#[cfg(feature = "wasm")]
-use std::sync::Mutex;
 
 use tokio::sync::watch;
 
@@ -147,13 +147,13 @@ impl PolicyRuntime {
 
     /// The serving policy called `name` (diagnostics, tests).
     pub fn policy(&self, name: &str) -> Option<Arc<WasmPolicy>> {
-        let loader = self.shared.loader.lock().unwrap_or_else(|e| e.into_inner());
+        let loader = self.shared.loader.lock();
         loader.current().iter().find(|p| p.name() == name).cloned()
     }
 
     /// The set serving now.
     pub fn loaded(&self) -> Vec<LoadedPolicy> {
-        let loader = self.shared.loader.lock().unwrap_or_else(|e| e.into_inner());
+        let loader = self.shared.loader.lock();
         loader.current().iter().map(|p| LoadedPolicy::of(p)).collect()
     }
 }
@@ -235,7 +235,7 @@ fn without_wasm(dir: &std::path::Path) -> Result<(), PolicyError> {
 impl Shared {
     fn reload(&self) -> ReloadStatus {
         // One reload at a time (watcher thread and manual calls).
-        let mut loader = self.loader.lock().unwrap_or_else(|e| e.into_inner());
+        let mut loader = self.loader.lock();
         // A directory that vanished or became unreadable unloads nothing:
         // the set keeps serving, degraded (only an empty one unloads all).
         let dir = loader.directory().to_owned();

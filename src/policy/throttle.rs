@@ -5,8 +5,9 @@
 //! interval passes and reports how many were held back in the previous
 //! ones, so the caller can log one "N suppressed" summary.
 
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
 
 pub struct Throttle {
     limit: u32,
@@ -29,7 +30,7 @@ impl Throttle {
     /// `Some(n)` when this line may be logged, `n` being the lines held
     /// back since the last one that passed; `None` when it is held back.
     pub fn admit(&self, now: Instant) -> Option<u64> {
-        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let mut s = self.state.lock();
         if s.since.is_none_or(|t| now.saturating_duration_since(t) >= self.interval) {
             s.since = Some(now);
             s.passed = 0;

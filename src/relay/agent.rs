@@ -1,10 +1,11 @@
 //! The core's handle on one agent session.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Mutex, OnceLock};
+use std::sync::OnceLock;
 use std::time::Instant;
 
 use bytes::Bytes;
+use parking_lot::Mutex;
 use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 
@@ -165,7 +166,7 @@ impl AgentShared {
 
     /// A link that died with this agent's frame still queued returns it.
     pub fn hand_back(&self, frame: Bytes) {
-        self.returned.lock().expect("returned lock").push(frame);
+        self.returned.lock().push(frame);
         self.returned_ready.notify_one();
     }
 
@@ -175,7 +176,7 @@ impl AgentShared {
     }
 
     pub fn take_returned(&self) -> Vec<Bytes> {
-        std::mem::take(&mut *self.returned.lock().expect("returned lock"))
+        std::mem::take(&mut *self.returned.lock())
     }
 
     /// True exactly once: the first time the agent is due its capabilities.
@@ -190,16 +191,16 @@ impl AgentShared {
 
     /// Whether the server assigned this agent `uid` (it may then use it).
     pub fn has_alias(&self, uid: &[u8]) -> bool {
-        self.aliases.lock().expect("aliases lock").iter().any(|a| a == uid)
+        self.aliases.lock().iter().any(|a| a == uid)
     }
 
     /// Remembers a server-assigned uid routed to this agent.
     pub fn add_alias(&self, uid: Bytes) {
-        self.aliases.lock().expect("aliases lock").push(uid);
+        self.aliases.lock().push(uid);
     }
 
     pub fn take_aliases(&self) -> Vec<Bytes> {
-        std::mem::take(&mut *self.aliases.lock().expect("aliases lock"))
+        std::mem::take(&mut *self.aliases.lock())
     }
 
     /// True exactly once: for the first `ServerToAgent` this agent is sent,

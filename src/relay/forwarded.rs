@@ -8,7 +8,9 @@
 //! run unbounded authentication checks on its behalf.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 
 use super::agent::AgentShared;
 
@@ -46,7 +48,7 @@ impl Inner {
 impl ForwardedHandshakes {
     /// Remembers that `agent` forwarded `request_uid`, within `max` in flight.
     pub fn register(&self, request_uid: String, agent: &Arc<AgentShared>, max: usize) -> Result<(), ForwardRefused> {
-        let mut inner = self.inner.lock().expect("forwarded lock");
+        let mut inner = self.inner.lock();
         let n = inner.per_agent.get(&agent.id).copied().unwrap_or(0);
         if n >= max {
             return Err(ForwardRefused::TooMany(n));
@@ -62,7 +64,7 @@ impl ForwardedHandshakes {
     /// The connection waiting for `request_uid`'s answer, forgotten as it is
     /// returned (an answer is delivered once).
     pub fn take(&self, request_uid: &str) -> Option<Arc<AgentShared>> {
-        let mut inner = self.inner.lock().expect("forwarded lock");
+        let mut inner = self.inner.lock();
         let agent = inner.by_request.remove(request_uid)?;
         inner.release(agent.id);
         Some(agent)
@@ -70,14 +72,14 @@ impl ForwardedHandshakes {
 
     /// Forgets what a closing connection still had in flight.
     pub fn forget(&self, agent_id: u64) {
-        let mut inner = self.inner.lock().expect("forwarded lock");
+        let mut inner = self.inner.lock();
         if inner.per_agent.remove(&agent_id).is_some() {
             inner.by_request.retain(|_, a| a.id != agent_id);
         }
     }
 
     pub fn len(&self) -> usize {
-        self.inner.lock().expect("forwarded lock").by_request.len()
+        self.inner.lock().by_request.len()
     }
 
     pub fn is_empty(&self) -> bool {

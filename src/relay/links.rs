@@ -7,11 +7,12 @@
 //! has not seen that agent's handshake) — it is handed back to its agent.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Instant;
 
 use arc_swap::ArcSwapOption;
 use bytes::Bytes;
+use parking_lot::Mutex;
 use tokio::sync::{mpsc, watch};
 
 use super::agent::AgentShared;
@@ -173,7 +174,7 @@ impl Links {
 
     /// What a policy sees.
     pub fn snapshot(&self) -> Vec<LinkInfo> {
-        let loads = self.loads.lock().expect("loads lock");
+        let loads = self.loads.lock();
         self.slots
             .iter()
             .zip(loads.iter())
@@ -182,14 +183,14 @@ impl Links {
     }
 
     pub fn loads(&self) -> Vec<u32> {
-        self.loads.lock().expect("loads lock").clone()
+        self.loads.lock().clone()
     }
 
     /// Leases `preferred` if it is connected, else the least-loaded connected
     /// link (lowest index on ties). Choice and increment happen under one
     /// lock, so a connect storm balances exactly.
     pub fn lease(self: &Arc<Self>, preferred: Option<u32>) -> Option<LinkLease> {
-        let mut loads = self.loads.lock().expect("loads lock");
+        let mut loads = self.loads.lock();
         let usable = |i: usize| self.slots[i].state().connected;
         let chosen = preferred
             .map(|p| p as usize)
@@ -230,7 +231,7 @@ impl LinkLease {
 
 impl Drop for LinkLease {
     fn drop(&mut self) {
-        let mut loads = self.links.loads.lock().expect("loads lock");
+        let mut loads = self.links.loads.lock();
         let load = &mut loads[self.link.index as usize];
         *load = load.saturating_sub(1);
     }

@@ -1,8 +1,9 @@
 //! Connect handshakes awaiting the server's `connectResult`, by request uid.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
+use parking_lot::Mutex;
 use tokio::sync::oneshot;
 
 use crate::protocol::handshake::ConnectResult;
@@ -32,20 +33,20 @@ pub struct PendingGuard {
 
 impl Drop for PendingGuard {
     fn drop(&mut self) {
-        self.map.lock().expect("pending lock").remove(&self.request_uid);
+        self.map.lock().remove(&self.request_uid);
     }
 }
 
 impl PendingConnects {
     pub fn register(&self, request_uid: String, link: u32) -> (PendingGuard, oneshot::Receiver<Answer>) {
         let (tx, rx) = oneshot::channel();
-        self.map.lock().expect("pending lock").insert(request_uid.clone(), (link, tx));
+        self.map.lock().insert(request_uid.clone(), (link, tx));
         (PendingGuard { map: self.map.clone(), request_uid }, rx)
     }
 
     /// Delivers a result; false if nobody waits for it (late or unknown).
     pub fn resolve(&self, result: ConnectResult) -> bool {
-        let waiter = self.map.lock().expect("pending lock").remove(&result.request_uid);
+        let waiter = self.map.lock().remove(&result.request_uid);
         match waiter {
             Some((_, tx)) => tx.send(Ok(result)).is_ok(),
             None => false,
@@ -55,7 +56,7 @@ impl PendingConnects {
     /// Fails the handshake `request_uid` because its answer cannot be read;
     /// false if nobody waits for it.
     pub fn fail(&self, request_uid: &str, reason: String) -> bool {
-        let waiter = self.map.lock().expect("pending lock").remove(request_uid);
+        let waiter = self.map.lock().remove(request_uid);
         match waiter {
             Some((_, tx)) => tx.send(Err(NoResult::Unreadable(reason))).is_ok(),
             None => false,
@@ -65,7 +66,7 @@ impl PendingConnects {
     /// Fails every handshake in flight on `link` (its connection died, so no
     /// answer can come).
     pub fn fail_link(&self, link: u32) {
-        let mut map = self.map.lock().expect("pending lock");
+        let mut map = self.map.lock();
         let lost: Vec<String> = map.iter().filter(|(_, (l, _))| *l == link).map(|(k, _)| k.clone()).collect();
         for k in lost {
             if let Some((_, tx)) = map.remove(&k) {
@@ -75,7 +76,7 @@ impl PendingConnects {
     }
 
     pub fn len(&self) -> usize {
-        self.map.lock().expect("pending lock").len()
+        self.map.lock().len()
     }
 
     pub fn is_empty(&self) -> bool {

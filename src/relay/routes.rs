@@ -14,9 +14,10 @@
 //! uid never says goodbye for it.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use bytes::Bytes;
+use parking_lot::Mutex;
 
 use super::agent::AgentShared;
 
@@ -43,7 +44,7 @@ pub struct UidInUse;
 impl Routes {
     /// Makes `agent` the owner of `uid` if the ownership rule allows it.
     pub fn claim(&self, uid: &Bytes, agent: &Arc<AgentShared>) -> Result<Claimed, UidInUse> {
-        let mut map = self.map.lock().expect("routes lock");
+        let mut map = self.map.lock();
         match map.get(uid) {
             Some(owner) if owner.id == agent.id => Ok(Claimed::Owned),
             // A closing owner is leaving anyway; its release will find the
@@ -67,23 +68,23 @@ impl Routes {
     /// Points `uid` at `agent` unconditionally. Only for uids the server
     /// itself assigned (`new_instance_uid`): the server is the authority.
     pub fn assign(&self, uid: Bytes, agent: &Arc<AgentShared>) {
-        self.map.lock().expect("routes lock").insert(uid, agent.clone());
+        self.map.lock().insert(uid, agent.clone());
     }
 
     pub fn get(&self, uid: &[u8]) -> Option<Arc<AgentShared>> {
-        self.map.lock().expect("routes lock").get(uid).cloned()
+        self.map.lock().get(uid).cloned()
     }
 
     /// Whether `uid` currently routes to `agent_id`.
     pub fn is_owner(&self, uid: &[u8], agent_id: u64) -> bool {
-        self.map.lock().expect("routes lock").get(uid).is_some_and(|a| a.id == agent_id)
+        self.map.lock().get(uid).is_some_and(|a| a.id == agent_id)
     }
 
     /// Removes `uid` only if it still points at `agent_id`; true if it did.
     /// A false return means the uid moved on: its new owner is alive, so no
     /// goodbye may be sent for it.
     pub fn remove(&self, uid: &[u8], agent_id: u64) -> bool {
-        let mut map = self.map.lock().expect("routes lock");
+        let mut map = self.map.lock();
         if map.get(uid).is_some_and(|a| a.id == agent_id) {
             map.remove(uid);
             true
@@ -93,7 +94,7 @@ impl Routes {
     }
 
     pub fn len(&self) -> usize {
-        self.map.lock().expect("routes lock").len()
+        self.map.lock().len()
     }
 
     pub fn is_empty(&self) -> bool {

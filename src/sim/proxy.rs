@@ -8,10 +8,11 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine as _;
+use parking_lot::Mutex;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
@@ -96,7 +97,7 @@ impl ConnectProxy {
 
     /// Answer every CONNECT with this status (e.g. 403) until set to `None`.
     pub fn set_refusal(&self, status: Option<u16>) {
-        *self.shared.refuse.lock().unwrap_or_else(|e| e.into_inner()) = status;
+        *self.shared.refuse.lock() = status;
     }
 
     pub fn state(&self) -> ProxyState {
@@ -157,7 +158,7 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(mut client: S, shared: &Shared
         let (name, value) = l.split_once(':')?;
         name.trim().eq_ignore_ascii_case("proxy-authorization").then(|| value.trim().to_owned())
     });
-    let refusal = *shared.refuse.lock().unwrap_or_else(|e| e.into_inner());
+    let refusal = *shared.refuse.lock();
     let mut upstream = None;
     let status = if method != "CONNECT" {
         405

@@ -23,12 +23,13 @@ use std::collections::{BTreeMap, HashMap};
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
+use parking_lot::Mutex;
 use prost::Message as _;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
@@ -230,7 +231,7 @@ impl ReferenceServer {
     }
 
     pub fn set_connect_mode(&self, mode: ConnectMode) {
-        *lock(&self.shared.mode) = mode;
+        *self.shared.mode.lock() = mode;
     }
 
     /// While false, new TCP connections are closed as soon as they arrive.
@@ -263,7 +264,7 @@ impl ReferenceServer {
     /// Closes every open connection cleanly: a close frame with `code`, then
     /// the socket. New connections still work.
     pub fn close_connections(&self, code: u16) {
-        for link in lock(&self.shared.links).values() {
+        for link in self.shared.links.lock().values() {
             let _ = link.tx.send(Outgoing::Close(code));
         }
     }
@@ -271,7 +272,7 @@ impl ReferenceServer {
     /// Abruptly closes every open connection: the TCP socket is dropped with
     /// no close frame, as when a link is lost. New connections still work.
     pub fn drop_connections(&self) {
-        for link in lock(&self.shared.links).values() {
+        for link in self.shared.links.lock().values() {
             link.kill.cancel();
         }
     }
@@ -341,7 +342,7 @@ enum Outgoing {
 
 impl ServerShared {
     fn send_to(&self, conn_id: u64, out: Outgoing) -> bool {
-        lock(&self.links).get(&conn_id).is_some_and(|l| l.tx.send(out).is_ok())
+        self.links.lock().get(&conn_id).is_some_and(|l| l.tx.send(out).is_ok())
     }
 
     /// The gateway's question: may this agent connect? The server sees the
@@ -353,7 +354,7 @@ impl ServerShared {
             http_status_code: status,
             response_headers: headers,
         };
-        let mode = lock(&self.mode).clone();
+        let mode = self.mode.lock().clone();
         match mode {
             ConnectMode::Ignore | ConnectMode::Raw(_) => None,
             ConnectMode::Reject { status, headers } => Some(reject(status, headers)),
@@ -431,7 +432,7 @@ impl ServerShared {
     }
 
     fn on_connect(&self, conn_id: u64, req: ConnectRequest) -> Option<ServerToAgent> {
-        let raw = match &*lock(&self.mode) {
+        let raw = match &*self.mode.lock() {
             ConnectMode::Raw(json) => Some(Bytes::from(json.replace("{request_uid}", &req.request_uid))),
             _ => None,
         };
@@ -528,7 +529,7 @@ where
         s.connections.push(ConnectionRecord { id, remote, path, headers, open: true, messages: 0 });
         // Reachable before anyone can observe it as open.
         let link = LinkHandle { tx: tx.clone(), kill: kill.clone() };
-        lock(&shared.links).insert(id, link);
+        shared.links.lock().insert(id, link);
     });
     // Unregisters on every exit path, including abort.
     let _guard = Registration { shared: shared.clone(), id };
@@ -617,7 +618,7 @@ struct Registration {
 
 impl Drop for Registration {
     fn drop(&mut self) {
-        lock(&self.shared.links).remove(&self.id);
+        self.shared.links.lock().remove(&self.id);
         self.shared.state.send_modify(|s| {
             s.open_connections -= 1;
             s.connections[self.id as usize].open = false;
@@ -640,8 +641,3 @@ fn tls_acceptor(cert_pem: &[u8], key_pem: &[u8]) -> io::Result<TlsAcceptor> {
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
 
-/// Locks a mutex, ignoring poisoning: the data is simple counters and maps
-/// that stay consistent even if a holder panicked.
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}

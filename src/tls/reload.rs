@@ -9,10 +9,11 @@
 
 use std::fmt;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use arc_swap::ArcSwap;
+use parking_lot::Mutex;
 
 use super::TlsError;
 
@@ -73,7 +74,7 @@ impl<T> Reloading<T> {
 
     fn reload_if_due(&self) {
         // Another handshake is already reloading: use the current value.
-        let Ok(mut state) = self.state.try_lock() else { return };
+        let Some(mut state) = self.state.try_lock() else { return };
         let now = Instant::now();
         let mut due = false;
         if let Some(every) = self.every {

@@ -18,13 +18,14 @@ use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
+use parking_lot::Mutex;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::{Notify, OwnedSemaphorePermit};
 use tokio::time::Instant;
@@ -81,7 +82,7 @@ impl Phase {
     /// its source's share of connections still connecting.
     fn answered(&self, status: http::StatusCode) {
         if status == http::StatusCode::SWITCHING_PROTOCOLS || status.is_success() {
-            self.source.lock().expect("source slot lock").take();
+            self.source.lock().take();
         }
         self.set(if status == http::StatusCode::SWITCHING_PROTOCOLS { AGENT } else { IDLE });
     }

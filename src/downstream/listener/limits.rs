@@ -5,10 +5,11 @@
 use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::StatusCode;
+use parking_lot::Mutex;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -157,7 +158,7 @@ struct Sources {
 impl Sources {
     fn try_acquire(self: &Arc<Self>, ip: IpAddr) -> Option<SourceSlot> {
         let key = source_key(ip);
-        let mut counts = self.counts.lock().expect("sources lock");
+        let mut counts = self.counts.lock();
         let n = counts.entry(key).or_insert(0);
         if *n >= self.max {
             return None;
@@ -176,7 +177,7 @@ pub(super) struct SourceSlot {
 
 impl Drop for SourceSlot {
     fn drop(&mut self) {
-        let mut counts = self.sources.counts.lock().expect("sources lock");
+        let mut counts = self.sources.counts.lock();
         if let Some(n) = counts.get_mut(&self.key) {
             *n -= 1;
             if *n == 0 {
@@ -217,7 +218,7 @@ mod tests {
         assert_eq!(limits.admit("192.0.2.2".parse().unwrap()).err(), Some(Refusal::MaxConnections));
         drop(a);
         let _b = limits.admit("192.0.2.2".parse().unwrap()).unwrap();
-        let counts = limits.sources.counts.lock().unwrap();
+        let counts = limits.sources.counts.lock();
         assert_eq!(counts.get(&"192.0.2.2".parse().unwrap()), Some(&1), "the refusal returned its source slot");
         assert_eq!(counts.len(), 1, "a source with no connecting socket is forgotten");
     }

@@ -4,9 +4,9 @@
 
 use std::collections::HashMap;
 use std::hash::Hash;
-use std::sync::Mutex;
 use std::time::Duration;
 
+use parking_lot::Mutex;
 use tokio::time::Instant;
 
 /// The interval both the listener's and the handshake's refusals use.
@@ -33,7 +33,7 @@ impl<K: Eq + Hash> LogEvery<K> {
     }
 
     fn check_at(&self, kind: K, now: Instant) -> Option<u64> {
-        let mut last = self.last.lock().expect("log throttle lock");
+        let mut last = self.last.lock();
         match last.get_mut(&kind) {
             Some((at, n)) if now.duration_since(*at) < self.every => {
                 *n += 1;

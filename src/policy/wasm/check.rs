@@ -13,10 +13,11 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use parking_lot::Mutex;
 use prost::Message as _;
 
 use super::bindings::WORLD;
@@ -204,7 +205,7 @@ struct Probe {
 
 impl Probe {
     fn take(&self) -> Option<Result<Verdict, HookError>> {
-        self.last.lock().unwrap_or_else(|e| e.into_inner()).take()
+        self.last.lock().take()
     }
 }
 
@@ -226,7 +227,7 @@ impl Policy for Probe {
     }
     fn filter(&self, dir: Direction, uid: &[u8], message: &Bytes) -> Result<Verdict, HookError> {
         let out = self.inner.filter(dir, uid, message);
-        *self.last.lock().unwrap_or_else(|e| e.into_inner()) = Some(out.clone());
+        *self.last.lock() = Some(out.clone());
         out
     }
 }

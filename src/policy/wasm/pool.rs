@@ -18,9 +18,10 @@
 //! at least `policies.concurrency`, so the gate's callers rarely wait).
 
 use std::sync::mpsc::{self, Receiver, Sender};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
+use parking_lot::{Condvar, Mutex};
 use wasmtime::{Store, Trap};
 
 use super::bindings::opamp_gateway::policy::types::Hooks as WitHooks;
@@ -112,7 +113,7 @@ impl InstancePool {
         });
         let (first, hooks) = inner.instantiate()?;
         {
-            let mut slots = inner.lock();
+            let mut slots = inner.slots.lock();
             slots.idle.push(first);
             slots.live = 1;
         }
@@ -127,12 +128,12 @@ impl InstancePool {
 
     /// Idle instances right now (for tests and diagnostics).
     pub fn idle(&self) -> usize {
-        self.inner.lock().idle.len()
+        self.inner.slots.lock().idle.len()
     }
 
     /// Instances alive or being made (at most the pool's target).
     pub fn live(&self) -> usize {
-        self.inner.lock().live
+        self.inner.slots.lock().live
     }
 
     /// Runs one hook call on an idle instance within the call deadline. A
@@ -170,7 +171,7 @@ struct Taken<'a> {
 impl Taken<'_> {
     fn give_back(mut self) {
         if let Some(i) = self.inst.take() {
-            self.pool.lock().idle.push(i);
+            self.pool.slots.lock().idle.push(i);
             self.pool.ready.notify_one();
         }
     }
@@ -180,19 +181,13 @@ impl Drop for Taken<'_> {
     fn drop(&mut self) {
         if let Some(i) = self.inst.take() {
             drop(i);
-            self.pool.lock().live -= 1;
+            self.pool.slots.lock().live -= 1;
             self.pool.top_up();
         }
     }
 }
 
 impl PoolInner {
-    fn lock(&self) -> MutexGuard<'_, Slots> {
-        // The slots are only pushed, popped and counted under this lock;
-        // they stay consistent through a panic elsewhere.
-        self.slots.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
     /// A new instance, initialised with the policy's config.
     fn instantiate(&self) -> Result<(Instance, Hooks), InitFailure> {
         let mut store = Store::new(&self.engine.engine, HostState::new(self.guest.clone(), self.memory_limit));
@@ -218,7 +213,7 @@ impl PoolInner {
     /// Asks the refill thread for the instances missing from the target.
     fn top_up(self: &Arc<Self>) {
         let missing = {
-            let mut slots = self.lock();
+            let mut slots = self.slots.lock();
             let n = self.target.saturating_sub(slots.live);
             slots.live += n;
             n
@@ -231,7 +226,7 @@ impl PoolInner {
     /// Makes one instance for the pool (on the refill thread).
     fn refill(&self) {
         let made = self.instantiate();
-        let mut slots = self.lock();
+        let mut slots = self.slots.lock();
         match made {
             Ok((inst, _)) => slots.idle.push(inst),
             Err(e) => {
@@ -248,7 +243,7 @@ impl PoolInner {
     /// An idle instance, waiting for one if every instance is busy or
     /// being made. Never instantiates on the caller's thread.
     fn take(self: &Arc<Self>) -> Result<Taken<'_>, HookError> {
-        let mut slots = self.lock();
+        let mut slots = self.slots.lock();
         if let Some(i) = slots.idle.pop() {
             return Ok(Taken { pool: self, inst: Some(i) });
         }
@@ -257,7 +252,7 @@ impl PoolInner {
         // A refill that failed earlier left the pool short: ask again.
         self.top_up();
         off_runtime(|| {
-            let mut slots = self.lock();
+            let mut slots = self.slots.lock();
             loop {
                 if let Some(i) = slots.idle.pop() {
                     return Ok(Taken { pool: self, inst: Some(i) });
@@ -265,7 +260,7 @@ impl PoolInner {
                 if slots.failed_refills != failures {
                     return Err(HookError::Trap(format!("no instance: {}", slots.last_refill_error)));
                 }
-                slots = self.ready.wait(slots).unwrap_or_else(|e| e.into_inner());
+                self.ready.wait(&mut slots);
             }
         })
     }

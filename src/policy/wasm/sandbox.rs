@@ -23,11 +23,12 @@
 
 use std::future::Future;
 use std::pin::{pin, Pin};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use parking_lot::Mutex;
 use wasmtime::component::{HasData, Linker, Resource, ResourceTable};
 use wasmtime::ResourceLimiter;
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
@@ -277,22 +278,18 @@ impl HostMonotonicClock for FrozenClock {
 struct OutputBuffer(Arc<Mutex<Vec<u8>>>);
 
 impl OutputBuffer {
-    fn lock(&self) -> MutexGuard<'_, Vec<u8>> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
     fn append(&self, bytes: &[u8]) {
-        let mut buf = self.lock();
+        let mut buf = self.0.lock();
         let room = OUTPUT_CAP.saturating_sub(buf.len());
         buf.extend_from_slice(&bytes[..bytes.len().min(room)]);
     }
 
     fn clear(&self) {
-        self.lock().clear();
+        self.0.lock().clear();
     }
 
     fn take(&self) -> Vec<u8> {
-        std::mem::take(&mut *self.lock())
+        std::mem::take(&mut *self.0.lock())
     }
 }
 
