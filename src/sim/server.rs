@@ -640,4 +640,3 @@ fn tls_acceptor(cert_pem: &[u8], key_pem: &[u8]) -> io::Result<TlsAcceptor> {
         .map_err(|e| invalid(e.to_string()))?;
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
-
