@@ -2,25 +2,33 @@
 //!
 //! Start: policies → link slots → bind the listener and the metrics endpoint
 //! → link tasks (dialing) → accept loop. Nothing is spawned before the last
-//! step that can fail.
-//! Shutdown (SIGTERM): stop accepting → close every agent with 1001 (each
-//! session first reports uids that never said goodbye) → wait for sessions
-//! (bounded) → close upstream links with a close frame → done.
+//! step that can fail. [`Gateway::start`] reads everything from a config;
+//! [`Gateway::builder`] also takes a pre-bound listener, native policies and
+//! a shutdown future (mini-redis's `run(listener, shutdown)`).
+//! Shutdown (SIGTERM): `/readyz` turns 503 → keep accepting for
+//! `listener.drain_delay` (load balancers stop sending agents) → stop
+//! accepting → close every agent with 1001 (each session first reports uids
+//! that never said goodbye) → wait for sessions (bounded) → close upstream
+//! links with a close frame → done.
 
+use std::future::Future;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
 use metrics_exporter_prometheus::PrometheusHandle;
+use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::admin;
 use crate::config::{Config, ConfigError};
 use crate::downstream::{self, Downstream, DownstreamSettings, ListenerError};
 use crate::policy::runtime::PolicyRuntime;
 use crate::policy::wasm::PolicyError;
+use crate::policy::Policy;
 use crate::relay::{Links, Relay, RelaySettings};
-use crate::telemetry::{self, TelemetryError};
+use crate::telemetry::TelemetryError;
 use crate::upstream::dial::DialerError;
 use crate::upstream::{spawn_links, Dialer, LinkSettings};
 
@@ -45,6 +53,9 @@ pub struct Gateway {
     tls: bool,
     relay: Arc<Relay>,
     downstream: Arc<Downstream>,
+    /// Cancelled when shutdown begins: `/readyz` says 503 from then on.
+    draining: CancellationToken,
+    drain_delay: Duration,
     /// Stops the listener and the sessions.
     agents_shutdown: CancellationToken,
     /// Stops the upstream links, after the sessions are gone.
@@ -55,14 +66,90 @@ pub struct Gateway {
     policies: PolicyRuntime,
 }
 
+/// A gateway configured in code: see [`Gateway::builder`].
+pub struct GatewayBuilder {
+    config: Config,
+    listener: Option<TcpListener>,
+    metrics: Option<PrometheusHandle>,
+    native: Vec<Arc<dyn Policy>>,
+}
+
+impl GatewayBuilder {
+    /// Serve agents on this socket, bound by the caller (a port chosen by
+    /// the application, socket activation); `listener.endpoint` is then
+    /// unused. `listener.tls` still applies.
+    pub fn listener(mut self, listener: TcpListener) -> Self {
+        self.listener = Some(listener);
+        self
+    }
+
+    /// The installed Prometheus recorder's handle: `/metrics` and the health
+    /// endpoints are served when it and `telemetry.metrics.endpoint` are set.
+    pub fn metrics(mut self, handle: PrometheusHandle) -> Self {
+        self.metrics = Some(handle);
+        self
+    }
+
+    /// Adds a native policy. Native policies head the chain, in the order
+    /// added, before the Wasm policies of `policies.directory`; they stay
+    /// through every Wasm reload, under the same containment (circuit
+    /// breaker, answer caps, `policies.concurrency` gate).
+    /// `policies.required` still asks for a Wasm policy: natives do not
+    /// count.
+    pub fn policy(mut self, policy: Arc<dyn Policy>) -> Self {
+        self.native.push(policy);
+        self
+    }
+
+    /// Starts the gateway; stop it with [`Gateway::shutdown`].
+    pub async fn start(self) -> Result<Gateway, GatewayError> {
+        Gateway::start_parts(&self.config, self.metrics, self.listener, self.native).await
+    }
+
+    /// Starts the gateway, serves until `shutdown` resolves, then shuts down
+    /// gracefully (drain delay included) and returns once that is done.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), GatewayError> {
+        let gateway = self.start().await?;
+        shutdown.await;
+        gateway.shutdown().await;
+        Ok(())
+    }
+}
+
 impl Gateway {
+    /// A gateway configured in code ([`Config::new`] gives every default):
+    ///
+    /// ```no_run
+    /// # async fn f(policy: std::sync::Arc<dyn opamp_gateway::policy::Policy>) -> Result<(), opamp_gateway::GatewayError> {
+    /// use opamp_gateway::{config::Config, Gateway};
+    /// let listener = tokio::net::TcpListener::bind("127.0.0.1:4320").await.unwrap();
+    /// Gateway::builder(Config::new("wss://opamp.example.com/v1/opamp"))
+    ///     .listener(listener)
+    ///     .policy(policy)
+    ///     .run(async { tokio::signal::ctrl_c().await.ok(); })
+    ///     .await
+    /// # }
+    /// ```
+    pub fn builder(config: Config) -> GatewayBuilder {
+        GatewayBuilder { config, listener: None, metrics: None, native: Vec::new() }
+    }
+
     /// Starts everything. `metrics` is the installed Prometheus recorder's
     /// handle; `/metrics` is served only when it and an endpoint are given.
     pub async fn start(config: &Config, metrics: Option<PrometheusHandle>) -> Result<Self, GatewayError> {
+        Self::start_parts(config, metrics, None, Vec::new()).await
+    }
+
+    async fn start_parts(
+        config: &Config,
+        metrics: Option<PrometheusHandle>,
+        tcp: Option<TcpListener>,
+        native: Vec<Arc<dyn Policy>>,
+    ) -> Result<Self, GatewayError> {
         config.check()?;
         let (to_server, to_agent) =
             (config.server.max_message_size.as_usize(), config.listener.max_message_size.as_usize());
-        let policies = PolicyRuntime::start(&config.policies.for_relay(to_server, to_agent))?;
+        let policies = PolicyRuntime::start_with(&config.policies.for_relay(to_server, to_agent), native)?;
         let dialer = Arc::new(Dialer::from_config(config)?);
         let (links, receivers) = Links::new(config.server.connections, config.server.queue_size);
         let relay = Arc::new(Relay::new(
@@ -81,14 +168,16 @@ impl Gateway {
         // so a failed start (a port in use, say) leaves nothing running.
         let links_shutdown = CancellationToken::new();
         let agents_shutdown = CancellationToken::new();
+        let draining = CancellationToken::new();
         let l = &config.listener;
-        let listener = downstream::bind(
-            &config.listener_endpoint()?,
-            &config.field_path("listener.endpoint"),
-            l.tls.as_ref(),
-            downstream::listener::ListenerLimits::from_config(l),
-        )
-        .await?;
+        let limits = downstream::listener::ListenerLimits::from_config(l);
+        let listener = match tcp {
+            Some(tcp) => downstream::listener::from_tcp(tcp, l.tls.as_ref(), limits)?,
+            None => {
+                let field = config.field_path("listener.endpoint");
+                downstream::bind(&config.listener_endpoint()?, &field, l.tls.as_ref(), limits).await?
+            }
+        };
         let listen_addr = listener.local_addr();
         let tls = listener.is_tls();
         let ds = Arc::new(Downstream::new(
@@ -117,8 +206,15 @@ impl Gateway {
                 let addr: SocketAddr = ep.parse().map_err(|_| {
                     ConfigError::field("telemetry.metrics.endpoint", format!("expected host:port, got {ep:?}"))
                 })?;
-                let (local, _task) =
-                    telemetry::serve(addr, handle, links.clone(), policies.health(), links_shutdown.clone()).await?;
+                let (local, _task) = admin::serve(
+                    addr,
+                    handle,
+                    links.clone(),
+                    policies.health(),
+                    draining.clone(),
+                    links_shutdown.clone(),
+                )
+                .await?;
                 Some(local)
             }
             _ => None,
@@ -150,6 +246,8 @@ impl Gateway {
             tls,
             relay,
             downstream: ds,
+            draining,
+            drain_delay: l.drain_delay,
             agents_shutdown,
             links_shutdown,
             link_tasks,
@@ -202,8 +300,27 @@ impl Gateway {
         tokio::time::timeout(timeout, wait).await.is_ok()
     }
 
+    /// True once shutdown has begun (`/readyz` is 503).
+    pub fn is_draining(&self) -> bool {
+        self.draining.is_cancelled()
+    }
+
     /// Graceful shutdown; see the module docs for the order.
     pub async fn shutdown(self) {
+        self.shutdown_with(std::future::pending()).await
+    }
+
+    /// As [`shutdown`](Self::shutdown), but `cut_delay` resolving ends the
+    /// `listener.drain_delay` early (the binary: a second SIGTERM or Ctrl-C).
+    pub async fn shutdown_with(self, cut_delay: impl Future<Output = ()>) {
+        self.draining.cancel();
+        if !self.drain_delay.is_zero() {
+            tracing::info!(drain_delay = ?self.drain_delay, "shutting down: not ready; still accepting agents");
+            tokio::select! {
+                _ = tokio::time::sleep(self.drain_delay) => {}
+                _ = cut_delay => tracing::info!("drain delay cut short"),
+            }
+        }
         tracing::info!("shutting down: closing agents");
         self.agents_shutdown.cancel();
         // The listening socket is closed once this task ends (so a restart

@@ -12,21 +12,37 @@
 //!   least-connections choice, the uid → agent routing table, pending connect
 //!   handshakes. Testable without sockets.
 //! - The edges, where I/O happens:
-//!   - [`downstream`] — the agent-facing listener (WebSocket upgrade, TLS) and
-//!     one task per agent session.
+//!   - [`downstream`] — the agent-facing listener (TLS, limits), the request
+//!     router, the WebSocket upgrade and one task per agent session, and the
+//!     plain-HTTP transport.
 //!   - [`upstream`] — the link pool: dial, reconnect with jittered backoff,
 //!     batched writes, routing of server replies.
-//!   - [`telemetry`] — Prometheus metrics and the health endpoint.
 //!
-//! Around them: [`config`] (the YAML file, `${env:VAR}` expansion, validation
-//! with field paths), [`policy`] (the hook trait and its default behaviour;
-//! the Wasm host implements the same trait), [`tls`], [`gateway`] (wires it all
-//! together and owns shutdown) and `sim` (a reference upstream server and an
-//! agent simulator used by the demo, the tests and the benchmarks; behind the
-//! `sim` cargo feature, on by default).
+//! Around them:
+//! - [`telemetry`] — a leaf: metric names, the otelcol naming and the
+//!   Prometheus recorder. Every layer records into it; it imports nothing of
+//!   the crate.
+//! - [`policy`] — the hook trait and its default behaviour; the Wasm host
+//!   implements the same trait. Below [`relay`], above [`protocol`].
+//! - [`config`] — the YAML file, `${env:VAR}` expansion, validation with
+//!   field paths. Reads the policy section's and telemetry's types; [`tls`],
+//!   [`upstream`] and [`downstream`] read it.
+//! - [`tls`] — rustls configurations and [`tls::BoxedIo`], the plain-or-TLS
+//!   stream both edges carry.
+//! - [`admin`] — the admin HTTP server (`/metrics`, health endpoints): it
+//!   reads the relay's links and the policies' health, so it sits on top,
+//!   beside [`gateway`] (wires it all together and owns shutdown).
+//! - `sim` — a reference upstream server and an agent simulator used by the
+//!   demo, the tests and the benchmarks; behind the `sim` cargo feature, on
+//!   by default.
+//!
+//! No cycles among these modules. Bottom up, each uses only what comes
+//! before it: `telemetry`, `protocol` → `policy` → `relay` → `config` →
+//! `tls` → `upstream`, `downstream` → `admin`, `gateway`.
 
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod config;
 pub mod downstream;
 pub mod gateway;

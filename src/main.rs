@@ -155,8 +155,34 @@ async fn run(path: Option<PathBuf>) -> anyhow::Result<()> {
     println!("ready listener={} metrics={metrics}", gateway.listen_addr());
     std::io::stdout().flush().ok();
     serve_until_signal(&gateway).await?;
-    gateway.shutdown().await;
+    // `/readyz` is 503 from here; agents are still accepted for
+    // `listener.drain_delay`, unless a second signal asks to hurry.
+    gateway.shutdown_with(stop_signal()).await;
     Ok(())
+}
+
+/// The next SIGTERM or Ctrl-C (never, if neither can be waited for). The
+/// SIGTERM stream is made now, so a signal sent once shutdown has begun is
+/// not missed.
+#[cfg(unix)]
+fn stop_signal() -> impl std::future::Future<Output = ()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let term = signal(SignalKind::terminate());
+    async move {
+        let Ok(mut term) = term else { return std::future::pending().await };
+        tokio::select! {
+            _ = term.recv() => {}
+            r = tokio::signal::ctrl_c() => if r.is_err() { std::future::pending::<()>().await },
+        }
+    }
+}
+
+/// The next Ctrl-C (never, if it cannot be waited for).
+#[cfg(windows)]
+async fn stop_signal() {
+    if tokio::signal::ctrl_c().await.is_err() {
+        std::future::pending::<()>().await
+    }
 }
 
 /// Runs until SIGTERM or Ctrl-C; SIGHUP reloads the policies folder now

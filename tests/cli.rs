@@ -6,8 +6,7 @@ use std::time::Duration;
 
 use opamp_gateway::sim::agent::{AgentOptions, SimAgent};
 use opamp_gateway::sim::server::{ReferenceServer, ReferenceServerConfig};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
 const T: Duration = Duration::from_secs(10);
@@ -74,12 +73,7 @@ impl GatewayProcess {
     }
 
     async fn get(&self, path: &str) -> (u16, String) {
-        let mut s = TcpStream::connect(self.metrics).await.unwrap();
-        s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes()).await.unwrap();
-        let mut buf = String::new();
-        s.read_to_string(&mut buf).await.unwrap();
-        let status = buf.split_whitespace().nth(1).unwrap().parse().unwrap();
-        (status, buf.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default())
+        opamp_gateway::sim::http_get(self.metrics, path).await.expect("admin server answers")
     }
 
     async fn metrics(&self) -> String {
@@ -173,4 +167,51 @@ async fn metrics_then_graceful_sigterm() {
         tokio::time::timeout(Duration::from_secs(15), gw.child.wait()).await.expect("exits in bounded time").unwrap();
     assert!(status.success(), "exit status {status}");
     server.wait_until(T, |s| s.open_connections == 0).await.expect("links closed");
+}
+
+/// Issue 9.5: SIGTERM turns `/readyz` 503 at once while agents are still
+/// accepted for `listener.drain_delay`; a second SIGTERM cuts the delay
+/// short and the gateway drains and exits as usual.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_fails_readiness_then_drains_after_the_delay() {
+    let server = ReferenceServer::start(ReferenceServerConfig::default()).await.unwrap();
+    let gw = GatewayProcess::spawn(&format!(
+        "server:\n  endpoint: {}\nlistener:\n  endpoint: 127.0.0.1:0\n  drain_delay: 1h\ntelemetry:\n  metrics:\n    endpoint: 127.0.0.1:0\npolicies:\n  directory: /nonexistent/policies\n",
+        server.url()
+    ))
+    .await;
+    // Readiness is the signal polled here (bounded).
+    let poll = |want: u16| {
+        let gw = &gw;
+        async move {
+            let deadline = tokio::time::Instant::now() + T;
+            loop {
+                let (code, body) = gw.get("/readyz").await;
+                if code == want {
+                    return body;
+                }
+                assert!(tokio::time::Instant::now() < deadline, "/readyz never {want}: {body}");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    poll(200).await;
+    let mut before = SimAgent::connect(AgentOptions::new(gw.agent_url())).await.unwrap();
+    round_trip(&mut before).await;
+
+    let pid = gw.child.id().unwrap().to_string();
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().await.unwrap().success());
+    assert!(poll(503).await.starts_with("draining"));
+    assert_eq!(gw.get("/livez").await.0, 200);
+    let mut during = SimAgent::connect(AgentOptions::new(gw.agent_url())).await.unwrap();
+    round_trip(&mut during).await;
+
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().await.unwrap().success());
+    for mut a in [before, during] {
+        assert_eq!(a.recv_close(T).await.unwrap().code, Some(1001));
+    }
+    let mut gw = gw;
+    let status =
+        tokio::time::timeout(Duration::from_secs(15), gw.child.wait()).await.expect("exits in bounded time").unwrap();
+    assert!(status.success(), "exit status {status}");
 }

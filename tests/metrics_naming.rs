@@ -8,8 +8,7 @@ use std::time::Duration;
 
 use opamp_gateway::sim::agent::{AgentOptions, SimAgent};
 use opamp_gateway::sim::server::{ReferenceServer, ReferenceServerConfig};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
 const T: Duration = Duration::from_secs(10);
@@ -93,11 +92,7 @@ async fn run_with(naming: Option<&str>) -> (Running, String) {
 }
 
 async fn get(addr: SocketAddr, path: &str) -> String {
-    let mut s = TcpStream::connect(addr).await.unwrap();
-    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes()).await.unwrap();
-    let mut buf = String::new();
-    s.read_to_string(&mut buf).await.unwrap();
-    buf.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default()
+    opamp_gateway::sim::http_get(addr, path).await.expect("admin server answers").1
 }
 
 /// The value of the first sample of `name` carrying all `labels`.

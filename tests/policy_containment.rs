@@ -31,7 +31,6 @@ use opamp_gateway::sim::server::{ReferenceServer, ReferenceServerConfig};
 use opamp_gateway::Gateway;
 use parking_lot::Mutex;
 use policy_support::{applied, install, wait_for};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const T: Duration = Duration::from_secs(20);
 
@@ -84,14 +83,9 @@ async fn start(server: &ReferenceServer, dir: &Path, tune: impl FnOnce(&mut Conf
     g
 }
 
-/// `GET path` on the metrics server: (status, body).
+/// `GET path` on the admin server: (status, body).
 async fn get(addr: SocketAddr, path: &str) -> (u16, String) {
-    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    tcp.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes()).await.unwrap();
-    let mut raw = String::new();
-    tcp.read_to_string(&mut raw).await.unwrap();
-    let status = raw.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
-    (status, raw.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default())
+    opamp_gateway::sim::http_get(addr, path).await.expect("admin server answers")
 }
 
 /// The value of `name{...policy="<policy>"...}` (summed over other labels).

@@ -235,21 +235,26 @@ fn compiled_components_are_cached_on_disk() {
     assert_eq!(walk(cache.path()), files, "a restart reuses the cache entry");
 }
 
-/// Compiled entries in a wasmtime cache directory. Its `.stats` usage files
-/// are written by a background worker at its own pace, so they are not
-/// counted: they say nothing about whether a compile was reused.
+/// Compiled entries in a wasmtime cache directory. Its background worker's
+/// bookkeeping (`.stats` usage files, `*.wip-*` task locks such as the
+/// cleanup task's) is written at the worker's own pace, so it is not
+/// counted: it says nothing about whether a compile was reused.
 fn walk(p: &std::path::Path) -> usize {
     std::fs::read_dir(p)
         .map(|rd| {
             rd.flatten()
                 .map(|e| match e.path() {
                     d if d.is_dir() => walk(&d),
-                    f if f.extension().is_some_and(|x| x == "stats") => 0,
+                    f if bookkeeping(&f) => 0,
                     _ => 1,
                 })
                 .sum()
         })
         .unwrap_or(0)
+}
+
+fn bookkeeping(f: &std::path::Path) -> bool {
+    f.extension().and_then(|x| x.to_str()).is_some_and(|x| x == "stats" || x.starts_with("wip-"))
 }
 
 fn sha256_hex(bytes: &[u8]) -> String {

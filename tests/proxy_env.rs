@@ -10,8 +10,7 @@ use std::time::Duration;
 
 use opamp_gateway::sim::proxy::{ConnectProxy, ConnectProxyConfig};
 use opamp_gateway::sim::server::{ReferenceServer, ReferenceServerConfig};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
 /// Generous: these wait on a whole process starting and dialing.
@@ -51,11 +50,7 @@ impl GatewayProcess {
     }
 
     async fn get(&self, path: &str) -> String {
-        let mut s = TcpStream::connect(self.metrics).await.unwrap();
-        s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes()).await.unwrap();
-        let mut buf = String::new();
-        s.read_to_string(&mut buf).await.unwrap();
-        buf.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default()
+        opamp_gateway::sim::http_get(self.metrics, path).await.expect("admin server answers").1
     }
 
     /// Polls `path` (the process has no other signal) until `done` holds.

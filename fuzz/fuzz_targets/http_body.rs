@@ -21,7 +21,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use libfuzzer_sys::fuzz_target;
-use opamp_gateway::downstream::upgrade;
+use opamp_gateway::downstream::router;
 use opamp_gateway_fuzz::{runtime, Core};
 
 fn request(flags: u8, body: &[u8]) -> Request<Full<Bytes>> {
@@ -55,7 +55,7 @@ async fn run(flags: u8, body: &[u8]) {
     let remote: SocketAddr = "192.0.2.1:4000".parse().expect("address");
     let service = service_fn(move |req| {
         let ds = ds.clone();
-        async move { Ok::<_, Infallible>(upgrade::handle(ds, req, remote).await) }
+        async move { Ok::<_, Infallible>(router::handle(ds, req, remote).await) }
     });
     let conn = tokio::spawn(hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(server), service));
     let (mut sender, client_conn) =

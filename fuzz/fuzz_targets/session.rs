@@ -14,7 +14,7 @@
 #![no_main]
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
@@ -23,6 +23,7 @@ use opamp_gateway::policy::Transport;
 use opamp_gateway::relay::{Admission, AdmitRequest, Credential, Identity, Role};
 use opamp_gateway_fuzz::{runtime, Core, MAX_MESSAGE};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::protocol::{Role as WsRole, WebSocketConfig};
 use tokio_tungstenite::WebSocketStream;
 

@@ -2,7 +2,7 @@
 //! gateway core (one upstream link, answered by a fake server).
 
 use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use opamp_gateway::downstream::http::HttpSettings;
 use opamp_gateway::downstream::trust::GatewayTrust;
@@ -13,6 +13,7 @@ use opamp_gateway::protocol::AgentFrame;
 use opamp_gateway::relay::{Link, LinkLease, Links, Relay, RelaySettings};
 use tokio::runtime::Runtime;
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 /// The message size limit in the harness: small, so the limits are reached.

@@ -12,11 +12,13 @@ mod collector;
 mod env;
 mod listen;
 mod model;
+pub(crate) mod proxy_url;
 mod size;
 
 pub use env::expand_env;
 pub use listen::{default_max_connections, open_file_limit, ListenEndpoint, ListenHost};
 pub use model::*;
+pub use proxy_url::{ProxyScheme, ProxyUrl};
 pub use size::ByteSize;
 
 use std::path::Path;

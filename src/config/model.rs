@@ -29,6 +29,20 @@ pub struct Config {
     pub key_prefix: String,
 }
 
+impl Config {
+    /// Every default, upstream at `server_endpoint`: for a gateway built in
+    /// code ([`crate::Gateway::builder`]).
+    pub fn new(server_endpoint: impl Into<String>) -> Self {
+        Self {
+            server: ServerConfig { endpoint: server_endpoint.into(), ..ServerConfig::default() },
+            listener: ListenerConfig::default(),
+            telemetry: TelemetryConfig::default(),
+            policies: PoliciesConfig::default(),
+            key_prefix: String::new(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServerConfig {
@@ -216,6 +230,11 @@ pub struct ListenerConfig {
     /// and HTTP polls in flight to be answered, before exiting.
     #[serde(with = "humantime_serde")]
     pub shutdown_timeout: Duration,
+    /// On SIGTERM, how long the listener keeps accepting agents after
+    /// `/readyz` turns 503 (so load balancers stop sending new ones) before
+    /// the drain starts. 0: drain at once.
+    #[serde(with = "humantime_serde")]
+    pub drain_delay: Duration,
     /// Agents that poll with plain HTTP `POST`s.
     pub http: HttpTransportConfig,
     /// Connections allowed to act as a gateway below this one (several uids,
@@ -350,6 +369,7 @@ impl Default for ListenerConfig {
             max_connections: super::default_max_connections(),
             max_handshaking_per_source: 1024,
             shutdown_timeout: Duration::from_secs(10),
+            drain_delay: Duration::ZERO,
             http: HttpTransportConfig::default(),
             downstream_gateways: DownstreamGatewaysConfig::default(),
             credential_headers: crate::relay::identity::CREDENTIAL_HEADERS.iter().map(|s| s.to_string()).collect(),
@@ -582,16 +602,9 @@ impl Config {
             tls.validate()?;
         }
         if let Some(p) = s.proxy_url.as_deref().filter(|p| !p.is_empty()) {
-            crate::upstream::proxy::ProxyUrl::parse(p).map_err(|m| ConfigError::field("server.proxy_url", m))?;
+            super::ProxyUrl::parse(p).map_err(|m| ConfigError::field("server.proxy_url", m))?;
         }
-        for (name, values) in &s.headers {
-            if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
-                return Err(ConfigError::field(format!("server.headers.{name}"), "not a valid HTTP header name"));
-            }
-            if values.iter().any(|v| http::HeaderValue::from_str(v).is_err()) {
-                return Err(ConfigError::field(format!("server.headers.{name}"), "value must be visible ASCII text"));
-            }
-        }
+        self.server_headers()?;
         let l = &self.listener;
         self.listener_endpoint()?;
         for (d, field) in [
@@ -682,6 +695,22 @@ impl Config {
                 format!("expected a ws:// or wss:// URL with a host, got {e:?}"),
             )),
         }
+    }
+
+    /// `server.headers`, parsed: one pair per value, in config order.
+    pub fn server_headers(&self) -> Result<Vec<(http::HeaderName, http::HeaderValue)>, ConfigError> {
+        let mut out = Vec::new();
+        for (name, values) in &self.server.headers {
+            let field = || format!("server.headers.{name}");
+            let parsed = http::HeaderName::from_bytes(name.as_bytes())
+                .map_err(|_| ConfigError::field(field(), "not a valid HTTP header name"))?;
+            for v in values.iter() {
+                let v = http::HeaderValue::from_str(v)
+                    .map_err(|_| ConfigError::field(field(), "value must be visible ASCII text"))?;
+                out.push((parsed.clone(), v));
+            }
+        }
+        Ok(out)
     }
 
     /// `listener.endpoint`, parsed; a host name is resolved when binding.

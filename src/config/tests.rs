@@ -227,3 +227,30 @@ fn boundary_settings_defaults_alias_and_checks() {
         assert!(e.starts_with(&format!("listener.{key}:")), "{key}: {e}");
     }
 }
+
+#[test]
+fn naming_is_a_config_key() {
+    use crate::telemetry::MetricNaming;
+    let base = "server:\n  endpoint: ws://h/v1/opamp\ntelemetry:\n  metrics:\n";
+    let naming = |yaml: &str| Config::from_yaml(&format!("{base}{yaml}")).map(|c| c.telemetry.metrics.naming);
+    assert_eq!(naming("    endpoint: 127.0.0.1:0\n").unwrap(), MetricNaming::Opampgateway);
+    assert_eq!(naming("    naming: otelcol\n").unwrap(), MetricNaming::Otelcol);
+    let err = naming("    naming: prometheus\n").unwrap_err().to_string();
+    assert!(err.contains("telemetry.metrics.naming") && err.contains("otelcol"), "{err}");
+}
+
+#[test]
+fn server_headers_are_checked_once_and_parsed_in_order() {
+    let c = Config::from_yaml("server:\n  endpoint: ws://h/x\n  headers:\n    X-Multi: [a, b]\n    Authorization: k\n")
+        .unwrap();
+    let pairs: Vec<(String, String)> =
+        c.server_headers().unwrap().into_iter().map(|(n, v)| (n.to_string(), v.to_str().unwrap().to_owned())).collect();
+    assert_eq!(pairs.len(), 3);
+    assert!(pairs.contains(&("x-multi".into(), "a".into())) && pairs.contains(&("authorization".into(), "k".into())));
+    let multi: Vec<&str> = pairs.iter().filter(|(n, _)| n == "x-multi").map(|(_, v)| v.as_str()).collect();
+    assert_eq!(multi, ["a", "b"], "a list keeps its order");
+    let e = err("server:\n  endpoint: ws://h/x\n  headers:\n    \"bad name\": v\n");
+    assert!(e.starts_with("server.headers.bad name:") && e.contains("not a valid HTTP header name"), "{e}");
+    let e = err("server:\n  endpoint: ws://h/x\n  headers:\n    X-A: \"new\\nline\"\n");
+    assert!(e.starts_with("server.headers.X-A:") && e.contains("visible ASCII"), "{e}");
+}

@@ -19,7 +19,7 @@ use std::collections::HashMap;
 use std::io::Read;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use flate2::read::GzDecoder;
@@ -30,10 +30,12 @@ use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use parking_lot::Mutex;
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 
+use super::headers::{forwarded_headers, list_elements};
+use super::respond::{plain, refuse, Body};
 use super::trust::PeerCertificate;
 use super::uid_guard::Refusal;
-use super::upgrade::{forwarded_headers, plain, refuse, Body};
 use super::{pipeline, Downstream};
 use crate::policy::Transport;
 use crate::protocol::{compose, framing, handshake, AgentFrame, InstanceUid};
@@ -350,7 +352,7 @@ impl HttpAgent {
 /// The first deliverable server message within `response_wait`, or an empty
 /// reply naming the agent.
 async fn next_reply(ds: &Downstream, agent: &HttpAgent) -> Bytes {
-    let deadline = tokio::time::Instant::now() + ds.settings.http.response_wait;
+    let deadline = Instant::now() + ds.settings.http.response_wait;
     let mut inbox = agent.inbox.lock().await;
     loop {
         let msg = match tokio::time::timeout_at(deadline, inbox.recv()).await {
@@ -463,12 +465,9 @@ fn refused(reason: &'static str, status: StatusCode, text: impl Into<String>) ->
     plain(status, text)
 }
 
+/// Whether a `name` list names `token`, parameters (`;q=..`) ignored.
 fn header_has<B>(req: &Request<B>, name: http::HeaderName, token: &str) -> bool {
-    req.headers()
-        .get_all(name)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
+    list_elements(req.headers(), name)
         .any(|t| t.split(';').next().unwrap_or_default().trim().eq_ignore_ascii_case(token))
 }
 

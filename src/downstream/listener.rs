@@ -5,7 +5,6 @@
 
 mod conn;
 mod limits;
-pub(crate) mod log_every;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
@@ -18,8 +17,7 @@ use tokio_rustls::TlsAcceptor;
 use super::trust::PeerCertificate;
 use super::Downstream;
 use crate::config::{ListenEndpoint, ListenHost, ListenerConfig, ServerTlsConfig};
-use crate::tls::{self, TlsError};
-use crate::upstream::dial::BoxedIo;
+use crate::tls::{self, BoxedIo, TlsError};
 use limits::{Limits, Refusal};
 
 #[derive(Debug, thiserror::Error)]
@@ -94,6 +92,17 @@ pub async fn bind(
         }
     }
     Err(last.expect("at least one candidate address"))
+}
+
+/// Serves a socket the caller bound (an embedding application, socket
+/// activation): `listener.endpoint` is not used.
+pub fn from_tcp(
+    tcp: TcpListener,
+    tls: Option<&ServerTlsConfig>,
+    settings: ListenerLimits,
+) -> Result<Listener, ListenerError> {
+    let tls = tls.map(tls::server_config).transpose()?.map(TlsAcceptor::from);
+    Ok(Listener { tcp, tls, settings })
 }
 
 /// A listening socket; the IPv6 wildcard also takes IPv4 (as Go's does).

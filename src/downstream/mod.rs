@@ -1,22 +1,32 @@
 //! The agent-facing edge.
 //!
 //! - [`listener`]: accepts TCP (and TLS), serves HTTP/1.1 with hyper.
-//! - [`upgrade`]: one HTTP request → the connect handshake → a WebSocket
-//!   upgrade, or the status the server (or our limits) chose.
+//! - [`router`]: one HTTP request → the WebSocket upgrade, a plain-HTTP
+//!   poll, or an answer of its own (wrong path or method).
+//! - [`websocket`]: the connect handshake → a WebSocket upgrade, or the
+//!   status the server (or our limits) chose; then the session task.
 //! - [`session`]: one task per connected WebSocket agent.
 //! - [`http`]: agents that poll with plain HTTP `POST`s.
+//! - [`respond`]: response builders both transports share (text answers,
+//!   refusals).
+//! - [`headers`]: which request headers are forwarded to the server.
+//! - `log_every`: at most one log line per kind of refusal per interval.
 //! - [`pipeline`]: the per-message steps both transports share.
 //! - [`trust`]: who a connection is (credential digest, trusted downstream
 //!   gateway or ordinary agent).
 //! - [`uid_guard`]: the one-uid-per-agent rule, applied to every message.
 
+pub mod headers;
 pub mod http;
 pub mod listener;
+pub(crate) mod log_every;
 pub mod pipeline;
+pub mod respond;
+pub mod router;
 pub mod session;
 pub mod trust;
 pub mod uid_guard;
-pub mod upgrade;
+pub mod websocket;
 
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;

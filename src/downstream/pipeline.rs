@@ -9,9 +9,9 @@
 //! [`Gate`]: crate::policy::gate::Gate
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use bytes::Bytes;
+use tokio::time::Instant;
 
 use crate::policy::{Direction, FilterOutcome};
 use crate::protocol::wire::{self, Wire};
@@ -34,11 +34,28 @@ pub async fn upstream_frame(
         return Ok(Some(original()));
     }
     let uid = parsed.uid.as_deref().unwrap_or_default();
-    match relay.policies.filter(&set, Direction::AgentToServer, uid, parsed.payload.clone()).await {
-        FilterOutcome::Forward(p) if p == parsed.payload => Ok(Some(original())),
+    let outcome = relay.policies.filter(&set, Direction::AgentToServer, uid, parsed.payload.clone()).await;
+    judged(outcome, Direction::AgentToServer, &parsed.payload, original)
+}
+
+/// The frame a filter phase's outcome leaves to forward: `unchanged` when
+/// the policies gave `payload` back as it was, a new frame around what they
+/// replaced it with, `None` (counted) when one dropped it.
+fn judged(
+    outcome: FilterOutcome,
+    direction: Direction,
+    payload: &Bytes,
+    unchanged: impl FnOnce() -> Bytes,
+) -> Result<Option<Bytes>, CloseReason> {
+    match outcome {
+        FilterOutcome::Forward(p) if p == payload => Ok(Some(unchanged())),
         FilterOutcome::Forward(p) => Ok(Some(framing::frame(&p))),
         FilterOutcome::Drop => {
-            metrics::counter!(m::MESSAGES_DROPPED, "direction" => m::UPSTREAM, "reason" => "policy").increment(1);
+            let label = match direction {
+                Direction::AgentToServer => m::UPSTREAM,
+                Direction::ServerToAgent => m::DOWNSTREAM,
+            };
+            metrics::counter!(m::MESSAGES_DROPPED, "direction" => label, "reason" => "policy").increment(1);
             Ok(None)
         }
         FilterOutcome::Close => Err(CloseReason::Policy),
@@ -105,15 +122,8 @@ pub async fn downstream_frame(relay: &Relay, agent: &AgentShared, msg: &Inbound)
         Some(Wire::Bytes(u)) => u,
         _ => &[],
     };
-    match relay.policies.filter(&set, Direction::ServerToAgent, uid, payload.clone()).await {
-        FilterOutcome::Forward(p) if p == payload => Ok(Some(frame)),
-        FilterOutcome::Forward(p) => Ok(Some(framing::frame(&p))),
-        FilterOutcome::Drop => {
-            metrics::counter!(m::MESSAGES_DROPPED, "direction" => m::DOWNSTREAM, "reason" => "policy").increment(1);
-            Ok(None)
-        }
-        FilterOutcome::Close => Err(CloseReason::Policy),
-    }
+    let outcome = relay.policies.filter(&set, Direction::ServerToAgent, uid, payload.clone()).await;
+    judged(outcome, Direction::ServerToAgent, &payload, || frame)
 }
 
 /// How long the gateway's goodbye on an agent's behalf may wait for room.

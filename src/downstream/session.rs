@@ -6,12 +6,12 @@
 //! Nothing else writes to the socket, so there are no locks on the hot path.
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError, ProtocolError};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
@@ -105,7 +105,7 @@ impl Session {
 
     async fn pump<S: AgentIo>(&mut self, ws: &mut WebSocketStream<S>) -> CloseReason {
         let keepalive = self.ds.settings.keepalive;
-        let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + keepalive, keepalive);
+        let mut ping = tokio::time::interval_at(Instant::now() + keepalive, keepalive);
         let shutdown = self.ds.shutdown.clone();
         let agent = self.agent.clone();
         loop {
@@ -272,7 +272,7 @@ impl Session {
         let failover = async {
             // All links down at once (a server restart): wait a bounded time
             // for one to return rather than disconnecting the whole fleet.
-            let deadline = tokio::time::Instant::now() + relay.settings.failover_wait;
+            let deadline = Instant::now() + relay.settings.failover_wait;
             loop {
                 // Subscribed before the attempt, so a link that comes up
                 // during it still counts as a reason to try again.

@@ -18,9 +18,10 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use parking_lot::Mutex;
+use tokio::time::Instant;
 
 use super::config::{BreakerConfig, MIN_CALLS};
 use crate::telemetry::metrics as m;
@@ -30,7 +31,8 @@ pub trait Clock: Send + Sync {
     fn now(&self) -> Instant;
 }
 
-/// `Instant::now()`.
+/// tokio's `Instant::now()`: paused time in tests; outside a runtime (policy
+/// threads), the system clock.
 pub struct SystemClock;
 
 impl Clock for SystemClock {
@@ -279,6 +281,16 @@ pub(crate) mod tests {
         let a = b.admit();
         b.record(a, ok);
         a
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_system_clock_is_tokios() {
+        let b = Breaker::new("p".into(), cfg(1, 0.0), Arc::new(SystemClock));
+        call(&b, false);
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert_eq!(b.admit(), Admit::Trial, "the backoff passed on the paused clock");
+        // Policy calls also run on threads outside any runtime.
+        std::thread::spawn(|| SystemClock.now()).join().expect("a clock outside the runtime");
     }
 
     #[test]

@@ -12,8 +12,15 @@
 //! `opampgateway_policy_reloads_total{outcome}`; the loaded set is exported
 //! as `opampgateway_policy_loaded{policy,digest} 1`.
 //!
-//! Built without the `wasm` feature, the runtime serves the empty set and
-//! refuses a directory that holds `.wasm` files (it could not run them).
+//! Native policies given to [`PolicyRuntime::start_with`] (compiled into an
+//! embedding application) head the chain, before the directory's: the
+//! application's own rules come first, and the operator's hot-reloaded Wasm
+//! sees their output. Every set a reload builds keeps them, as the same
+//! objects, so their breakers carry over too.
+//!
+//! Built without the `wasm` feature, the runtime serves the native policies
+//! alone and refuses a directory that holds `.wasm` files (it could not run
+//! them).
 
 #[cfg(feature = "wasm")]
 use parking_lot::Mutex;
@@ -28,7 +35,6 @@ use super::set::{Containment, Policies, PolicySet};
 use super::wasm::PolicyError;
 #[cfg(feature = "wasm")]
 use super::wasm::{hook_list, DirWatcher, Loader, PolicyEngine, WasmPolicy};
-#[cfg(feature = "wasm")]
 use super::Policy;
 use super::{FailureMode, Hooks, PoliciesConfig};
 use crate::telemetry::metrics as m;
@@ -86,6 +92,9 @@ pub struct ReloadStatus {
 
 struct Shared {
     policies: Arc<Policies>,
+    /// Head of every set, reloads included.
+    #[cfg_attr(not(feature = "wasm"), allow(dead_code))]
+    native: Vec<Arc<dyn Policy>>,
     health: Arc<PolicyHealth>,
     #[cfg(feature = "wasm")]
     loader: Mutex<Loader>,
@@ -108,6 +117,12 @@ impl PolicyRuntime {
     /// Loads `cfg.directory` and, if `cfg.watch`, starts watching it. Fails
     /// if the engine cannot start or a policy in the directory does not load.
     pub fn start(cfg: &PoliciesConfig) -> Result<Self, PolicyError> {
+        Self::start_with(cfg, Vec::new())
+    }
+
+    /// As [`start`](Self::start), with `native` policies ahead of the
+    /// directory's in every set (see the module docs).
+    pub fn start_with(cfg: &PoliciesConfig, native: Vec<Arc<dyn Policy>>) -> Result<Self, PolicyError> {
         let engine = PolicyEngine::new(cfg)?;
         let mut loader = Loader::new(engine, cfg.clone());
         let dir = cfg.directory.clone();
@@ -118,7 +133,7 @@ impl PolicyRuntime {
             Vec::new()
         };
         let loaded: Vec<LoadedPolicy> = set.iter().map(|p| LoadedPolicy::of(p)).collect();
-        let policies = Arc::new(Policies::with_containment(to_set(&set), Containment::from_config(cfg)));
+        let policies = Arc::new(Policies::with_containment(to_set(&native, &set), Containment::from_config(cfg)));
         let health = Arc::new(PolicyHealth::new(cfg.required));
         health.set_serving(set.len());
         announce(&[], &set);
@@ -127,7 +142,7 @@ impl PolicyRuntime {
 
         let initial = ReloadStatus { generation: 0, outcome: ReloadOutcome::Applied(loaded) };
         let (tx, rx) = watch::channel(initial);
-        let shared = Arc::new(Shared { policies, health, loader: Mutex::new(loader), status: tx });
+        let shared = Arc::new(Shared { policies, native, health, loader: Mutex::new(loader), status: tx });
         let watcher = if cfg.watch {
             let s = shared.clone();
             Some(DirWatcher::start(dir, move || {
@@ -179,11 +194,20 @@ impl PolicyRuntime {
 impl PolicyRuntime {
     /// Serves the empty set; refuses a directory holding `.wasm` files.
     pub fn start(cfg: &PoliciesConfig) -> Result<Self, PolicyError> {
+        Self::start_with(cfg, Vec::new())
+    }
+
+    /// Serves `native` alone; refuses a directory holding `.wasm` files.
+    pub fn start_with(cfg: &PoliciesConfig, native: Vec<Arc<dyn Policy>>) -> Result<Self, PolicyError> {
         without_wasm(&cfg.directory)?;
         metrics::counter!(m::POLICY_RELOADS, "outcome" => "initial").increment(1);
         let (tx, rx) = watch::channel(ReloadStatus { generation: 0, outcome: ReloadOutcome::Applied(Vec::new()) });
         let shared = Shared {
-            policies: Arc::new(Policies::with_containment(PolicySet::default(), Containment::from_config(cfg))),
+            policies: Arc::new(Policies::with_containment(
+                PolicySet::new(native.clone()),
+                Containment::from_config(cfg),
+            )),
+            native,
             health: Arc::new(PolicyHealth::new(cfg.required)),
             directory: cfg.directory.clone(),
             status: tx,
@@ -256,7 +280,7 @@ impl Shared {
                 ReloadOutcome::Unchanged
             }
             Ok(set) => {
-                self.policies.replace(to_set(&set));
+                self.policies.replace(to_set(&self.native, &set));
                 self.health.set_serving(set.len());
                 announce(loader.current(), &set);
                 metrics::counter!(m::POLICY_RELOADS, "outcome" => "applied").increment(1);
@@ -288,9 +312,11 @@ impl Shared {
     }
 }
 
+/// The chain: `native` first, then the directory's policies.
 #[cfg(feature = "wasm")]
-fn to_set(set: &[Arc<WasmPolicy>]) -> PolicySet {
-    PolicySet::new(set.iter().map(|p| p.clone() as Arc<dyn Policy>).collect())
+fn to_set(native: &[Arc<dyn Policy>], set: &[Arc<WasmPolicy>]) -> PolicySet {
+    let wasm = set.iter().map(|p| p.clone() as Arc<dyn Policy>);
+    PolicySet::new(native.iter().cloned().chain(wasm).collect())
 }
 
 /// Logs the new set and moves the `loaded` gauge from `old` to `new`.

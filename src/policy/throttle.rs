@@ -5,9 +5,10 @@
 //! interval passes and reports how many were held back in the previous
 //! ones, so the caller can log one "N suppressed" summary.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use parking_lot::Mutex;
+use tokio::time::Instant;
 
 pub struct Throttle {
     limit: u32,

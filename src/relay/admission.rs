@@ -4,7 +4,8 @@
 //! moved to another one (with the same headers, so the server decides again).
 
 use std::collections::BTreeMap;
-use std::time::Instant;
+
+use tokio::time::Instant;
 
 use super::links::{LinkLease, Outbound};
 use super::pending::NoResult;
@@ -69,7 +70,7 @@ impl AdmitError {
 
 impl Relay {
     pub async fn admit(&self, req: &AdmitRequest) -> Result<Admission, AdmitError> {
-        let deadline = tokio::time::Instant::now() + self.settings.auth_timeout;
+        let deadline = Instant::now() + self.settings.auth_timeout;
         let (mut preferred, headers) = self.apply_policies(req).await?;
         // Each retry follows a link loss mid-handshake; there are at most as
         // many distinct links to try as slots.

@@ -105,7 +105,7 @@ impl Budget {
     /// Whether a refusal may be logged now; `Some(n)`: `n` were not logged
     /// since the last one.
     pub fn log_refusal(&self) -> Option<u64> {
-        self.refusals.admit(std::time::Instant::now())
+        self.refusals.admit(tokio::time::Instant::now())
     }
 
     fn permits(&self, bytes: usize) -> u32 {

@@ -1,8 +1,7 @@
 //! One message from the server: a handshake answer, or mail for an agent.
 
-use std::time::Instant;
-
 use bytes::Bytes;
+use tokio::time::Instant;
 
 use super::agent::{CloseReason, Inbound};
 use super::links::Link;

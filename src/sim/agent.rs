@@ -235,6 +235,13 @@ impl SimAgent {
 
     async fn next_message(&mut self) -> Result<Message, AgentError> {
         match self.ws.next().await {
+            Some(Ok(msg @ Message::Close(_))) => {
+                // tungstenite has queued the echo; send it now, as a real
+                // client does, rather than at the next write (which a test
+                // holding a closed agent never makes).
+                let _ = self.ws.flush().await;
+                Ok(msg)
+            }
             Some(Ok(msg)) => Ok(msg),
             Some(Err(e)) => Err(closed_or(e)),
             None => Err(AgentError::Closed { code: None, reason: "stream ended".into() }),

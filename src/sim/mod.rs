@@ -14,9 +14,11 @@
 //!   heartbeats, counted in atomics; the load generator for demo and benches.
 //! - [`proxy`]: [`ConnectProxy`], an HTTP CONNECT egress proxy (optionally
 //!   TLS, optionally demanding credentials) that records what it was asked.
+//! - [`probe`]: [`http_get`], for reading the gateway's admin endpoints.
 
 pub mod agent;
 pub mod fleet;
+pub mod probe;
 pub mod proxy;
 pub mod server;
 
@@ -25,6 +27,7 @@ mod tests;
 
 pub use agent::{AgentError, AgentOptions, SimAgent};
 pub use fleet::{Fleet, FleetConfig, FleetStats};
+pub use probe::http_get;
 pub use proxy::{ConnectProxy, ConnectProxyConfig, ConnectRecord, ProxyState};
 pub use server::{
     AgentRecord, ConnectMode, ConnectionRecord, ReferenceServer, ReferenceServerConfig, ServerState, WaitTimeout,

@@ -1,13 +1,15 @@
-//! Metrics (Prometheus text on `/metrics`) and the health endpoints.
+//! Metrics: names, naming modes and the recorder. A leaf: it depends on no
+//! other module of the crate, so every layer can record into it. The HTTP
+//! endpoints that serve them live in [`crate::admin`].
 //!
 //! - [`metrics`]: every metric name, in one place.
 //! - [`naming`]: `telemetry.metrics.naming: otelcol`, a recorder layer that
 //!   exports the reference's four instruments under the collector's names.
-//! - [`server`]: `/metrics`, `/healthz` and `/readyz`.
+//! - [`recorder`]: installs the process-wide Prometheus recorder.
 
 pub mod metrics;
 pub mod naming;
-pub mod server;
+pub mod recorder;
 
 pub use naming::MetricNaming;
-pub use server::{install_recorder, install_recorder_with, serve, TelemetryError};
+pub use recorder::{install_recorder, install_recorder_with, TelemetryError};

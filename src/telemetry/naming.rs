@@ -205,15 +205,4 @@ mod tests {
         assert_eq!(got[0].1, m::HANDSHAKES);
         assert_eq!(got[0].2, ["outcome=accepted", "status=101"]);
     }
-
-    #[test]
-    fn naming_is_a_config_key() {
-        use crate::config::Config;
-        let base = "server:\n  endpoint: ws://h/v1/opamp\ntelemetry:\n  metrics:\n";
-        let naming = |yaml: &str| Config::from_yaml(&format!("{base}{yaml}")).map(|c| c.telemetry.metrics.naming);
-        assert_eq!(naming("    endpoint: 127.0.0.1:0\n").unwrap(), MetricNaming::Opampgateway);
-        assert_eq!(naming("    naming: otelcol\n").unwrap(), MetricNaming::Otelcol);
-        let err = naming("    naming: prometheus\n").unwrap_err().to_string();
-        assert!(err.contains("telemetry.metrics.naming") && err.contains("otelcol"), "{err}");
-    }
 }

@@ -6,8 +6,11 @@
 //! CAs read from files can be reloaded (`reload_interval`,
 //! `client_ca_file_reload`): the configs returned here carry resolvers and
 //! verifiers that re-read them, so callers build a config once.
+//!
+//! [`BoxedIo`] (in `io.rs`) is the plain-or-TLS stream both edges carry.
 
 mod cert;
+mod io;
 mod pem_source;
 mod reload;
 mod roots;
@@ -25,6 +28,7 @@ use rustls::{ClientConfig, ServerConfig, SupportedProtocolVersion};
 
 use crate::config::{ClientTlsConfig, ServerTlsConfig, TlsVersion};
 use cert::CertResolver;
+pub use io::{BoxedIo, Io};
 use pem_source::PemSource;
 use reload::Reloading;
 use verify::{AcceptAnyServerCert, ReloadingClientVerifier, ReloadingServerVerifier};

@@ -4,7 +4,6 @@
 use std::time::Duration;
 
 use http::{HeaderName, HeaderValue, Uri};
-use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -13,13 +12,7 @@ use tokio_tungstenite::WebSocketStream;
 
 use super::proxy::{self, Tunnel};
 use crate::config::{Config, ConfigError, ServerConfig};
-use crate::tls::{self, TlsError};
-
-/// Any byte stream a WebSocket can run over (plain or TLS).
-pub trait Io: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
-impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Io for T {}
-
-pub type BoxedIo = Box<dyn Io>;
+use crate::tls::{self, BoxedIo, Io, TlsError};
 
 /// The header the reference adds to each upstream dial, so the server can
 /// tell a gateway's links apart.
@@ -63,16 +56,7 @@ pub enum DialerError {
 impl Dialer {
     pub fn from_config(cfg: &Config) -> Result<Self, DialerError> {
         let uri = cfg.server_uri()?;
-        let mut headers = Vec::new();
-        for (name, values) in &cfg.server.headers {
-            let name = HeaderName::from_bytes(name.as_bytes())
-                .map_err(|_| ConfigError::field(format!("server.headers.{name}"), "not a valid header name"))?;
-            for v in values.iter() {
-                let v = HeaderValue::from_str(v)
-                    .map_err(|_| ConfigError::field(format!("server.headers.{name}"), "value must be visible ASCII"))?;
-                headers.push((name.clone(), v));
-            }
-        }
+        let headers = cfg.server_headers()?;
         let tls = if uri.scheme_str() == Some("wss") {
             let host = uri.host().unwrap_or_default();
             let name = tls::server_name(host, cfg.server.tls.as_ref())?;

@@ -6,12 +6,13 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
 use tokio_tungstenite::tungstenite::protocol::frame::Frame;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
@@ -20,10 +21,11 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::CancellationToken;
 
 use super::backoff::Backoff;
-use super::dial::{BoxedIo, Dialer};
+use super::dial::Dialer;
 use crate::config::BackoffConfig;
 use crate::relay::{AgentShared, Link, Outbound, Relay};
 use crate::telemetry::metrics as m;
+use crate::tls::BoxedIo;
 
 /// Most frames written before one flush.
 const WRITE_BATCH: usize = 64;
@@ -171,7 +173,7 @@ impl LinkTask {
     {
         let keepalive = self.settings.keepalive;
         let write_timeout = self.settings.write_timeout;
-        let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + keepalive, keepalive);
+        let mut ping = tokio::time::interval_at(Instant::now() + keepalive, keepalive);
         let mut last_seen = Instant::now();
         let mut batch = Vec::with_capacity(WRITE_BATCH);
         loop {

@@ -77,6 +77,20 @@ pub async fn heartbeat(a: &mut SimAgent) {
     a.send(AgentToServer::default()).await.expect("send heartbeat");
 }
 
+/// Lets `d` pass at once on tokio's clock, which every gateway timer and
+/// timestamp reads: the timers it covers fire now, and their tasks run
+/// before this returns, while sockets keep real time. Needs a current-thread
+/// runtime. Not `start_paused`: a paused clock also jumps whenever the
+/// runtime idles, including while loopback bytes are in flight, which can
+/// fire a timeout early.
+pub async fn skip(d: Duration) {
+    tokio::time::pause();
+    tokio::time::advance(d).await;
+    // Idle once more, with the clock still held, so the woken tasks run.
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    tokio::time::resume();
+}
+
 /// For internal state that has no change signal: poll it, bounded.
 pub async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
     let deadline = tokio::time::Instant::now() + T;

@@ -10,17 +10,18 @@ use opamp_gateway::sim::agent::{AgentError, SimAgent};
 use opamp_gateway::sim::server::{ConnectMode, JsonEncoding, ReferenceServerConfig};
 use opamp_gateway::Gateway;
 
-use crate::common::{config, round_trip, Harness, T};
+use crate::common::{config, round_trip, skip, Harness, T};
 
 /// Runs `async fn $name(JsonEncoding)` as the tests `$name::rust` and `$name::go`.
 macro_rules! both_encodings {
     ($($name:ident),* $(,)?) => {$(
         mod $name {
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            // Current-thread: `skip` needs it.
+            #[tokio::test]
             async fn rust() {
                 super::$name(super::JsonEncoding::Rust).await
             }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            #[tokio::test]
             async fn go() {
                 super::$name(super::JsonEncoding::Go).await
             }
@@ -37,6 +38,17 @@ both_encodings!(
 
 fn keyed(json: JsonEncoding) -> ReferenceServerConfig {
     ReferenceServerConfig { secret_key: Some("s3cret".into()), json, ..Default::default() }
+}
+
+/// An agent's connect while the server sits on the connect request: once
+/// the server holds it, `auth_timeout` is let pass at once.
+async fn connect_past_auth_timeout(h: &Harness, auth_timeout: Duration) -> Result<SimAgent, AgentError> {
+    let asked = h.server.state().connect_requests.len();
+    let waited = async {
+        h.server.wait_until(T, |s| s.connect_requests.len() > asked).await.expect("the server is asked");
+        skip(auth_timeout).await;
+    };
+    tokio::join!(SimAgent::connect(h.agent_options()), waited).0
 }
 
 fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
@@ -96,7 +108,7 @@ async fn silent_server_means_504_after_auth_timeout(json: JsonEncoding) {
     let cfg = ReferenceServerConfig { json, ..Default::default() };
     let h = Harness::with(cfg, |c| c.server.auth_timeout = Duration::from_millis(300)).await;
     h.server.set_connect_mode(ConnectMode::Ignore);
-    match SimAgent::connect(h.agent_options()).await {
+    match connect_past_auth_timeout(&h, Duration::from_millis(300)).await {
         Err(AgentError::Rejected { status: 504, headers }) => assert!(header(&headers, "retry-after").is_some()),
         other => panic!("expected a 504, got {:?}", other.map(|_| ())),
     }
@@ -123,7 +135,7 @@ async fn unreadable_answer_means_502_at_once(json: JsonEncoding) {
 
 /// A connectResult without request uid matches no handshake: it is dropped
 /// (and logged), the agent waits out the auth timeout, the link is unharmed.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test]
 async fn answer_without_request_uid_is_dropped() {
     let h = Harness::with(ReferenceServerConfig { json: JsonEncoding::Go, ..Default::default() }, |c| {
         c.server.auth_timeout = Duration::from_millis(300)
@@ -131,7 +143,8 @@ async fn answer_without_request_uid_is_dropped() {
     .await;
     h.server
         .set_connect_mode(ConnectMode::Raw(r#"{"accept":true,"http_status_code":200,"response_headers":null}"#.into()));
-    assert!(matches!(SimAgent::connect(h.agent_options()).await, Err(AgentError::Rejected { status: 504, .. })));
+    let connect = connect_past_auth_timeout(&h, Duration::from_millis(300)).await;
+    assert!(matches!(connect, Err(AgentError::Rejected { status: 504, .. })));
     h.server.set_connect_mode(ConnectMode::Normal);
     h.agent().await;
 }

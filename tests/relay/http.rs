@@ -13,7 +13,7 @@ use opamp_gateway::sim::server::{ConnectMode, ReferenceServerConfig};
 use opamp_gateway::Gateway;
 use prost::Message;
 
-use crate::common::{config, round_trip, Harness, T};
+use crate::common::{config, round_trip, skip, Harness, T};
 
 pub(crate) struct Reply {
     status: u16,
@@ -143,9 +143,10 @@ async fn bad_requests_get_clear_4xx() {
     assert_eq!(post(addr, &[], status_msg(&[4; 16])).await.message().instance_uid[..], [4; 16]);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test]
 async fn revoked_credentials_stop_working_within_the_cache_ttl() {
-    let h = Harness::with(keyed(), |c| c.listener.http.auth_cache_ttl = Duration::from_millis(300)).await;
+    // Longer than `T`: only tokio's clock, skipped below, can expire it.
+    let h = Harness::with(keyed(), |c| c.listener.http.auth_cache_ttl = Duration::from_secs(20)).await;
     let addr = h.gateway.listen_addr();
     let uid = [0x33; 16];
     assert_eq!(post(addr, &[KEY], status_msg(&uid)).await.status, 200);
@@ -164,6 +165,7 @@ async fn revoked_credentials_stop_working_within_the_cache_ttl() {
     let mut headers = BTreeMap::new();
     headers.insert("X-Why".to_owned(), "revoked".to_owned());
     h.server.set_connect_mode(ConnectMode::Reject { status: 403, headers });
+    skip(Duration::from_secs(20)).await;
     let deadline = tokio::time::Instant::now() + T;
     let revoked = loop {
         let r = post(addr, &[KEY], status_msg(&uid)).await;
@@ -176,12 +178,14 @@ async fn revoked_credentials_stop_working_within_the_cache_ttl() {
     assert_eq!((revoked.status, &revoked.headers["x-why"]), (403, &http::HeaderValue::from_static("revoked")));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test]
 async fn idle_agents_are_reported_gone_and_goodbyes_release_at_once() {
-    let h = Harness::with(Default::default(), |c| c.listener.http.idle_timeout = Duration::from_millis(300)).await;
+    // Longer than `T`: only tokio's clock, skipped below, can reach it.
+    let h = Harness::with(Default::default(), |c| c.listener.http.idle_timeout = Duration::from_secs(20)).await;
     let addr = h.gateway.listen_addr();
     let quiet = [0x44; 16];
     assert_eq!(post(addr, &[], status_msg(&quiet)).await.status, 200);
+    skip(Duration::from_secs(25)).await; // past idle_timeout and the reaper's next tick
     h.server.wait_until(T, |s| s.agent(&quiet).is_some_and(|a| a.disconnected == 1)).await.expect("reported gone");
 
     let polite = [0x55; 16];

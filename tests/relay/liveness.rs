@@ -9,7 +9,7 @@ use opamp_gateway::sim::server::ReferenceServerConfig;
 use opamp_gateway::Gateway;
 use tokio::net::TcpListener;
 
-use crate::common::{config, eventually, round_trip, Harness, T};
+use crate::common::{config, eventually, round_trip, skip, Harness, T};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn vanished_agents_are_reported_upstream_once() {
@@ -73,13 +73,16 @@ async fn slow_agent_only_hurts_itself() {
     round_trip(&mut fast).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test]
 async fn silent_agent_is_closed_by_keepalive() {
-    let h = Harness::with(Default::default(), |c| c.listener.keepalive = Duration::from_millis(100)).await;
+    // Longer than `T`: only tokio's clock, skipped below, can reach it. The
+    // links keep 30 s: the skip stays under their 60 s of silence.
+    let h = Harness::with(Default::default(), |c| c.listener.keepalive = Duration::from_secs(20)).await;
     let mut quiet = h.agent().await;
     let relay = h.gateway.relay().clone();
     let uid = quiet.uid().as_bytes().clone();
     // Not polling the socket means not answering pings.
+    skip(Duration::from_secs(45)).await; // past two keepalive intervals
     eventually("the silent agent is detected", || relay.routes.get(&uid).is_none()).await;
     loop {
         match quiet.recv(T).await {
@@ -95,7 +98,7 @@ async fn silent_agent_is_closed_by_keepalive() {
     h.server.wait_until(T, |s| s.agent(&uid).is_some_and(|a| a.disconnected == 1)).await.unwrap();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test]
 async fn dead_upstream_is_detected_and_redialed() {
     // A "server" that completes the WebSocket handshake and then never reads:
     // it will never answer a ping.
@@ -113,11 +116,12 @@ async fn dead_upstream_is_detected_and_redialed() {
     });
     let mut cfg = config(&format!("ws://{addr}/v1/opamp"));
     cfg.server.connections = 1;
-    cfg.server.keepalive = Duration::from_millis(100);
+    cfg.server.keepalive = Duration::from_secs(20); // longer than `T`: reached by the skip only
     let g = Gateway::start(&cfg, None).await.unwrap();
-    for n in 1..=2 {
-        tokio::time::timeout(T, accepted.recv()).await.unwrap_or_else(|_| panic!("dial {n} did not happen"));
-    }
+    tokio::time::timeout(T, accepted.recv()).await.expect("the link dials");
+    assert!(g.wait_for_links(1, T).await, "and is up, its keepalive running");
+    skip(Duration::from_secs(45)).await; // past two keepalive intervals
+    tokio::time::timeout(T, accepted.recv()).await.expect("the dead link is redialed");
     g.shutdown().await;
 }
 

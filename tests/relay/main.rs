@@ -8,6 +8,7 @@ mod chaining;
 
 mod framing;
 mod handshake;
+mod health;
 mod http;
 mod lifecycle;
 mod link_loss;

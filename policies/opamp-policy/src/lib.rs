@@ -1,11 +1,12 @@
 //! Write [opamp-gateway] policies in Rust.
 //!
 //! A policy is a `cdylib` crate built for `wasm32-wasip2`. It implements
-//! [`Policy`] — only the hooks it needs, the others keep their pass-through
-//! defaults — and exports itself with [`export_policy!`]:
+//! [`Policy`] (built from its config), one trait per hook it takes part in
+//! ([`Assign`], [`ForwardHeaders`], [`Filter`]), and exports itself with
+//! [`export_policy!`], which announces exactly the hooks implemented:
 //!
-//! ```ignore
-//! use opamp_policy::{export_policy, Headers, Hooks, Policy};
+//! ```
+//! use opamp_policy::{export_policy, ForwardHeaders, Headers, Policy};
 //!
 //! struct Strip;
 //!
@@ -13,18 +14,20 @@
 //!     fn new(_config: &str) -> Result<Self, String> {
 //!         Ok(Strip)
 //!     }
-//!     fn hooks(&self) -> Hooks {
-//!         Hooks::FORWARD_HEADERS
-//!     }
+//! }
+//!
+//! impl ForwardHeaders for Strip {
 //!     fn forward_headers(&self, headers: Headers) -> Headers {
 //!         headers.into_iter().filter(|(name, _)| name != "cookie").collect()
 //!     }
 //! }
 //!
 //! export_policy!(Strip);
+//! # fn main() {}
 //! ```
 //!
 //! What else is here:
+//! - [`hooks_of!`]: the hooks a type announces, to assert in a unit test.
 //! - [`config`]: a small YAML-subset parser for the `<name>.yaml` text.
 //! - [`proto`]: the OpAMP protobuf types (prost), to decode what you need.
 //! - [`wire`]: top-level protobuf surgery (drop or replace one field while
@@ -41,10 +44,18 @@
 extern crate self as opamp_policy;
 
 pub mod config;
+mod export;
+#[doc(hidden)]
+pub mod __export {
+    pub use crate::export::*;
+}
 #[cfg(not(target_arch = "wasm32"))]
 mod host;
 pub mod log;
+mod policy;
 pub mod wire;
+
+pub use policy::{Assign, Directions, Filter, ForwardHeaders, Policy};
 
 /// Bindings generated from the WIT. Most policies only need the re-exports
 /// at the crate root.
@@ -155,104 +166,3 @@ pub const FILTER_BOTH: Hooks = Hooks::FILTER_AGENT_TO_SERVER.union(Hooks::FILTER
 
 /// Request headers: `(name, value)` pairs, names lower-case.
 pub type Headers = Vec<(String, String)>;
-
-/// A policy. Implement [`Policy::new`] and [`Policy::hooks`], plus the hooks
-/// you announce; the gateway never calls the others.
-///
-/// One value is built per instance, and the gateway keeps a few instances
-/// per policy (one per relay thread) and replaces one whenever a call fails.
-/// Treat the value as read-only configuration: state kept in it is neither
-/// shared between instances nor guaranteed to survive.
-pub trait Policy: Sized + Send + Sync + 'static {
-    /// Builds the policy from the text of its `<name>.yaml` (empty if there
-    /// is none). An `Err` refuses the policy at load, with your message in
-    /// the gateway's log.
-    fn new(config: &str) -> Result<Self, String>;
-
-    /// The hooks this policy implements, e.g. `Hooks::ASSIGN | FILTER_BOTH`.
-    /// Announce `filter` only for the directions you judge
-    /// (`Hooks::FILTER_AGENT_TO_SERVER`, `Hooks::FILTER_SERVER_TO_AGENT`):
-    /// the gateway then skips the call, and its cost, for the other one.
-    fn hooks(&self) -> Hooks;
-
-    /// Which upstream link should carry this agent? `None`: no opinion.
-    fn assign(&self, _input: &AssignInput) -> Option<u32> {
-        None
-    }
-
-    /// The headers forwarded to the server in the connect handshake.
-    fn forward_headers(&self, headers: Headers) -> Headers {
-        headers
-    }
-
-    /// One message on its way through, in a direction announced by
-    /// [`Policy::hooks`]. Read only what you need from
-    /// `message`: [`Message::has`] and [`Message::field`] are cheap,
-    /// [`Message::bytes`] copies the whole message.
-    fn filter(&self, _direction: Direction, _uid: &[u8], _message: &Message) -> Verdict {
-        Verdict::Forward
-    }
-}
-
-/// Exports a [`Policy`] implementation as the component's `policy`
-/// interface. Use it once, at the crate root.
-///
-/// It expands to nothing on non-wasm targets, so a policy crate can also be
-/// an `rlib` whose logic is unit-tested on the host with `cargo test`.
-#[macro_export]
-macro_rules! export_policy {
-    ($policy:ty) => {
-        #[cfg(target_arch = "wasm32")]
-        #[doc(hidden)]
-        pub struct __OpampPolicyExport;
-
-        #[cfg(target_arch = "wasm32")]
-        #[doc(hidden)]
-        static __OPAMP_POLICY: ::std::sync::OnceLock<$policy> = ::std::sync::OnceLock::new();
-
-        #[cfg(target_arch = "wasm32")]
-        impl $crate::bindings::exports::opamp_gateway::policy::policy::Guest for __OpampPolicyExport {
-            fn init(config: ::std::string::String) -> ::std::result::Result<$crate::Hooks, ::std::string::String> {
-                $crate::__init(&__OPAMP_POLICY, &config)
-            }
-
-            fn assign(input: $crate::AssignInput) -> ::std::option::Option<u32> {
-                __OPAMP_POLICY.get().and_then(|p| $crate::Policy::assign(p, &input))
-            }
-
-            fn forward_headers(headers: $crate::Headers) -> $crate::Headers {
-                match __OPAMP_POLICY.get() {
-                    Some(p) => $crate::Policy::forward_headers(p, headers),
-                    None => headers,
-                }
-            }
-
-            fn filter(
-                direction: $crate::Direction,
-                uid: ::std::vec::Vec<u8>,
-                message: &$crate::Message,
-            ) -> $crate::Verdict {
-                match __OPAMP_POLICY.get() {
-                    Some(p) => $crate::Policy::filter(p, direction, &uid, message),
-                    None => $crate::Verdict::Forward,
-                }
-            }
-        }
-
-        #[cfg(target_arch = "wasm32")]
-        $crate::bindings::__export_gateway_policy!(__OpampPolicyExport with_types_in $crate::bindings);
-    };
-}
-
-#[doc(hidden)]
-pub fn __init<P: Policy>(cell: &std::sync::OnceLock<P>, config: &str) -> Result<Hooks, String> {
-    // Panic messages go to the gateway's log through `host.log`, not to WASI
-    // stderr: the gateway grants no stdio, and the message is more useful
-    // next to the policy's name than in a discarded stream.
-    #[cfg(target_arch = "wasm32")]
-    std::panic::set_hook(Box::new(|info| crate::log::log(crate::log::Level::Error, &format!("panic: {info}"))));
-    let policy = P::new(config)?;
-    let hooks = policy.hooks();
-    cell.set(policy).map_err(|_| "init called twice".to_owned())?;
-    Ok(hooks)
-}

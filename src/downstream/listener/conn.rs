@@ -32,8 +32,8 @@ use tokio::time::Instant;
 
 use super::limits::{Admitted, Limits, Refusal, SourceSlot};
 use crate::downstream::trust::PeerCertificate;
-use crate::downstream::{upgrade, Downstream};
-use crate::upstream::dial::BoxedIo;
+use crate::downstream::{router, Downstream};
+use crate::tls::BoxedIo;
 
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Timeouts {
@@ -163,7 +163,7 @@ pub(super) async fn serve(
             if let Some(cert) = peer_cert {
                 req.extensions_mut().insert(cert);
             }
-            let response = upgrade::handle(ds, req, remote).await;
+            let response = router::handle(ds, req, remote).await;
             phase.answered(response.status());
             Ok::<_, Infallible>(response)
         }

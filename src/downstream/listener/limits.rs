@@ -14,7 +14,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use super::log_every::{LogEvery, REFUSAL_LOG_EVERY as LOG_EVERY};
+use crate::downstream::log_every::{LogEvery, REFUSAL_LOG_EVERY as LOG_EVERY};
 use crate::telemetry::metrics as m;
 
 /// Refusals being answered at once; beyond, a refused socket is just closed

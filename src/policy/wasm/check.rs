@@ -23,7 +23,7 @@ use prost::Message as _;
 use super::bindings::WORLD;
 use super::engine::PolicyEngine;
 use super::error::PolicyError;
-use super::loader::{compile, PolicyFiles, Source};
+use super::loader::{compile, valid_policy_name, PolicyFiles, Source};
 use super::policy::WasmPolicy;
 use crate::policy::config::{BreakerConfig, PoliciesConfig};
 use crate::policy::set::Containment;
@@ -148,7 +148,7 @@ impl CheckReport {
 /// [`CheckReport::exercise`]). The policy name is the file stem.
 pub fn check(wasm: &Path, config: Option<&Path>, cfg: &PoliciesConfig) -> Result<CheckReport, PolicyError> {
     let name = wasm.file_stem().and_then(|s| s.to_str()).unwrap_or("").to_owned();
-    if name.is_empty() || !name.bytes().all(|c| c.is_ascii_alphanumeric() || b"-_.".contains(&c)) {
+    if !valid_policy_name(&name) {
         return Err(PolicyError::Name { path: wasm.to_owned() });
     }
     let engine = PolicyEngine::new(cfg)?;

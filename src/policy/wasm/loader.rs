@@ -63,7 +63,7 @@ pub(crate) fn scan(dir: &Path) -> Result<Vec<PolicyFiles>, PolicyError> {
     }
     let mut out = Vec::with_capacity(modules.len());
     for (name, wasm) in modules {
-        if !valid_name(&name) {
+        if !valid_policy_name(&name) {
             return Err(PolicyError::Name { path: wasm });
         }
         let config = match configs.remove(&name) {
@@ -86,7 +86,9 @@ pub(crate) fn scan(dir: &Path) -> Result<Vec<PolicyFiles>, PolicyError> {
     Ok(out)
 }
 
-fn valid_name(name: &str) -> bool {
+/// A policy's name (its file stem) as the log, metrics and `policy check`
+/// show it: ASCII letters, digits, `-`, `_` and `.`.
+pub(super) fn valid_policy_name(name: &str) -> bool {
     !name.is_empty() && name.bytes().all(|c| c.is_ascii_alphanumeric() || b"-_.".contains(&c))
 }
 

@@ -25,7 +25,7 @@ use std::future::Future;
 use std::pin::{pin, Pin};
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use parking_lot::Mutex;
@@ -130,7 +130,7 @@ impl GuestLog {
     /// Whether one more line may be logged now; says how many were
     /// suppressed before it, once.
     fn admit(&self) -> bool {
-        match self.throttle.admit(Instant::now()) {
+        match self.throttle.admit(tokio::time::Instant::now()) {
             Some(0) => true,
             Some(n) => {
                 tracing::info!(

@@ -146,28 +146,6 @@ fn cgi_refuses_http_proxy_only() {
 }
 
 #[test]
-fn config_url_form() {
-    let p = ProxyUrl::parse("https://alice:p%40ss%3Aw0rd@proxy.corp:8443").unwrap();
-    assert_eq!(p.scheme, ProxyScheme::Https);
-    assert_eq!(p.to_string(), "https://proxy.corp:8443");
-    assert_eq!(format!("{p:?}"), "ProxyUrl(https://proxy.corp:8443, with credentials)");
-    let expected = base64::engine::general_purpose::STANDARD.encode("alice:p@ss:w0rd");
-    assert_eq!(p.authorization(), Some(format!("Basic {expected}")));
-    assert_eq!(
-        ProxyUrl::parse("http://bob@p").unwrap().authorization(),
-        ProxyUrl::parse("http://bob:@p").unwrap().authorization()
-    );
-    assert_eq!(ProxyUrl::parse("http://p:3128/").unwrap().authorization(), None);
-
-    for bad in ["proxy.corp:3128", "socks5://p:1", "http://p:1/path", "http://p:1?q", "http://:1", "not a url"] {
-        let err = ProxyUrl::parse(bad).unwrap_err();
-        assert!(err.contains("expected http://[user:password@]host[:port]"), "{bad}: {err}");
-    }
-    let err = ProxyUrl::parse("ftp://alice:hunter2@p:1").unwrap_err();
-    assert!(!err.contains("hunter2") && err.contains("***@p:1"), "credentials must not be echoed: {err}");
-}
-
-#[test]
 fn config_error_names_the_field() {
     let yaml = "server:\n  endpoint: ws://h/v1/opamp\n  proxy_url: proxy.corp:3128\n";
     let err = Config::from_yaml(yaml).unwrap_err().to_string();

@@ -11,7 +11,7 @@
 //! top-level field byte for byte (no decode, so fields newer than this
 //! policy's proto survive), and nothing crosses into the policy.
 
-use opamp_policy::{export_policy, fields, Direction, Hooks, Message, Policy, Verdict};
+use opamp_policy::{export_policy, fields, Direction, Directions, Filter, Message, Policy, Verdict};
 
 /// `ServerToAgent.packages_available`.
 pub const PACKAGES_AVAILABLE: u32 = fields::server_to_agent::PACKAGES_AVAILABLE;
@@ -23,10 +23,10 @@ impl Policy for BlockPackages {
         opamp_policy::config::Config::parse(config)?.expect_keys(&[])?;
         Ok(BlockPackages)
     }
+}
 
-    fn hooks(&self) -> Hooks {
-        Hooks::FILTER_SERVER_TO_AGENT
-    }
+impl Filter for BlockPackages {
+    const DIRECTIONS: Directions = Directions::ServerToAgent;
 
     fn filter(&self, direction: Direction, _uid: &[u8], message: &Message) -> Verdict {
         if direction != Direction::ServerToAgent || !message.has(PACKAGES_AVAILABLE) {
@@ -39,10 +39,12 @@ impl Policy for BlockPackages {
 
 export_policy!(BlockPackages);
 
-#[cfg(test)]
+// Tests build `Message`s, which only the host side can.
+#[cfg(all(test, not(target_arch = "wasm32")))]
 mod tests {
     use super::*;
     use opamp_policy::proto::{PackagesAvailable, ServerToAgent};
+    use opamp_policy::{hooks_of, Hooks};
 
     #[test]
     fn strips_package_offers_and_nothing_else() {
@@ -56,5 +58,10 @@ mod tests {
         let plain = Message::from_proto(&ServerToAgent { instance_uid: vec![2; 16], flags: 1, ..Default::default() });
         assert_eq!(p.filter(Direction::ServerToAgent, &[2; 16], &plain), Verdict::Forward);
         assert!(BlockPackages::new("unknown: 1").is_err(), "no config keys are accepted");
+    }
+
+    #[test]
+    fn judges_only_what_the_server_sends() {
+        assert_eq!(hooks_of!(BlockPackages), Hooks::FILTER_SERVER_TO_AGENT);
     }
 }

@@ -14,7 +14,7 @@
 //! which is almost never what you want, so it is refused at load.
 
 use opamp_policy::config::Config;
-use opamp_policy::{export_policy, Headers, Hooks, Policy};
+use opamp_policy::{export_policy, ForwardHeaders, Headers, Policy};
 
 pub struct HeaderAllowlist {
     /// Lower-case names.
@@ -32,11 +32,9 @@ impl Policy for HeaderAllowlist {
         }
         Ok(Self { allow })
     }
+}
 
-    fn hooks(&self) -> Hooks {
-        Hooks::FORWARD_HEADERS
-    }
-
+impl ForwardHeaders for HeaderAllowlist {
     fn forward_headers(&self, headers: Headers) -> Headers {
         // Names arrive lower-case, but say so in code rather than trust it.
         headers.into_iter().filter(|(name, _)| self.allow.iter().any(|a| a.eq_ignore_ascii_case(name))).collect()
@@ -48,6 +46,7 @@ export_policy!(HeaderAllowlist);
 #[cfg(test)]
 mod tests {
     use super::*;
+    use opamp_policy::{hooks_of, Hooks};
 
     #[test]
     fn keeps_only_allowed_headers() {
@@ -57,5 +56,6 @@ mod tests {
         assert_eq!(out, vec![h("authorization", "Secret"), h("X-Tenant", "t")]);
         assert!(HeaderAllowlist::new("").is_err());
         assert!(HeaderAllowlist::new("alow: [x]").is_err());
+        assert_eq!(hooks_of!(HeaderAllowlist), Hooks::FORWARD_HEADERS);
     }
 }

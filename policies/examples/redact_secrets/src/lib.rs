@@ -24,7 +24,7 @@
 pub mod redact;
 
 use opamp_policy::config::Config;
-use opamp_policy::{export_policy, fields, wire, Direction, FieldValue, Hooks, Message, Policy, Verdict};
+use opamp_policy::{export_policy, fields, wire, Direction, Directions, FieldValue, Filter, Message, Policy, Verdict};
 
 /// `AgentToServer.effective_config`.
 pub const EFFECTIVE_CONFIG: u32 = fields::agent_to_server::EFFECTIVE_CONFIG;
@@ -69,10 +69,10 @@ impl Policy for RedactSecrets {
         }
         Ok(Self { keys })
     }
+}
 
-    fn hooks(&self) -> Hooks {
-        Hooks::FILTER_AGENT_TO_SERVER
-    }
+impl Filter for RedactSecrets {
+    const DIRECTIONS: Directions = Directions::AgentToServer;
 
     fn filter(&self, direction: Direction, _uid: &[u8], message: &Message) -> Verdict {
         if direction != Direction::AgentToServer {
@@ -99,11 +99,12 @@ impl Policy for RedactSecrets {
 
 export_policy!(RedactSecrets);
 
-#[cfg(test)]
+// Tests build `Message`s, which only the host side can.
+#[cfg(all(test, not(target_arch = "wasm32")))]
 mod tests {
     use super::*;
     use opamp_policy::proto::{AgentConfigFile, AgentConfigMap, AgentToServer, EffectiveConfig};
-    use opamp_policy::Decode;
+    use opamp_policy::{hooks_of, Decode, Hooks};
 
     fn report(body: &str) -> AgentToServer {
         let file = AgentConfigFile { body: body.as_bytes().to_vec(), content_type: "text/yaml".into() };
@@ -136,6 +137,11 @@ mod tests {
         assert_eq!(p.filter(Direction::AgentToServer, &[1; 16], &clean), Verdict::Forward);
         let heartbeat = Message::from_proto(&AgentToServer { instance_uid: vec![1; 16], ..Default::default() });
         assert_eq!(p.filter(Direction::AgentToServer, &[1; 16], &heartbeat), Verdict::Forward);
+    }
+
+    #[test]
+    fn judges_only_what_agents_send() {
+        assert_eq!(hooks_of!(RedactSecrets), Hooks::FILTER_AGENT_TO_SERVER);
     }
 
     #[test]

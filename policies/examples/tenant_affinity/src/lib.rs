@@ -15,7 +15,7 @@
 //! gateway replicas (Rust's `HashMap` hasher is randomly seeded: not that).
 
 use opamp_policy::config::Config;
-use opamp_policy::{export_policy, AssignInput, Hooks, Policy};
+use opamp_policy::{export_policy, Assign, AssignInput, Policy};
 
 pub struct TenantAffinity {
     header: String,
@@ -41,11 +41,9 @@ impl Policy for TenantAffinity {
         }
         Ok(Self { header })
     }
+}
 
-    fn hooks(&self) -> Hooks {
-        Hooks::ASSIGN
-    }
-
+impl Assign for TenantAffinity {
     fn assign(&self, input: &AssignInput) -> Option<u32> {
         let (_, tenant) = input.headers.iter().find(|(name, _)| name.eq_ignore_ascii_case(&self.header))?;
         // Links arrive in index order, so this list is the same for every
@@ -64,7 +62,7 @@ export_policy!(TenantAffinity);
 #[cfg(test)]
 mod tests {
     use super::*;
-    use opamp_policy::{Link, Transport};
+    use opamp_policy::{hooks_of, Hooks, Link, Transport};
 
     fn input(tenant: Option<&str>, connected: &[bool]) -> AssignInput {
         AssignInput {
@@ -93,5 +91,6 @@ mod tests {
             (0..32).filter_map(|i| p.assign(&input(Some(&format!("tenant-{i}")), &[true, true, true]))).collect();
         assert_eq!(spread.len(), 3, "tenants spread over every link");
         assert!(TenantAffinity::new("header: ''").is_err());
+        assert_eq!(hooks_of!(TenantAffinity), Hooks::ASSIGN);
     }
 }

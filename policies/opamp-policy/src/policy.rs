@@ -1,0 +1,69 @@
+//! What a policy author implements: [`Policy`] to be built from config,
+//! plus one trait per hook it takes part in. [`export_policy!`](crate::export_policy)
+//! announces exactly the hooks whose traits the type implements, so a hook
+//! cannot be written and then silently never called.
+
+use crate::{AssignInput, Direction, Headers, Hooks, Message, Verdict};
+
+/// A policy, built from its config. Implement it, then at least one of
+/// [`Assign`], [`ForwardHeaders`] and [`Filter`].
+///
+/// One value is built per instance, and the gateway keeps a few instances
+/// per policy (one per relay thread) and replaces one whenever a call fails.
+/// Treat the value as read-only configuration: state kept in it is neither
+/// shared between instances nor guaranteed to survive.
+pub trait Policy: Sized + Send + Sync + 'static {
+    /// Builds the policy from the text of its `<name>.yaml` (empty if there
+    /// is none). An `Err` refuses the policy at load, with your message in
+    /// the gateway's log.
+    fn new(config: &str) -> Result<Self, String>;
+}
+
+/// The `assign` hook: picks the upstream link for a connecting agent.
+pub trait Assign: Policy {
+    /// Which upstream link should carry this agent? `None`: no opinion (the
+    /// next policy, then least-connections, decides).
+    fn assign(&self, input: &AssignInput) -> Option<u32>;
+}
+
+/// The `forward-headers` hook: rewrites the headers of the connect
+/// handshake.
+pub trait ForwardHeaders: Policy {
+    /// The headers forwarded to the server in the connect handshake; gets
+    /// the previous policy's output.
+    fn forward_headers(&self, headers: Headers) -> Headers;
+}
+
+/// The `filter` hook: judges every relayed message in [`Filter::DIRECTIONS`].
+pub trait Filter: Policy {
+    /// The directions judged. Name only the one you need: the gateway then
+    /// skips the call, and its cost, for the other.
+    const DIRECTIONS: Directions = Directions::Both;
+
+    /// One message on its way through. Read only what you need from
+    /// `message`: [`Message::has`] and [`Message::field`] are cheap,
+    /// [`Message::bytes`] copies the whole message.
+    fn filter(&self, direction: Direction, uid: &[u8], message: &Message) -> Verdict;
+}
+
+/// The directions a [`Filter`] judges.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Directions {
+    /// `AgentToServer` messages only.
+    AgentToServer,
+    /// `ServerToAgent` messages only.
+    ServerToAgent,
+    /// Both.
+    Both,
+}
+
+impl Directions {
+    /// The `filter` flags announced for these directions.
+    pub const fn hooks(self) -> Hooks {
+        match self {
+            Directions::AgentToServer => Hooks::FILTER_AGENT_TO_SERVER,
+            Directions::ServerToAgent => Hooks::FILTER_SERVER_TO_AGENT,
+            Directions::Both => crate::FILTER_BOTH,
+        }
+    }
+}

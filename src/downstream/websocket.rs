@@ -1,0 +1,94 @@
+//! One agent's WebSocket upgrade: the connect handshake, the `101`, then
+//! the session task once hyper hands over the upgraded connection.
+//!
+//! The gateway makes no authentication decision of its own: it forwards the
+//! request's headers and address to the server and answers the agent with
+//! whatever the server decided (status and headers on reject).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use http::header::{CONNECTION, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_KEY, SEC_WEBSOCKET_VERSION, UPGRADE};
+use http::{HeaderValue, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+use tokio_tungstenite::WebSocketStream;
+
+use super::headers::forwarded_headers;
+use super::respond::{copy_headers, plain, refuse, Body};
+use super::session::Session;
+use super::trust::PeerCertificate;
+use super::Downstream;
+use crate::policy::Transport;
+use crate::relay::AdmitRequest;
+use crate::telemetry::metrics as m;
+
+/// Answers a WebSocket upgrade request (the router checked it is one).
+pub(super) async fn upgrade(ds: Arc<Downstream>, mut req: Request<Incoming>, remote: SocketAddr) -> Response<Body> {
+    let Some(key) = req.headers().get(SEC_WEBSOCKET_KEY).cloned() else {
+        return plain(StatusCode::BAD_REQUEST, "missing Sec-WebSocket-Key");
+    };
+    if req.headers().get(SEC_WEBSOCKET_VERSION).map(|v| v.as_bytes()) != Some(b"13") {
+        let mut r = plain(StatusCode::BAD_REQUEST, "unsupported WebSocket version; expected 13");
+        r.headers_mut().insert(SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
+        return r;
+    }
+    let admit = AdmitRequest {
+        headers: forwarded_headers(req.headers()),
+        remote_addr: remote.to_string(),
+        transport: Transport::WebSocket,
+    };
+    let peer_cert = req.extensions().get::<PeerCertificate>().cloned();
+    let started = Instant::now();
+    let admission = ds.relay.admit(&admit).await;
+    metrics::histogram!(m::HANDSHAKE_SECONDS).record(started.elapsed().as_secs_f64());
+    let admission = match admission {
+        Ok(a) => a,
+        Err(e) => return refuse(&ds, e, remote, Transport::WebSocket),
+    };
+    metrics::counter!(m::HANDSHAKES, "outcome" => "accepted", "status" => "101", "transport" => "websocket")
+        .increment(1);
+    tracing::debug!(%remote, link = admission.lease.index(), "agent accepted");
+
+    let mut response = Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header(CONNECTION, "Upgrade")
+        .header(UPGRADE, "websocket")
+        .header(SEC_WEBSOCKET_ACCEPT, derive_accept_key(key.as_bytes()))
+        .body(Body::default())
+        .expect("static response parts are valid");
+    copy_headers(response.headers_mut(), &admission.response_headers);
+
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    let ds2 = ds.clone();
+    ds.sessions.spawn(async move {
+        match on_upgrade.await {
+            Ok(upgraded) => {
+                let ws =
+                    WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(ws_config(&ds2))).await;
+                // Decided only now that the server accepted these headers.
+                let identity = ds2.settings.gateways.identify(&admit.headers, peer_cert.as_ref());
+                if identity.is_gateway() {
+                    tracing::info!(%remote, "downstream gateway connected");
+                }
+                Session::new(ds2, admission, admit, identity).run(ws).await;
+            }
+            Err(e) => tracing::debug!(%remote, error = %e, "agent went away during the upgrade"),
+        }
+    });
+    response
+}
+
+/// Small buffers: an idle agent should cost kilobytes, not the 128 KiB
+/// tungstenite reserves by default. Large messages still grow them on demand.
+fn ws_config(ds: &Downstream) -> WebSocketConfig {
+    let max = ds.settings.max_message_size;
+    WebSocketConfig::default()
+        .read_buffer_size(4 * 1024)
+        .write_buffer_size(0)
+        .max_message_size(Some(max))
+        .max_frame_size(Some(max))
+}

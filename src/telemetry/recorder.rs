@@ -1,0 +1,51 @@
+//! The process-wide Prometheus recorder, and the errors of the telemetry
+//! section (the admin server in [`crate::admin`] reports its bind failure
+//! here too, as it serves `telemetry.metrics.endpoint`).
+
+use std::net::SocketAddr;
+
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+use super::naming::{MetricNaming, Renaming, OTELCOL_LATENCY_BUCKETS_MS, OTELCOL_MESSAGE_LATENCY};
+
+#[derive(Debug, thiserror::Error)]
+pub enum TelemetryError {
+    #[error("telemetry.metrics.endpoint: cannot listen on {addr}: {source}")]
+    Bind { addr: SocketAddr, source: std::io::Error },
+    #[error("cannot install the metrics recorder: {0}")]
+    Recorder(String),
+}
+
+/// Installs the process-wide Prometheus recorder (once per process) with
+/// today's names.
+pub fn install_recorder() -> Result<PrometheusHandle, TelemetryError> {
+    install_recorder_with(MetricNaming::default())
+}
+
+/// Installs the process-wide Prometheus recorder (once per process), naming
+/// the reference's instruments as `naming` says (see [`super::naming`]).
+pub fn install_recorder_with(naming: MetricNaming) -> Result<PrometheusHandle, TelemetryError> {
+    let err = |e: &dyn std::fmt::Display| TelemetryError::Recorder(e.to_string());
+    let buckets = [
+        0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+        10.0, 30.0,
+    ];
+    let builder = PrometheusBuilder::new().set_buckets(&buckets).map_err(|e| err(&e))?;
+    match naming {
+        MetricNaming::Opampgateway => {
+            let recorder = builder.build_recorder();
+            let handle = recorder.handle();
+            metrics::set_global_recorder(recorder).map_err(|e| err(&e))?;
+            Ok(handle)
+        }
+        MetricNaming::Otelcol => {
+            let recorder = builder
+                .set_buckets_for_metric(Matcher::Full(OTELCOL_MESSAGE_LATENCY.into()), &OTELCOL_LATENCY_BUCKETS_MS)
+                .map_err(|e| err(&e))?
+                .build_recorder();
+            let handle = recorder.handle();
+            metrics::set_global_recorder(Renaming::new(recorder)).map_err(|e| err(&e))?;
+            Ok(handle)
+        }
+    }
+}
