@@ -2,7 +2,8 @@
 //!
 //! A reference OpAMP server (with a secret key), the gateway in front of it,
 //! and a simulated fleet behind it. Halfway through, the server drops every
-//! upstream connection (as in a server restart) to show agents riding it out.
+//! upstream connection (as in a server restart) to show agents riding it out,
+//! then the rebalancer spreading them over the returned links again.
 
 use std::time::{Duration, Instant};
 
@@ -96,6 +97,10 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             restarted = true;
             server.drop_connections();
             println!("        server dropped every upstream link; agents move to links as they redial");
+            println!(
+                "        (server.rebalance then moves them back into balance, at most {}/s, without reconnects)",
+                config.server.rebalance.max_moves_per_second
+            );
         }
     }
 

@@ -27,6 +27,7 @@ use crate::downstream::{self, Downstream, DownstreamSettings, ListenerError};
 use crate::policy::runtime::PolicyRuntime;
 use crate::policy::wasm::PolicyError;
 use crate::policy::Policy;
+use crate::relay::rebalance::{self, RebalanceSettings};
 use crate::relay::{Links, Relay, RelaySettings};
 use crate::telemetry::TelemetryError;
 use crate::upstream::dial::DialerError;
@@ -233,6 +234,14 @@ impl Gateway {
         );
         let listener_task = listener.serve(ds.clone());
         ds.sessions.spawn(downstream::http::reap_idle(ds.clone()));
+        let rb = config.server.rebalance;
+        let rebalance = RebalanceSettings {
+            enabled: rb.enabled,
+            tolerance: rb.tolerance,
+            max_moves_per_second: rb.max_moves_per_second,
+        };
+        // Stops with the agents: no moves while they drain.
+        ds.sessions.spawn(rebalance::run(relay.clone(), rebalance, agents_shutdown.clone()));
         tracing::info!(
             listener = %listen_addr,
             upstream = %config.server.endpoint,

@@ -79,6 +79,26 @@ pub struct ServerConfig {
     pub queue_size: usize,
     /// Largest message accepted from the server.
     pub max_message_size: ByteSize,
+    pub rebalance: RebalanceConfig,
+}
+
+/// `server.rebalance`: moving agents between links, without disconnecting
+/// them, when link loads drift apart (e.g. after links come back).
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RebalanceConfig {
+    pub enabled: bool,
+    /// Allowed spread between the busiest and the idlest connected link, as
+    /// a fraction of the mean load per link (never less than one agent).
+    pub tolerance: f64,
+    /// Planned moves asked per second, gateway-wide.
+    pub max_moves_per_second: u32,
+}
+
+impl Default for RebalanceConfig {
+    fn default() -> Self {
+        Self { enabled: true, tolerance: 0.1, max_moves_per_second: 50 }
+    }
 }
 
 impl Default for ServerConfig {
@@ -97,6 +117,7 @@ impl Default for ServerConfig {
             dial_timeout: None,
             queue_size: 4096,
             max_message_size: ByteSize::mib(64),
+            rebalance: RebalanceConfig::default(),
         }
     }
 }
@@ -597,6 +618,21 @@ impl Config {
         }
         if s.queue_size == 0 {
             return Err(ConfigError::field("server.queue_size", "must be at least 1"));
+        }
+        if !(0.0..=10.0).contains(&s.rebalance.tolerance) {
+            return Err(ConfigError::field(
+                "server.rebalance.tolerance",
+                format!(
+                    "expected a fraction of the mean load between 0 and 10, e.g. 0.1, got {}",
+                    s.rebalance.tolerance
+                ),
+            ));
+        }
+        if s.rebalance.max_moves_per_second == 0 {
+            return Err(ConfigError::field(
+                "server.rebalance.max_moves_per_second",
+                "must be at least 1 (set server.rebalance.enabled: false to turn rebalancing off)",
+            ));
         }
         if let Some(tls) = &s.tls {
             tls.validate()?;

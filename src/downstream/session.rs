@@ -2,7 +2,8 @@
 //!
 //! A single task owns the socket and selects over: the agent's frames, the
 //! agent's queue of server messages, its link's state (to migrate when the
-//! link dies), frames a dead link handed back, keepalive, and shutdown.
+//! link dies), frames a dead link handed back, the rebalancer's request to
+//! move, keepalive, and shutdown.
 //! Nothing else writes to the socket, so there are no locks on the hot path.
 
 use std::sync::Arc;
@@ -23,7 +24,7 @@ use crate::protocol::compose::{self, ErrorKind};
 use crate::protocol::AgentFrame;
 use crate::relay::{
     budget, Admission, AdmitError, AdmitRequest, AgentShared, CloseReason, Held, Identity, Inbound, LinkLease,
-    LinkState,
+    LinkState, Relay,
 };
 use crate::telemetry::metrics as m;
 
@@ -53,6 +54,27 @@ pub struct Session {
     /// A message read while the budget had no room, waiting for its share.
     /// The socket is not read meanwhile.
     waiting: Option<(Bytes, Instant, budget::Wait)>,
+    /// Listed with the rebalancer while the session lives.
+    _movable: Movable,
+}
+
+/// Keeps a session in [`Relay::movable`] until it is dropped.
+struct Movable {
+    relay: Arc<Relay>,
+    id: u64,
+}
+
+impl Movable {
+    fn register(relay: &Arc<Relay>, agent: &Arc<AgentShared>) -> Self {
+        relay.movable.register(agent);
+        Self { relay: relay.clone(), id: agent.id }
+    }
+}
+
+impl Drop for Movable {
+    fn drop(&mut self) {
+        self.relay.movable.unregister(self.id);
+    }
 }
 
 impl Session {
@@ -60,6 +82,8 @@ impl Session {
         let (agent, inbox) = AgentShared::new(ds.next_id(), ds.relay.settings.agent_queue, identity);
         let link_state = watch_link(&admission.lease);
         let budget_open = ds.relay.budget.watch();
+        agent.set_link(admission.lease.index());
+        let movable = Movable::register(&ds.relay, &agent);
         Self {
             ds,
             agent,
@@ -72,6 +96,7 @@ impl Session {
             last_seen: Instant::now(),
             budget_open,
             waiting: None,
+            _movable: movable,
         }
     }
 
@@ -116,6 +141,7 @@ impl Session {
                 _ = shutdown.cancelled() => Err(CloseReason::Shutdown),
                 _ = self.link_state.changed() => self.on_link_change().await,
                 _ = agent.returned_ready() => self.resend_returned().await,
+                _ = agent.move_requested() => Box::pin(self.planned_move()).await,
                 Some(msg) = self.inbox.recv() => self.deliver(ws, msg).await,
                 held = wait_room(&mut self.waiting), if self.waiting.is_some() => self.on_room(held).await,
                 Ok(()) = self.budget_open.changed() => Ok(()), // `reading` is re-evaluated
@@ -305,10 +331,7 @@ impl Session {
                     to = admission.lease.index(),
                     "agent moved to another link"
                 );
-                self.lease = admission.lease; // drops the old lease: its load goes down
-                self.link_state = watch_link(&self.lease);
-                self.request_full_state();
-                self.resend_returned().await
+                self.adopt(admission.lease).await
             }
             Err(AdmitError::Rejected(_)) => Err(CloseReason::Rejected),
             Err(e) => {
@@ -316,6 +339,54 @@ impl Session {
                 Err(CloseReason::NoUpstream)
             }
         }
+    }
+
+    /// The rebalancer asked this agent to leave its (live, crowded) link.
+    /// The old lease is kept until the new link has accepted the agent, so a
+    /// failed move leaves it where it was. No goodbye is sent on the old
+    /// link: the agent did not leave, and the server follows its uid.
+    async fn planned_move(&mut self) -> Result<(), CloseReason> {
+        if self.lease.is_stale() {
+            self.agent.move_done(true); // failover moves it anyway
+            return Ok(());
+        }
+        let from = self.lease.index();
+        let relay = self.ds.relay.clone();
+        let moved = tokio::select! {
+            r = relay.admit_move(&self.admit, from) => r,
+            _ = self.ds.shutdown.cancelled() => return Err(CloseReason::Shutdown),
+        };
+        let outcome = match &moved {
+            Ok(Some(_)) => "moved",
+            Ok(None) => "stayed",
+            Err(_) => "failed",
+        };
+        metrics::counter!(m::REBALANCE_MOVES, "outcome" => outcome).increment(1);
+        match moved {
+            Ok(Some(admission)) => {
+                tracing::debug!(agent = self.agent.id, from, to = admission.lease.index(), "agent rebalanced");
+                self.agent.move_done(true);
+                self.adopt(admission.lease).await
+            }
+            Ok(None) => {
+                self.agent.move_done(false);
+                Ok(())
+            }
+            Err(e) => {
+                tracing::debug!(agent = self.agent.id, from, error = %e, "planned move failed; the agent stays");
+                self.agent.move_done(false);
+                Ok(())
+            }
+        }
+    }
+
+    /// Switches to a lease on another link the server accepted us on.
+    async fn adopt(&mut self, lease: LinkLease) -> Result<(), CloseReason> {
+        self.lease = lease; // drops the old lease: its load goes down
+        self.agent.set_link(self.lease.index());
+        self.link_state = watch_link(&self.lease);
+        self.request_full_state();
+        self.resend_returned().await
     }
 
     /// After a move the server on the new link may know nothing of this

@@ -71,7 +71,37 @@ impl AdmitError {
 impl Relay {
     pub async fn admit(&self, req: &AdmitRequest) -> Result<Admission, AdmitError> {
         let deadline = Instant::now() + self.settings.auth_timeout;
-        let (mut preferred, headers) = self.apply_policies(req).await?;
+        let (preferred, headers) = self.apply_policies(req).await?;
+        self.handshake(req, preferred, &headers, deadline).await
+    }
+
+    /// A planned move off link `from` (rebalancing): asks the policy chain
+    /// again and hands the agent to the link it names, or to the
+    /// least-loaded one. `Ok(None)`: that is `from` itself, so the agent
+    /// stays and no handshake is made.
+    pub async fn admit_move(&self, req: &AdmitRequest, from: u32) -> Result<Option<Admission>, AdmitError> {
+        let deadline = Instant::now() + self.settings.auth_timeout;
+        let (preferred, headers) = self.apply_policies(req).await?;
+        let target = match preferred {
+            Some(link) if link == from => return Ok(None),
+            Some(link) => link,
+            // Least connections; a move that would not narrow the spread
+            // (loads changed since the rebalancer asked) is not made.
+            None => match self.links.relief_for(from) {
+                Some(link) => link,
+                None => return Ok(None),
+            },
+        };
+        self.handshake(req, Some(target), &headers, deadline).await.map(Some)
+    }
+
+    async fn handshake(
+        &self,
+        req: &AdmitRequest,
+        mut preferred: Option<u32>,
+        headers: &HeaderList,
+        deadline: Instant,
+    ) -> Result<Admission, AdmitError> {
         // Each retry follows a link loss mid-handshake; there are at most as
         // many distinct links to try as slots.
         for _ in 0..=self.links.len() {

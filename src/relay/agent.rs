@@ -1,6 +1,6 @@
 //! The core's handle on one agent session.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU8, Ordering};
 use std::sync::OnceLock;
 
 use bytes::Bytes;
@@ -115,7 +115,29 @@ pub struct AgentShared {
     /// Uids the server assigned this agent (routed here before first use).
     aliases: Mutex<Vec<Bytes>>,
     identity: Identity,
+    /// The link this session is leased on (`NO_LINK` for none yet), read by
+    /// the rebalancer to pick agents off a crowded link.
+    link: AtomicU32,
+    /// The rebalancer's planned-move request (see [`MoveState`]).
+    move_state: AtomicU8,
+    move_requested: Notify,
 }
+
+/// Where an agent stands with the rebalancer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum MoveState {
+    /// May be asked to move.
+    Idle = 0,
+    /// Asked; the session has not finished the move yet.
+    Requested = 1,
+    /// A move left it where it was (its assign policy chose this link, or
+    /// the handshake failed): not asked again, so it is not churned.
+    Stays = 2,
+}
+
+/// [`AgentShared::link`] before the session has a lease.
+pub const NO_LINK: u32 = u32::MAX;
 
 impl AgentShared {
     pub fn new(id: u64, queue_size: usize, identity: Identity) -> (std::sync::Arc<Self>, mpsc::Receiver<Inbound>) {
@@ -131,6 +153,9 @@ impl AgentShared {
             first_reply_sent: AtomicBool::new(false),
             aliases: Mutex::new(Vec::new()),
             identity,
+            link: AtomicU32::new(NO_LINK),
+            move_state: AtomicU8::new(MoveState::Idle as u8),
+            move_requested: Notify::new(),
         };
         (std::sync::Arc::new(shared), rx)
     }
@@ -207,6 +232,57 @@ impl AgentShared {
     /// which the spec says MUST carry the server's `capabilities`.
     pub fn claim_first_reply(&self) -> bool {
         !self.first_reply_sent.swap(true, Ordering::Relaxed)
+    }
+
+    /// The link the session is on now.
+    pub fn link(&self) -> u32 {
+        self.link.load(Ordering::Relaxed)
+    }
+
+    pub fn set_link(&self, index: u32) {
+        self.link.store(index, Ordering::Relaxed);
+    }
+
+    pub fn move_state(&self) -> MoveState {
+        match self.move_state.load(Ordering::Relaxed) {
+            0 => MoveState::Idle,
+            1 => MoveState::Requested,
+            _ => MoveState::Stays,
+        }
+    }
+
+    /// Asks the session to move to a less-loaded link; false if it was not
+    /// idle (already asked, or known to stay).
+    pub fn request_move(&self) -> bool {
+        let asked = self
+            .move_state
+            .compare_exchange(MoveState::Idle as u8, MoveState::Requested as u8, Ordering::AcqRel, Ordering::Relaxed)
+            .is_ok();
+        if asked {
+            self.move_requested.notify_one();
+        }
+        asked
+    }
+
+    /// Resolves when the rebalancer asked for a move.
+    pub async fn move_requested(&self) {
+        self.move_requested.notified().await
+    }
+
+    /// Makes an agent that stayed eligible again (links changed).
+    pub fn reconsider_move(&self) {
+        let _ = self.move_state.compare_exchange(
+            MoveState::Stays as u8,
+            MoveState::Idle as u8,
+            Ordering::AcqRel,
+            Ordering::Relaxed,
+        );
+    }
+
+    /// The session finished a requested move: `moved` or it stays put.
+    pub fn move_done(&self, moved: bool) {
+        let next = if moved { MoveState::Idle } else { MoveState::Stays };
+        self.move_state.store(next as u8, Ordering::Release);
     }
 
     /// The server sent this agent capabilities itself: nothing to replay.

@@ -186,6 +186,18 @@ impl Links {
         self.loads.lock().clone()
     }
 
+    /// The least-loaded connected link, if moving one agent there from
+    /// `from` narrows the spread (its load is at least two below `from`'s).
+    pub fn relief_for(&self, from: u32) -> Option<u32> {
+        let loads = self.loads.lock();
+        let from_load = *loads.get(from as usize)?;
+        (0..self.slots.len())
+            .filter(|&i| i != from as usize && self.slots[i].state().connected)
+            .min_by_key(|&i| (loads[i], i))
+            .filter(|&i| loads[i] + 1 < from_load)
+            .map(|i| i as u32)
+    }
+
     /// Leases `preferred` if it is connected, else the least-loaded connected
     /// link (lowest index on ties). Choice and increment happen under one
     /// lock, so a connect storm balances exactly.
@@ -263,6 +275,21 @@ mod tests {
         assert_eq!(leases.iter().map(|l| l.index()).collect::<Vec<_>>(), [0, 1, 2, 0, 1, 2, 0]);
         drop(leases);
         assert_eq!(links.loads(), vec![0, 0, 0]);
+    }
+
+    #[test]
+    fn relief_only_where_a_move_narrows_the_spread() {
+        let (links, _rx) = Links::new(3, 8);
+        for i in 0..3 {
+            up(&links, i);
+        }
+        let _on_2: Vec<_> = (0..4).map(|_| links.lease(Some(2)).unwrap()).collect();
+        let _on_1 = links.lease(Some(1)).unwrap();
+        assert_eq!(links.loads(), vec![0, 1, 4]);
+        assert_eq!(links.relief_for(2), Some(0));
+        assert_eq!(links.relief_for(1), None, "0 vs 1: a move would only swap them");
+        links.get(0).unwrap().mark_lost();
+        assert_eq!(links.relief_for(2), Some(1), "only connected links take agents");
     }
 
     #[test]

@@ -16,6 +16,8 @@
 //!   server, wait), shared by first connects and migrations.
 //! - [`dispatch`]: what to do with one message from the server.
 //! - [`budget`]: the gateway-wide cap on agent message bytes in flight.
+//! - [`rebalance`]: moves agents off crowded links, without disconnecting
+//!   them, when loads drift apart (e.g. after links return).
 
 pub mod admission;
 pub mod agent;
@@ -25,6 +27,7 @@ pub mod forwarded;
 pub mod identity;
 pub mod links;
 pub mod pending;
+pub mod rebalance;
 pub mod routes;
 
 use std::sync::Arc;
@@ -65,6 +68,8 @@ pub struct Relay {
     pub settings: RelaySettings,
     /// Agent message bytes between being read and written upstream.
     pub budget: Arc<Budget>,
+    /// WebSocket sessions the rebalancer may ask to move.
+    pub movable: rebalance::Movable,
 }
 
 impl Relay {
@@ -76,6 +81,7 @@ impl Relay {
             forwarded: ForwardedHandshakes::default(),
             policies,
             budget: Budget::new(settings.max_buffered_bytes),
+            movable: rebalance::Movable::default(),
             settings,
         }
     }

@@ -15,8 +15,11 @@
 //! - [`proxy`]: [`ConnectProxy`], an HTTP CONNECT egress proxy (optionally
 //!   TLS, optionally demanding credentials) that records what it was asked.
 //! - [`probe`]: [`http_get`], for reading the gateway's admin endpoints.
+//! - [`blackhole`]: [`BlackholeProxy`], a TCP relay whose connections can go
+//!   half-open on demand (fault tests).
 
 pub mod agent;
+pub mod blackhole;
 pub mod fleet;
 pub mod probe;
 pub mod proxy;
@@ -26,6 +29,7 @@ pub mod server;
 mod tests;
 
 pub use agent::{AgentError, AgentOptions, SimAgent};
+pub use blackhole::BlackholeProxy;
 pub use fleet::{Fleet, FleetConfig, FleetStats};
 pub use probe::http_get;
 pub use proxy::{ConnectProxy, ConnectProxyConfig, ConnectRecord, ProxyState};

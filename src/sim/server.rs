@@ -261,6 +261,11 @@ impl ReferenceServer {
         self.shared.send_to(conn_id, Outgoing::Raw(payload))
     }
 
+    /// Sends a WebSocket text frame, which OpAMP never uses (garbage tests).
+    pub fn push_text(&self, conn_id: u64, text: &str) -> bool {
+        self.shared.send_to(conn_id, Outgoing::Text(text.to_owned()))
+    }
+
     /// Closes every open connection cleanly: a close frame with `code`, then
     /// the socket. New connections still work.
     pub fn close_connections(&self, code: u16) {
@@ -337,6 +342,7 @@ struct LinkHandle {
 enum Outgoing {
     Message(Box<ServerToAgent>),
     Raw(Bytes),
+    Text(String),
     Close(u16),
 }
 
@@ -592,6 +598,7 @@ where
             Message::Binary(framing::encode(&*msg))
         }
         Outgoing::Raw(bytes) => Message::Binary(bytes),
+        Outgoing::Text(text) => Message::Text(text.into()),
         Outgoing::Close(code) => Message::Close(Some(CloseFrame { code: code.into(), reason: "".into() })),
     };
     while let Some(first) = rx.recv().await {

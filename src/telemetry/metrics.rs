@@ -28,6 +28,11 @@ pub const UPSTREAM_RECONNECTS: &str = "opampgateway_upstream_reconnects_total";
 pub const UPSTREAM_LINK_LOSSES: &str = "opampgateway_upstream_link_losses_total";
 /// Counter: agents moved to another link after a link loss, by `outcome`.
 pub const AGENT_MIGRATIONS: &str = "opampgateway_agent_migrations_total";
+/// Counter: planned moves asked by the rebalancer, by `outcome`
+/// (moved|stayed|failed).
+pub const REBALANCE_MOVES: &str = "opampgateway_rebalance_moves_total";
+/// Gauge: agents on the busiest connected link minus on the idlest.
+pub const LINK_IMBALANCE: &str = "opampgateway_link_imbalance";
 /// Counter: agent sessions closed by the gateway or peer, by `reason`.
 pub const AGENTS_CLOSED: &str = "opampgateway_agents_closed_total";
 /// Counter: messages the gateway could not deliver, by `direction` and `reason`.

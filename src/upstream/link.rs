@@ -176,6 +176,9 @@ impl LinkTask {
         let mut ping = tokio::time::interval_at(Instant::now() + keepalive, keepalive);
         let mut last_seen = Instant::now();
         let mut batch = Vec::with_capacity(WRITE_BATCH);
+        // Drop reasons already logged on this connection: a server sending
+        // garbage in a loop must not flood the log (the counter has the rate).
+        let mut warned = Vec::new();
         loop {
             tokio::select! {
                 biased;
@@ -190,13 +193,10 @@ impl LinkTask {
                         Some(Ok(Message::Binary(frame))) => {
                             let outcome = self.relay.dispatch(&self.link, frame, last_seen);
                             if let Some(reason) = outcome.drop_reason() {
-                                metrics::counter!(m::MESSAGES_DROPPED, "direction" => m::DOWNSTREAM, "reason" => reason).increment(1);
-                                tracing::debug!(link = %self.link.id(), ?outcome, "server message not delivered");
+                                self.dropped(&mut warned, reason, &outcome);
                             }
                         }
-                        Some(Ok(Message::Text(_))) => {
-                            metrics::counter!(m::MESSAGES_DROPPED, "direction" => m::DOWNSTREAM, "reason" => "text_frame").increment(1);
-                        }
+                        Some(Ok(Message::Text(_))) => self.dropped(&mut warned, "text_frame", &"a text frame"),
                         Some(Ok(Message::Close(frame))) => return End::Lost(format!("server closed: {frame:?}")),
                         Some(Ok(_)) => {} // ping/pong: tungstenite answers pings itself
                         Some(Err(e)) => return End::Lost(e.to_string()),
@@ -220,6 +220,18 @@ impl LinkTask {
                     }
                 }
             }
+        }
+    }
+
+    /// Counts a server message that reached no one; warns once per reason
+    /// per connection, later ones only at debug.
+    fn dropped(&self, warned: &mut Vec<&'static str>, reason: &'static str, what: &dyn std::fmt::Debug) {
+        metrics::counter!(m::MESSAGES_DROPPED, "direction" => m::DOWNSTREAM, "reason" => reason).increment(1);
+        if warned.contains(&reason) {
+            tracing::debug!(link = %self.link.id(), reason, ?what, "server message not delivered");
+        } else {
+            warned.push(reason);
+            tracing::warn!(link = %self.link.id(), reason, ?what, "server message not delivered (further ones with this reason on this connection: debug only)");
         }
     }
 

@@ -15,6 +15,7 @@ mod link_loss;
 mod listener_limits;
 mod liveness;
 mod proxy;
+mod rebalance;
 mod routing;
 mod security;
 mod tls;
