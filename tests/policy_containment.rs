@@ -11,17 +11,16 @@
 //! The tests share one log capture and one metrics recorder (both are
 //! process-wide), so each uses its own policy names.
 
+#[path = "support/observe.rs"]
+mod observe;
 #[path = "policy_support/mod.rs"]
 mod policy_support;
 
-use std::io::Write;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use bytes::Bytes;
-use metrics_exporter_prometheus::PrometheusHandle;
 use opamp_gateway::config::Config;
 use opamp_gateway::policy::runtime::ReloadOutcome;
 use opamp_gateway::protocol::proto::AgentToServer;
@@ -29,47 +28,22 @@ use opamp_gateway::protocol::uid::InstanceUid;
 use opamp_gateway::sim::agent::{AgentError, AgentOptions, SimAgent};
 use opamp_gateway::sim::server::{ReferenceServer, ReferenceServerConfig};
 use opamp_gateway::Gateway;
-use parking_lot::Mutex;
 use policy_support::{applied, install, wait_for};
 
 const T: Duration = Duration::from_secs(20);
 
-#[derive(Clone)]
-struct Capture(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Capture {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-/// The process-wide log capture and metrics recorder, installed once.
-fn globals() -> &'static (Capture, PrometheusHandle) {
-    static G: OnceLock<(Capture, PrometheusHandle)> = OnceLock::new();
-    G.get_or_init(|| {
-        let capture = Capture(Arc::default());
-        let writer = capture.clone();
-        tracing_subscriber::fmt()
-            .with_env_filter("warn,opamp_gateway::policy=debug")
-            .with_ansi(false)
-            .with_writer(move || writer.clone())
-            .init();
-        (capture, opamp_gateway::telemetry::install_recorder().unwrap())
-    })
+/// The process-wide log capture and metrics recorder.
+fn observed() -> &'static observe::Observed {
+    observe::install("warn,opamp_gateway::policy=debug")
 }
 
 /// Captured log lines mentioning every one of `words`.
 fn log_lines(words: &[&str]) -> Vec<String> {
-    let text = String::from_utf8_lossy(&globals().0 .0.lock()).into_owned();
-    text.lines().filter(|l| words.iter().all(|w| l.contains(w))).map(str::to_owned).collect()
+    observed().log_lines(words)
 }
 
 async fn start(server: &ReferenceServer, dir: &Path, tune: impl FnOnce(&mut Config)) -> Gateway {
-    let handle = globals().1.clone();
+    let handle = observed().metrics.clone();
     let mut cfg = Config::from_yaml(&format!(
         "server:\n  endpoint: {}\n  reconnect: {{ initial_interval: 50ms }}\nlistener:\n  endpoint: 127.0.0.1:0\n\
          telemetry:\n  metrics:\n    endpoint: 127.0.0.1:0\n",

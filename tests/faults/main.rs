@@ -13,6 +13,8 @@
 //! | half-open link (a proxy eats every byte, closes nothing) | no traffic for two `server.keepalive` intervals: link lost, redialed; agents move | nothing: frames written in the last second are replayed; counted `upstream_link_losses_total` | `half_open::keepalive_notices_a_blackholed_link_and_its_agents_move` |
 //! | server stops reading, 120 agents keep sending | held bytes stay within `listener.max_buffered_bytes` (gauge `opampgateway_buffered_bytes`); sessions stop reading their agents (TCP back-pressure) | nothing: every message arrives in order after the server reads again; no agent closed | `stalled_server::a_server_that_stops_reading_costs_bounded_memory_and_loses_nothing` |
 
+#[path = "../support/observe.rs"]
+mod observe;
 mod support;
 
 mod garbage;

@@ -1,53 +1,30 @@
 //! Shared by the fault cases: one process-wide log capture and metrics
 //! recorder, a gateway with its `/metrics` on loopback, and agent helpers.
 
-use std::io::Write;
-use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use metrics_exporter_prometheus::PrometheusHandle;
 use opamp_gateway::config::Config;
 use opamp_gateway::protocol::proto::ServerToAgent;
 use opamp_gateway::sim::agent::{AgentOptions, SimAgent};
 use opamp_gateway::Gateway;
-use parking_lot::Mutex;
 
 /// Generous bound for anything that should happen "promptly" on loopback.
 pub const T: Duration = Duration::from_secs(15);
 
-#[derive(Clone)]
-struct Capture(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Capture {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-fn globals() -> &'static (Capture, PrometheusHandle) {
-    static G: OnceLock<(Capture, PrometheusHandle)> = OnceLock::new();
-    G.get_or_init(|| {
-        let capture = Capture(Arc::default());
-        let writer = capture.clone();
-        tracing_subscriber::fmt().with_env_filter("warn").with_ansi(false).with_writer(move || writer.clone()).init();
-        (capture, opamp_gateway::telemetry::install_recorder().expect("recorder installs once"))
-    })
+/// The process-wide log capture (warn and above) and metrics recorder.
+fn observed() -> &'static crate::observe::Observed {
+    crate::observe::install("warn")
 }
 
 /// Captured warn-or-worse log lines mentioning every one of `words`.
 pub fn log_lines(words: &[&str]) -> Vec<String> {
-    let text = String::from_utf8_lossy(&globals().0 .0.lock()).into_owned();
-    text.lines().filter(|l| words.iter().all(|w| l.contains(w))).map(str::to_owned).collect()
+    observed().log_lines(words)
 }
 
 /// A gateway for `server_url` with fast redials and `/metrics` on loopback,
 /// adjusted by `tweak`; returns once `connections` links are up.
 pub async fn gateway(server_url: &str, tweak: impl FnOnce(&mut Config)) -> Gateway {
-    let handle = globals().1.clone();
+    let handle = observed().metrics.clone();
     let mut cfg = Config::from_yaml(&format!(
         "server:\n  endpoint: {server_url}\n  reconnect: {{ initial_interval: 50ms, max_interval: 500ms }}\n\
          listener:\n  endpoint: 127.0.0.1:0\ntelemetry:\n  metrics:\n    endpoint: 127.0.0.1:0\n"
