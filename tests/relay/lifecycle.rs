@@ -22,6 +22,29 @@ use crate::http::post;
 /// milliseconds, so one started by mistake shows up well within it.
 const QUIET: Duration = Duration::from_millis(500);
 
+/// Starts the shutdown while the handshake `request_uid` waits on the link
+/// `conn_id`, checks the listener closes but the link stays up for `what` in
+/// flight, then has the server accept it. Returns the shutdown task.
+async fn shut_down_then_accept(
+    server: &ReferenceServer,
+    gateway: Gateway,
+    conn_id: u64,
+    request_uid: String,
+    what: &str,
+) -> tokio::task::JoinHandle<()> {
+    let addr = gateway.listen_addr();
+    let shutdown = tokio::spawn(gateway.shutdown());
+    eventually("the listener is closed", || std::net::TcpStream::connect(addr).is_err()).await;
+    assert!(
+        server.wait_until(QUIET, |s| s.open_connections == 0).await.is_err(),
+        "the link must stay up while {what} is in flight"
+    );
+    let verdict =
+        ConnectResult { request_uid, accept: true, http_status_code: 200, response_headers: Default::default() };
+    assert!(server.push_raw(conn_id, verdict.to_frame()), "the link is still there");
+    shutdown
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_start_leaves_no_upstream_link() {
     let server = ReferenceServer::start(ReferenceServerConfig::default()).await.unwrap();
@@ -64,21 +87,7 @@ async fn shutdown_lets_a_handshake_in_flight_finish() {
     let (conn_id, request) = h.server.state().connect_requests[0].clone();
 
     let Harness { server, gateway } = h;
-    let addr = gateway.listen_addr();
-    let shutdown = tokio::spawn(gateway.shutdown());
-    eventually("the listener is closed", || std::net::TcpStream::connect(addr).is_err()).await;
-    assert!(
-        server.wait_until(QUIET, |s| s.open_connections == 0).await.is_err(),
-        "the link must stay up while a handshake is in flight"
-    );
-
-    let verdict = ConnectResult {
-        request_uid: request.request_uid,
-        accept: true,
-        http_status_code: 200,
-        response_headers: Default::default(),
-    };
-    assert!(server.push_raw(conn_id, verdict.to_frame()), "the link is still there");
+    let shutdown = shut_down_then_accept(&server, gateway, conn_id, request.request_uid, "a handshake").await;
     let mut agent = tokio::time::timeout(T, agent).await.unwrap().unwrap().expect("the agent is admitted");
     assert_eq!(agent.recv_close(T).await.unwrap().code, Some(1001), "then closed as every agent at shutdown");
     drop(agent); // rather than have the session linger for its close reply
@@ -104,19 +113,7 @@ async fn shutdown_lets_an_http_poll_in_flight_finish() {
     let (conn_id, request) = h.server.state().connect_requests[0].clone();
 
     let Harness { server, gateway } = h;
-    let shutdown = tokio::spawn(gateway.shutdown());
-    eventually("the listener is closed", || std::net::TcpStream::connect(addr).is_err()).await;
-    assert!(
-        server.wait_until(QUIET, |s| s.open_connections == 0).await.is_err(),
-        "the link must stay up while a poll is in flight"
-    );
-    let verdict = ConnectResult {
-        request_uid: request.request_uid,
-        accept: true,
-        http_status_code: 200,
-        response_headers: Default::default(),
-    };
-    assert!(server.push_raw(conn_id, verdict.to_frame()), "the link is still there");
+    let shutdown = shut_down_then_accept(&server, gateway, conn_id, request.request_uid, "a poll").await;
     let reply = tokio::time::timeout(T, poll).await.unwrap().unwrap();
     assert_eq!(reply.message().instance_uid, uid, "the server's reply to this agent");
     tokio::time::timeout(T, shutdown).await.expect("shutdown completes").unwrap();
