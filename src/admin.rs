@@ -32,7 +32,7 @@ use crate::telemetry::TelemetryError;
 /// - `/healthz`: 200 when at least one upstream link is connected;
 /// - `/readyz`: as `/healthz`, and not `draining` (cancelled once shutdown
 ///   begins), and the policy set ready (see [`PolicyHealth`]).
-pub async fn serve(
+pub(crate) async fn serve(
     addr: SocketAddr,
     handle: PrometheusHandle,
     links: Arc<Links>,
@@ -57,6 +57,8 @@ pub async fn serve(
                     let body = match req.uri().path() {
                         "/metrics" => {
                             publish_link_loads(&links);
+                            let tasks = tokio::runtime::Handle::current().metrics().num_alive_tasks();
+                            metrics::gauge!(m::RUNTIME_ALIVE_TASKS).set(tasks as f64);
                             (StatusCode::OK, handle.render())
                         }
                         "/healthz" => {

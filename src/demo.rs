@@ -18,7 +18,7 @@ use opamp_gateway::{telemetry, Gateway};
 const SECRET: &str = "demo-secret";
 
 #[derive(clap::Args)]
-pub struct DemoArgs {
+pub(crate) struct DemoArgs {
     /// Simulated agents.
     #[arg(long, default_value_t = 200)]
     pub agents: usize,
@@ -33,7 +33,7 @@ pub struct DemoArgs {
     pub heartbeat: Duration,
 }
 
-pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
+pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let server =
         ReferenceServer::start(ReferenceServerConfig { secret_key: Some(SECRET.into()), ..Default::default() })
             .await
@@ -86,7 +86,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             f.errors,
             s.open_connections,
             s.agents.len(),
-            gateway.relay().links.loads()
+            gateway.inspect().loads()
         );
         if !pushed && run_start.elapsed() >= args.duration / 4 {
             pushed = true;

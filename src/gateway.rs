@@ -28,7 +28,7 @@ use crate::policy::runtime::PolicyRuntime;
 use crate::policy::wasm::PolicyError;
 use crate::policy::Policy;
 use crate::relay::rebalance::{self, RebalanceSettings};
-use crate::relay::{Links, Relay, RelaySettings};
+use crate::relay::{Links, Relay, RelaySettings, RelayView};
 use crate::telemetry::TelemetryError;
 use crate::upstream::dial::DialerError;
 use crate::upstream::{spawn_links, Dialer, LinkSettings};
@@ -161,6 +161,7 @@ impl Gateway {
                 failover_wait: config.server.failover_wait,
                 agent_queue: config.listener.queue_size,
                 max_forwarded_handshakes: config.listener.downstream_gateways.max_handshakes_in_flight,
+                failover_queue: config.server.failover_queue,
                 max_buffered_bytes: config.listener.max_buffered_bytes.as_usize(),
             },
         ));
@@ -285,8 +286,10 @@ impl Gateway {
         self.metrics_addr
     }
 
-    pub fn relay(&self) -> &Arc<Relay> {
-        &self.relay
+    /// A read-only view of the relay core: link loads and states, routes,
+    /// handshakes in flight, buffered bytes. Cheap to clone and keep.
+    pub fn inspect(&self) -> RelayView {
+        RelayView::new(self.relay.clone())
     }
 
     /// The policy runtime: its `subscribe()` reports every reload.

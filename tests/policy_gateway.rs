@@ -84,14 +84,14 @@ async fn examples_change_what_the_server_and_agents_see() {
     let state = server.state();
     let link_of = |a: &SimAgent| state.agent(a.uid().as_bytes()).unwrap().conn_id;
     assert!(blue.iter().all(|b| link_of(b) == link_of(&blue[0])), "same tenant, same link");
-    assert_eq!(g.relay().links.loads().iter().filter(|&&l| l > 0).count(), 1);
+    assert_eq!(g.inspect().loads().iter().filter(|&&l| l > 0).count(), 1);
     let mut plain = Vec::new();
     for _ in 0..2 {
         let mut p = SimAgent::connect(opts(&g, &[key])).await.unwrap();
         round_trip(&mut p).await;
         plain.push(p);
     }
-    assert_eq!(g.relay().links.loads().iter().filter(|&&l| l > 0).count(), 3, "no tenant: least connections");
+    assert_eq!(g.inspect().loads().iter().filter(|&&l| l > 0).count(), 3, "no tenant: least connections");
 
     // redact_secrets: secrets never leave the segment.
     let mut files = std::collections::HashMap::new();

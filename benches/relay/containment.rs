@@ -23,26 +23,26 @@ use crate::load::{self, Run};
 use crate::suite::{wait_links, Scale, LINKS};
 
 /// Steady agents, as in the issue.
-pub const STEADY: usize = 300;
+pub(crate) const STEADY: usize = 300;
 /// New agents connecting in each stage, as in the issue.
-pub const NEWCOMERS: usize = 20;
+pub(crate) const NEWCOMERS: usize = 20;
 /// Round trips per second the steady fleet offers, in total.
-pub const RATE: f64 = 1000.0;
+pub(crate) const RATE: f64 = 1000.0;
 /// A newcomer that has not completed its first round trip by then counts as
 /// not admitted.
-pub const NEWCOMER_LIMIT: Duration = Duration::from_secs(15);
+pub(crate) const NEWCOMER_LIMIT: Duration = Duration::from_secs(15);
 /// The policy's file name in the folder (its metric label).
 const NAME: &str = "hostile";
 
 /// One policy: `fixture_misbehave` with a config that makes every `filter`
 /// call misbehave (or, for the control, behave).
-pub struct Hostile {
+pub(crate) struct Hostile {
     pub label: &'static str,
     pub what: &'static str,
     pub yaml: &'static str,
 }
 
-pub const HOSTILE: [Hostile; 3] = [
+pub(crate) const HOSTILE: [Hostile; 3] = [
     // The control: what any loaded filter costs the relay, to set the
     // hostile ones' "during" figures against.
     Hostile {
@@ -62,7 +62,7 @@ pub const HOSTILE: [Hostile; 3] = [
     },
 ];
 
-pub struct Newcomers {
+pub(crate) struct Newcomers {
     pub tried: usize,
     pub admitted: usize,
     /// Connect + first round trip of the admitted ones, µs.
@@ -71,14 +71,14 @@ pub struct Newcomers {
 
 /// The policy's counters as `/metrics` shows them at the end of a stage.
 #[derive(Default, Clone, Copy)]
-pub struct Counters {
+pub(crate) struct Counters {
     pub calls: f64,
     pub errors: f64,
     pub quarantines: f64,
     pub skipped: f64,
 }
 
-pub struct Stage {
+pub(crate) struct Stage {
     pub name: &'static str,
     /// The steady fleet's round trips (agents already handed back).
     pub steady: Run,
@@ -89,7 +89,7 @@ pub struct Stage {
     pub counters: Counters,
 }
 
-pub struct Case {
+pub(crate) struct Case {
     pub label: &'static str,
     pub what: &'static str,
     pub rss_idle_kib: u64,
@@ -102,12 +102,12 @@ pub struct Case {
 }
 
 /// The misbehaving fixture, if `policies/` was built.
-pub fn fixture() -> Option<PathBuf> {
+pub(crate) fn fixture() -> Option<PathBuf> {
     let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("policies/target/wasm32-wasip2/release/fixture_misbehave.wasm");
     p.exists().then_some(p)
 }
 
-pub async fn run(server: &ReferenceServer, scale: &Scale, fixture: &Path) -> anyhow::Result<Vec<Case>> {
+pub(crate) async fn run(server: &ReferenceServer, scale: &Scale, fixture: &Path) -> anyhow::Result<Vec<Case>> {
     let mut cases = Vec::new();
     for hostile in &HOSTILE {
         eprintln!("[bench] containment: {}", hostile.label);

@@ -9,7 +9,7 @@ use anyhow::Context;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, Command};
 
-pub struct GatewayProc {
+pub(crate) struct GatewayProc {
     child: Child,
     pub listener: SocketAddr,
     /// The `/metrics` endpoint, when started with one.
@@ -18,13 +18,13 @@ pub struct GatewayProc {
 }
 
 impl GatewayProc {
-    pub async fn start(upstream: &str, connections: usize, policy_dir: Option<&Path>) -> anyhow::Result<Self> {
+    pub(crate) async fn start(upstream: &str, connections: usize, policy_dir: Option<&Path>) -> anyhow::Result<Self> {
         Self::start_with(upstream, connections, policy_dir, false).await
     }
 
     /// `start`, with a `/metrics` endpoint when `metrics` (the containment
     /// phase reads the policy gauges from it).
-    pub async fn start_with(
+    pub(crate) async fn start_with(
         upstream: &str,
         connections: usize,
         policy_dir: Option<&Path>,
@@ -41,9 +41,20 @@ impl GatewayProc {
         if metrics {
             yaml.push_str("telemetry:\n  metrics:\n    endpoint: 127.0.0.1:0\n");
         }
+        Self::spawn(dir, &yaml).await
+    }
+
+    /// A gateway with this whole config file (the soak phase sets timeouts).
+    pub(crate) async fn start_yaml(yaml: &str) -> anyhow::Result<Self> {
+        Self::spawn(tempfile::tempdir()?, yaml).await
+    }
+
+    async fn spawn(dir: tempfile::TempDir, yaml: &str) -> anyhow::Result<Self> {
         let path = dir.path().join("gateway.yaml");
         std::fs::write(&path, yaml)?;
-        let mut child = Command::new(env!("CARGO_BIN_EXE_opamp-gateway"))
+        // BENCH_GATEWAY_BIN runs another build (e.g. with another allocator).
+        let bin = std::env::var("BENCH_GATEWAY_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_opamp-gateway").into());
+        let mut child = Command::new(bin)
             .arg("--config")
             .arg(&path)
             // BENCH_GATEWAY_LOG=warn shows what the gateway complains about.
@@ -63,16 +74,16 @@ impl GatewayProc {
         Ok(Self { child, listener, metrics, _dir: dir })
     }
 
-    pub fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("ws://{}/v1/opamp", self.listener)
     }
 
-    pub fn pid(&self) -> u32 {
+    pub(crate) fn pid(&self) -> u32 {
         self.child.id().unwrap_or(0)
     }
 
     /// The text of `/metrics` (empty without an endpoint or on error).
-    pub async fn scrape(&self) -> String {
+    pub(crate) async fn scrape(&self) -> String {
         let Some(addr) = self.metrics else { return String::new() };
         let get = async {
             let mut s = tokio::net::TcpStream::connect(addr).await?;
@@ -85,16 +96,16 @@ impl GatewayProc {
     }
 
     /// Resident memory, KiB.
-    pub fn rss_kib(&self) -> u64 {
+    pub(crate) fn rss_kib(&self) -> u64 {
         proc_status_kib(self.pid(), "VmRSS:")
     }
 
     /// User + system CPU time consumed so far, in seconds.
-    pub fn cpu_seconds(&self) -> f64 {
+    pub(crate) fn cpu_seconds(&self) -> f64 {
         cpu_seconds(self.pid())
     }
 
-    pub async fn stop(mut self) {
+    pub(crate) async fn stop(mut self) {
         if let Some(pid) = self.child.id() {
             let _ = Command::new("kill").args(["-TERM", &pid.to_string()]).status().await;
         }
@@ -102,14 +113,14 @@ impl GatewayProc {
     }
 }
 
-pub fn proc_status_kib(pid: u32, key: &str) -> u64 {
+pub(crate) fn proc_status_kib(pid: u32, key: &str) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|s| s.lines().find(|l| l.starts_with(key)).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()))
         .unwrap_or(0)
 }
 
-pub fn cpu_seconds(pid: u32) -> f64 {
+pub(crate) fn cpu_seconds(pid: u32) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     // Fields after the command name (which may contain spaces) in parentheses.
     let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");

@@ -9,7 +9,7 @@ use opamp_gateway::protocol::proto::AgentToServer;
 use opamp_gateway::sim::agent::{AgentOptions, SimAgent};
 use tokio::sync::Semaphore;
 
-pub struct Storm {
+pub(crate) struct Storm {
     pub agents: Vec<SimAgent>,
     pub elapsed: Duration,
     pub errors: usize,
@@ -20,7 +20,7 @@ pub struct Storm {
 /// Connects `n` agents (at most `concurrency` handshakes in flight), each
 /// completing the handshake and a first status round trip. In header values,
 /// `{i}` becomes the agent's index (e.g. a tenant per agent).
-pub async fn storm(url: &str, n: usize, concurrency: usize, headers: &[(String, String)]) -> Storm {
+pub(crate) async fn storm(url: &str, n: usize, concurrency: usize, headers: &[(String, String)]) -> Storm {
     let gate = Arc::new(Semaphore::new(concurrency));
     let started = Instant::now();
     let tasks: Vec<_> = (0..n)
@@ -54,7 +54,7 @@ pub async fn storm(url: &str, n: usize, concurrency: usize, headers: &[(String, 
     Storm { agents, elapsed: started.elapsed(), errors, connect }
 }
 
-pub struct Run {
+pub(crate) struct Run {
     pub agents: Vec<SimAgent>,
     pub rtt: Histogram<u64>,
     pub round_trips: u64,
@@ -64,7 +64,7 @@ pub struct Run {
 
 /// Every agent sends a heartbeat and waits for the reply, spacing sends so
 /// that the fleet offers `total_rate` messages/s (`None`: flat out).
-pub async fn drive(agents: Vec<SimAgent>, total_rate: Option<f64>, duration: Duration) -> Run {
+pub(crate) async fn drive(agents: Vec<SimAgent>, total_rate: Option<f64>, duration: Duration) -> Run {
     let n = agents.len().max(1);
     let interval = total_rate.map(|r| Duration::from_secs_f64(n as f64 / r));
     let started = Instant::now();
@@ -118,6 +118,6 @@ pub async fn drive(agents: Vec<SimAgent>, total_rate: Option<f64>, duration: Dur
     run
 }
 
-pub fn histogram() -> Histogram<u64> {
+pub(crate) fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid bounds")
 }

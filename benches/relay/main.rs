@@ -14,6 +14,7 @@ mod load;
 mod nginx;
 mod policies;
 mod report;
+mod soak;
 mod suite;
 
 fn main() -> anyhow::Result<()> {
@@ -35,13 +36,26 @@ fn main() -> anyhow::Result<()> {
         return Ok(());
     }
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    // `--soak DURATION` (issue 14): churn alone, rewriting only its section.
+    if let Some(i) = args.iter().position(|a| a == "--soak") {
+        let text = args.get(i + 1).map(String::as_str).unwrap_or_default();
+        let duration = humantime::parse_duration(text)
+            .map_err(|e| anyhow::anyhow!("--soak: expected a duration such as 10m, got {text:?}: {e}"))?;
+        return rt.block_on(soak::run(duration, &out));
+    }
     let hooks = args.iter().position(|a| a == "--hooks").and_then(|i| args.get(i + 1)).map(std::path::PathBuf::from);
     let mut report = rt.block_on(suite::run(suite::Scale::new(quick, only_policies, only_containment)))?;
     if let Some(hooks) = hooks {
         report.hook_costs(&hooks);
     }
     report.finish();
+    // The full suite rewrites the file: keep the last soak's section.
+    let kept = std::fs::read_to_string(&out).ok().and_then(|t| soak::section(&t).map(str::to_owned));
     report.write(&out)?;
+    if let Some(kept) = kept {
+        let text = std::fs::read_to_string(&out)?;
+        std::fs::write(&out, soak::splice(&text, &kept))?;
+    }
     println!("wrote {} and {}", out.display(), out.with_file_name("benchmarks.json").display());
     Ok(())
 }

@@ -8,18 +8,18 @@ use std::time::Duration;
 use anyhow::Context;
 use tokio::process::{Child, Command};
 
-pub struct Nginx {
+pub(crate) struct Nginx {
     child: Child,
     pub port: u16,
     _dir: tempfile::TempDir,
 }
 
-pub fn binary() -> Option<PathBuf> {
+pub(crate) fn binary() -> Option<PathBuf> {
     ["/usr/sbin/nginx", "/usr/local/sbin/nginx", "/usr/bin/nginx"].into_iter().map(PathBuf::from).find(|p| p.exists())
 }
 
 impl Nginx {
-    pub async fn start(upstream_port: u16) -> anyhow::Result<Self> {
+    pub(crate) async fn start(upstream_port: u16) -> anyhow::Result<Self> {
         let bin = binary().context("nginx is not installed (scripts/bench installs it)")?;
         let dir = tempfile::tempdir()?;
         let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
@@ -47,11 +47,11 @@ impl Nginx {
         anyhow::bail!("nginx did not start listening")
     }
 
-    pub fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("ws://127.0.0.1:{}/v1/opamp", self.port)
     }
 
-    pub async fn stop(mut self) {
+    pub(crate) async fn stop(mut self) {
         let _ = self.child.kill().await;
     }
 }

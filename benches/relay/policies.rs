@@ -3,12 +3,12 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-pub struct PolicySet {
+pub(crate) struct PolicySet {
     dir: tempfile::TempDir,
     sources: Vec<(String, PathBuf, Option<PathBuf>)>,
 }
 
-pub struct SwapOutcome {
+pub(crate) struct SwapOutcome {
     pub swaps: usize,
     pub reloads_seen: usize,
 }
@@ -16,13 +16,13 @@ pub struct SwapOutcome {
 /// Headers the example policies look at. Each agent gets its own tenant:
 /// one shared tenant would (correctly) pin every agent to one link and the
 /// figure would measure a 1-link topology, not the policies.
-pub fn headers() -> Vec<(String, String)> {
+pub(crate) fn headers() -> Vec<(String, String)> {
     vec![("x-tenant".into(), "tenant-{i}".into()), ("authorization".into(), "Secret-Key bench".into())]
 }
 
 /// Copies the built example policies (and their example configs) into a
 /// fresh folder; `None` if they have not been built.
-pub fn prepare() -> anyhow::Result<Option<PolicySet>> {
+pub(crate) fn prepare() -> anyhow::Result<Option<PolicySet>> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
     let built = root.join("target/wasm32-wasip2/release");
     let all = ["block_packages", "header_allowlist", "redact_secrets", "tenant_affinity"];
@@ -53,11 +53,11 @@ fn find_config(root: &Path, name: &str) -> Option<PathBuf> {
 }
 
 impl PolicySet {
-    pub fn dir(&self) -> &Path {
+    pub(crate) fn dir(&self) -> &Path {
         self.dir.path()
     }
 
-    pub fn names(&self) -> Vec<String> {
+    pub(crate) fn names(&self) -> Vec<String> {
         self.sources.iter().map(|(n, _, _)| n.clone()).collect()
     }
 
@@ -78,7 +78,7 @@ impl PolicySet {
     }
 
     /// Replaces the whole set `n` times, evenly over `over`.
-    pub async fn swap_repeatedly(&self, n: usize, over: Duration) -> anyhow::Result<SwapOutcome> {
+    pub(crate) async fn swap_repeatedly(&self, n: usize, over: Duration) -> anyhow::Result<SwapOutcome> {
         let every = over / (n as u32 + 1);
         for g in 1..=n {
             tokio::time::sleep(every).await;

@@ -12,7 +12,7 @@ use crate::load::{Run, Storm};
 use crate::policies::SwapOutcome;
 use crate::suite::{machine, FlatOut, PathFigures, Scale};
 
-pub struct Row {
+pub(crate) struct Row {
     pub agents: usize,
     pub connected: usize,
     pub rss_before_kib: u64,
@@ -23,7 +23,7 @@ pub struct Row {
     pub errors: u64,
 }
 
-pub struct Report {
+pub(crate) struct Report {
     json: Map<String, Value>,
     paths: Vec<(String, Value)>,
     growth: Vec<Row>,
@@ -37,7 +37,7 @@ fn us(h: &Histogram<u64>, q: f64) -> u64 {
 }
 
 impl Report {
-    pub fn new(scale: &Scale) -> Self {
+    pub(crate) fn new(scale: &Scale) -> Self {
         let mut json = Map::new();
         json.insert("machine".into(), machine());
         json.insert("command".into(), json!(if scale.quick { "scripts/bench --quick" } else { "scripts/bench" }));
@@ -57,7 +57,7 @@ impl Report {
         }
     }
 
-    pub fn note(&mut self, n: &str) {
+    pub(crate) fn note(&mut self, n: &str) {
         self.notes.push(n.to_owned());
     }
 
@@ -65,7 +65,7 @@ impl Report {
         self.bars.push((what.into(), bar.into(), got, ok));
     }
 
-    pub fn path(&mut self, name: &str, f: &PathFigures) {
+    pub(crate) fn path(&mut self, name: &str, f: &PathFigures) {
         let p = &f.paced;
         let s = &f.saturated;
         let v = json!({
@@ -85,7 +85,7 @@ impl Report {
         self.paths.iter().find(|(n, _)| n == name).and_then(|(_, v)| v.pointer(pointer)?.as_f64())
     }
 
-    pub fn added_latency(&mut self, direct: &PathFigures, gw: &PathFigures) {
+    pub(crate) fn added_latency(&mut self, direct: &PathFigures, gw: &PathFigures) {
         let d = &direct.paced.rtt;
         let g = &gw.paced.rtt;
         let added99 = us(g, 0.99) as f64 - us(d, 0.99) as f64;
@@ -108,7 +108,7 @@ impl Report {
         );
     }
 
-    pub fn storm(&mut self, n: usize, links: usize, concurrency: usize, s: &Storm) {
+    pub(crate) fn storm(&mut self, n: usize, links: usize, concurrency: usize, s: &Storm) {
         let secs = s.elapsed.as_secs_f64();
         self.json.insert(
             "connect_storm".into(),
@@ -123,7 +123,7 @@ impl Report {
         );
     }
 
-    pub fn growth(&mut self, row: Row) {
+    pub(crate) fn growth(&mut self, row: Row) {
         if self.memory_points.contains(&row.agents) {
             let ok = row.per_agent_kib <= 16.0;
             self.bar(
@@ -136,7 +136,7 @@ impl Report {
         self.growth.push(row);
     }
 
-    pub fn policy_throughput(&mut self, none: &FlatOut, with: &FlatOut, names: Vec<String>) {
+    pub(crate) fn policy_throughput(&mut self, none: &FlatOut, with: &FlatOut, names: Vec<String>) {
         let (a, b) = (none.rate(), with.rate());
         let cost = (1.0 - b / a.max(1.0)) * 100.0;
         let (cpu_a, cpu_b) = (none.cpu_us_per_msg(), with.cpu_us_per_msg());
@@ -157,7 +157,7 @@ impl Report {
 
     /// Per-call hook costs from `cargo bench --bench policy_hooks -- --json`,
     /// with the bar checked on the worst p99.
-    pub fn hook_costs(&mut self, path: &Path) {
+    pub(crate) fn hook_costs(&mut self, path: &Path) {
         let doc: Option<Value> = std::fs::read_to_string(path).ok().and_then(|t| serde_json::from_str(&t).ok());
         let Some(doc) = doc else {
             self.note(&format!("no hook micro-benchmark figures at {}: run scripts/bench", path.display()));
@@ -182,7 +182,7 @@ impl Report {
         self.json.insert("hook_costs".into(), doc);
     }
 
-    pub fn hot_swap(&mut self, swaps: SwapOutcome, run: &Run, connect_errors: usize) {
+    pub(crate) fn hot_swap(&mut self, swaps: SwapOutcome, run: &Run, connect_errors: usize) {
         self.json.insert(
             "hot_swap".into(),
             json!({"swaps": swaps.swaps, "reloads_seen": swaps.reloads_seen, "round_trips": run.round_trips,
@@ -199,7 +199,7 @@ impl Report {
 
     /// The containment phase: per hostile policy, the three stages, plus
     /// bars for what issue 17 asks of them.
-    pub fn containment(&mut self, cases: &[Case]) {
+    pub(crate) fn containment(&mut self, cases: &[Case]) {
         let mib = |kib: u64| (kib as f64 / 1024.0 * 10.0).round() / 10.0;
         let ms = |h: &Histogram<u64>, q: f64| (us(h, q) as f64 / 100.0).round() / 10.0;
         let mut out = Vec::new();
@@ -268,7 +268,7 @@ impl Report {
         );
     }
 
-    pub fn finish(&mut self) {
+    pub(crate) fn finish(&mut self) {
         let paths: Map<String, Value> = self.paths.iter().cloned().collect();
         self.json.insert("paths".into(), Value::Object(paths));
         let rows: Vec<Value> = self
@@ -284,7 +284,7 @@ impl Report {
         self.json.insert("notes".into(), json!(self.notes));
     }
 
-    pub fn write(&self, md_path: &Path) -> anyhow::Result<()> {
+    pub(crate) fn write(&self, md_path: &Path) -> anyhow::Result<()> {
         if let Some(dir) = md_path.parent() {
             std::fs::create_dir_all(dir)?;
         }

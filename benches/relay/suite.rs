@@ -13,7 +13,7 @@ use crate::nginx::{self, Nginx};
 use crate::policies;
 use crate::report::{Report, Row};
 
-pub struct Scale {
+pub(crate) struct Scale {
     pub quick: bool,
     pub memory_points: Vec<usize>,
     pub storm: usize,
@@ -35,7 +35,7 @@ pub struct Scale {
 }
 
 impl Scale {
-    pub fn new(quick: bool, only_policies: bool, only_containment: bool) -> Self {
+    pub(crate) fn new(quick: bool, only_policies: bool, only_containment: bool) -> Self {
         if quick {
             Self {
                 quick,
@@ -74,9 +74,9 @@ impl Scale {
     }
 }
 
-pub const LINKS: usize = 3;
+pub(crate) const LINKS: usize = 3;
 
-pub async fn run(scale: Scale) -> anyhow::Result<Report> {
+pub(crate) async fn run(scale: Scale) -> anyhow::Result<Report> {
     let mut report = Report::new(&scale);
     let server = ReferenceServer::start(ReferenceServerConfig::default()).await?;
     let upstream = server.url();
@@ -195,7 +195,7 @@ async fn relay_phases(report: &mut Report, server: &ReferenceServer, scale: &Sca
 
 /// Flat-out runs summed over rounds: throughput and the gateway's CPU.
 #[derive(Default)]
-pub struct FlatOut {
+pub(crate) struct FlatOut {
     pub round_trips: u64,
     pub seconds: f64,
     pub cpu_seconds: f64,
@@ -214,12 +214,12 @@ impl FlatOut {
         self.rounds += other.rounds;
     }
 
-    pub fn rate(&self) -> f64 {
+    pub(crate) fn rate(&self) -> f64 {
         self.round_trips as f64 / self.seconds.max(f64::EPSILON)
     }
 
     /// Gateway CPU per relayed message (a round trip relays two).
-    pub fn cpu_us_per_msg(&self) -> f64 {
+    pub(crate) fn cpu_us_per_msg(&self) -> f64 {
         self.cpu_seconds * 1e6 / (2 * self.round_trips).max(1) as f64
     }
 }
@@ -259,7 +259,7 @@ async fn flat_out(
 }
 
 /// Latency at a fixed rate, and throughput flat out, over one path.
-pub struct PathFigures {
+pub(crate) struct PathFigures {
     pub paced: Run,
     pub saturated: Run,
     pub connect_errors: usize,
@@ -281,13 +281,13 @@ async fn path_figures(url: &str, scale: &Scale) -> PathFigures {
     PathFigures { paced: Run { agents: Vec::new(), ..paced }, saturated, connect_errors }
 }
 
-pub async fn wait_links(server: &ReferenceServer, n: usize) {
+pub(crate) async fn wait_links(server: &ReferenceServer, n: usize) {
     let _ = server.wait_until(Duration::from_secs(30), |s| s.open_connections >= n).await;
     // The server counts a link a moment before the gateway marks it up.
     tokio::time::sleep(Duration::from_millis(200)).await;
 }
 
-pub fn machine() -> serde_json::Value {
+pub(crate) fn machine() -> serde_json::Value {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|s| {

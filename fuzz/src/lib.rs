@@ -55,6 +55,7 @@ impl Core {
                 failover_wait: Duration::from_secs(1),
                 agent_queue: 16,
                 max_forwarded_handshakes: 4,
+                failover_queue: 16,
                 max_buffered_bytes: 64 << 20,
             },
         ));

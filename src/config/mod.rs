@@ -3,7 +3,7 @@
 //! The shape is the one users already write for the reference extension
 //! (`server`, `listener`), plus our own settings, each with a default. A full
 //! collector config is accepted as written: the gateway's settings are taken
-//! from `extensions.opampgateway` and the rest is skipped ([`collector`]).
+//! from `extensions.opampgateway` and the rest is skipped (`collector`).
 //! Loading is three steps: parse YAML → expand `${env:VAR}` in every string
 //! → deserialize with the field path tracked, so every error names
 //! `server.tls.ca_file`-style paths (as the user wrote them, prefix included).

@@ -64,6 +64,10 @@ pub struct ServerConfig {
     /// with 1013 (try again later).
     #[serde(with = "humantime_serde")]
     pub failover_wait: Duration,
+    /// An agent's own messages that may wait for a link meanwhile (its
+    /// socket is still read). Beyond, the oldest are dropped and counted;
+    /// all agents together stay within `listener.max_buffered_bytes`.
+    pub failover_queue: usize,
     pub reconnect: BackoffConfig,
     /// Ping interval on each link; a link silent for two intervals is dead.
     #[serde(with = "humantime_serde")]
@@ -110,7 +114,10 @@ impl Default for ServerConfig {
             tls: None,
             proxy_url: None,
             auth_timeout: Duration::from_secs(30),
-            failover_wait: Duration::from_secs(5),
+            // A server restart (60 s, and the links' reconnect backoff of up
+            // to 30 s + jitter on top) is not a fleet reconnect.
+            failover_wait: Duration::from_secs(120),
+            failover_queue: 64,
             reconnect: BackoffConfig::default(),
             keepalive: Duration::from_secs(30),
             write_timeout: Duration::from_secs(10),
@@ -247,6 +254,10 @@ pub struct ListenerConfig {
     /// Sockets one source (IPv4 address, IPv6 /64) may hold that are not yet
     /// agents (no request admitted yet); beyond it, 429 with `Retry-After`.
     pub max_handshaking_per_source: usize,
+    /// Every connection starts with a PROXY protocol header (v1 or v2, from
+    /// a TCP load balancer); its source address is the agent's address. A
+    /// connection without a valid one within `header_timeout` is closed.
+    pub proxy_protocol: bool,
     /// How long SIGTERM waits for agents to be closed, and for handshakes
     /// and HTTP polls in flight to be answered, before exiting.
     #[serde(with = "humantime_serde")]
@@ -389,6 +400,7 @@ impl Default for ListenerConfig {
             tls_handshake_timeout: Duration::from_secs(10),
             max_connections: super::default_max_connections(),
             max_handshaking_per_source: 1024,
+            proxy_protocol: false,
             shutdown_timeout: Duration::from_secs(10),
             drain_delay: Duration::ZERO,
             http: HttpTransportConfig::default(),
@@ -615,6 +627,9 @@ impl Config {
         }
         if s.dial_timeout.is_some_and(|d| d.is_zero()) {
             return Err(ConfigError::field("server.dial_timeout", "must be greater than 0, e.g. 10s, or unset"));
+        }
+        if s.failover_queue == 0 {
+            return Err(ConfigError::field("server.failover_queue", "must be at least 1 (messages per agent)"));
         }
         if s.queue_size == 0 {
             return Err(ConfigError::field("server.queue_size", "must be at least 1"));

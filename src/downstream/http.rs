@@ -44,10 +44,11 @@ use crate::relay::{
 };
 use crate::telemetry::metrics as m;
 
-pub const PROTOBUF: &str = "application/x-protobuf";
+pub(crate) const PROTOBUF: &str = "application/x-protobuf";
 
 /// Settings of the HTTP transport (`listener.http`).
 #[derive(Debug, Clone)]
+#[cfg_attr(not(fuzzing), allow(unreachable_pub))]
 pub struct HttpSettings {
     pub enabled: bool,
     pub response_wait: Duration,
@@ -57,7 +58,7 @@ pub struct HttpSettings {
 }
 
 /// One HTTP agent between polls.
-pub struct HttpAgent {
+pub(crate) struct HttpAgent {
     uid: InstanceUid,
     shared: Arc<AgentShared>,
     /// Server messages waiting for the next poll. The async lock also keeps
@@ -77,19 +78,11 @@ struct AgentState {
 
 /// All HTTP agents, by uid.
 #[derive(Default)]
-pub struct HttpAgents {
+pub(crate) struct HttpAgents {
     map: Mutex<HashMap<Bytes, Arc<HttpAgent>>>,
 }
 
 impl HttpAgents {
-    pub fn len(&self) -> usize {
-        self.map.lock().len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
     fn get(&self, uid: &InstanceUid) -> Option<Arc<HttpAgent>> {
         self.map.lock().get(uid.as_bytes()).cloned()
     }
@@ -115,7 +108,7 @@ impl HttpAgents {
 }
 
 /// Handles one `POST`.
-pub async fn handle(ds: Arc<Downstream>, req: Request<Incoming>, remote: SocketAddr) -> Response<Body> {
+pub(crate) async fn handle(ds: Arc<Downstream>, req: Request<Incoming>, remote: SocketAddr) -> Response<Body> {
     if !ds.settings.http.enabled {
         return plain(StatusCode::METHOD_NOT_ALLOWED, "OpAMP over plain HTTP is disabled here (listener.http.enabled)");
     }
@@ -303,7 +296,8 @@ async fn admitted(
             if let Some(old) = stale {
                 release(ds, &old, true).await; // its queue overflowed: start afresh
             }
-            let (shared, inbox) = AgentShared::new(ds.next_id(), ds.settings.http.queue_size, identity);
+            let (shared, inbox) =
+                AgentShared::new(ds.next_id(), ds.settings.http.queue_size, ds.relay.settings.failover_queue, identity);
             let agent = Arc::new(HttpAgent {
                 uid: uid.clone(),
                 shared,
@@ -391,7 +385,7 @@ async fn release(ds: &Downstream, agent: &Arc<HttpAgent>, said_goodbye: bool) {
 }
 
 /// Forgets agents that stopped polling. Runs until shutdown.
-pub async fn reap_idle(ds: Arc<Downstream>) {
+pub(crate) async fn reap_idle(ds: Arc<Downstream>) {
     let idle_timeout = ds.settings.http.idle_timeout;
     let mut tick = tokio::time::interval((idle_timeout / 4).max(Duration::from_millis(100)));
     loop {

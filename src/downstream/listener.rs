@@ -1,7 +1,9 @@
 //! Accepting agent connections: TCP, optional TLS, HTTP/1.1, with the
 //! boundary's limits: a socket budget (`max_connections`), a per-source cap
 //! on sockets that are not agents yet, and deadlines for the TLS handshake,
-//! the request headers and keep-alive idle ([`conn`]).
+//! the request headers and keep-alive idle ([`conn`]). Behind a TCP load
+//! balancer (`proxy_protocol`), the PROXY header is read first, before TLS,
+//! and its source is the agent's address from then on.
 
 mod conn;
 mod limits;
@@ -14,11 +16,12 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 
+use super::proxy_protocol;
 use super::trust::PeerCertificate;
 use super::Downstream;
 use crate::config::{ListenEndpoint, ListenHost, ListenerConfig, ServerTlsConfig};
 use crate::tls::{self, BoxedIo, TlsError};
-use limits::{Limits, Refusal};
+use limits::{Admitted, Limits, Refusal};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ListenerError {
@@ -32,28 +35,30 @@ pub enum ListenerError {
 
 /// The `listener` settings the accept loop enforces.
 #[derive(Debug, Clone)]
-pub struct ListenerLimits {
+pub(crate) struct ListenerLimits {
     pub header_timeout: Duration,
     pub idle_timeout: Duration,
     pub tls_handshake_timeout: Duration,
     pub max_connections: usize,
     pub max_handshaking_per_source: usize,
+    pub proxy_protocol: bool,
 }
 
 impl ListenerLimits {
-    pub fn from_config(l: &ListenerConfig) -> Self {
+    pub(crate) fn from_config(l: &ListenerConfig) -> Self {
         Self {
             header_timeout: l.header_timeout,
             idle_timeout: l.idle_timeout,
             tls_handshake_timeout: l.tls_handshake_timeout,
             max_connections: l.max_connections,
             max_handshaking_per_source: l.max_handshaking_per_source,
+            proxy_protocol: l.proxy_protocol,
         }
     }
 }
 
 /// A bound listener, not yet serving.
-pub struct Listener {
+pub(crate) struct Listener {
     tcp: TcpListener,
     tls: Option<TlsAcceptor>,
     settings: ListenerLimits,
@@ -62,7 +67,7 @@ pub struct Listener {
 /// Binds `endpoint` (`field` names it in errors). A host name is resolved
 /// now and, as Go does, one of its addresses is listened on (IPv4 first);
 /// an empty host or `[::]` listens on every interface, IPv4 and IPv6.
-pub async fn bind(
+pub(crate) async fn bind(
     endpoint: &ListenEndpoint,
     field: &str,
     tls: Option<&ServerTlsConfig>,
@@ -96,7 +101,7 @@ pub async fn bind(
 
 /// Serves a socket the caller bound (an embedding application, socket
 /// activation): `listener.endpoint` is not used.
-pub fn from_tcp(
+pub(crate) fn from_tcp(
     tcp: TcpListener,
     tls: Option<&ServerTlsConfig>,
     settings: ListenerLimits,
@@ -122,22 +127,23 @@ fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
 }
 
 impl Listener {
-    pub fn local_addr(&self) -> SocketAddr {
+    pub(crate) fn local_addr(&self) -> SocketAddr {
         self.tcp.local_addr().expect("bound socket has an address")
     }
 
-    pub fn is_tls(&self) -> bool {
+    pub(crate) fn is_tls(&self) -> bool {
         self.tls.is_some()
     }
 
     /// Accepts until shutdown; then stops accepting (sessions are closed
     /// separately, through `Downstream::shutdown`).
-    pub fn serve(self, ds: Arc<Downstream>) -> JoinHandle<()> {
+    pub(crate) fn serve(self, ds: Arc<Downstream>) -> JoinHandle<()> {
         let s = self.settings;
         let limits = Arc::new(Limits::new(s.max_connections, s.max_handshaking_per_source));
         let timeouts = conn::Timeouts { header: s.header_timeout, idle: s.idle_timeout };
         tracing::info!(
             max_connections = s.max_connections,
+            proxy_protocol = s.proxy_protocol,
             open_file_limit = ?crate::config::open_file_limit(),
             "listener socket budget"
         );
@@ -158,19 +164,48 @@ impl Listener {
                 };
                 // A dual-stack socket reports IPv4 peers as ::ffff:a.b.c.d.
                 let remote = SocketAddr::new(remote.ip().to_canonical(), remote.port());
-                let admitted = match limits.admit(remote.ip()) {
+                let is_tls = self.tls.is_some();
+                // Behind a PROXY header the source is known only once it is
+                // read: the per-source share is taken then.
+                let early = if s.proxy_protocol {
+                    limits.permit().map(|p| (p, None))
+                } else {
+                    limits.admit(remote.ip()).map(|a| (a.permit, Some(a.source)))
+                };
+                let (permit, source) = match early {
                     Ok(a) => a,
                     Err(why) => {
-                        limits.refuse(tcp, remote, why, self.tls.is_some(), ds.settings.retry_after);
+                        limits.refuse(tcp, remote, why, is_tls, ds.settings.retry_after);
                         continue;
                     }
                 };
                 let _ = tcp.set_nodelay(true);
                 let (tls, conn_ds, limits) = (self.tls.clone(), ds.clone(), limits.clone());
-                let tls_timeout = s.tls_handshake_timeout;
+                let (tls_timeout, header_timeout) = (s.tls_handshake_timeout, s.header_timeout);
                 // Tracked with the sessions: shutdown waits (bounded) for the
                 // handshakes and polls in flight on these connections.
                 ds.sessions.spawn(async move {
+                    let (mut tcp, mut remote) = (tcp, remote);
+                    let source = match source {
+                        Some(source) => source,
+                        None => {
+                            let header = tokio::select! {
+                                h = proxied(&mut tcp, remote, header_timeout, &limits) => h,
+                                _ = conn_ds.shutdown.cancelled() => None,
+                            };
+                            let Some(agent) = header else { return };
+                            remote = agent;
+                            match limits.source(remote.ip()) {
+                                Ok(source) => source,
+                                Err(why) => {
+                                    drop(permit);
+                                    limits.refuse(tcp, remote, why, is_tls, conn_ds.settings.retry_after);
+                                    return;
+                                }
+                            }
+                        }
+                    };
+                    let admitted = Admitted { permit, source };
                     let secured = tokio::select! {
                         s = secure(tcp, remote, tls, tls_timeout, &limits) => s,
                         _ = conn_ds.shutdown.cancelled() => None,
@@ -181,6 +216,24 @@ impl Listener {
             }
             tracing::info!("listener stopped accepting");
         })
+    }
+}
+
+/// The agent's address from the connection's PROXY header (the TCP peer's
+/// when the header carries none), or `None` when it is missing or invalid:
+/// the connection is then closed.
+async fn proxied(tcp: &mut TcpStream, peer: SocketAddr, timeout: Duration, limits: &Limits) -> Option<SocketAddr> {
+    match proxy_protocol::read(tcp, timeout).await {
+        Ok(header) => {
+            let agent = header.source.map(|a| SocketAddr::new(a.ip().to_canonical(), a.port())).unwrap_or(peer);
+            tracing::trace!(%agent, via = %peer, destination = ?header.destination, "PROXY header read");
+            Some(agent)
+        }
+        Err(e) => {
+            tracing::debug!(%peer, error = %e, "connection without a valid PROXY header closed");
+            limits.note(Refusal::ProxyHeader, peer, "none");
+            None
+        }
     }
 }
 

@@ -18,17 +18,17 @@ pub(crate) struct LogEvery<K> {
 }
 
 impl<K: Eq + Hash> LogEvery<K> {
-    pub fn new(every: Duration) -> Self {
+    pub(crate) fn new(every: Duration) -> Self {
         Self { every, last: Mutex::default() }
     }
 
-    pub fn every(&self) -> Duration {
+    pub(crate) fn every(&self) -> Duration {
         self.every
     }
 
     /// `Some(n)` when this event is to be logged, `n` being how many of its
     /// kind were not since the last line; `None` when it is only counted.
-    pub fn check(&self, kind: K) -> Option<u64> {
+    pub(crate) fn check(&self, kind: K) -> Option<u64> {
         self.check_at(kind, Instant::now())
     }
 

@@ -1,6 +1,7 @@
 //! The agent-facing edge.
 //!
 //! - [`listener`]: accepts TCP (and TLS), serves HTTP/1.1 with hyper.
+//! - `proxy_protocol`: the PROXY header a TCP load balancer sends first.
 //! - [`router`]: one HTTP request → the WebSocket upgrade, a plain-HTTP
 //!   poll, or an answer of its own (wrong path or method).
 //! - [`websocket`]: the connect handshake → a WebSocket upgrade, or the
@@ -16,17 +17,30 @@
 //!   gateway or ordinary agent).
 //! - [`uid_guard`]: the one-uid-per-agent rule, applied to every message.
 
-pub mod headers;
+pub(crate) mod headers;
+#[cfg(fuzzing)]
 pub mod http;
-pub mod listener;
+#[cfg(not(fuzzing))]
+pub(crate) mod http;
+pub(crate) mod listener;
 pub(crate) mod log_every;
-pub mod pipeline;
-pub mod respond;
+pub(crate) mod pipeline;
+pub(crate) mod proxy_protocol;
+pub(crate) mod respond;
+#[cfg(fuzzing)]
 pub mod router;
+#[cfg(not(fuzzing))]
+pub(crate) mod router;
+#[cfg(fuzzing)]
 pub mod session;
+#[cfg(not(fuzzing))]
+pub(crate) mod session;
+#[cfg(fuzzing)]
 pub mod trust;
-pub mod uid_guard;
-pub mod websocket;
+#[cfg(not(fuzzing))]
+pub(crate) mod trust;
+pub(crate) mod uid_guard;
+pub(crate) mod websocket;
 
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
@@ -37,10 +51,12 @@ use tokio_util::task::TaskTracker;
 
 use crate::relay::Relay;
 
-pub use listener::{bind, Listener, ListenerError};
+pub(crate) use listener::bind;
+pub use listener::ListenerError;
 
 /// Settings the agent-facing side needs (a slice of the config).
 #[derive(Debug, Clone)]
+#[cfg_attr(not(fuzzing), allow(unreachable_pub))]
 pub struct DownstreamSettings {
     pub path: Option<String>,
     pub max_message_size: usize,
@@ -53,20 +69,22 @@ pub struct DownstreamSettings {
 }
 
 /// Shared by every request and session.
+#[cfg_attr(not(fuzzing), allow(unreachable_pub))]
 pub struct Downstream {
-    pub relay: Arc<Relay>,
-    pub settings: DownstreamSettings,
+    pub(crate) relay: Arc<Relay>,
+    pub(crate) settings: DownstreamSettings,
     /// Cancelled on shutdown: sessions close with 1001.
-    pub shutdown: CancellationToken,
+    pub(crate) shutdown: CancellationToken,
     /// Every connection task (TLS, HTTP requests, handshakes) and every
     /// WebSocket session task, so shutdown can wait for them.
-    pub sessions: TaskTracker,
+    pub(crate) sessions: TaskTracker,
     /// Agents using the plain-HTTP transport.
-    pub http: http::HttpAgents,
+    pub(crate) http: http::HttpAgents,
     next_agent_id: AtomicU64,
 }
 
 impl Downstream {
+    #[cfg_attr(not(fuzzing), allow(unreachable_pub))]
     pub fn new(relay: Arc<Relay>, settings: DownstreamSettings, shutdown: CancellationToken) -> Self {
         Self {
             relay,

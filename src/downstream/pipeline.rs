@@ -23,7 +23,7 @@ use crate::telemetry::metrics as m;
 /// already is a complete WebSocket payload (forwarded as is when no policy
 /// changes it); `None` for HTTP bodies. Returns the frame to forward, or
 /// `None` if a policy dropped the message.
-pub async fn upstream_frame(
+pub(crate) async fn upstream_frame(
     relay: &Relay,
     parsed: &AgentFrame,
     frame: Option<Bytes>,
@@ -64,10 +64,12 @@ fn judged(
 
 /// Queues a frame on the agent's link. Waiting here is the back-pressure a
 /// slow server exerts. If the link has died, the frame waits with the agent
-/// until it has a new one. `held`, its share of the buffer budget, goes with it.
-pub async fn send_up(lease: &LinkLease, agent: &Arc<AgentShared>, frame: Bytes, received: Instant, held: Held) {
+/// until it has a new one. `held`, its share of the buffer budget, goes with it,
+/// grown first if a policy made the frame larger than what was read.
+pub(crate) async fn send_up(lease: &LinkLease, agent: &Arc<AgentShared>, frame: Bytes, received: Instant, held: Held) {
+    let held = held.cover(frame.len()).await;
     if lease.is_stale() {
-        agent.hand_back(frame);
+        agent.hand_back(frame, held);
         return;
     }
     let out = Outbound { frame, generation: lease.generation(), agent: Some(agent.clone()), received, held };
@@ -78,19 +80,23 @@ pub async fn send_up(lease: &LinkLease, agent: &Arc<AgentShared>, frame: Bytes, 
 }
 
 /// Re-sends frames a dead link handed back, on the agent's current link.
-pub async fn resend_returned(lease: &LinkLease, agent: &Arc<AgentShared>) {
+pub(crate) async fn resend_returned(lease: &LinkLease, agent: &Arc<AgentShared>) {
     if lease.is_stale() {
         return; // the agent moves first
     }
-    for frame in agent.take_returned() {
-        send_up(lease, agent, frame, Instant::now(), Held::default()).await;
+    for (frame, held) in agent.take_returned() {
+        send_up(lease, agent, frame, Instant::now(), held).await;
     }
 }
 
 /// Prepares a server message for its agent: replays the link's custom
 /// capabilities into the agent's first message, then runs the filter phase.
 /// Returns the frame (with header) to deliver, or `None` if dropped.
-pub async fn downstream_frame(relay: &Relay, agent: &AgentShared, msg: &Inbound) -> Result<Option<Bytes>, CloseReason> {
+pub(crate) async fn downstream_frame(
+    relay: &Relay,
+    agent: &AgentShared,
+    msg: &Inbound,
+) -> Result<Option<Bytes>, CloseReason> {
     let mut frame = msg.frame.clone();
     if msg.has_capabilities {
         agent.capabilities_delivered();
@@ -132,7 +138,7 @@ const REPORT_GONE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(
 /// Tells the server that `uid` left without `agent_disconnect`: behind a
 /// gateway the server's stream stays open, so it cannot notice on its own.
 /// Skipped when the link itself died (the server forgot that stream's agents).
-pub async fn report_gone(lease: &LinkLease, uid: &InstanceUid) {
+pub(crate) async fn report_gone(lease: &LinkLease, uid: &InstanceUid) {
     if lease.is_stale() {
         return;
     }
@@ -153,7 +159,7 @@ pub async fn report_gone(lease: &LinkLease, uid: &InstanceUid) {
 }
 
 /// Records a message delivered to an agent.
-pub fn delivered(len: usize, received: Instant) {
+pub(crate) fn delivered(len: usize, received: Instant) {
     let relayed = m::relayed(m::DOWNSTREAM);
     relayed.messages.increment(1);
     relayed.bytes.increment(len as u64);

@@ -16,7 +16,7 @@ use crate::policy::Transport;
 use crate::relay::AdmitError;
 use crate::telemetry::metrics as m;
 
-pub type Body = Full<Bytes>;
+pub(crate) type Body = Full<Bytes>;
 
 /// Answers an agent the gateway could not admit, with the server's status
 /// and headers on rejection, or 502/503/504 with `Retry-After`.
@@ -93,7 +93,7 @@ fn transport_label(t: Transport) -> &'static str {
 }
 
 /// A text answer (one line, newline-terminated).
-pub fn plain(status: StatusCode, body: impl Into<String>) -> Response<Body> {
+pub(crate) fn plain(status: StatusCode, body: impl Into<String>) -> Response<Body> {
     let mut body = body.into();
     body.push('\n');
     Response::builder()

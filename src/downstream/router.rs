@@ -14,6 +14,7 @@ use super::respond::{plain, Body};
 use super::Downstream;
 
 /// Routes one request; the answer is the response hyper writes back.
+#[cfg_attr(not(fuzzing), allow(unreachable_pub))]
 pub async fn handle(ds: Arc<Downstream>, req: Request<Incoming>, remote: SocketAddr) -> Response<Body> {
     if let Some(path) = &ds.settings.path {
         if req.uri().path() != path {

@@ -1,11 +1,16 @@
 //! One connected WebSocket agent.
 //!
 //! A single task owns the socket and selects over: the agent's frames, the
-//! agent's queue of server messages, its link's state (to migrate when the
-//! link dies), frames a dead link handed back, the rebalancer's request to
-//! move, keepalive, and shutdown.
+//! agent's queue of server messages, its link's state (to fail over when the
+//! link dies), the failover itself, frames a dead link handed back, the
+//! rebalancer's request to move, keepalive, and shutdown. A failover is one
+//! more branch, not a detour: while the agent waits for a link (a server
+//! restart) its socket is still read and pinged, and what it sends waits in
+//! its bounded failover queue.
 //! Nothing else writes to the socket, so there are no locks on the hot path.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -30,9 +35,11 @@ use crate::telemetry::metrics as m;
 
 /// The agent's socket. Generic so tests and fuzzers can drive a session
 /// over an in-memory stream; in the gateway it is a hyper upgrade.
+#[cfg_attr(not(fuzzing), allow(unreachable_pub))]
 pub trait AgentIo: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> AgentIo for T {}
 
+#[cfg_attr(not(fuzzing), allow(unreachable_pub))]
 pub struct Session {
     ds: Arc<Downstream>,
     agent: Arc<AgentShared>,
@@ -54,9 +61,14 @@ pub struct Session {
     /// A message read while the budget had no room, waiting for its share.
     /// The socket is not read meanwhile.
     waiting: Option<(Bytes, Instant, budget::Wait)>,
+    /// The re-handshake after the agent's link died, while it runs.
+    failover: Option<Failover>,
     /// Listed with the rebalancer while the session lives.
     _movable: Movable,
 }
+
+/// A re-admission on any link, within `server.failover_wait`.
+type Failover = Pin<Box<dyn Future<Output = Result<Admission, AdmitError>> + Send>>;
 
 /// Keeps a session in [`Relay::movable`] until it is dropped.
 struct Movable {
@@ -78,8 +90,10 @@ impl Drop for Movable {
 }
 
 impl Session {
+    #[cfg_attr(not(fuzzing), allow(unreachable_pub))]
     pub fn new(ds: Arc<Downstream>, admission: Admission, admit: AdmitRequest, identity: Identity) -> Self {
-        let (agent, inbox) = AgentShared::new(ds.next_id(), ds.relay.settings.agent_queue, identity);
+        let (agent, inbox) =
+            AgentShared::new(ds.next_id(), ds.relay.settings.agent_queue, ds.relay.settings.failover_queue, identity);
         let link_state = watch_link(&admission.lease);
         let budget_open = ds.relay.budget.watch();
         agent.set_link(admission.lease.index());
@@ -96,10 +110,12 @@ impl Session {
             last_seen: Instant::now(),
             budget_open,
             waiting: None,
+            failover: None,
             _movable: movable,
         }
     }
 
+    #[cfg_attr(not(fuzzing), allow(unreachable_pub))]
     pub async fn run<S: AgentIo>(mut self, mut ws: WebSocketStream<S>) {
         let gauge = metrics::gauge!(m::CONNECTIONS, "direction" => m::DOWNSTREAM, "transport" => "websocket");
         gauge.increment(1.0);
@@ -139,7 +155,11 @@ impl Session {
                 biased;
                 _ = agent.closing().cancelled() => Err(agent.close_reason()),
                 _ = shutdown.cancelled() => Err(CloseReason::Shutdown),
-                _ = self.link_state.changed() => self.on_link_change().await,
+                _ = self.link_state.changed() => self.on_link_change(),
+                admitted = run_failover(&mut self.failover) => {
+                    self.failover = None;
+                    self.on_failover(admitted).await
+                }
                 _ = agent.returned_ready() => self.resend_returned().await,
                 _ = agent.move_requested() => Box::pin(self.planned_move()).await,
                 Some(msg) = self.inbox.recv() => self.deliver(ws, msg).await,
@@ -279,44 +299,18 @@ impl Session {
         }
     }
 
-    async fn on_link_change(&mut self) -> Result<(), CloseReason> {
-        if !self.lease.is_stale() {
-            return Ok(());
+    /// The link died: start the failover, unless it is running.
+    fn on_link_change(&mut self) -> Result<(), CloseReason> {
+        if self.lease.is_stale() && self.failover.is_none() {
+            self.failover = Some(failover(self.ds.relay.clone(), self.admit.clone()));
         }
-        // Boxed: an async fn reserves room for its largest await point, and
-        // this cold path (a whole handshake) would otherwise make every idle
-        // agent's session future that large.
-        Box::pin(self.migrate()).await
+        Ok(())
     }
 
-    /// Our link died: re-run the handshake on a surviving link with the
-    /// original headers. The agent's socket is not read meanwhile, so its
-    /// frames wait in TCP buffers rather than being lost.
-    async fn migrate(&mut self) -> Result<(), CloseReason> {
+    /// The failover's outcome: the agent moves to its new link (and what it
+    /// sent meanwhile follows), or is closed.
+    async fn on_failover(&mut self, admitted: Result<Admission, AdmitError>) -> Result<(), CloseReason> {
         let from = self.lease.index();
-        let relay = self.ds.relay.clone();
-        let failover = async {
-            // All links down at once (a server restart): wait a bounded time
-            // for one to return rather than disconnecting the whole fleet.
-            let deadline = Instant::now() + relay.settings.failover_wait;
-            loop {
-                // Subscribed before the attempt, so a link that comes up
-                // during it still counts as a reason to try again.
-                let mut ups = relay.links.link_ups();
-                match relay.admit(&self.admit).await {
-                    Err(AdmitError::NoUpstream)
-                        if matches!(tokio::time::timeout_at(deadline, ups.changed()).await, Ok(Ok(()))) =>
-                    {
-                        continue
-                    }
-                    other => return other,
-                }
-            }
-        };
-        let admitted = tokio::select! {
-            r = failover => r,
-            _ = self.ds.shutdown.cancelled() => return Err(CloseReason::Shutdown),
-        };
         let outcome = match &admitted {
             Ok(_) => "moved",
             Err(AdmitError::Rejected(_)) => "rejected",
@@ -448,6 +442,37 @@ fn watch_link(lease: &LinkLease) -> watch::Receiver<LinkState> {
         state.mark_changed();
     }
     state
+}
+
+/// Re-runs the handshake on a live link with the original headers. With
+/// every link down (a server restart) it waits, up to `server.failover_wait`,
+/// for one to come back rather than disconnecting the whole fleet. Boxed: a
+/// whole handshake is large, and most sessions never fail over.
+fn failover(relay: Arc<Relay>, admit: AdmitRequest) -> Failover {
+    Box::pin(async move {
+        let deadline = Instant::now() + relay.settings.failover_wait;
+        loop {
+            // Subscribed before the attempt, so a link that comes up during
+            // it still counts as a reason to try again.
+            let mut ups = relay.links.link_ups();
+            match relay.admit(&admit).await {
+                Err(AdmitError::NoUpstream)
+                    if matches!(tokio::time::timeout_at(deadline, ups.changed()).await, Ok(Ok(()))) =>
+                {
+                    continue
+                }
+                other => return other,
+            }
+        }
+    })
+}
+
+/// Resolves with the failover's outcome; pending while there is none.
+async fn run_failover(failover: &mut Option<Failover>) -> Result<Admission, AdmitError> {
+    match failover {
+        Some(f) => f.await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Resolves when the waiting message has its share of the budget.

@@ -17,10 +17,11 @@ use crate::relay::{Credential, Identity, Role};
 /// The verified client certificate of a TLS connection, put into each
 /// request's extensions by the listener.
 #[derive(Debug, Clone)]
-pub struct PeerCertificate(pub CertificateDer<'static>);
+pub(crate) struct PeerCertificate(pub CertificateDer<'static>);
 
 /// `listener.downstream_gateways`, prepared once.
 #[derive(Debug, Clone)]
+#[cfg_attr(not(fuzzing), allow(unreachable_pub))]
 pub struct GatewayTrust {
     rules: Vec<Rule>,
     /// `listener.credential_headers`.
@@ -52,13 +53,13 @@ impl From<&GatewayRule> for Rule {
 }
 
 impl GatewayTrust {
-    pub fn from_config(cfg: &DownstreamGatewaysConfig, credential_headers: &[String]) -> Self {
+    pub(crate) fn from_config(cfg: &DownstreamGatewaysConfig, credential_headers: &[String]) -> Self {
         Self { rules: cfg.trusted.iter().map(Rule::from).collect(), credential_headers: credential_headers.to_vec() }
     }
 
     /// The digest of a connection's credentials (`listener.credential_headers`
     /// and the client certificate), for uid ownership.
-    pub fn credential(&self, headers: &[(String, String)], cert: Option<&PeerCertificate>) -> Credential {
+    pub(crate) fn credential(&self, headers: &[(String, String)], cert: Option<&PeerCertificate>) -> Credential {
         Credential::from_headers(
             headers.iter().map(|(k, v)| (k.as_str(), v.as_str())),
             &self.credential_headers,
@@ -68,7 +69,7 @@ impl GatewayTrust {
 
     /// The identity of a connection the server accepted, from its forwarded
     /// headers (names lower-case) and verified client certificate.
-    pub fn identify(&self, headers: &[(String, String)], cert: Option<&PeerCertificate>) -> Identity {
+    pub(crate) fn identify(&self, headers: &[(String, String)], cert: Option<&PeerCertificate>) -> Identity {
         let credential = self.credential(headers, cert);
         let gateway = self.rules.iter().any(|r| r.matches(headers, cert));
         Identity { credential, role: if gateway { Role::Gateway } else { Role::Agent } }

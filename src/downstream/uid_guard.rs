@@ -25,7 +25,7 @@ use crate::telemetry::metrics as m;
 /// for an ordinary agent (a byte compare per message), any number for a
 /// trusted gateway (a hash lookup, however many agents it carries).
 #[derive(Debug, Default)]
-pub struct SpokenFor {
+pub(crate) struct SpokenFor {
     first: Option<(InstanceUid, bool)>,
     more: HashMap<InstanceUid, bool>,
 }
@@ -48,28 +48,28 @@ impl SpokenFor {
     }
 
     /// The uid this connection first spoke for.
-    pub fn first(&self) -> Option<&InstanceUid> {
+    pub(crate) fn first(&self) -> Option<&InstanceUid> {
         self.first.as_ref().map(|(u, _)| u)
     }
 
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.first.is_none()
     }
 
     /// Every uid with whether it said goodbye.
-    pub fn iter(&self) -> impl Iterator<Item = (&InstanceUid, bool)> {
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (&InstanceUid, bool)> {
         self.first.iter().map(|(u, b)| (u, *b)).chain(self.more.iter().map(|(u, b)| (u, *b)))
     }
 
     /// Empties the set, returning what it held.
-    pub fn take(&mut self) -> Vec<(InstanceUid, bool)> {
+    pub(crate) fn take(&mut self) -> Vec<(InstanceUid, bool)> {
         self.first.take().into_iter().chain(std::mem::take(&mut self.more)).collect()
     }
 }
 
 /// A message that passed: forward it, or answer it here instead.
 #[derive(Debug)]
-pub enum Passed {
+pub(crate) enum Passed {
     Forward,
     /// Do not forward; queue this frame back to the sender (a gateway's
     /// forwarded handshake refused by the in-flight cap).
@@ -78,7 +78,7 @@ pub enum Passed {
 
 /// Why a message was refused; every variant closes the connection.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum Refusal {
+pub(crate) enum Refusal {
     #[error("message names an instance_uid this connection does not speak for")]
     UidMismatch,
     #[error("instance_uid is owned by another live connection with other credentials")]
@@ -92,7 +92,7 @@ pub enum Refusal {
 }
 
 impl Refusal {
-    pub fn close_reason(&self) -> CloseReason {
+    pub(crate) fn close_reason(&self) -> CloseReason {
         match self {
             Refusal::UidMismatch => CloseReason::UidMismatch,
             Refusal::UidInUse => CloseReason::UidInUse,
@@ -102,7 +102,7 @@ impl Refusal {
     }
 
     /// Counts the refused message and logs it once (no headers, no secrets).
-    pub fn record(&self, agent: u64, remote: &str, transport: &'static str) {
+    pub(crate) fn record(&self, agent: u64, remote: &str, transport: &'static str) {
         let reason = self.close_reason().as_str();
         metrics::counter!(m::MESSAGES_DROPPED, "direction" => m::UPSTREAM, "reason" => reason).increment(1);
         tracing::info!(agent, %remote, transport, reason, error = %self, "agent message refused");
@@ -111,7 +111,7 @@ impl Refusal {
 
 /// Checks `parsed` from `agent`, whose uids so far are `uids`, and records a
 /// newly owned uid there.
-pub fn check(
+pub(crate) fn check(
     relay: &Relay,
     agent: &Arc<AgentShared>,
     uids: &mut SpokenFor,

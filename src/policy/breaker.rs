@@ -33,7 +33,7 @@ pub trait Clock: Send + Sync {
 
 /// tokio's `Instant::now()`: paused time in tests; outside a runtime (policy
 /// threads), the system clock.
-pub struct SystemClock;
+pub(crate) struct SystemClock;
 
 impl Clock for SystemClock {
     fn now(&self) -> Instant {
@@ -43,7 +43,7 @@ impl Clock for SystemClock {
 
 /// What the breaker allows for one call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Admit {
+pub(crate) enum Admit {
     /// Closed: call the policy.
     Call,
     /// Half-open: call it; the outcome decides the quarantine.
@@ -56,7 +56,7 @@ const CLOSED: u8 = 0;
 const OPEN: u8 = 1;
 const TRIAL: u8 = 2;
 
-pub struct Breaker {
+pub(crate) struct Breaker {
     policy: Arc<str>,
     cfg: BreakerConfig,
     clock: Arc<dyn Clock>,
@@ -84,7 +84,7 @@ struct Slow {
 }
 
 impl Breaker {
-    pub fn new(policy: Arc<str>, cfg: BreakerConfig, clock: Arc<dyn Clock>) -> Self {
+    pub(crate) fn new(policy: Arc<str>, cfg: BreakerConfig, clock: Arc<dyn Clock>) -> Self {
         let epoch = clock.now();
         Self {
             policy,
@@ -106,12 +106,8 @@ impl Breaker {
         }
     }
 
-    pub fn config(&self) -> &BreakerConfig {
-        &self.cfg
-    }
-
     /// True while quarantined (open or running its trial).
-    pub fn is_quarantined(&self) -> bool {
+    pub(crate) fn is_quarantined(&self) -> bool {
         self.state.load(Ordering::Acquire) != CLOSED
     }
 
@@ -121,7 +117,7 @@ impl Breaker {
 
     /// Asks before a call. Every `Call` or `Trial` must be followed by
     /// [`Breaker::record`].
-    pub fn admit(&self) -> Admit {
+    pub(crate) fn admit(&self) -> Admit {
         match self.state.load(Ordering::Acquire) {
             CLOSED => Admit::Call,
             OPEN => {
@@ -137,7 +133,7 @@ impl Breaker {
     }
 
     /// Reports how an admitted call ended.
-    pub fn record(&self, admit: Admit, ok: bool) {
+    pub(crate) fn record(&self, admit: Admit, ok: bool) {
         match (admit, ok) {
             (Admit::Quarantined, _) => {}
             (Admit::Call, true) => {
@@ -234,7 +230,7 @@ impl Breaker {
 
     /// The policy left the serving set (removed or replaced): a quarantine
     /// it was under ends with it.
-    pub fn retire(&self) {
+    pub(crate) fn retire(&self) {
         if self.retired.swap(true, Ordering::AcqRel) {
             return;
         }
@@ -253,10 +249,10 @@ pub(crate) mod tests {
     pub(crate) struct ManualClock(Mutex<Instant>);
 
     impl ManualClock {
-        pub fn new() -> Arc<Self> {
+        pub(crate) fn new() -> Arc<Self> {
             Arc::new(Self(Mutex::new(Instant::now())))
         }
-        pub fn advance(&self, d: Duration) {
+        pub(crate) fn advance(&self, d: Duration) {
             *self.0.lock() += d;
         }
     }

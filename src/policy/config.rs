@@ -24,6 +24,7 @@
 //!     max_forwarded_header_bytes: 65536
 //!     log_lines: 50          # guest log/stdout lines per policy per log_interval
 //!     log_interval: 10s
+//!     max_module_size: 134217728  # bytes per .wasm; bigger is refused unread
 //! ```
 //!
 //! A policy's `<name>.yaml` may override `on_error`, `call_timeout`,
@@ -221,6 +222,9 @@ pub struct PolicyLimits {
     pub log_lines: u32,
     #[serde(with = "humantime_serde")]
     pub log_interval: Duration,
+    /// Largest policy module (`.wasm`) loaded, in bytes: a bigger file is
+    /// refused, unread, and the serving set keeps serving.
+    pub max_module_size: u64,
     /// Largest replacement message per direction (agent→server,
     /// server→agent): the receiving side's `max_message_size`, filled in by
     /// [`PoliciesConfig::for_relay`]; not configurable here.
@@ -235,6 +239,8 @@ impl Default for PolicyLimits {
             max_forwarded_header_bytes: 64 << 10,
             log_lines: 50,
             log_interval: Duration::from_secs(10),
+            // componentize-py's components are about 40 MB.
+            max_module_size: 128 << 20,
             max_replacement: [64 << 20; 2],
         }
     }

@@ -7,6 +7,7 @@
 
 use parking_lot::Mutex;
 
+/// What `/readyz` says about the policy set ([`PolicyRuntime::health`](super::runtime::PolicyRuntime::health)).
 pub struct PolicyHealth {
     required: bool,
     state: Mutex<State>,
@@ -19,17 +20,19 @@ struct State {
 }
 
 impl PolicyHealth {
-    pub fn new(required: bool) -> Self {
+    pub(crate) fn new(required: bool) -> Self {
         Self { required, state: Mutex::default() }
     }
 
     /// Policies in the serving set.
-    pub fn set_serving(&self, n: usize) {
+    #[cfg_attr(not(feature = "wasm"), allow(dead_code))] // the Wasm loader reports
+    pub(crate) fn set_serving(&self, n: usize) {
         self.state.lock().serving = n;
     }
 
     /// Why the directory cannot be read, or `None` once it can.
-    pub fn set_degraded(&self, reason: Option<String>) {
+    #[cfg_attr(not(feature = "wasm"), allow(dead_code))]
+    pub(crate) fn set_degraded(&self, reason: Option<String>) {
         self.state.lock().degraded = reason;
     }
 

@@ -11,33 +11,42 @@
 //! [`Policies`], an atomically swappable snapshot. The Wasm host
 //! ([`wasm`]) is one implementation of [`Policy`]; the relay never names it.
 //!
+//! Public: the [`Policy`] trait and its types, the chain ([`PolicySet`],
+//! [`Policies`]: a policy author runs it as the relay does), [`config`],
+//! [`runtime`] and [`wasm`]. The rest is the chain's machinery.
+//!
 //! Modules:
-//! - [`set`]: the chain, its failure modes and the caps on what a policy's
+//! - `set`: the chain, its failure modes and the caps on what a policy's
 //!   answer may make the gateway do;
-//! - [`breaker`]: the per-policy circuit breaker (quarantine, half-open);
-//! - [`gate`]: how many policy calls run at once on the relay's workers;
-//! - [`verdict`]: host-side checks of answers (`replace` keeps the uid,
+//! - `breaker`: the per-policy circuit breaker (quarantine, half-open);
+//! - `gate`: how many policy calls run at once on the relay's workers;
+//! - `verdict`: host-side checks of answers (`replace` keeps the uid,
 //!   `set-field` never touches it, headers are valid HTTP);
-//! - [`throttle`]: rate limits on a policy's log lines;
-//! - [`health`]: whether the policy directory is being served as configured;
+//! - `throttle`: rate limits on a policy's log lines;
+//! - `health`: whether the policy directory is being served as configured;
 //! - [`config`], [`runtime`]: loading, watching and swapping the set;
 //! - [`wasm`]: the WebAssembly host (cargo feature `wasm`, on by default).
 
-pub mod breaker;
+pub(crate) mod breaker;
 pub mod config;
-pub mod gate;
-pub mod health;
+pub(crate) mod gate;
+pub(crate) mod health;
 pub mod runtime;
-pub mod set;
-pub mod throttle;
+pub(crate) mod set;
+pub(crate) mod throttle;
+#[cfg(fuzzing)]
 pub mod verdict;
+#[cfg(not(fuzzing))]
+pub(crate) mod verdict;
 /// Without the `wasm` feature only its error type and WIT names remain.
 pub mod wasm;
 
 use bytes::Bytes;
 
 pub use config::{BreakerConfig, PoliciesConfig, PolicyLimits};
-pub use set::{AssignDecision, FilterOutcome, Policies, PolicySet, Refused};
+pub use gate::Gate;
+pub use health::PolicyHealth;
+pub use set::{AssignDecision, Containment, FilterOutcome, Policies, PolicySet, Refused};
 
 /// Header list as `(name, value)` pairs, names lower-case, in request order.
 pub type HeaderList = Vec<(String, String)>;

@@ -12,8 +12,8 @@
 //! `opampgateway_policy_reloads_total{outcome}`; the loaded set is exported
 //! as `opampgateway_policy_loaded{policy,digest} 1`.
 //!
-//! Native policies given to [`PolicyRuntime::start_with`] (compiled into an
-//! embedding application) head the chain, before the directory's: the
+//! Native policies (compiled into an embedding application, given to
+//! [`GatewayBuilder::policy`](crate::GatewayBuilder::policy)) head the chain, before the directory's: the
 //! application's own rules come first, and the operator's hot-reloaded Wasm
 //! sees their output. Every set a reload builds keeps them, as the same
 //! objects, so their breakers carry over too.
@@ -122,7 +122,7 @@ impl PolicyRuntime {
 
     /// As [`start`](Self::start), with `native` policies ahead of the
     /// directory's in every set (see the module docs).
-    pub fn start_with(cfg: &PoliciesConfig, native: Vec<Arc<dyn Policy>>) -> Result<Self, PolicyError> {
+    pub(crate) fn start_with(cfg: &PoliciesConfig, native: Vec<Arc<dyn Policy>>) -> Result<Self, PolicyError> {
         let engine = PolicyEngine::new(cfg)?;
         let mut loader = Loader::new(engine, cfg.clone());
         let dir = cfg.directory.clone();
@@ -198,7 +198,7 @@ impl PolicyRuntime {
     }
 
     /// Serves `native` alone; refuses a directory holding `.wasm` files.
-    pub fn start_with(cfg: &PoliciesConfig, native: Vec<Arc<dyn Policy>>) -> Result<Self, PolicyError> {
+    pub(crate) fn start_with(cfg: &PoliciesConfig, native: Vec<Arc<dyn Policy>>) -> Result<Self, PolicyError> {
         without_wasm(&cfg.directory)?;
         metrics::counter!(m::POLICY_RELOADS, "outcome" => "initial").increment(1);
         let (tx, rx) = watch::channel(ReloadStatus { generation: 0, outcome: ReloadOutcome::Applied(Vec::new()) });

@@ -296,7 +296,20 @@ impl PolicySet {
                         return Ok(AssignDecision::Link(index));
                     }
                     metrics::counter!(m::POLICY_INVALID_ASSIGN, "policy" => p.name().to_owned()).increment(1);
-                    tracing::debug!(policy = p.name(), index, "assign named an unusable link; ignored");
+                    // A link that is down is routine; one that does not
+                    // exist is a bug in the policy, worth a (limited) warning.
+                    let exists = input.links.iter().any(|l| l.index == index);
+                    if exists {
+                        tracing::debug!(policy = p.name(), index, "assign named a link that is down; ignored");
+                    } else if e.guard.failures.admit(e.guard.clock.now()).is_some() {
+                        tracing::warn!(
+                            policy = p.name(),
+                            index,
+                            links = input.links.len(),
+                            "assign named a link that does not exist; the default choice applies \
+                             (see opampgateway_policy_invalid_assign_total)"
+                        );
+                    }
                 }
                 Err(error) => fail(e, Hook::Assign.label(), error)?,
             }

@@ -10,7 +10,7 @@ use std::time::Duration;
 use parking_lot::Mutex;
 use tokio::time::Instant;
 
-pub struct Throttle {
+pub(crate) struct Throttle {
     limit: u32,
     interval: Duration,
     state: Mutex<State>,
@@ -24,13 +24,13 @@ struct State {
 }
 
 impl Throttle {
-    pub fn new(limit: u32, interval: Duration) -> Self {
+    pub(crate) fn new(limit: u32, interval: Duration) -> Self {
         Self { limit, interval, state: Mutex::new(State { since: None, passed: 0, suppressed: 0 }) }
     }
 
     /// `Some(n)` when this line may be logged, `n` being the lines held
     /// back since the last one that passed; `None` when it is held back.
-    pub fn admit(&self, now: Instant) -> Option<u64> {
+    pub(crate) fn admit(&self, now: Instant) -> Option<u64> {
         let mut s = self.state.lock();
         if s.since.is_none_or(|t| now.saturating_duration_since(t) >= self.interval) {
             s.since = Some(now);

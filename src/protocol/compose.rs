@@ -15,14 +15,14 @@ use super::wire::{self, Wire};
 
 /// `ServerCapabilities_AcceptsStatus`: every server MUST set it, so it is
 /// what the gateway claims for a server it has not heard from yet.
-pub const ACCEPTS_STATUS: u64 = 0x1;
+pub(crate) const ACCEPTS_STATUS: u64 = 0x1;
 /// `ServerToAgentFlags_ReportFullState`.
-pub const REPORT_FULL_STATE: u64 = 0x1;
+pub(crate) const REPORT_FULL_STATE: u64 = 0x1;
 
 /// `AgentToServer{instance_uid, agent_disconnect{}}`: what the gateway sends
 /// for an agent that vanished without saying goodbye. Behind a gateway the
 /// upstream stream stays open, so the server would otherwise never learn.
-pub fn agent_disconnect(uid: &InstanceUid) -> Bytes {
+pub(crate) fn agent_disconnect(uid: &InstanceUid) -> Bytes {
     framing::encode(&AgentToServer {
         instance_uid: uid.as_bytes().clone(),
         agent_disconnect: Some(AgentDisconnect {}),

@@ -15,6 +15,7 @@ use crate::protocol::handshake::{ConnectRequest, ConnectResult};
 
 /// Everything the server is told about a connecting agent.
 #[derive(Debug, Clone)]
+#[cfg_attr(not(fuzzing), allow(unreachable_pub))]
 pub struct AdmitRequest {
     /// Request headers as received, names lower-case.
     pub headers: HeaderList,
@@ -24,13 +25,14 @@ pub struct AdmitRequest {
 
 /// An accepted agent: its link, and headers the server wants sent back.
 #[derive(Debug)]
+#[cfg_attr(not(fuzzing), allow(unreachable_pub))]
 pub struct Admission {
     pub lease: LinkLease,
     pub response_headers: BTreeMap<String, String>,
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum AdmitError {
+pub(crate) enum AdmitError {
     #[error("no upstream link is connected")]
     NoUpstream,
     #[error("the server did not answer the connect request in time")]
@@ -47,7 +49,7 @@ pub enum AdmitError {
 
 impl AdmitError {
     /// Label for the handshake metric.
-    pub fn outcome(&self) -> &'static str {
+    pub(crate) fn outcome(&self) -> &'static str {
         match self {
             AdmitError::NoUpstream => "unavailable",
             AdmitError::Timeout => "timeout",
@@ -58,7 +60,7 @@ impl AdmitError {
     }
 
     /// The HTTP status an agent is answered with.
-    pub fn status(&self) -> u16 {
+    pub(crate) fn status(&self) -> u16 {
         match self {
             AdmitError::NoUpstream | AdmitError::PolicyRefused(_) => 503,
             AdmitError::Timeout => 504,
@@ -69,7 +71,7 @@ impl AdmitError {
 }
 
 impl Relay {
-    pub async fn admit(&self, req: &AdmitRequest) -> Result<Admission, AdmitError> {
+    pub(crate) async fn admit(&self, req: &AdmitRequest) -> Result<Admission, AdmitError> {
         let deadline = Instant::now() + self.settings.auth_timeout;
         let (preferred, headers) = self.apply_policies(req).await?;
         self.handshake(req, preferred, &headers, deadline).await
@@ -79,7 +81,7 @@ impl Relay {
     /// again and hands the agent to the link it names, or to the
     /// least-loaded one. `Ok(None)`: that is `from` itself, so the agent
     /// stays and no handshake is made.
-    pub async fn admit_move(&self, req: &AdmitRequest, from: u32) -> Result<Option<Admission>, AdmitError> {
+    pub(crate) async fn admit_move(&self, req: &AdmitRequest, from: u32) -> Result<Option<Admission>, AdmitError> {
         let deadline = Instant::now() + self.settings.auth_timeout;
         let (preferred, headers) = self.apply_policies(req).await?;
         let target = match preferred {

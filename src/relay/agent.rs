@@ -1,5 +1,6 @@
 //! The core's handle on one agent session.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU8, Ordering};
 use std::sync::OnceLock;
 
@@ -9,11 +10,13 @@ use tokio::sync::{mpsc, Notify};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::budget::Held;
 use super::identity::Identity;
+use crate::telemetry::metrics as m;
 
 /// A server→agent frame waiting in an agent's queue.
 #[derive(Debug)]
-pub struct Inbound {
+pub(crate) struct Inbound {
     /// Complete WebSocket payload (header + protobuf).
     pub frame: Bytes,
     /// The link it arrived on (for capability replay).
@@ -25,7 +28,7 @@ pub struct Inbound {
 
 /// Why the gateway closed an agent; also the `reason` metric label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CloseReason {
+pub(crate) enum CloseReason {
     /// The agent closed or vanished.
     Peer = 0,
     /// Its queue filled: it reads slower than the server writes.
@@ -60,7 +63,7 @@ pub enum CloseReason {
 }
 
 impl CloseReason {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             CloseReason::Peer => "peer",
             CloseReason::SlowConsumer => "slow_consumer",
@@ -81,7 +84,7 @@ impl CloseReason {
     }
 
     /// The WebSocket close code to send (RFC 6455 §7.4.1).
-    pub fn close_code(self) -> u16 {
+    pub(crate) fn close_code(self) -> u16 {
         match self {
             CloseReason::Peer | CloseReason::Superseded => 1000,
             CloseReason::Shutdown => 1001,
@@ -101,14 +104,21 @@ impl CloseReason {
 
 /// Shared between the agent's session task and the rest of the gateway.
 #[derive(Debug)]
-pub struct AgentShared {
+pub(crate) struct AgentShared {
     pub id: u64,
     queue: mpsc::Sender<Inbound>,
     closing: CancellationToken,
     /// Set once: the first reason wins, atomically.
     reason: OnceLock<CloseReason>,
-    /// Frames a dead link handed back, replayed on the agent's next link.
-    returned: Mutex<Vec<Bytes>>,
+    /// Frames waiting for a link: handed back by a dead one, or read while
+    /// the agent had none (a server restart). Replayed in order on its next
+    /// link, each keeping its share of the buffer budget, so the total is
+    /// bounded by `listener.max_buffered_bytes`.
+    returned: Mutex<VecDeque<(Bytes, Held)>>,
+    /// `server.failover_queue`: beyond this many, the oldest are dropped.
+    returned_cap: usize,
+    /// Whether the first overflow was logged (once per agent).
+    overflow_logged: AtomicBool,
     returned_ready: Notify,
     capabilities_sent: AtomicBool,
     first_reply_sent: AtomicBool,
@@ -126,7 +136,7 @@ pub struct AgentShared {
 /// Where an agent stands with the rebalancer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
-pub enum MoveState {
+pub(crate) enum MoveState {
     /// May be asked to move.
     Idle = 0,
     /// Asked; the session has not finished the move yet.
@@ -137,17 +147,26 @@ pub enum MoveState {
 }
 
 /// [`AgentShared::link`] before the session has a lease.
-pub const NO_LINK: u32 = u32::MAX;
+pub(crate) const NO_LINK: u32 = u32::MAX;
 
 impl AgentShared {
-    pub fn new(id: u64, queue_size: usize, identity: Identity) -> (std::sync::Arc<Self>, mpsc::Receiver<Inbound>) {
+    /// `queue_size` server messages may wait for the agent; `failover_queue`
+    /// of its own messages may wait for a link.
+    pub(crate) fn new(
+        id: u64,
+        queue_size: usize,
+        failover_queue: usize,
+        identity: Identity,
+    ) -> (std::sync::Arc<Self>, mpsc::Receiver<Inbound>) {
         let (queue, rx) = mpsc::channel(queue_size);
         let shared = Self {
             id,
             queue,
             closing: CancellationToken::new(),
             reason: OnceLock::new(),
-            returned: Mutex::new(Vec::new()),
+            returned: Mutex::new(VecDeque::new()),
+            returned_cap: failover_queue.max(1),
+            overflow_logged: AtomicBool::new(false),
             returned_ready: Notify::new(),
             capabilities_sent: AtomicBool::new(false),
             first_reply_sent: AtomicBool::new(false),
@@ -162,7 +181,7 @@ impl AgentShared {
 
     /// Queues a server message without waiting: a full queue means this
     /// agent is too slow, and waiting would stall every agent on the link.
-    pub fn offer(&self, msg: Inbound) -> Result<(), CloseReason> {
+    pub(crate) fn offer(&self, msg: Inbound) -> Result<(), CloseReason> {
         match self.queue.try_send(msg) {
             Ok(()) => Ok(()),
             Err(mpsc::error::TrySendError::Full(_)) => {
@@ -175,75 +194,94 @@ impl AgentShared {
     }
 
     /// Asks the session to close; the first reason wins.
-    pub fn close(&self, reason: CloseReason) {
+    pub(crate) fn close(&self, reason: CloseReason) {
         if self.reason.set(reason).is_ok() {
             self.closing.cancel();
         }
     }
 
-    pub fn closing(&self) -> &CancellationToken {
+    pub(crate) fn closing(&self) -> &CancellationToken {
         &self.closing
     }
 
-    pub fn close_reason(&self) -> CloseReason {
+    pub(crate) fn close_reason(&self) -> CloseReason {
         self.reason.get().copied().unwrap_or(CloseReason::Peer)
     }
 
-    /// A link that died with this agent's frame still queued returns it.
-    pub fn hand_back(&self, frame: Bytes) {
-        self.returned.lock().push(frame);
+    /// Keeps a frame for the agent's next link: one a dying link returns,
+    /// or one read while the agent has no link. Over `failover_queue`, the
+    /// oldest is dropped: counted, and logged once per agent.
+    pub(crate) fn hand_back(&self, frame: Bytes, held: Held) {
+        let dropped = {
+            let mut returned = self.returned.lock();
+            returned.push_back((frame, held));
+            let over = returned.len().saturating_sub(self.returned_cap);
+            returned.drain(..over).count()
+        };
+        if dropped > 0 {
+            metrics::counter!(m::MESSAGES_DROPPED, "direction" => m::UPSTREAM, "reason" => "failover_queue_full")
+                .increment(dropped as u64);
+            if !self.overflow_logged.swap(true, Ordering::Relaxed) {
+                tracing::warn!(
+                    agent = self.id,
+                    limit = self.returned_cap,
+                    "agent's messages waiting for a link exceed server.failover_queue; dropping the oldest \
+                     (further drops for this agent: opampgateway_messages_dropped_total{{reason=\"failover_queue_full\"}} only)"
+                );
+            }
+        }
         self.returned_ready.notify_one();
     }
 
     /// Resolves when frames have been handed back.
-    pub async fn returned_ready(&self) {
+    pub(crate) async fn returned_ready(&self) {
         self.returned_ready.notified().await
     }
 
-    pub fn take_returned(&self) -> Vec<Bytes> {
+    pub(crate) fn take_returned(&self) -> VecDeque<(Bytes, Held)> {
         std::mem::take(&mut *self.returned.lock())
     }
 
     /// True exactly once: the first time the agent is due its capabilities.
-    pub fn claim_capabilities(&self) -> bool {
+    pub(crate) fn claim_capabilities(&self) -> bool {
         !self.capabilities_sent.swap(true, Ordering::Relaxed)
     }
 
     /// Who is on this connection (credential digest, agent or gateway).
-    pub fn identity(&self) -> &Identity {
+    pub(crate) fn identity(&self) -> &Identity {
         &self.identity
     }
 
     /// Whether the server assigned this agent `uid` (it may then use it).
-    pub fn has_alias(&self, uid: &[u8]) -> bool {
+    pub(crate) fn has_alias(&self, uid: &[u8]) -> bool {
         self.aliases.lock().iter().any(|a| a == uid)
     }
 
     /// Remembers a server-assigned uid routed to this agent.
-    pub fn add_alias(&self, uid: Bytes) {
+    pub(crate) fn add_alias(&self, uid: Bytes) {
         self.aliases.lock().push(uid);
     }
 
-    pub fn take_aliases(&self) -> Vec<Bytes> {
+    pub(crate) fn take_aliases(&self) -> Vec<Bytes> {
         std::mem::take(&mut *self.aliases.lock())
     }
 
     /// True exactly once: for the first `ServerToAgent` this agent is sent,
     /// which the spec says MUST carry the server's `capabilities`.
-    pub fn claim_first_reply(&self) -> bool {
+    pub(crate) fn claim_first_reply(&self) -> bool {
         !self.first_reply_sent.swap(true, Ordering::Relaxed)
     }
 
     /// The link the session is on now.
-    pub fn link(&self) -> u32 {
+    pub(crate) fn link(&self) -> u32 {
         self.link.load(Ordering::Relaxed)
     }
 
-    pub fn set_link(&self, index: u32) {
+    pub(crate) fn set_link(&self, index: u32) {
         self.link.store(index, Ordering::Relaxed);
     }
 
-    pub fn move_state(&self) -> MoveState {
+    pub(crate) fn move_state(&self) -> MoveState {
         match self.move_state.load(Ordering::Relaxed) {
             0 => MoveState::Idle,
             1 => MoveState::Requested,
@@ -253,7 +291,7 @@ impl AgentShared {
 
     /// Asks the session to move to a less-loaded link; false if it was not
     /// idle (already asked, or known to stay).
-    pub fn request_move(&self) -> bool {
+    pub(crate) fn request_move(&self) -> bool {
         let asked = self
             .move_state
             .compare_exchange(MoveState::Idle as u8, MoveState::Requested as u8, Ordering::AcqRel, Ordering::Relaxed)
@@ -265,12 +303,12 @@ impl AgentShared {
     }
 
     /// Resolves when the rebalancer asked for a move.
-    pub async fn move_requested(&self) {
+    pub(crate) async fn move_requested(&self) {
         self.move_requested.notified().await
     }
 
     /// Makes an agent that stayed eligible again (links changed).
-    pub fn reconsider_move(&self) {
+    pub(crate) fn reconsider_move(&self) {
         let _ = self.move_state.compare_exchange(
             MoveState::Stays as u8,
             MoveState::Idle as u8,
@@ -280,13 +318,13 @@ impl AgentShared {
     }
 
     /// The session finished a requested move: `moved` or it stays put.
-    pub fn move_done(&self, moved: bool) {
+    pub(crate) fn move_done(&self, moved: bool) {
         let next = if moved { MoveState::Idle } else { MoveState::Stays };
         self.move_state.store(next as u8, Ordering::Release);
     }
 
     /// The server sent this agent capabilities itself: nothing to replay.
-    pub fn capabilities_delivered(&self) {
+    pub(crate) fn capabilities_delivered(&self) {
         self.capabilities_sent.store(true, Ordering::Relaxed);
     }
 }
@@ -298,7 +336,7 @@ mod tests {
 
     #[test]
     fn the_first_close_reason_wins_even_under_races() {
-        let (agent, _rx) = AgentShared::new(1, 1, Identity::agent(Credential::none()));
+        let (agent, _rx) = AgentShared::new(1, 1, 1, Identity::agent(Credential::none()));
         let reasons = [CloseReason::SlowConsumer, CloseReason::Shutdown, CloseReason::Policy, CloseReason::Dead];
         std::thread::scope(|s| {
             for r in reasons {
@@ -311,5 +349,19 @@ mod tests {
         assert!(reasons.contains(&winner));
         agent.close(CloseReason::Peer);
         assert_eq!(agent.close_reason(), winner, "later reasons never overwrite the first");
+    }
+
+    #[test]
+    fn frames_waiting_for_a_link_are_bounded_oldest_dropped_first_and_keep_their_share() {
+        let budget = crate::relay::Budget::new(1000);
+        let (agent, _rx) = AgentShared::new(1, 1, 3, Identity::agent(Credential::none()));
+        for i in 0..5u8 {
+            let held = budget.try_take(10).expect("room");
+            agent.hand_back(Bytes::from(vec![i]), held);
+        }
+        assert_eq!(budget.in_flight(), 30, "the two dropped gave their share back");
+        let kept: Vec<u8> = agent.take_returned().into_iter().map(|(f, _)| f[0]).collect();
+        assert_eq!(kept, [2, 3, 4], "the newest, in order");
+        assert_eq!(budget.in_flight(), 0);
     }
 }

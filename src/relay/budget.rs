@@ -20,12 +20,12 @@ use crate::policy::throttle::Throttle;
 use crate::telemetry::metrics as m;
 
 /// Refusals for want of room are logged at most once per this interval.
-pub const REFUSAL_LOG_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
+pub(crate) const REFUSAL_LOG_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// A message waiting for room; resolves to its share.
-pub type Wait = Pin<Box<dyn Future<Output = Held> + Send>>;
+pub(crate) type Wait = Pin<Box<dyn Future<Output = Held> + Send>>;
 
-pub struct Budget {
+pub(crate) struct Budget {
     room: Arc<Semaphore>,
     capacity: usize,
     /// Free bytes at which a closed budget reopens.
@@ -41,7 +41,7 @@ pub struct Budget {
 }
 
 impl Budget {
-    pub fn new(capacity: usize) -> Arc<Self> {
+    pub(crate) fn new(capacity: usize) -> Arc<Self> {
         let capacity = capacity.clamp(1, Semaphore::MAX_PERMITS);
         Arc::new(Self {
             room: Arc::new(Semaphore::new(capacity)),
@@ -56,33 +56,33 @@ impl Budget {
         })
     }
 
-    pub fn capacity(&self) -> usize {
+    pub(crate) fn capacity(&self) -> usize {
         self.capacity
     }
 
     /// Bytes of agent messages currently held.
-    pub fn in_flight(&self) -> usize {
+    pub(crate) fn in_flight(&self) -> usize {
         self.capacity - self.room.available_permits()
     }
 
     /// Messages read and waiting for room.
-    pub fn waiting(&self) -> usize {
+    pub(crate) fn waiting(&self) -> usize {
         self.waiting.load(Ordering::SeqCst)
     }
 
     /// Whether a session may start reading a new message. Changes are
     /// announced on [`Budget::watch`].
-    pub fn is_open(&self) -> bool {
+    pub(crate) fn is_open(&self) -> bool {
         self.is_open.load(Ordering::SeqCst)
     }
 
-    pub fn watch(&self) -> watch::Receiver<bool> {
+    pub(crate) fn watch(&self) -> watch::Receiver<bool> {
         self.open.subscribe()
     }
 
     /// A share of `bytes` now, or the wait for it (first come, first served:
     /// a message never overtakes one already waiting).
-    pub fn take(self: &Arc<Self>, bytes: usize) -> Result<Held, Wait> {
+    pub(crate) fn take(self: &Arc<Self>, bytes: usize) -> Result<Held, Wait> {
         let n = self.permits(bytes);
         if let Ok(permit) = self.room.clone().try_acquire_many_owned(n) {
             return Ok(self.held(permit));
@@ -97,14 +97,14 @@ impl Budget {
     }
 
     /// A share of `bytes` if there is room now and nobody is waiting.
-    pub fn try_take(self: &Arc<Self>, bytes: usize) -> Option<Held> {
+    pub(crate) fn try_take(self: &Arc<Self>, bytes: usize) -> Option<Held> {
         let permit = self.room.clone().try_acquire_many_owned(self.permits(bytes)).ok()?;
         Some(self.held(permit))
     }
 
     /// Whether a refusal may be logged now; `Some(n)`: `n` were not logged
     /// since the last one.
-    pub fn log_refusal(&self) -> Option<u64> {
+    pub(crate) fn log_refusal(&self) -> Option<u64> {
         self.refusals.admit(tokio::time::Instant::now())
     }
 
@@ -162,15 +162,31 @@ impl Drop for WaitingGuard {
 /// holds nothing (the gateway's own messages, frames re-sent after a link
 /// loss).
 #[derive(Default)]
-pub struct Held(Option<(OwnedSemaphorePermit, Arc<Budget>)>);
+pub(crate) struct Held(Option<(OwnedSemaphorePermit, Arc<Budget>)>);
 
 impl Held {
-    pub fn bytes(&self) -> usize {
+    pub(crate) fn bytes(&self) -> usize {
         self.0.as_ref().map_or(0, |(p, _)| p.num_permits())
     }
 
+    /// A share covering `bytes`: this one when it does, else a new one (a
+    /// filter's replacement can be larger than what was read). The old
+    /// share is given back before waiting, so two growing messages can never
+    /// wait on each other's holds. A share of no budget stays one.
+    pub(crate) async fn cover(self, bytes: usize) -> Held {
+        let Some(budget) = self.0.as_ref().map(|(_, b)| b.clone()) else { return self };
+        if self.bytes() >= bytes.min(budget.capacity) {
+            return self;
+        }
+        drop(self);
+        match budget.take(bytes) {
+            Ok(held) => held,
+            Err(wait) => wait.await,
+        }
+    }
+
     /// Adds `other`'s share to this one (both from the same budget).
-    pub fn merge(&mut self, mut other: Held) {
+    pub(crate) fn merge(&mut self, mut other: Held) {
         match (&mut self.0, other.0.take()) {
             (Some((mine, _)), Some((theirs, _))) => mine.merge(theirs),
             (slot @ None, theirs) => *slot = theirs,
@@ -264,5 +280,34 @@ mod tests {
         assert_eq!(b.waiting(), 0);
         drop(h);
         assert!(b.is_open());
+    }
+
+    #[test]
+    fn a_grown_message_gives_its_share_back_before_waiting_for_a_bigger_one() {
+        let b = Budget::new(100);
+        let small = now(b.take(10));
+        let big = ready(small.cover(40)).expect("room for 40");
+        assert_eq!((big.bytes(), b.in_flight()), (40, 40), "the 10 went back");
+        let same = ready(big.cover(30)).expect("already covered");
+        assert_eq!(same.bytes(), 40);
+        // Two growing messages, and no room for either: each gave its share
+        // back before waiting, so one release lets both through in turn.
+        let other = now(b.take(50));
+        let a = now(b.take(5));
+        let c = now(b.take(5));
+        let mut grow_a = std::pin::pin!(a.cover(60));
+        assert!(ready(grow_a.as_mut()).is_none());
+        let mut grow_c = std::pin::pin!(c.cover(40));
+        assert!(ready(grow_c.as_mut()).is_none());
+        // (Given back, the 10 bytes are already reserved for the first
+        // waiter: tokio's semaphore hands released permits to the head of
+        // its queue.)
+        drop(same);
+        assert!(ready(grow_a.as_mut()).is_none(), "50 free, 60 wanted");
+        drop(other);
+        let a = ready(grow_a.as_mut()).expect("60 free after the releases");
+        let c = ready(grow_c.as_mut()).expect("then 40");
+        assert_eq!((a.bytes(), c.bytes(), b.in_flight()), (60, 40, 100));
+        assert_eq!(ready(Held::default().cover(10)).unwrap().bytes(), 0, "the gateway's own frames hold nothing");
     }
 }

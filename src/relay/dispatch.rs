@@ -11,11 +11,12 @@ use crate::protocol::{ScanError, ServerFrame};
 
 /// What happened to a server message.
 #[derive(Debug, PartialEq, Eq)]
+#[cfg_attr(not(fuzzing), allow(unreachable_pub))]
 pub enum Dispatch {
     /// A connectResult for a waiting handshake.
     Handshake,
-    /// A connectResult that cannot be read: its waiter was answered 502.
-    BadHandshake,
+    /// A connectResult that cannot be read (why): its waiter was answered 502.
+    BadHandshake(String),
     /// A connectResult nobody waits for (late, after a timeout).
     StaleHandshake,
     /// Queued for its agent.
@@ -31,9 +32,9 @@ pub enum Dispatch {
 
 impl Dispatch {
     /// Label for the drop metric, or `None` if nothing was dropped.
-    pub fn drop_reason(&self) -> Option<&'static str> {
+    pub(crate) fn drop_reason(&self) -> Option<&'static str> {
         match self {
-            Dispatch::Handshake | Dispatch::BadHandshake | Dispatch::Queued => None,
+            Dispatch::Handshake | Dispatch::BadHandshake(_) | Dispatch::Queued => None,
             Dispatch::StaleHandshake => Some("stale_handshake"),
             Dispatch::UnknownAgent => Some("unknown_agent"),
             Dispatch::AgentTooSlow => Some("slow_consumer"),
@@ -44,6 +45,7 @@ impl Dispatch {
 }
 
 impl Relay {
+    #[cfg_attr(not(fuzzing), allow(unreachable_pub))]
     pub fn dispatch(&self, link: &Link, frame: Bytes, received: Instant) -> Dispatch {
         let parsed = match ServerFrame::parse_ws(&frame) {
             Ok(p) => p,
@@ -98,17 +100,19 @@ impl Relay {
                     Ok(_) => "no request_uid".to_owned(),
                     Err(e) => handshake::describe_error(e),
                 };
+                // Debug only: the link warns once per kind per connection
+                // (a broken server sends these for every handshake).
                 let Some(uid) = handshake::request_uid_hint(data) else {
-                    tracing::warn!(link = %link.id(), %reason, "connectResult without a usable request_uid; no handshake can be told");
+                    tracing::debug!(link = %link.id(), %reason, "connectResult without a usable request_uid; no handshake can be told");
                     return Dispatch::Malformed(ScanError::Malformed { offset: 0, what: "connectResult JSON" });
                 };
-                tracing::warn!(link = %link.id(), request_uid = %uid, %reason, "unreadable connectResult; its handshake fails with 502");
+                tracing::debug!(link = %link.id(), request_uid = %uid, %reason, "unreadable connectResult; its handshake fails with 502");
                 (uid, Err(reason))
             }
         };
         let delivered = match result {
             Ok(r) => self.pending.resolve(r).then_some(Dispatch::Handshake),
-            Err(reason) => self.pending.fail(&request_uid, reason).then_some(Dispatch::BadHandshake),
+            Err(reason) => self.pending.fail(&request_uid, reason.clone()).then_some(Dispatch::BadHandshake(reason)),
         };
         if let Some(d) = delivered {
             return d;
@@ -144,6 +148,7 @@ mod tests {
             failover_wait: Duration::from_secs(5),
             agent_queue: 8,
             max_forwarded_handshakes: 8,
+            failover_queue: 8,
             max_buffered_bytes: 1 << 20,
         };
         Relay::new(links, Arc::new(Policies::none()), settings)
@@ -163,7 +168,8 @@ mod tests {
         assert!(accepted.await.unwrap().unwrap().accept);
 
         let (_g2, failed) = relay.pending.register("u-2".into(), 0);
-        assert_eq!(answer(&relay, br#"{"request_uid":"u-2","accept":"yes"}"#), Dispatch::BadHandshake);
+        let bad = answer(&relay, br#"{"request_uid":"u-2","accept":"yes"}"#);
+        assert!(matches!(&bad, Dispatch::BadHandshake(why) if !why.is_empty()), "{bad:?}");
         assert!(matches!(failed.await.unwrap(), Err(NoResult::Unreadable(_))));
         assert!(relay.pending.is_empty());
     }

@@ -15,7 +15,7 @@ use parking_lot::Mutex;
 use super::agent::AgentShared;
 
 #[derive(Default)]
-pub struct ForwardedHandshakes {
+pub(crate) struct ForwardedHandshakes {
     inner: Mutex<Inner>,
 }
 
@@ -27,7 +27,7 @@ struct Inner {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum ForwardRefused {
+pub(crate) enum ForwardRefused {
     #[error("{0} forwarded handshakes already in flight on this connection")]
     TooMany(usize),
     #[error("request_uid is already in flight")]
@@ -47,7 +47,12 @@ impl Inner {
 
 impl ForwardedHandshakes {
     /// Remembers that `agent` forwarded `request_uid`, within `max` in flight.
-    pub fn register(&self, request_uid: String, agent: &Arc<AgentShared>, max: usize) -> Result<(), ForwardRefused> {
+    pub(crate) fn register(
+        &self,
+        request_uid: String,
+        agent: &Arc<AgentShared>,
+        max: usize,
+    ) -> Result<(), ForwardRefused> {
         let mut inner = self.inner.lock();
         let n = inner.per_agent.get(&agent.id).copied().unwrap_or(0);
         if n >= max {
@@ -63,7 +68,7 @@ impl ForwardedHandshakes {
 
     /// The connection waiting for `request_uid`'s answer, forgotten as it is
     /// returned (an answer is delivered once).
-    pub fn take(&self, request_uid: &str) -> Option<Arc<AgentShared>> {
+    pub(crate) fn take(&self, request_uid: &str) -> Option<Arc<AgentShared>> {
         let mut inner = self.inner.lock();
         let agent = inner.by_request.remove(request_uid)?;
         inner.release(agent.id);
@@ -71,18 +76,20 @@ impl ForwardedHandshakes {
     }
 
     /// Forgets what a closing connection still had in flight.
-    pub fn forget(&self, agent_id: u64) {
+    pub(crate) fn forget(&self, agent_id: u64) {
         let mut inner = self.inner.lock();
         if inner.per_agent.remove(&agent_id).is_some() {
             inner.by_request.retain(|_, a| a.id != agent_id);
         }
     }
 
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    fn len(&self) -> usize {
         self.inner.lock().by_request.len()
     }
 
-    pub fn is_empty(&self) -> bool {
+    #[cfg(test)]
+    fn is_empty(&self) -> bool {
         self.len() == 0
     }
 }
@@ -95,8 +102,8 @@ mod tests {
     #[test]
     fn bounded_per_connection_and_delivered_once() {
         let f = ForwardedHandshakes::default();
-        let a = AgentShared::new(1, 4, Identity::agent(Credential::none())).0;
-        let b = AgentShared::new(2, 4, Identity::agent(Credential::none())).0;
+        let a = AgentShared::new(1, 4, 4, Identity::agent(Credential::none())).0;
+        let b = AgentShared::new(2, 4, 4, Identity::agent(Credential::none())).0;
         f.register("r1".into(), &a, 2).unwrap();
         assert_eq!(f.register("r1".into(), &b, 2), Err(ForwardRefused::Duplicate));
         f.register("r2".into(), &a, 2).unwrap();

@@ -12,19 +12,20 @@ use sha2::{Digest, Sha256};
 /// (`listener.credential_headers`). A reconnecting agent may take over its
 /// own uid from a connection not yet known dead only if these match; see
 /// `Routes::claim`.
-pub const CREDENTIAL_HEADERS: &[&str] =
+pub(crate) const CREDENTIAL_HEADERS: &[&str] =
     &["authorization", "cookie", "x-api-key", "x-secret-key", "x-bindplane-secret-key"];
 
 /// A SHA-256 digest of a connection's credentials. The headers themselves are
 /// never kept, so a credential cannot leak from here into logs or dumps.
 #[derive(Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(not(fuzzing), allow(unreachable_pub))]
 pub struct Credential([u8; 32]);
 
 impl Credential {
     /// Digests the values of the headers named in `names` (any case), in a
     /// canonical order, plus the verified client certificate when there is
     /// one.
-    pub fn from_headers<'a, N: AsRef<str>>(
+    pub(crate) fn from_headers<'a, N: AsRef<str>>(
         headers: impl IntoIterator<Item = (&'a str, &'a str)>,
         names: &[N],
         client_cert: Option<&[u8]>,
@@ -48,6 +49,7 @@ impl Credential {
     }
 
     /// For tests and the simulator: the digest of no credentials at all.
+    #[cfg_attr(not(fuzzing), allow(unreachable_pub, dead_code))]
     pub fn none() -> Self {
         Self::from_headers(std::iter::empty(), CREDENTIAL_HEADERS, None)
     }
@@ -62,6 +64,7 @@ impl std::fmt::Debug for Credential {
 
 /// What a connection is allowed to do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(not(fuzzing), allow(unreachable_pub))]
 pub enum Role {
     /// An ordinary agent: exactly one uid, no gateway custom messages.
     Agent,
@@ -72,17 +75,18 @@ pub enum Role {
 
 /// Everything the core needs to know about who is on a connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(not(fuzzing), allow(unreachable_pub))]
 pub struct Identity {
     pub credential: Credential,
     pub role: Role,
 }
 
 impl Identity {
-    pub fn agent(credential: Credential) -> Self {
+    pub(crate) fn agent(credential: Credential) -> Self {
         Self { credential, role: Role::Agent }
     }
 
-    pub fn is_gateway(&self) -> bool {
+    pub(crate) fn is_gateway(&self) -> bool {
         self.role == Role::Gateway
     }
 }

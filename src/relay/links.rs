@@ -20,19 +20,21 @@ use crate::policy::LinkInfo;
 
 /// A frame bound for the server.
 #[derive(Debug)]
+#[cfg_attr(not(fuzzing), allow(unreachable_pub))]
 pub struct Outbound {
     /// Complete WebSocket payload (header + protobuf).
     pub frame: Bytes,
     /// The generation of the link this was queued for.
-    pub generation: u64,
+    pub(crate) generation: u64,
     /// The agent to hand the frame back to if the link dies first; `None`
     /// for the gateway's own messages (handshakes, synthesized disconnects).
-    pub agent: Option<Arc<AgentShared>>,
+    pub(crate) agent: Option<Arc<AgentShared>>,
     /// When the gateway received the message (for the latency metric).
-    pub received: Instant,
+    pub(crate) received: Instant,
     /// The message's share of the buffer budget, given back when the link
     /// task has written the frame or handed it back.
-    pub held: super::Held,
+    #[allow(dead_code)] // never read: dropping it gives the bytes back
+    pub(crate) held: super::Held,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,8 +44,9 @@ pub struct LinkState {
 }
 
 /// One upstream link slot.
+#[cfg_attr(not(fuzzing), allow(unreachable_pub))]
 pub struct Link {
-    pub index: u32,
+    pub(crate) index: u32,
     tx: mpsc::Sender<Outbound>,
     state: watch::Sender<LinkState>,
     /// `custom_capabilities` the server sent on the current connection (raw
@@ -57,47 +60,48 @@ pub struct Link {
 }
 
 impl Link {
-    pub fn id(&self) -> String {
+    pub(crate) fn id(&self) -> String {
         format!("upstream-{}", self.index)
     }
 
-    pub fn state(&self) -> LinkState {
+    pub(crate) fn state(&self) -> LinkState {
         *self.state.borrow()
     }
 
-    pub fn subscribe(&self) -> watch::Receiver<LinkState> {
+    pub(crate) fn subscribe(&self) -> watch::Receiver<LinkState> {
         self.state.subscribe()
     }
 
     /// Queues a frame; waits while the queue is full (back-pressure).
     /// `Err` returns the frame when the link task is gone.
-    pub async fn send(&self, out: Outbound) -> Result<(), Outbound> {
+    pub(crate) async fn send(&self, out: Outbound) -> Result<(), Outbound> {
         self.tx.send(out).await.map_err(|e| e.0)
     }
 
-    pub fn capabilities(&self) -> Option<Arc<Bytes>> {
+    pub(crate) fn capabilities(&self) -> Option<Arc<Bytes>> {
         self.capabilities.load_full()
     }
 
-    pub fn set_capabilities(&self, raw: Bytes) {
+    pub(crate) fn set_capabilities(&self, raw: Bytes) {
         self.capabilities.store(Some(Arc::new(raw)));
     }
 
     /// The capabilities to claim in a message the gateway writes itself:
     /// the server's own, or `AcceptsStatus` (which every server has) until
     /// the server has said.
-    pub fn server_capabilities(&self) -> u64 {
+    pub(crate) fn server_capabilities(&self) -> u64 {
         match self.server_capabilities.load(Ordering::Relaxed) {
             0 => crate::protocol::compose::ACCEPTS_STATUS,
             c => c,
         }
     }
 
-    pub fn set_server_capabilities(&self, bits: u64) {
+    pub(crate) fn set_server_capabilities(&self, bits: u64) {
         self.server_capabilities.store(bits, Ordering::Relaxed);
     }
 
     /// Called by the link task when its connection is up.
+    #[cfg_attr(not(fuzzing), allow(unreachable_pub))]
     pub fn mark_connected(&self) -> u64 {
         self.capabilities.store(None);
         self.state.send_modify(|s| s.connected = true);
@@ -107,7 +111,7 @@ impl Link {
 
     /// Called by the link task after a loss, once it has handed back every
     /// queued frame: wakes the agents of this link so they migrate.
-    pub fn mark_lost(&self) {
+    pub(crate) fn mark_lost(&self) {
         self.capabilities.store(None);
         self.state.send_modify(|s| {
             s.connected = false;
@@ -117,6 +121,7 @@ impl Link {
 }
 
 /// All slots plus their loads. Loads change only through [`LinkLease`].
+#[cfg_attr(not(fuzzing), allow(unreachable_pub))]
 pub struct Links {
     slots: Vec<Arc<Link>>,
     loads: Mutex<Vec<u32>>,
@@ -125,6 +130,7 @@ pub struct Links {
 
 impl Links {
     /// Creates `n` slots; returns the receivers for the link tasks.
+    #[cfg_attr(not(fuzzing), allow(unreachable_pub))]
     pub fn new(n: usize, queue: usize) -> (Arc<Self>, Vec<mpsc::Receiver<Outbound>>) {
         let mut slots = Vec::with_capacity(n);
         let mut rxs = Vec::with_capacity(n);
@@ -145,35 +151,32 @@ impl Links {
         (Arc::new(Self { slots, loads: Mutex::new(vec![0; n]), any_up }), rxs)
     }
 
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.slots.len()
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.slots.is_empty()
-    }
-
+    #[cfg_attr(not(fuzzing), allow(unreachable_pub))]
     pub fn get(&self, index: u32) -> Option<&Arc<Link>> {
         self.slots.get(index as usize)
     }
 
-    pub fn iter(&self) -> impl Iterator<Item = &Arc<Link>> {
+    pub(crate) fn iter(&self) -> impl Iterator<Item = &Arc<Link>> {
         self.slots.iter()
     }
 
     /// Changes whenever some link connects. Subscribe *before* an attempt
     /// that may fail, then wait for a change: "a link is connected" alone is
     /// no reason to retry (the attempt just failed despite it).
-    pub fn link_ups(&self) -> watch::Receiver<u64> {
+    pub(crate) fn link_ups(&self) -> watch::Receiver<u64> {
         self.any_up.subscribe()
     }
 
-    pub fn connected(&self) -> usize {
+    pub(crate) fn connected(&self) -> usize {
         self.slots.iter().filter(|l| l.state().connected).count()
     }
 
     /// What a policy sees.
-    pub fn snapshot(&self) -> Vec<LinkInfo> {
+    pub(crate) fn snapshot(&self) -> Vec<LinkInfo> {
         let loads = self.loads.lock();
         self.slots
             .iter()
@@ -182,13 +185,13 @@ impl Links {
             .collect()
     }
 
-    pub fn loads(&self) -> Vec<u32> {
+    pub(crate) fn loads(&self) -> Vec<u32> {
         self.loads.lock().clone()
     }
 
     /// The least-loaded connected link, if moving one agent there from
     /// `from` narrows the spread (its load is at least two below `from`'s).
-    pub fn relief_for(&self, from: u32) -> Option<u32> {
+    pub(crate) fn relief_for(&self, from: u32) -> Option<u32> {
         let loads = self.loads.lock();
         let from_load = *loads.get(from as usize)?;
         (0..self.slots.len())
@@ -201,6 +204,7 @@ impl Links {
     /// Leases `preferred` if it is connected, else the least-loaded connected
     /// link (lowest index on ties). Choice and increment happen under one
     /// lock, so a connect storm balances exactly.
+    #[cfg_attr(not(fuzzing), allow(unreachable_pub))]
     pub fn lease(self: &Arc<Self>, preferred: Option<u32>) -> Option<LinkLease> {
         let mut loads = self.loads.lock();
         let usable = |i: usize| self.slots[i].state().connected;
@@ -215,6 +219,7 @@ impl Links {
 }
 
 /// One agent's claim on a link. Dropping it is the only way a load goes down.
+#[cfg_attr(not(fuzzing), allow(unreachable_pub))]
 pub struct LinkLease {
     link: Arc<Link>,
     links: Arc<Links>,
@@ -223,20 +228,20 @@ pub struct LinkLease {
 }
 
 impl LinkLease {
-    pub fn link(&self) -> &Arc<Link> {
+    pub(crate) fn link(&self) -> &Arc<Link> {
         &self.link
     }
 
-    pub fn index(&self) -> u32 {
+    pub(crate) fn index(&self) -> u32 {
         self.link.index
     }
 
-    pub fn generation(&self) -> u64 {
+    pub(crate) fn generation(&self) -> u64 {
         self.generation
     }
 
     /// The link this lease was taken on has since been lost.
-    pub fn is_stale(&self) -> bool {
+    pub(crate) fn is_stale(&self) -> bool {
         self.link.state().generation != self.generation
     }
 }

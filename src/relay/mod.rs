@@ -19,33 +19,43 @@
 //! - [`rebalance`]: moves agents off crowded links, without disconnecting
 //!   them, when loads drift apart (e.g. after links return).
 
-pub mod admission;
-pub mod agent;
-pub mod budget;
-pub mod dispatch;
-pub mod forwarded;
-pub mod identity;
-pub mod links;
-pub mod pending;
-pub mod rebalance;
-pub mod routes;
+pub(crate) mod admission;
+pub(crate) mod agent;
+pub(crate) mod budget;
+pub(crate) mod dispatch;
+pub(crate) mod forwarded;
+pub(crate) mod identity;
+pub(crate) mod links;
+pub(crate) mod pending;
+pub(crate) mod rebalance;
+pub(crate) mod routes;
+mod view;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use crate::policy::Policies;
 
-pub use admission::{Admission, AdmitError, AdmitRequest};
-pub use agent::{AgentShared, CloseReason, Inbound};
-pub use budget::{Budget, Held};
-pub use forwarded::{ForwardRefused, ForwardedHandshakes};
+pub(crate) use admission::AdmitError;
+#[cfg_attr(not(fuzzing), allow(unreachable_pub))]
+pub use admission::{Admission, AdmitRequest};
+pub(crate) use agent::{AgentShared, CloseReason, Inbound};
+pub(crate) use budget::{Budget, Held};
+pub(crate) use forwarded::{ForwardRefused, ForwardedHandshakes};
+#[cfg_attr(not(fuzzing), allow(unreachable_pub))]
 pub use identity::{Credential, Identity, Role};
-pub use links::{Link, LinkLease, LinkState, Links, Outbound};
-pub use pending::PendingConnects;
-pub use routes::{Claimed, Routes, UidInUse};
+pub use links::LinkState;
+#[cfg_attr(not(fuzzing), allow(unreachable_pub))]
+pub use links::Outbound;
+#[cfg_attr(not(fuzzing), allow(unreachable_pub))]
+pub use links::{Link, LinkLease, Links};
+pub(crate) use pending::PendingConnects;
+pub(crate) use routes::{Claimed, Routes};
+pub use view::RelayView;
 
 /// Settings the core needs (a slice of the config).
 #[derive(Debug, Clone)]
+#[cfg_attr(not(fuzzing), allow(unreachable_pub))]
 pub struct RelaySettings {
     pub auth_timeout: Duration,
     /// How long an agent whose link died waits for any link to be up.
@@ -54,25 +64,29 @@ pub struct RelaySettings {
     /// Connect handshakes one downstream gateway connection may have in
     /// flight through us.
     pub max_forwarded_handshakes: usize,
+    /// `server.failover_queue`: an agent's messages that may wait for a link.
+    pub failover_queue: usize,
     /// `listener.max_buffered_bytes`: the size of [`Relay::budget`].
     pub max_buffered_bytes: usize,
 }
 
 /// The shared state of one gateway.
+#[cfg_attr(not(fuzzing), allow(unreachable_pub))]
 pub struct Relay {
-    pub links: Arc<Links>,
-    pub routes: Routes,
-    pub pending: PendingConnects,
-    pub forwarded: ForwardedHandshakes,
-    pub policies: Arc<Policies>,
-    pub settings: RelaySettings,
+    pub(crate) links: Arc<Links>,
+    pub(crate) routes: Routes,
+    pub(crate) pending: PendingConnects,
+    pub(crate) forwarded: ForwardedHandshakes,
+    pub(crate) policies: Arc<Policies>,
+    pub(crate) settings: RelaySettings,
     /// Agent message bytes between being read and written upstream.
-    pub budget: Arc<Budget>,
+    pub(crate) budget: Arc<Budget>,
     /// WebSocket sessions the rebalancer may ask to move.
-    pub movable: rebalance::Movable,
+    pub(crate) movable: rebalance::Movable,
 }
 
 impl Relay {
+    #[cfg_attr(not(fuzzing), allow(unreachable_pub))]
     pub fn new(links: Arc<Links>, policies: Arc<Policies>, settings: RelaySettings) -> Self {
         Self {
             links,

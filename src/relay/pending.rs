@@ -10,7 +10,7 @@ use crate::protocol::handshake::ConnectResult;
 
 /// Why a handshake ended without a usable result.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum NoResult {
+pub(crate) enum NoResult {
     /// The link died, so no answer can come: try another link.
     LinkLost,
     /// The server answered with a connectResult that cannot be read.
@@ -21,12 +21,12 @@ type Answer = Result<ConnectResult, NoResult>;
 type Waiter = oneshot::Sender<Answer>;
 
 #[derive(Default)]
-pub struct PendingConnects {
+pub(crate) struct PendingConnects {
     map: Arc<Mutex<HashMap<String, (u32, Waiter)>>>,
 }
 
 /// Removes the entry when the waiter gives up (timeout, cancelled request).
-pub struct PendingGuard {
+pub(crate) struct PendingGuard {
     map: Arc<Mutex<HashMap<String, (u32, Waiter)>>>,
     request_uid: String,
 }
@@ -38,14 +38,14 @@ impl Drop for PendingGuard {
 }
 
 impl PendingConnects {
-    pub fn register(&self, request_uid: String, link: u32) -> (PendingGuard, oneshot::Receiver<Answer>) {
+    pub(crate) fn register(&self, request_uid: String, link: u32) -> (PendingGuard, oneshot::Receiver<Answer>) {
         let (tx, rx) = oneshot::channel();
         self.map.lock().insert(request_uid.clone(), (link, tx));
         (PendingGuard { map: self.map.clone(), request_uid }, rx)
     }
 
     /// Delivers a result; false if nobody waits for it (late or unknown).
-    pub fn resolve(&self, result: ConnectResult) -> bool {
+    pub(crate) fn resolve(&self, result: ConnectResult) -> bool {
         let waiter = self.map.lock().remove(&result.request_uid);
         match waiter {
             Some((_, tx)) => tx.send(Ok(result)).is_ok(),
@@ -55,7 +55,7 @@ impl PendingConnects {
 
     /// Fails the handshake `request_uid` because its answer cannot be read;
     /// false if nobody waits for it.
-    pub fn fail(&self, request_uid: &str, reason: String) -> bool {
+    pub(crate) fn fail(&self, request_uid: &str, reason: String) -> bool {
         let waiter = self.map.lock().remove(request_uid);
         match waiter {
             Some((_, tx)) => tx.send(Err(NoResult::Unreadable(reason))).is_ok(),
@@ -65,7 +65,7 @@ impl PendingConnects {
 
     /// Fails every handshake in flight on `link` (its connection died, so no
     /// answer can come).
-    pub fn fail_link(&self, link: u32) {
+    pub(crate) fn fail_link(&self, link: u32) {
         let mut map = self.map.lock();
         let lost: Vec<String> = map.iter().filter(|(_, (l, _))| *l == link).map(|(k, _)| k.clone()).collect();
         for k in lost {
@@ -75,11 +75,12 @@ impl PendingConnects {
         }
     }
 
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.map.lock().len()
     }
 
-    pub fn is_empty(&self) -> bool {
+    #[cfg(test)]
+    pub(crate) fn is_empty(&self) -> bool {
         self.len() == 0
     }
 }

@@ -22,7 +22,7 @@ use crate::telemetry::metrics as m;
 
 /// `server.rebalance`, as the task uses it.
 #[derive(Debug, Clone, Copy)]
-pub struct RebalanceSettings {
+pub(crate) struct RebalanceSettings {
     pub enabled: bool,
     /// Allowed spread (busiest minus idlest link) as a fraction of the mean
     /// load; never below one agent.
@@ -35,22 +35,22 @@ const TICK: Duration = Duration::from_secs(1);
 
 /// The WebSocket sessions that can be asked to move.
 #[derive(Default)]
-pub struct Movable {
+pub(crate) struct Movable {
     sessions: Mutex<HashMap<u64, Arc<AgentShared>>>,
 }
 
 impl Movable {
-    pub fn register(&self, agent: &Arc<AgentShared>) {
+    pub(crate) fn register(&self, agent: &Arc<AgentShared>) {
         self.sessions.lock().insert(agent.id, agent.clone());
     }
 
-    pub fn unregister(&self, id: u64) {
+    pub(crate) fn unregister(&self, id: u64) {
         self.sessions.lock().remove(&id);
     }
 
     /// Agents that stayed put when asked (their assign policy chose their
     /// link, or the handshake failed).
-    pub fn staying(&self) -> usize {
+    pub(crate) fn staying(&self) -> usize {
         self.sessions.lock().values().filter(|a| a.move_state() == MoveState::Stays).count()
     }
 
@@ -88,7 +88,7 @@ impl Movable {
 
 /// One tick's decision.
 #[derive(Debug, PartialEq, Eq)]
-pub struct Plan {
+pub(crate) struct Plan {
     /// Busiest minus idlest connected link.
     pub spread: u32,
     /// Links to drain and how many agents to ask on each.
@@ -96,7 +96,7 @@ pub struct Plan {
 }
 
 impl Plan {
-    pub fn balanced(&self) -> bool {
+    pub(crate) fn balanced(&self) -> bool {
         self.drain.is_empty()
     }
 }
@@ -105,7 +105,7 @@ impl Plan {
 /// not connected (its agents are failing over, not rebalancing);
 /// `in_flight[i]` counts moves already asked off link `i`. Links above the
 /// mean (rounded up) give their excess, busiest first, within `budget`.
-pub fn plan(loads: &[Option<u32>], in_flight: &[u32], tolerance: f64, budget: usize) -> Plan {
+pub(crate) fn plan(loads: &[Option<u32>], in_flight: &[u32], tolerance: f64, budget: usize) -> Plan {
     let up: Vec<(u32, u32)> = loads.iter().enumerate().filter_map(|(i, l)| l.map(|l| (i as u32, l))).collect();
     let (Some(max), Some(min)) = (up.iter().map(|u| u.1).max(), up.iter().map(|u| u.1).min()) else {
         return Plan { spread: 0, drain: Vec::new() };
@@ -140,7 +140,7 @@ pub fn plan(loads: &[Option<u32>], in_flight: &[u32], tolerance: f64, budget: us
 
 /// The rebalancer task: returns at once when disabled, else when
 /// `shutdown` is cancelled.
-pub async fn run(relay: Arc<Relay>, settings: RebalanceSettings, shutdown: CancellationToken) {
+pub(crate) async fn run(relay: Arc<Relay>, settings: RebalanceSettings, shutdown: CancellationToken) {
     if !settings.enabled {
         return;
     }

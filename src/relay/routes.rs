@@ -22,13 +22,13 @@ use parking_lot::Mutex;
 use super::agent::AgentShared;
 
 #[derive(Default)]
-pub struct Routes {
+pub(crate) struct Routes {
     map: Mutex<HashMap<Bytes, Arc<AgentShared>>>,
 }
 
 /// A successful [`Routes::claim`].
 #[derive(Debug)]
-pub enum Claimed {
+pub(crate) enum Claimed {
     /// The uid was free, or already this agent's.
     Owned,
     /// The same credentials reconnected: the uid moved here from this older
@@ -39,11 +39,11 @@ pub enum Claimed {
 /// The uid is owned by another live connection with other credentials.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("instance_uid is in use by another connection")]
-pub struct UidInUse;
+pub(crate) struct UidInUse;
 
 impl Routes {
     /// Makes `agent` the owner of `uid` if the ownership rule allows it.
-    pub fn claim(&self, uid: &Bytes, agent: &Arc<AgentShared>) -> Result<Claimed, UidInUse> {
+    pub(crate) fn claim(&self, uid: &Bytes, agent: &Arc<AgentShared>) -> Result<Claimed, UidInUse> {
         let mut map = self.map.lock();
         match map.get(uid) {
             Some(owner) if owner.id == agent.id => Ok(Claimed::Owned),
@@ -67,23 +67,24 @@ impl Routes {
 
     /// Points `uid` at `agent` unconditionally. Only for uids the server
     /// itself assigned (`new_instance_uid`): the server is the authority.
-    pub fn assign(&self, uid: Bytes, agent: &Arc<AgentShared>) {
+    pub(crate) fn assign(&self, uid: Bytes, agent: &Arc<AgentShared>) {
         self.map.lock().insert(uid, agent.clone());
     }
 
-    pub fn get(&self, uid: &[u8]) -> Option<Arc<AgentShared>> {
+    pub(crate) fn get(&self, uid: &[u8]) -> Option<Arc<AgentShared>> {
         self.map.lock().get(uid).cloned()
     }
 
     /// Whether `uid` currently routes to `agent_id`.
-    pub fn is_owner(&self, uid: &[u8], agent_id: u64) -> bool {
+    #[cfg(test)]
+    fn is_owner(&self, uid: &[u8], agent_id: u64) -> bool {
         self.map.lock().get(uid).is_some_and(|a| a.id == agent_id)
     }
 
     /// Removes `uid` only if it still points at `agent_id`; true if it did.
     /// A false return means the uid moved on: its new owner is alive, so no
     /// goodbye may be sent for it.
-    pub fn remove(&self, uid: &[u8], agent_id: u64) -> bool {
+    pub(crate) fn remove(&self, uid: &[u8], agent_id: u64) -> bool {
         let mut map = self.map.lock();
         if map.get(uid).is_some_and(|a| a.id == agent_id) {
             map.remove(uid);
@@ -93,12 +94,8 @@ impl Routes {
         }
     }
 
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.map.lock().len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }
 
@@ -109,7 +106,7 @@ mod tests {
 
     fn agent(id: u64, key: &str) -> Arc<AgentShared> {
         let cred = Credential::from_headers([("authorization", key)], crate::relay::identity::CREDENTIAL_HEADERS, None);
-        AgentShared::new(id, 4, Identity::agent(cred)).0
+        AgentShared::new(id, 4, 4, Identity::agent(cred)).0
     }
 
     #[test]

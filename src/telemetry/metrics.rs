@@ -55,6 +55,9 @@ pub const UID_TAKEOVERS: &str = "opampgateway_uid_takeovers_total";
 pub const FULL_STATE_REQUESTS: &str = "opampgateway_full_state_requests_total";
 /// Counter: custom capabilities replayed into an agent's first message.
 pub const CAPABILITIES_REPLAYED: &str = "opampgateway_custom_capabilities_replayed_total";
+/// Gauge: live tokio tasks, read when `/metrics` is scraped (a leak of
+/// per-session tasks shows here first).
+pub const RUNTIME_ALIVE_TASKS: &str = "opampgateway_runtime_alive_tasks";
 
 /// Counter: policy hook calls, by `policy` and `hook`.
 pub const POLICY_CALLS: &str = "opampgateway_policy_calls_total";
@@ -90,13 +93,13 @@ pub const DOWNSTREAM: &str = "downstream";
 /// Handles for the per-message metrics, resolved once: the `counter!` macros
 /// build and hash a key on every call, which adds up at 10k messages/s.
 /// Resolved on first use, after `main` has installed the recorder.
-pub struct Relayed {
-    pub messages: metrics::Counter,
-    pub bytes: metrics::Counter,
-    pub latency: metrics::Histogram,
+pub(crate) struct Relayed {
+    pub(crate) messages: metrics::Counter,
+    pub(crate) bytes: metrics::Counter,
+    pub(crate) latency: metrics::Histogram,
 }
 
-pub fn relayed(direction: &'static str) -> &'static Relayed {
+pub(crate) fn relayed(direction: &'static str) -> &'static Relayed {
     use std::sync::OnceLock;
     static UP: OnceLock<Relayed> = OnceLock::new();
     static DOWN: OnceLock<Relayed> = OnceLock::new();

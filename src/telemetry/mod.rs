@@ -1,6 +1,6 @@
 //! Metrics: names, naming modes and the recorder. A leaf: it depends on no
 //! other module of the crate, so every layer can record into it. The HTTP
-//! endpoints that serve them live in [`crate::admin`].
+//! endpoints that serve them live in `admin`.
 //!
 //! - [`metrics`]: every metric name, in one place.
 //! - [`naming`]: `telemetry.metrics.naming: otelcol`, a recorder layer that

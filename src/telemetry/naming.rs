@@ -9,7 +9,7 @@
 //! derivation is in docs/compatibility.md. Every other metric keeps its
 //! `opampgateway_*` name in both modes.
 //!
-//! Call sites stay unchanged: [`Renaming`] sits between the `metrics` facade
+//! Call sites stay unchanged: `Renaming` sits between the `metrics` facade
 //! and the Prometheus recorder.
 
 use std::sync::Arc;
@@ -61,12 +61,12 @@ fn otelcol_name(ours: &str) -> Option<&'static str> {
 /// A recorder that exports the reference instruments under their collector
 /// names and passes everything else through.
 #[derive(Debug)]
-pub struct Renaming<R> {
+pub(crate) struct Renaming<R> {
     inner: R,
 }
 
 impl<R> Renaming<R> {
-    pub fn new(inner: R) -> Self {
+    pub(crate) fn new(inner: R) -> Self {
         Self { inner }
     }
 

@@ -1,5 +1,5 @@
 //! The process-wide Prometheus recorder, and the errors of the telemetry
-//! section (the admin server in [`crate::admin`] reports its bind failure
+//! section (the admin server in `admin` reports its bind failure
 //! here too, as it serves `telemetry.metrics.endpoint`).
 
 use std::net::SocketAddr;

@@ -18,7 +18,7 @@ pub(crate) struct CertResolver(Reloading<CertifiedKey>);
 
 impl CertResolver {
     /// Loads `cert` + `key` now; re-reads them every `every` if either is a file.
-    pub fn new(
+    pub(super) fn new(
         prefix: &'static str,
         cert: PemSource,
         key: PemSource,

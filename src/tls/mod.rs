@@ -180,7 +180,7 @@ pub fn client_config(cfg: Option<&ClientTlsConfig>) -> Result<Arc<ClientConfig>,
 }
 
 /// The name to verify for `host`, honouring `server_name_override`.
-pub fn server_name(host: &str, cfg: Option<&ClientTlsConfig>) -> Result<ServerName<'static>, TlsError> {
+pub(crate) fn server_name(host: &str, cfg: Option<&ClientTlsConfig>) -> Result<ServerName<'static>, TlsError> {
     let name = cfg.and_then(|c| c.server_name_override.as_deref()).unwrap_or(host);
     let name = name.trim_start_matches('[').trim_end_matches(']');
     ServerName::try_from(name.to_owned())

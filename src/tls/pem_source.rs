@@ -16,7 +16,7 @@ pub(crate) enum PemSource {
 impl PemSource {
     /// The `*_file` or the `*_pem` setting, whichever is set (validation
     /// rejects both); each with its field path for errors.
-    pub fn pick(file: (&'static str, Option<&PathBuf>), pem: (&'static str, Option<&String>)) -> Option<Self> {
+    pub(super) fn pick(file: (&'static str, Option<&PathBuf>), pem: (&'static str, Option<&String>)) -> Option<Self> {
         match (file, pem) {
             ((field, Some(path)), _) => Some(Self::File { field, path: path.clone() }),
             (_, (field, Some(text))) => Some(Self::Inline { field, text: text.clone() }),
@@ -24,11 +24,11 @@ impl PemSource {
         }
     }
 
-    pub fn file(field: &'static str, path: &Path) -> Self {
+    pub(super) fn file(field: &'static str, path: &Path) -> Self {
         Self::File { field, path: path.to_owned() }
     }
 
-    pub fn path(&self) -> Option<&Path> {
+    pub(super) fn path(&self) -> Option<&Path> {
         match self {
             Self::File { path, .. } => Some(path),
             Self::Inline { .. } => None,
@@ -36,7 +36,7 @@ impl PemSource {
     }
 
     /// An error about this source's content.
-    pub fn invalid(&self, reason: impl std::fmt::Display) -> TlsError {
+    pub(super) fn invalid(&self, reason: impl std::fmt::Display) -> TlsError {
         match self {
             Self::File { field, path } => {
                 TlsError::File { field, path: path.display().to_string(), reason: reason.to_string() }
@@ -52,7 +52,7 @@ impl PemSource {
         }
     }
 
-    pub fn certs(&self) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    pub(super) fn certs(&self) -> Result<Vec<CertificateDer<'static>>, TlsError> {
         let certs = CertificateDer::pem_slice_iter(&self.bytes()?)
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| self.invalid(e))?;
@@ -62,7 +62,7 @@ impl PemSource {
         Ok(certs)
     }
 
-    pub fn key(&self) -> Result<PrivateKeyDer<'static>, TlsError> {
+    pub(super) fn key(&self) -> Result<PrivateKeyDer<'static>, TlsError> {
         PrivateKeyDer::from_pem_slice(&self.bytes()?)
             .map_err(|e| self.invalid(format!("{e}; expected a PEM private key (PKCS#8, PKCS#1 or SEC1)")))
     }

@@ -39,7 +39,7 @@ struct State {
 impl<T> Reloading<T> {
     /// Loads once now (errors are the caller's); then again every `every`
     /// (zero = never) and whenever a file in `watch` changes.
-    pub fn new(
+    pub(super) fn new(
         what: impl Into<String>,
         every: Option<Duration>,
         watch: Vec<PathBuf>,
@@ -60,12 +60,12 @@ impl<T> Reloading<T> {
     }
 
     /// Whether this value can ever change.
-    pub fn reloads(&self) -> bool {
+    pub(super) fn reloads(&self) -> bool {
         self.every.is_some() || !self.watch.is_empty()
     }
 
     /// The current value, reloaded first if due.
-    pub fn get(&self) -> Arc<T> {
+    pub(super) fn get(&self) -> Arc<T> {
         if self.reloads() {
             self.reload_if_due();
         }

@@ -8,22 +8,22 @@ use rand::Rng;
 use crate::config::BackoffConfig;
 
 #[derive(Debug, Clone)]
-pub struct Backoff {
+pub(crate) struct Backoff {
     cfg: BackoffConfig,
     next: Duration,
 }
 
 impl Backoff {
-    pub fn new(cfg: BackoffConfig) -> Self {
+    pub(crate) fn new(cfg: BackoffConfig) -> Self {
         Self { next: cfg.initial_interval, cfg }
     }
 
-    pub fn reset(&mut self) {
+    pub(crate) fn reset(&mut self) {
         self.next = self.cfg.initial_interval;
     }
 
     /// The delay before the next attempt; grows the one after.
-    pub fn next_delay(&mut self) -> Duration {
+    pub(crate) fn next_delay(&mut self) -> Duration {
         let base = self.next;
         self.next = base.mul_f64(self.cfg.multiplier).min(self.cfg.max_interval);
         let j = self.cfg.jitter;

@@ -16,7 +16,7 @@ use crate::tls::{self, BoxedIo, Io, TlsError};
 
 /// The header the reference adds to each upstream dial, so the server can
 /// tell a gateway's links apart.
-pub const CONNECTION_ID_HEADER: &str = "x-opamp-gateway-connection-id";
+pub(crate) const CONNECTION_ID_HEADER: &str = "x-opamp-gateway-connection-id";
 
 #[derive(Debug, thiserror::Error)]
 pub enum DialError {

@@ -23,7 +23,8 @@ use tokio_util::sync::CancellationToken;
 use super::backoff::Backoff;
 use super::dial::Dialer;
 use crate::config::BackoffConfig;
-use crate::relay::{AgentShared, Link, Outbound, Relay};
+use crate::relay::dispatch::Dispatch;
+use crate::relay::{AgentShared, Held, Link, Outbound, Relay};
 use crate::telemetry::metrics as m;
 use crate::tls::BoxedIo;
 
@@ -38,14 +39,14 @@ const REPLAY_MAX_FRAMES: usize = 4096;
 const REPLAY_MAX_BYTES: usize = 16 << 20;
 
 #[derive(Debug, Clone)]
-pub struct LinkSettings {
+pub(crate) struct LinkSettings {
     pub keepalive: Duration,
     pub write_timeout: Duration,
     pub backoff: BackoffConfig,
 }
 
 /// Starts one task per slot. They run until `shutdown` is cancelled.
-pub fn spawn_links(
+pub(crate) fn spawn_links(
     relay: Arc<Relay>,
     receivers: Vec<mpsc::Receiver<Outbound>>,
     dialer: Arc<Dialer>,
@@ -194,6 +195,8 @@ impl LinkTask {
                             let outcome = self.relay.dispatch(&self.link, frame, last_seen);
                             if let Some(reason) = outcome.drop_reason() {
                                 self.dropped(&mut warned, reason, &outcome);
+                            } else if let Dispatch::BadHandshake(why) = &outcome {
+                                self.warn_once(&mut warned, "bad_handshake", why, "unreadable connectResult: its agent was answered 502");
                             }
                         }
                         Some(Ok(Message::Text(_))) => self.dropped(&mut warned, "text_frame", &"a text frame"),
@@ -227,11 +230,17 @@ impl LinkTask {
     /// per connection, later ones only at debug.
     fn dropped(&self, warned: &mut Vec<&'static str>, reason: &'static str, what: &dyn std::fmt::Debug) {
         metrics::counter!(m::MESSAGES_DROPPED, "direction" => m::DOWNSTREAM, "reason" => reason).increment(1);
+        self.warn_once(warned, reason, what, "server message not delivered");
+    }
+
+    /// Warns the first time `reason` happens on this connection, then logs
+    /// it at debug: a broken server repeats itself on every message.
+    fn warn_once(&self, warned: &mut Vec<&'static str>, reason: &'static str, what: &dyn std::fmt::Debug, msg: &str) {
         if warned.contains(&reason) {
-            tracing::debug!(link = %self.link.id(), reason, ?what, "server message not delivered");
+            tracing::debug!(link = %self.link.id(), reason, ?what, "{msg}");
         } else {
             warned.push(reason);
-            tracing::warn!(link = %self.link.id(), reason, ?what, "server message not delivered (further ones with this reason on this connection: debug only)");
+            tracing::warn!(link = %self.link.id(), reason, ?what, "{msg} (further ones with this reason on this connection: debug only)");
         }
     }
 
@@ -331,7 +340,7 @@ impl Recent {
         for (t, frame, agent) in self.frames.drain(..) {
             if cutoff.is_none_or(|c| t >= c) {
                 metrics::counter!(m::MESSAGES_REPLAYED).increment(1);
-                agent.hand_back(frame);
+                agent.hand_back(frame, Held::default()); // written already: its share went back then
             }
         }
         self.bytes = 0;
@@ -342,7 +351,7 @@ impl Recent {
 /// message (a handshake whose waiter has already been failed) as dropped.
 fn hand_back(out: Outbound) {
     match out.agent {
-        Some(agent) => agent.hand_back(out.frame),
+        Some(agent) => agent.hand_back(out.frame, out.held),
         None => {
             metrics::counter!(m::MESSAGES_DROPPED, "direction" => m::UPSTREAM, "reason" => "link_lost").increment(1);
         }

@@ -22,7 +22,7 @@ const MAX_HEAD: usize = 16 * 1024;
 
 /// What the environment says about one endpoint.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum EnvProxy {
+pub(crate) enum EnvProxy {
     /// No proxy variable applies to this endpoint's scheme.
     Unset,
     /// Variable `var` names a proxy and it applies.
@@ -34,7 +34,8 @@ pub enum EnvProxy {
 }
 
 impl EnvProxy {
-    pub fn proxy(&self) -> Option<&ProxyUrl> {
+    #[cfg(test)]
+    pub(crate) fn proxy(&self) -> Option<&ProxyUrl> {
         match self {
             EnvProxy::Use { proxy, .. } => Some(proxy),
             _ => None,
@@ -52,7 +53,7 @@ fn first_set(lookup: &dyn Fn(&str) -> Option<String>, names: [&'static str; 2]) 
 /// semantics: `wss` is asked as `https` (HTTPS_PROXY), `ws` as `http`
 /// (HTTP_PROXY, refused when REQUEST_METHOD says we run under CGI); loopback
 /// targets and NO_PROXY matches go direct.
-pub fn from_env(endpoint: &Uri, lookup: &dyn Fn(&str) -> Option<String>) -> EnvProxy {
+pub(crate) fn from_env(endpoint: &Uri, lookup: &dyn Fn(&str) -> Option<String>) -> EnvProxy {
     let secure = endpoint.scheme_str() == Some("wss");
     let names = if secure { ["HTTPS_PROXY", "https_proxy"] } else { ["HTTP_PROXY", "http_proxy"] };
     let Some((var, value)) = first_set(lookup, names) else { return EnvProxy::Unset };
@@ -208,7 +209,7 @@ fn in_prefix(ip: IpAddr, net: IpAddr, prefix: u8) -> bool {
 }
 
 /// A ready-to-use CONNECT tunnel maker for one proxy.
-pub struct Tunnel {
+pub(crate) struct Tunnel {
     url: ProxyUrl,
     tls: Option<(TlsConnector, ServerName<'static>)>,
     authorization: Option<String>,
@@ -217,7 +218,7 @@ pub struct Tunnel {
 impl Tunnel {
     /// For an `https://` proxy, TLS to it trusts what `server.tls` trusts
     /// and verifies the proxy's own host name.
-    pub fn new(url: ProxyUrl, cfg: &Config) -> Result<Self, TlsError> {
+    pub(crate) fn new(url: ProxyUrl, cfg: &Config) -> Result<Self, TlsError> {
         let tls = match url.scheme {
             ProxyScheme::Http => None,
             ProxyScheme::Https => {
@@ -232,12 +233,8 @@ impl Tunnel {
         Ok(Self { url, tls, authorization })
     }
 
-    pub fn url(&self) -> &ProxyUrl {
-        &self.url
-    }
-
     /// A byte stream to `target` (`host:port`) through the proxy.
-    pub async fn connect(&self, target: &str) -> Result<BoxedIo, DialError> {
+    pub(crate) async fn connect(&self, target: &str) -> Result<BoxedIo, DialError> {
         let addr = self.url.addr();
         let tcp = TcpStream::connect(&addr)
             .await
@@ -315,7 +312,7 @@ fn status_line(head: &[u8]) -> Option<(u16, String)> {
 
 /// The tunnel for `endpoint`'s links: `server.proxy_url` when set, else the
 /// environment (through `lookup`). Logs the choice once.
-pub fn for_endpoint(
+pub(crate) fn for_endpoint(
     cfg: &Config,
     endpoint: &Uri,
     lookup: &dyn Fn(&str) -> Option<String>,

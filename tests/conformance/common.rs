@@ -11,7 +11,7 @@ use opamp_gateway::sim::server::{JsonEncoding, ReferenceServer, ReferenceServerC
 use opamp_gateway::Gateway;
 
 /// Generous bound for anything that should happen "promptly" on loopback.
-pub const T: Duration = Duration::from_secs(10);
+pub(crate) const T: Duration = Duration::from_secs(10);
 
 /// Runs `async fn $name(JsonEncoding)` once per server encoding, as the
 /// tests `$name::rust` and `$name::go`.
@@ -33,13 +33,13 @@ pub(crate) use both_encodings;
 
 /// Like the reference's test server: no automatic replies (tests push what
 /// they want), no custom capabilities unless a test sets them.
-pub fn server_config(json: JsonEncoding) -> ReferenceServerConfig {
+pub(crate) fn server_config(json: JsonEncoding) -> ReferenceServerConfig {
     ReferenceServerConfig { json, reply_to_messages: false, custom_capabilities: Vec::new(), ..Default::default() }
 }
 
 /// A config pointing at `server_url`, with a loopback listener and short
 /// reconnect timers.
-pub fn config(server_url: &str) -> Config {
+pub(crate) fn config(server_url: &str) -> Config {
     let mut c = Config::from_yaml(&format!(
         "server:\n  endpoint: {server_url}\n  reconnect: {{ initial_interval: 50ms, max_interval: 500ms }}\nlistener:\n  endpoint: 127.0.0.1:0\n"
     ))
@@ -48,7 +48,7 @@ pub fn config(server_url: &str) -> Config {
     c
 }
 
-pub struct Harness {
+pub(crate) struct Harness {
     pub server: ReferenceServer,
     pub gateway: Gateway,
 }
@@ -56,11 +56,11 @@ pub struct Harness {
 impl Harness {
     /// The reference tests' harness: a server and a gateway with `links`
     /// upstream connections, all of them connected.
-    pub async fn start(json: JsonEncoding, links: usize) -> Self {
+    pub(crate) async fn start(json: JsonEncoding, links: usize) -> Self {
         Self::with(server_config(json), |c| c.server.connections = links).await
     }
 
-    pub async fn with(server_cfg: ReferenceServerConfig, tweak: impl FnOnce(&mut Config)) -> Self {
+    pub(crate) async fn with(server_cfg: ReferenceServerConfig, tweak: impl FnOnce(&mut Config)) -> Self {
         let server = ReferenceServer::start(server_cfg).await.expect("reference server starts");
         let mut cfg = config(&server.url());
         tweak(&mut cfg);
@@ -69,23 +69,23 @@ impl Harness {
         Self { server, gateway }
     }
 
-    pub fn agent_options(&self) -> AgentOptions {
+    pub(crate) fn agent_options(&self) -> AgentOptions {
         AgentOptions::new(self.gateway.agent_url())
     }
 
     /// A connected agent that has spoken once, so the server knows it.
-    pub async fn agent(&self) -> SimAgent {
+    pub(crate) async fn agent(&self) -> SimAgent {
         let mut a = SimAgent::connect(self.agent_options()).await.expect("agent connects");
         self.announce(&mut a).await;
         a
     }
 
     /// Sends a message from `a` and waits until the server has it.
-    pub async fn announce(&self, a: &mut SimAgent) {
+    pub(crate) async fn announce(&self, a: &mut SimAgent) {
         self.send(a, a.status_report()).await;
     }
 
-    pub async fn send(&self, a: &mut SimAgent, msg: AgentToServer) {
+    pub(crate) async fn send(&self, a: &mut SimAgent, msg: AgentToServer) {
         let uid = a.uid().as_bytes().clone();
         let before = self.server.state().agent(&uid).map_or(0, |r| r.messages);
         a.send(msg).await.expect("send");
@@ -97,7 +97,7 @@ impl Harness {
 
     /// The server sends `msg` to `a` (on the link `a` last spoke on); returns
     /// what `a` receives.
-    pub async fn push(&self, a: &mut SimAgent, msg: ServerToAgent) -> ServerToAgent {
+    pub(crate) async fn push(&self, a: &mut SimAgent, msg: ServerToAgent) -> ServerToAgent {
         assert!(self.server.push(a.uid().as_bytes(), msg), "the server knows the agent");
         let got = a.recv(T).await.expect("the agent receives the server's message");
         assert_eq!(&got.instance_uid, a.uid().as_bytes(), "addressed to this agent");
@@ -105,17 +105,17 @@ impl Harness {
     }
 
     /// The server connection `a`'s messages arrive on.
-    pub fn conn_of(&self, a: &SimAgent) -> u64 {
+    pub(crate) fn conn_of(&self, a: &SimAgent) -> u64 {
         self.server.state().agent(a.uid().as_bytes()).expect("the server knows the agent").conn_id
     }
 
-    pub fn loads(&self) -> Vec<u32> {
-        self.gateway.relay().links.loads()
+    pub(crate) fn loads(&self) -> Vec<u32> {
+        self.gateway.inspect().loads()
     }
 }
 
 /// For internal state that has no change signal: poll it, bounded.
-pub async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
+pub(crate) async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
     let deadline = tokio::time::Instant::now() + T;
     while !cond() {
         assert!(tokio::time::Instant::now() < deadline, "timed out waiting for: {what}");
@@ -124,6 +124,6 @@ pub async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
 }
 
 /// First value of header `name` in a refused upgrade's headers.
-pub fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+pub(crate) fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
     headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
 }

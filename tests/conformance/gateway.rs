@@ -70,9 +70,8 @@ async fn agent_closed_after_sending_is_forgotten_and_reported_upstream(json: Jso
         .wait_until(T, |s| s.agent(&uid).is_some_and(|r| r.disconnected == 1))
         .await
         .expect("the server is told the agent left");
-    let relay = h.gateway.relay().clone();
-    eventually("route and link assignment released", || relay.routes.is_empty() && relay.links.loads() == vec![0])
-        .await;
+    let relay = h.gateway.inspect();
+    eventually("route and link assignment released", || relay.routed_uids() == 0 && relay.loads() == vec![0]).await;
 }
 
 /// Restates TestGatewayUpstreamConnectionAffinity: with ten links, every
@@ -137,7 +136,7 @@ async fn agents_ride_out_a_link_loss_and_new_agents_connect(json: JsonEncoding) 
 
 /// After a move to another link, the gateway asks the agent for its full
 /// state (`ReportFullState`), as the server on the new link may not know it.
-pub async fn assert_full_state_requested(a: &mut SimAgent) {
+pub(crate) async fn assert_full_state_requested(a: &mut SimAgent) {
     let asked = a.recv(T).await.expect("a message from the gateway");
     assert_eq!(asked.flags & 1, 1, "ReportFullState requested: {asked:?}");
 }
@@ -226,9 +225,8 @@ async fn fifty_agents_spread_over_three_links_and_clean_up(json: JsonEncoding) {
     for a in agents {
         a.say_goodbye().await.unwrap();
     }
-    let relay = h.gateway.relay().clone();
-    eventually("every agent released", || relay.routes.is_empty() && relay.links.loads().iter().sum::<u32>() == 0)
-        .await;
+    let relay = h.gateway.inspect();
+    eventually("every agent released", || relay.routed_uids() == 0 && relay.loads().iter().sum::<u32>() == 0).await;
 }
 
 /// Restates TestDownstreamConnectionCloseBeforeStart (closing a connection

@@ -60,7 +60,7 @@ async fn silent_server_answers_504_with_retry_after_30(json: JsonEncoding) {
         Err(AgentError::Rejected { status: 504, headers }) => assert_eq!(header(&headers, "retry-after"), Some("30")),
         other => panic!("expected a 504, got {:?}", other.map(|_| ())),
     }
-    assert_eq!(h.gateway.relay().pending.len(), 0, "the timed-out handshake is forgotten");
+    assert_eq!(h.gateway.inspect().pending_handshakes(), 0, "the timed-out handshake is forgotten");
     assert_eq!(h.loads(), vec![0], "and holds no link");
 
     let status = plain_get(h.gateway.listen_addr()).await;
@@ -95,7 +95,7 @@ async fn unreadable_connect_result_answers_502_at_once(json: JsonEncoding) {
         Err(AgentError::Rejected { status: 502, headers }) => assert!(header(&headers, "retry-after").is_some()),
         other => panic!("expected a 502, got {:?}", other.map(|_| ())),
     }
-    assert_eq!(h.gateway.relay().pending.len(), 0);
+    assert_eq!(h.gateway.inspect().pending_handshakes(), 0);
     // The link is fine: the next agent gets in.
     h.server.set_connect_mode(ConnectMode::Normal);
     h.agent().await;

@@ -46,6 +46,8 @@ async fn garbage_is_counted_logged_once_and_misroutes_nothing_on_a_link_that_sur
         ("malformed", Some(Bytes::from_static(b"\x00\x0a\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff"))),
         ("malformed", Some(Bytes::from_static(b"\xde\xad\xbe\xef"))),
         ("unknown_agent", Some(framing::encode(&unknown_uid))),
+        // A connectResult naming no request: no handshake can be told.
+        ("malformed", Some(result(r#"{"accept":true,"http_status_code":200}"#.into()))),
         ("stale_handshake", Some(result(r#"{"request_uid":"nobody-asked","accept":true}"#.into()))),
         // A second answer to an agent already admitted, and a refusal at that:
         // it must not reach, close or re-judge that agent.
@@ -75,6 +77,7 @@ async fn garbage_is_counted_logged_once_and_misroutes_nothing_on_a_link_that_sur
         assert!(!warned.is_empty() && warned.len() < REPEAT, "{reason}: logged once, got {warned:#?}");
     }
     assert_eq!(server.state().open_connections, 1);
+    assert!(log_lines(&["WARN", "connectResult without a usable request_uid"]).is_empty(), "not one warning per frame");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

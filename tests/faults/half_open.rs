@@ -21,8 +21,8 @@ async fn keepalive_notices_a_blackholed_link_and_its_agents_move() {
     for _ in 0..6 {
         agents.push(agent(&g).await);
     }
-    let links = g.relay().links.clone();
-    let generations: Vec<u64> = links.iter().map(|l| l.state().generation).collect();
+    let links = g.inspect();
+    let generations: Vec<u64> = links.link_states().iter().map(|l| l.generation).collect();
     let mut accepted = proxy.accepted();
     let dialed = *accepted.borrow_and_update();
 
@@ -36,10 +36,9 @@ async fn keepalive_notices_a_blackholed_link_and_its_agents_move() {
     // Each slot was redialed through the proxy.
     let redialed = tokio::time::timeout(T, accepted.wait_for(|n| *n >= dialed + 2)).await;
     assert!(redialed.is_ok_and(|r| r.is_ok()), "the gateway redials both links");
-    for (link, before) in links.iter().zip(&generations) {
-        let mut state = link.subscribe();
-        let up = tokio::time::timeout(T, state.wait_for(|s| s.connected && s.generation > *before)).await;
-        assert!(up.is_ok_and(|r| r.is_ok()), "link {} reconnected", link.id());
+    for (link, before) in generations.iter().enumerate() {
+        let up = tokio::time::timeout(T, links.wait_for_link(link, |s| s.connected && s.generation > *before)).await;
+        assert!(up.is_ok_and(|found| found), "link upstream-{link} reconnected");
     }
     assert!(!log_lines(&["upstream link lost", "no traffic from the server"]).is_empty(), "keepalive named the cause");
     for a in &mut agents {

@@ -59,17 +59,17 @@ async fn a_server_that_stops_reading_costs_bounded_memory_and_loses_nothing() {
         .collect();
     // ~58 MB offered, far more than the links' TCP buffers hold, against a
     // 256 KiB budget: it fills and closes.
-    let budget = g.relay().budget.clone();
+    let budget = g.inspect();
     let deadline = tokio::time::Instant::now() + T;
-    while budget.is_open() {
-        assert!(tokio::time::Instant::now() < deadline, "the budget never filled: {} held", budget.in_flight());
-        assert!(budget.in_flight() <= budget.capacity());
+    while budget.is_buffer_open() {
+        assert!(tokio::time::Instant::now() < deadline, "the budget never filled: {} held", budget.buffered_bytes());
+        assert!(budget.buffered_bytes() <= budget.buffer_capacity());
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     // Until the links' TCP buffers fill, the budget drains and refills.
     let mut peak = 0.0f64;
     for _ in 0..10 {
-        assert!(budget.in_flight() <= BUDGET as usize, "held bytes stay within listener.max_buffered_bytes");
+        assert!(budget.buffered_bytes() <= BUDGET as usize, "held bytes stay within listener.max_buffered_bytes");
         // The gauge is process-wide; other tests' gateways hold a few KiB.
         let gauge = metric(&g, "opampgateway_buffered_bytes", &[]).await;
         assert!(gauge <= (BUDGET + (64 << 10)) as f64, "opampgateway_buffered_bytes = {gauge}");
@@ -105,9 +105,9 @@ async fn a_server_that_stops_reading_costs_bounded_memory_and_loses_nothing() {
         .wait_until(T, |s| s.agents.values().all(|a| a.messages == want + 1))
         .await
         .expect("the agents are still connected");
-    let budget = g.relay().budget.clone();
+    let budget = g.inspect();
     let deadline = tokio::time::Instant::now() + T;
-    while budget.in_flight() != 0 || !budget.is_open() {
+    while budget.buffered_bytes() != 0 || !budget.is_buffer_open() {
         assert!(tokio::time::Instant::now() < deadline, "the budget drains and reopens");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }

@@ -9,7 +9,7 @@ use opamp_gateway::sim::agent::{AgentOptions, SimAgent};
 use opamp_gateway::Gateway;
 
 /// Generous bound for anything that should happen "promptly" on loopback.
-pub const T: Duration = Duration::from_secs(15);
+pub(crate) const T: Duration = Duration::from_secs(15);
 
 /// The process-wide log capture (warn and above) and metrics recorder.
 fn observed() -> &'static crate::observe::Observed {
@@ -17,13 +17,13 @@ fn observed() -> &'static crate::observe::Observed {
 }
 
 /// Captured warn-or-worse log lines mentioning every one of `words`.
-pub fn log_lines(words: &[&str]) -> Vec<String> {
+pub(crate) fn log_lines(words: &[&str]) -> Vec<String> {
     observed().log_lines(words)
 }
 
 /// A gateway for `server_url` with fast redials and `/metrics` on loopback,
 /// adjusted by `tweak`; returns once `connections` links are up.
-pub async fn gateway(server_url: &str, tweak: impl FnOnce(&mut Config)) -> Gateway {
+pub(crate) async fn gateway(server_url: &str, tweak: impl FnOnce(&mut Config)) -> Gateway {
     let handle = observed().metrics.clone();
     let mut cfg = Config::from_yaml(&format!(
         "server:\n  endpoint: {server_url}\n  reconnect: {{ initial_interval: 50ms, max_interval: 500ms }}\n\
@@ -39,7 +39,7 @@ pub async fn gateway(server_url: &str, tweak: impl FnOnce(&mut Config)) -> Gatew
 
 /// The sum of every series of metric `name` whose labels include all of
 /// `labels` (`key="value"`), read from the gateway's `/metrics`.
-pub async fn metric(g: &Gateway, name: &str, labels: &[&str]) -> f64 {
+pub(crate) async fn metric(g: &Gateway, name: &str, labels: &[&str]) -> f64 {
     let addr = g.metrics_addr().expect("metrics endpoint configured");
     let (status, body) = opamp_gateway::sim::http_get(addr, "/metrics").await.expect("/metrics answers");
     assert_eq!(status, 200, "{body}");
@@ -50,7 +50,7 @@ pub async fn metric(g: &Gateway, name: &str, labels: &[&str]) -> f64 {
 }
 
 /// Polls `/metrics` until `name{labels}` reaches `at_least`.
-pub async fn wait_metric(g: &Gateway, name: &str, labels: &[&str], at_least: f64) {
+pub(crate) async fn wait_metric(g: &Gateway, name: &str, labels: &[&str], at_least: f64) {
     let deadline = tokio::time::Instant::now() + T;
     loop {
         let v = metric(g, name, labels).await;
@@ -62,7 +62,7 @@ pub async fn wait_metric(g: &Gateway, name: &str, labels: &[&str], at_least: f64
     }
 }
 
-pub async fn agent(g: &Gateway) -> SimAgent {
+pub(crate) async fn agent(g: &Gateway) -> SimAgent {
     let mut a = SimAgent::connect(AgentOptions::new(g.agent_url())).await.expect("agent connects");
     round_trip(&mut a).await;
     a
@@ -75,7 +75,7 @@ fn is_full_state_request(m: &ServerToAgent) -> bool {
 
 /// Sends a status report and reads until the server's reply; every message
 /// on the way must be addressed to this agent (none misrouted).
-pub async fn round_trip(a: &mut SimAgent) {
+pub(crate) async fn round_trip(a: &mut SimAgent) {
     let report = a.status_report();
     a.send(report).await.expect("send");
     loop {

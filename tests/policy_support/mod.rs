@@ -19,7 +19,7 @@ fn root() -> &'static Path {
 /// `policies/target/wasm32-wasip2/release`, after building every policy
 /// crate once (cargo makes repeat builds cheap and serialises concurrent
 /// ones with its own lock).
-pub fn wasm_dir() -> &'static Path {
+pub(crate) fn wasm_dir() -> &'static Path {
     static BUILT: OnceLock<PathBuf> = OnceLock::new();
     BUILT.get_or_init(|| {
         let policies = root().join("policies");
@@ -47,7 +47,7 @@ pub fn wasm_dir() -> &'static Path {
 }
 
 /// The built component of crate `name` (its lib name, e.g. `header_allowlist`).
-pub fn wasm(name: &str) -> PathBuf {
+pub(crate) fn wasm(name: &str) -> PathBuf {
     let p = wasm_dir().join(format!("{name}.wasm"));
     assert!(p.exists(), "{} was not built", p.display());
     p
@@ -55,7 +55,7 @@ pub fn wasm(name: &str) -> PathBuf {
 
 /// A config for tests: compile cache under cargo's per-test temp dir (not
 /// the user's cache), and no watcher unless asked.
-pub fn config(dir: &Path, watch: bool) -> PoliciesConfig {
+pub(crate) fn config(dir: &Path, watch: bool) -> PoliciesConfig {
     PoliciesConfig {
         directory: dir.to_owned(),
         watch,
@@ -67,7 +67,7 @@ pub fn config(dir: &Path, watch: bool) -> PoliciesConfig {
 
 /// Copies component `crate_name` into `dir` as `<as_name>.wasm`, with
 /// `yaml` as its config. Writes go through a rename, as a deploy should.
-pub fn install(dir: &Path, crate_name: &str, as_name: &str, yaml: Option<&str>) {
+pub(crate) fn install(dir: &Path, crate_name: &str, as_name: &str, yaml: Option<&str>) {
     if let Some(y) = yaml {
         atomic_write(&dir.join(format!("{as_name}.yaml")), y.as_bytes());
     }
@@ -75,14 +75,14 @@ pub fn install(dir: &Path, crate_name: &str, as_name: &str, yaml: Option<&str>) 
     atomic_write(&dir.join(format!("{as_name}.wasm")), &bytes);
 }
 
-pub fn atomic_write(path: &Path, bytes: &[u8]) {
+pub(crate) fn atomic_write(path: &Path, bytes: &[u8]) {
     let tmp = path.with_file_name(format!(".{}.tmp", path.file_name().unwrap().to_str().unwrap()));
     std::fs::write(&tmp, bytes).unwrap();
     std::fs::rename(&tmp, path).unwrap();
 }
 
 /// A runtime over a fresh directory holding `policies` (crate, name, yaml).
-pub fn runtime(policies: &[(&str, &str, Option<&str>)]) -> (tempfile::TempDir, PolicyRuntime) {
+pub(crate) fn runtime(policies: &[(&str, &str, Option<&str>)]) -> (tempfile::TempDir, PolicyRuntime) {
     let dir = tempfile::tempdir().unwrap();
     for (krate, name, yaml) in policies {
         install(dir.path(), krate, name, *yaml);
@@ -92,7 +92,7 @@ pub fn runtime(policies: &[(&str, &str, Option<&str>)]) -> (tempfile::TempDir, P
 }
 
 /// Waits (bounded) for a reload status matching `pred`.
-pub async fn wait_for(
+pub(crate) async fn wait_for(
     rx: &mut tokio::sync::watch::Receiver<ReloadStatus>,
     what: &str,
     pred: impl FnMut(&ReloadStatus) -> bool,
@@ -106,7 +106,7 @@ pub async fn wait_for(
 }
 
 /// Names of an applied set, `None` for other outcomes.
-pub fn applied(s: &ReloadStatus) -> Option<Vec<String>> {
+pub(crate) fn applied(s: &ReloadStatus) -> Option<Vec<String>> {
     match &s.outcome {
         ReloadOutcome::Applied(set) => Some(set.iter().map(|p| p.name.clone()).collect()),
         _ => None,

@@ -77,10 +77,10 @@ async fn all_arrived(h: &Harness, agent: &SimAgent, n: u64) {
 async fn stall(h: &Harness, agent: SimAgent, n: u64) -> tokio::task::JoinHandle<SimAgent> {
     h.server.set_reading(false);
     let sender = flood(agent, n);
-    let budget = h.gateway.relay().budget.clone();
-    eventually("a message waits for room in the budget", || budget.waiting() == 1).await;
-    assert!(!budget.is_open(), "no session starts a new message meanwhile");
-    assert!(budget.in_flight() <= budget.capacity());
+    let budget = h.gateway.inspect();
+    eventually("a message waits for room in the budget", || budget.buffer_waiting() == 1).await;
+    assert!(!budget.is_buffer_open(), "no session starts a new message meanwhile");
+    assert!(budget.buffered_bytes() <= budget.buffer_capacity());
     sender
 }
 
@@ -97,9 +97,9 @@ async fn concurrent_big_messages_all_arrive_in_order() {
         let agent = s.await.expect("sender task");
         all_arrived(&h, &agent, EACH).await;
     }
-    let budget = h.gateway.relay().budget.clone();
-    eventually("every share given back", || budget.in_flight() == 0).await;
-    assert!(budget.is_open());
+    let budget = h.gateway.inspect();
+    eventually("every share given back", || budget.buffered_bytes() == 0).await;
+    assert!(budget.is_buffer_open());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -115,9 +115,9 @@ async fn a_stalled_link_holds_the_agent_unread_then_everything_flows() {
     h.server.set_reading(true);
     let agent = sender.await.expect("sender task");
     all_arrived(&h, &agent, N).await;
-    let budget = h.gateway.relay().budget.clone();
-    eventually("every share given back", || budget.in_flight() == 0 && budget.waiting() == 0).await;
-    assert!(budget.is_open());
+    let budget = h.gateway.inspect();
+    eventually("every share given back", || budget.buffered_bytes() == 0 && budget.buffer_waiting() == 0).await;
+    assert!(budget.is_buffer_open());
 }
 
 async fn post(h: &Harness, uid: [u8; 16]) -> (u16, Option<String>) {
@@ -159,8 +159,8 @@ async fn an_http_poll_gets_503_while_the_budget_is_full() {
     h.server.set_reading(true);
     let agent = sender.await.expect("sender task");
     all_arrived(&h, &agent, 2000).await;
-    let budget = h.gateway.relay().budget.clone();
-    eventually("the budget reopens", || budget.is_open()).await;
+    let budget = h.gateway.inspect();
+    eventually("the budget reopens", || budget.is_buffer_open()).await;
     assert_eq!(post(&h, HTTP_UID).await.0, 200, "accepted once there is room");
 }
 

@@ -9,16 +9,16 @@ use opamp_gateway::sim::server::{ReferenceServer, ReferenceServerConfig};
 use opamp_gateway::Gateway;
 
 /// Generous bound for anything that should happen "promptly" on loopback.
-pub const T: Duration = Duration::from_secs(10);
+pub(crate) const T: Duration = Duration::from_secs(10);
 
-pub struct Harness {
+pub(crate) struct Harness {
     pub server: ReferenceServer,
     pub gateway: Gateway,
 }
 
 /// A config pointing at `server_url`, with loopback listener and short
 /// timers so failure paths are quick to exercise.
-pub fn config(server_url: &str) -> Config {
+pub(crate) fn config(server_url: &str) -> Config {
     let mut c = Config::from_yaml(&format!(
         "server:\n  endpoint: {server_url}\n  reconnect: {{ initial_interval: 50ms, max_interval: 500ms }}\nlistener:\n  endpoint: 127.0.0.1:0\n"
     ))
@@ -28,13 +28,13 @@ pub fn config(server_url: &str) -> Config {
 }
 
 impl Harness {
-    pub async fn start() -> Self {
+    pub(crate) async fn start() -> Self {
         Self::with(ReferenceServerConfig::default(), |_| {}).await
     }
 
     /// Starts a server with `server_cfg`, then a gateway whose config is
     /// adjusted by `tweak`, and waits until every link is connected.
-    pub async fn with(server_cfg: ReferenceServerConfig, tweak: impl FnOnce(&mut Config)) -> Self {
+    pub(crate) async fn with(server_cfg: ReferenceServerConfig, tweak: impl FnOnce(&mut Config)) -> Self {
         let server = ReferenceServer::start(server_cfg).await.expect("reference server starts");
         let mut cfg = config(&server.url());
         tweak(&mut cfg);
@@ -43,29 +43,29 @@ impl Harness {
         Self { server, gateway }
     }
 
-    pub fn agent_options(&self) -> AgentOptions {
+    pub(crate) fn agent_options(&self) -> AgentOptions {
         AgentOptions::new(self.gateway.agent_url())
     }
 
     /// A connected agent that has sent its status report and received the
     /// server's reply, so its uid is routed.
-    pub async fn agent(&self) -> SimAgent {
+    pub(crate) async fn agent(&self) -> SimAgent {
         self.agent_with(self.agent_options()).await
     }
 
-    pub async fn agent_with(&self, opts: AgentOptions) -> SimAgent {
+    pub(crate) async fn agent_with(&self, opts: AgentOptions) -> SimAgent {
         let mut a = SimAgent::connect(opts).await.expect("agent connects");
         round_trip(&mut a).await;
         a
     }
 
-    pub fn loads(&self) -> Vec<u32> {
-        self.gateway.relay().links.loads()
+    pub(crate) fn loads(&self) -> Vec<u32> {
+        self.gateway.inspect().loads()
     }
 }
 
 /// Sends a status report and waits for the reply addressed to this agent.
-pub async fn round_trip(a: &mut SimAgent) -> ServerToAgent {
+pub(crate) async fn round_trip(a: &mut SimAgent) -> ServerToAgent {
     let report = a.status_report();
     a.send(report).await.expect("send");
     let reply = a.recv(T).await.expect("reply");
@@ -73,7 +73,7 @@ pub async fn round_trip(a: &mut SimAgent) -> ServerToAgent {
     reply
 }
 
-pub async fn heartbeat(a: &mut SimAgent) {
+pub(crate) async fn heartbeat(a: &mut SimAgent) {
     a.send(AgentToServer::default()).await.expect("send heartbeat");
 }
 
@@ -83,7 +83,7 @@ pub async fn heartbeat(a: &mut SimAgent) {
 /// runtime. Not `start_paused`: a paused clock also jumps whenever the
 /// runtime idles, including while loopback bytes are in flight, which can
 /// fire a timeout early.
-pub async fn skip(d: Duration) {
+pub(crate) async fn skip(d: Duration) {
     tokio::time::pause();
     tokio::time::advance(d).await;
     // Idle once more, with the clock still held, so the woken tasks run.
@@ -92,7 +92,7 @@ pub async fn skip(d: Duration) {
 }
 
 /// For internal state that has no change signal: poll it, bounded.
-pub async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
+pub(crate) async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
     let deadline = tokio::time::Instant::now() + T;
     while !cond() {
         assert!(tokio::time::Instant::now() < deadline, "timed out waiting for: {what}");

@@ -112,7 +112,7 @@ async fn silent_server_means_504_after_auth_timeout(json: JsonEncoding) {
         Err(AgentError::Rejected { status: 504, headers }) => assert!(header(&headers, "retry-after").is_some()),
         other => panic!("expected a 504, got {:?}", other.map(|_| ())),
     }
-    assert_eq!(h.gateway.relay().pending.len(), 0, "timed-out handshakes are forgotten");
+    assert_eq!(h.gateway.inspect().pending_handshakes(), 0, "timed-out handshakes are forgotten");
     h.server.set_connect_mode(ConnectMode::Normal);
     h.agent().await;
 }
@@ -127,7 +127,7 @@ async fn unreadable_answer_means_502_at_once(json: JsonEncoding) {
         Err(AgentError::Rejected { status: 502, headers }) => assert!(header(&headers, "retry-after").is_some()),
         other => panic!("expected a 502, got {:?}", other.map(|_| ())),
     }
-    assert_eq!(h.gateway.relay().pending.len(), 0, "the failed handshake is forgotten");
+    assert_eq!(h.gateway.inspect().pending_handshakes(), 0, "the failed handshake is forgotten");
     assert_eq!(h.loads().iter().sum::<u32>(), 0, "and holds no link");
     h.server.set_connect_mode(ConnectMode::Normal);
     h.agent().await;

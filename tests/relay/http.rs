@@ -197,7 +197,7 @@ async fn idle_agents_are_reported_gone_and_goodbyes_release_at_once() {
     };
     assert_eq!(post(addr, &[], bye.encode_to_vec()).await.message().instance_uid[..], polite);
     h.server.wait_until(T, |s| s.agent(&polite).is_some_and(|a| a.disconnected == 1)).await.unwrap();
-    assert!(h.gateway.relay().routes.get(&polite).is_none(), "released at once, not after the idle timeout");
+    assert!(!h.gateway.inspect().is_routed(&polite), "released at once, not after the idle timeout");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

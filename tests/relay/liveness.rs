@@ -17,12 +17,14 @@ async fn vanished_agents_are_reported_upstream_once() {
     let polite = h.agent().await;
     let polite_uid = polite.uid().as_bytes().clone();
     polite.say_goodbye().await.unwrap();
-    let relay = h.gateway.relay().clone();
+    let relay = h.gateway.inspect();
     let uid = polite_uid.clone();
-    eventually("the polite agent's route is released", || relay.routes.get(&uid).is_none()).await;
+    eventually("the polite agent's route is released", || !relay.is_routed(&uid)).await;
 
     let rude = h.agent().await;
     let rude_uid = rude.uid().as_bytes().clone();
+    eventually("the rude agent is routed over the one link", || relay.route_link(&rude_uid) == Some(0)).await;
+    assert_eq!(relay.routed_uids(), 1);
     rude.drop_abruptly();
     h.server
         .wait_until(T, |s| s.agent(&rude_uid).is_some_and(|a| a.disconnected == 1))
@@ -59,9 +61,9 @@ async fn slow_agent_only_hurts_itself() {
             assert_eq!(fast.recv(T).await.unwrap().flags, 1);
         }
     }
-    let relay = h.gateway.relay().clone();
+    let relay = h.gateway.inspect();
     let uid = slow.uid().as_bytes().clone();
-    eventually("the slow agent is closed", || relay.routes.get(&uid).is_none()).await;
+    eventually("the slow agent is closed", || !relay.is_routed(&uid)).await;
     // Reading now yields what got through, then the end.
     loop {
         match slow.recv(T).await {
@@ -79,11 +81,11 @@ async fn silent_agent_is_closed_by_keepalive() {
     // links keep 30 s: the skip stays under their 60 s of silence.
     let h = Harness::with(Default::default(), |c| c.listener.keepalive = Duration::from_secs(20)).await;
     let mut quiet = h.agent().await;
-    let relay = h.gateway.relay().clone();
+    let relay = h.gateway.inspect();
     let uid = quiet.uid().as_bytes().clone();
     // Not polling the socket means not answering pings.
     skip(Duration::from_secs(45)).await; // past two keepalive intervals
-    eventually("the silent agent is detected", || relay.routes.get(&uid).is_none()).await;
+    eventually("the silent agent is detected", || !relay.is_routed(&uid)).await;
     loop {
         match quiet.recv(T).await {
             Ok(_) => continue,

@@ -195,7 +195,7 @@ async fn basic_auth_from_the_url() {
     let wrong = basic(user, "hunter2");
     let state = proxy.state();
     assert!(state.requests[before..].iter().all(|r| r.status == 407 && r.authorization.as_deref() == Some(&wrong)));
-    assert_eq!(g.relay().links.connected(), 0);
+    assert_eq!(g.inspect().connected_links(), 0);
     g.shutdown().await;
 }
 
@@ -215,7 +215,7 @@ async fn refusing_proxy_surfaces_its_status_and_links_recover() {
     let g = Gateway::start(&cfg, None).await.unwrap();
     // More CONNECTs than links: refused links are redialed.
     proxy.wait_until(T, |s| s.requests.len() > 1 + 2 * cfg.server.connections).await.expect("links keep retrying");
-    assert_eq!(g.relay().links.connected(), 0);
+    assert_eq!(g.inspect().connected_links(), 0);
     assert!(server.state().connections.is_empty());
 
     proxy.set_refusal(None);

@@ -98,15 +98,15 @@ async fn all_still_connected(s: &mut Setup) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crowded_links_rebalance_without_disconnecting_anyone() {
     let mut s = crowded(PinFirst::new(AGENTS), |_| {}).await;
-    let relay = s.gateway.relay().clone();
+    let relay = s.gateway.inspect();
     // Within the default tolerance (10% of 10 rounds down to one agent),
     // with no move in flight (a moving agent holds both its leases).
     eventually("loads converge", || {
-        let loads = relay.links.loads();
+        let loads = relay.loads();
         loads.iter().sum::<u32>() == AGENTS as u32 && spread(&loads) <= 1
     })
     .await;
-    assert_eq!(relay.links.loads(), vec![10, 10, 10], "balanced, so nothing moves any more");
+    assert_eq!(relay.loads(), vec![10, 10, 10], "balanced, so nothing moves any more");
     let handshakes = s.server.state().connect_requests.len();
     // About 20 moves (fewer if the first tick came before the last connect).
     assert!(handshakes > AGENTS + 10, "moves re-handshake on their new link, got {handshakes}");
@@ -120,7 +120,7 @@ async fn crowded_links_rebalance_without_disconnecting_anyone() {
         round_trip(a).await;
     }
     eventually("loads converge after the links return", || {
-        let loads = relay.links.loads();
+        let loads = relay.loads();
         loads.iter().sum::<u32>() == AGENTS as u32 && spread(&loads) <= 1
     })
     .await;
@@ -131,21 +131,21 @@ async fn crowded_links_rebalance_without_disconnecting_anyone() {
 #[tokio::test(flavor = "current_thread")]
 async fn disabled_rebalancing_leaves_loads_skewed() {
     let mut s = crowded(PinFirst::new(AGENTS), |c| c.server.rebalance.enabled = false).await;
-    assert_eq!(s.gateway.relay().links.loads(), vec![30, 0, 0]);
+    assert_eq!(s.gateway.inspect().loads(), vec![30, 0, 0]);
     skip(Duration::from_secs(5)).await;
     for a in &mut s.agents {
         round_trip(a).await;
     }
-    assert_eq!(s.gateway.relay().links.loads(), vec![30, 0, 0]);
+    assert_eq!(s.gateway.inspect().loads(), vec![30, 0, 0]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_assign_policy_choice_is_not_fought() {
     let mut s = crowded(PinFirst::new(usize::MAX), |_| {}).await;
-    let relay = s.gateway.relay().clone();
+    let relay = s.gateway.inspect();
     // Each agent is asked once, the chain names link 0 again, it stays.
-    eventually("every agent was asked and stayed", || relay.movable.staying() == AGENTS).await;
-    assert_eq!(relay.links.loads(), vec![30, 0, 0]);
+    eventually("every agent was asked and stayed", || relay.agents_staying() == AGENTS).await;
+    assert_eq!(relay.loads(), vec![30, 0, 0]);
     let state = s.server.state();
     assert_eq!(state.connect_requests.len(), AGENTS, "a move the policy refuses makes no handshake");
     all_still_connected(&mut s).await;

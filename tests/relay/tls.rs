@@ -18,18 +18,18 @@ use tokio::net::{TcpListener, TcpStream};
 
 use crate::common::{config, round_trip, T};
 
-pub struct Pki {
+pub(crate) struct Pki {
     dir: tempfile::TempDir,
     ca: CertifiedIssuer<'static, KeyPair>,
 }
 
-pub struct Leaf {
+pub(crate) struct Leaf {
     pub cert: String,
     pub key: String,
 }
 
 impl Pki {
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         params.distinguished_name.push(DnType::CommonName, "opamp-gateway test CA");
@@ -37,7 +37,7 @@ impl Pki {
         Self { dir: tempfile::tempdir().unwrap(), ca }
     }
 
-    pub fn leaf(&self, names: &[&str], client: bool) -> Leaf {
+    pub(crate) fn leaf(&self, names: &[&str], client: bool) -> Leaf {
         let key = KeyPair::generate().unwrap();
         let mut params = CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap();
         params.extended_key_usages =
@@ -46,18 +46,18 @@ impl Pki {
         Leaf { cert: cert.pem(), key: key.serialize_pem() }
     }
 
-    pub fn write(&self, name: &str, pem: &str) -> PathBuf {
+    pub(crate) fn write(&self, name: &str, pem: &str) -> PathBuf {
         let p = self.dir.path().join(name);
         std::fs::write(&p, pem).unwrap();
         p
     }
 
-    pub fn ca_pem(&self) -> String {
+    pub(crate) fn ca_pem(&self) -> String {
         self.ca.pem()
     }
 
     /// What an agent trusting this CA (optionally with a client cert) uses.
-    pub fn client(&self, identity: Option<&Leaf>) -> Arc<rustls::ClientConfig> {
+    pub(crate) fn client(&self, identity: Option<&Leaf>) -> Arc<rustls::ClientConfig> {
         let mut roots = rustls::RootCertStore::empty();
         roots.add(CertificateDer::from_pem_slice(self.ca_pem().as_bytes()).unwrap()).unwrap();
         let b = rustls::ClientConfig::builder_with_provider(opamp_gateway::tls::provider())
@@ -144,7 +144,7 @@ async fn wss_upstream_with_private_ca_or_skip_verify() {
 /// A loopback TLS server that answers each accepted handshake with one
 /// byte: in TLS 1.3 the client's handshake completes before the server has
 /// judged the client certificate, so that byte is the "accepted" signal.
-pub async fn tls_server(config: Arc<rustls::ServerConfig>) -> SocketAddr {
+pub(crate) async fn tls_server(config: Arc<rustls::ServerConfig>) -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let acceptor = tokio_rustls::TlsAcceptor::from(config);
@@ -163,7 +163,7 @@ pub async fn tls_server(config: Arc<rustls::ServerConfig>) -> SocketAddr {
 }
 
 /// Connects as `localhost`; the negotiated version once the server accepted.
-pub async fn handshake(addr: SocketAddr, config: Arc<rustls::ClientConfig>) -> Result<ProtocolVersion, String> {
+pub(crate) async fn handshake(addr: SocketAddr, config: Arc<rustls::ClientConfig>) -> Result<ProtocolVersion, String> {
     let tcp = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
     let name = ServerName::try_from("localhost").unwrap();
     let mut s = tokio_rustls::TlsConnector::from(config).connect(name, tcp).await.map_err(|e| e.to_string())?;
@@ -174,13 +174,13 @@ pub async fn handshake(addr: SocketAddr, config: Arc<rustls::ClientConfig>) -> R
 
 impl Pki {
     /// `listener.tls` serving a `localhost` certificate from this CA, inline.
-    pub fn server_tls(&self) -> ServerTlsConfig {
+    pub(crate) fn server_tls(&self) -> ServerTlsConfig {
         let leaf = self.leaf(&["localhost"], false);
         ServerTlsConfig { cert_pem: Some(leaf.cert), key_pem: Some(leaf.key), ..Default::default() }
     }
 
     /// `server.tls` trusting only this CA, inline.
-    pub fn client_tls(&self) -> ClientTlsConfig {
+    pub(crate) fn client_tls(&self) -> ClientTlsConfig {
         ClientTlsConfig { ca_pem: Some(self.ca_pem()), ..Default::default() }
     }
 }

@@ -24,14 +24,14 @@ impl Write for Capture {
     }
 }
 
-pub struct Observed {
+pub(crate) struct Observed {
     logs: Capture,
     pub metrics: PrometheusHandle,
 }
 
 impl Observed {
     /// Captured log lines mentioning every one of `words`.
-    pub fn log_lines(&self, words: &[&str]) -> Vec<String> {
+    pub(crate) fn log_lines(&self, words: &[&str]) -> Vec<String> {
         let text = String::from_utf8_lossy(&self.logs.0.lock()).into_owned();
         text.lines().filter(|l| words.iter().all(|w| l.contains(w))).map(str::to_owned).collect()
     }
@@ -39,7 +39,7 @@ impl Observed {
 
 /// Installs the capture (with the `tracing` env-filter `filter`) and the
 /// recorder on first use; later calls get the same, whatever their filter.
-pub fn install(filter: &str) -> &'static Observed {
+pub(crate) fn install(filter: &str) -> &'static Observed {
     static G: OnceLock<Observed> = OnceLock::new();
     G.get_or_init(|| {
         let logs = Capture::default();

@@ -31,7 +31,8 @@
 //! - [`config`]: a small YAML-subset parser for the `<name>.yaml` text.
 //! - [`proto`]: the OpAMP protobuf types (prost), to decode what you need.
 //! - [`wire`]: top-level protobuf surgery (drop or replace one field while
-//!   keeping every other byte as it was).
+//!   keeping every other byte as it was): the `opamp-wire` crate, the
+//!   same scanner the gateway runs.
 //! - [`log`](mod@log): the gateway's logger (`opamp_policy::info!(...)`).
 //!
 //! The WIT this implements is `wit/policy.wit` in the gateway repository

@@ -31,17 +31,20 @@ pub(super) enum Refusal {
     HeaderTimeout,
     TlsHandshakeTimeout,
     TlsHandshakeFailed,
+    /// `listener.proxy_protocol`: no valid PROXY header.
+    ProxyHeader,
 }
 
 impl Refusal {
     /// The `reason` label, named after the setting that decided it.
-    pub fn reason(self) -> &'static str {
+    pub(super) fn reason(self) -> &'static str {
         match self {
             Refusal::MaxConnections => "max_connections",
             Refusal::PerSource => "max_handshaking_per_source",
             Refusal::HeaderTimeout => "header_timeout",
             Refusal::TlsHandshakeTimeout => "tls_handshake_timeout",
             Refusal::TlsHandshakeFailed => "tls_handshake_failed",
+            Refusal::ProxyHeader => "proxy_header",
         }
     }
 
@@ -74,7 +77,7 @@ pub(super) struct Limits {
 }
 
 impl Limits {
-    pub fn new(max_connections: usize, max_handshaking_per_source: usize) -> Self {
+    pub(super) fn new(max_connections: usize, max_handshaking_per_source: usize) -> Self {
         Self {
             budget: Arc::new(Semaphore::new(max_connections)),
             max_connections,
@@ -85,16 +88,25 @@ impl Limits {
     }
 
     /// A newly accepted socket's permit and source slot, if both are free.
-    pub fn admit(&self, ip: IpAddr) -> Result<Admitted, Refusal> {
-        let source = self.sources.try_acquire(ip).ok_or(Refusal::PerSource)?;
-        let permit = self.budget.clone().try_acquire_owned().map_err(|_| Refusal::MaxConnections)?;
-        Ok(Admitted { permit, source })
+    pub(super) fn admit(&self, ip: IpAddr) -> Result<Admitted, Refusal> {
+        let source = self.source(ip)?;
+        Ok(Admitted { permit: self.permit()?, source })
+    }
+
+    /// The budget share alone: behind a PROXY header the source is known
+    /// only once the header is read.
+    pub(super) fn permit(&self) -> Result<OwnedSemaphorePermit, Refusal> {
+        self.budget.clone().try_acquire_owned().map_err(|_| Refusal::MaxConnections)
+    }
+
+    pub(super) fn source(&self, ip: IpAddr) -> Result<SourceSlot, Refusal> {
+        self.sources.try_acquire(ip).ok_or(Refusal::PerSource)
     }
 
     /// Turns a socket away: on a plain listener with a short HTTP answer
     /// (`Retry-After` included), on TLS by closing it (a handshake is what an
     /// overloaded gateway should not spend).
-    pub fn refuse(&self, tcp: TcpStream, remote: SocketAddr, why: Refusal, tls: bool, retry_after: Duration) {
+    pub(super) fn refuse(&self, tcp: TcpStream, remote: SocketAddr, why: Refusal, tls: bool, retry_after: Duration) {
         let slot = if tls { None } else { self.answering.clone().try_acquire_owned().ok() };
         match (why.answer(), slot) {
             (Some((status, label, text)), Some(slot)) => {
@@ -110,7 +122,7 @@ impl Limits {
 
     /// Counts a connection closed before it became an agent, and logs the
     /// first of each reason per [`LOG_EVERY`].
-    pub fn note(&self, why: Refusal, remote: SocketAddr, status: &'static str) {
+    pub(super) fn note(&self, why: Refusal, remote: SocketAddr, status: &'static str) {
         metrics::counter!(m::HANDSHAKES, "outcome" => "refused", "reason" => why.reason(), "status" => status)
             .increment(1);
         let Some(since_last) = self.log.check(why) else { return };

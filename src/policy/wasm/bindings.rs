@@ -20,10 +20,10 @@ wasmtime::component::bindgen!({
 pub const WORLD: &str = "opamp-gateway:policy/gateway-policy@0.2.0";
 
 /// The version of the `opamp-gateway:policy` package this host implements.
-pub const VERSION: &str = "0.2.0";
+pub(super) const VERSION: &str = "0.2.0";
 
 /// Prefix of every interface name in the package.
-pub const PACKAGE_PREFIX: &str = "opamp-gateway:policy/";
+pub(super) const PACKAGE_PREFIX: &str = "opamp-gateway:policy/";
 
 #[cfg(test)]
 mod tests {

@@ -153,7 +153,7 @@ pub fn check(wasm: &Path, config: Option<&Path>, cfg: &PoliciesConfig) -> Result
     }
     let engine = PolicyEngine::new(cfg)?;
     let files = PolicyFiles { name: name.clone(), wasm: wasm.to_owned(), config: config.map(Path::to_owned) };
-    let source = Source::read(files)?;
+    let source = Source::read(files, cfg.limits.max_module_size)?;
     let digest = source.digest.clone();
     let size = source.wasm.len() as u64;
     let limits = CheckLimits {

@@ -32,14 +32,14 @@ pub(crate) struct CallClock {
 impl CallClock {
     /// Arms the clock for one call. The caller sets the epoch deadline to
     /// one tick ahead.
-    pub fn start(&mut self, budget: Duration) {
+    pub(crate) fn start(&mut self, budget: Duration) {
         self.budget = budget;
         self.base = None;
     }
 
     /// The store's epoch-deadline callback: called on the guest's thread
     /// each time the epoch passes the deadline during a call.
-    pub fn on_tick(&mut self) -> UpdateDeadline {
+    pub(crate) fn on_tick(&mut self) -> UpdateDeadline {
         let now = thread_cpu_time();
         let used = match self.base {
             None => {

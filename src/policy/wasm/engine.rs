@@ -44,7 +44,7 @@ pub(crate) struct Budget {
 }
 
 impl Budget {
-    pub fn from_config(cfg: &PoliciesConfig) -> Self {
+    pub(crate) fn from_config(cfg: &PoliciesConfig) -> Self {
         Self {
             call_timeout: cfg.call_timeout,
             init_timeout: cfg.init_timeout,
@@ -72,7 +72,7 @@ pub(crate) struct PolicyEngine {
 }
 
 impl PolicyEngine {
-    pub fn new(cfg: &PoliciesConfig) -> Result<Self, PolicyError> {
+    pub(crate) fn new(cfg: &PoliciesConfig) -> Result<Self, PolicyError> {
         let engine_err = |what: &str, e: wasmtime::Error| PolicyError::Engine(format!("{what}: {e:#}"));
         let mut config = Config::new();
         config.wasm_component_model(true);
@@ -125,9 +125,20 @@ fn cache(cfg: &PoliciesConfig) -> wasmtime::Result<Cache> {
         } else {
             std::env::current_dir().map(|cwd| cwd.join(dir)).unwrap_or_else(|_| PathBuf::from(dir))
         };
+        // wasmtime's cache fails quietly on write; find out now, so the
+        // operator sees one warning instead of silent recompiles.
+        probe_writable(&dir).map_err(|e| wasmtime::Error::msg(format!("{}: cannot write: {e}", dir.display())))?;
         c.with_directory(dir);
     }
     Cache::new(c)
+}
+
+/// Creates `dir` if needed and writes (then removes) a small file in it.
+fn probe_writable(dir: &std::path::Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let probe = dir.join(format!(".opamp-gateway-probe-{}", std::process::id()));
+    std::fs::write(&probe, b"probe")?;
+    std::fs::remove_file(&probe)
 }
 
 /// A thread that advances the engine's epoch every [`TICK`] while any
@@ -178,7 +189,7 @@ impl EpochTicker {
     }
 
     /// Makes the ticker tick until the lease is dropped.
-    pub fn lease(self: &Arc<Self>) -> TickerLease {
+    pub(crate) fn lease(self: &Arc<Self>) -> TickerLease {
         if self.shared.leases.fetch_add(1, Ordering::AcqRel) == 0 {
             if let Some(t) = &self.thread {
                 t.thread().unpark();

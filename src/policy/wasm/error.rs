@@ -17,6 +17,10 @@ pub enum PolicyError {
         #[source]
         source: std::io::Error,
     },
+    /// A file that is no policy module or config: a directory, a device,
+    /// or over its size limit.
+    #[error("{}: {reason}", path.display())]
+    File { path: PathBuf, reason: String },
     #[error("{}: policy names are made of letters, digits, '-', '_' and '.'", path.display())]
     Name { path: PathBuf },
     #[error("{}: invalid policy config: {reason}", path.display())]
@@ -38,6 +42,7 @@ impl PolicyError {
             PolicyError::Engine(_) => None,
             PolicyError::Io { path, .. }
             | PolicyError::Name { path }
+            | PolicyError::File { path, .. }
             | PolicyError::Config { path, .. }
             | PolicyError::Compile { path, .. }
             | PolicyError::Interface { path, .. }
@@ -52,6 +57,7 @@ impl PolicyError {
             PolicyError::Engine(_) => "engine",
             PolicyError::Io { .. } => "io",
             PolicyError::Name { .. } => "name",
+            PolicyError::File { .. } => "file",
             PolicyError::Config { .. } => "config",
             PolicyError::Compile { .. } => "compile",
             PolicyError::Interface { .. } => "interface",

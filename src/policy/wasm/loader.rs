@@ -164,13 +164,15 @@ pub(crate) struct Source {
 }
 
 impl Source {
-    pub fn read(files: PolicyFiles) -> Result<Self, PolicyError> {
-        let wasm = std::fs::read(&files.wasm).map_err(|source| PolicyError::Io { path: files.wasm.clone(), source })?;
+    /// Reads the files; a module over `max_module_size` bytes (or a config
+    /// over [`MAX_CONFIG_BYTES`]) is refused before it is read.
+    pub(super) fn read(files: PolicyFiles, max_module_size: u64) -> Result<Self, PolicyError> {
+        let wasm = read_bounded(&files.wasm, max_module_size, "policies.limits.max_module_size")?;
         let digest = sha256(&wasm);
         let (config_text, config_digest, settings) = match &files.config {
             None => (String::new(), None, Settings::default()),
             Some(path) => {
-                let bytes = std::fs::read(path).map_err(|source| PolicyError::Io { path: path.clone(), source })?;
+                let bytes = read_bounded(path, MAX_CONFIG_BYTES, "the policy config limit")?;
                 let digest = sha256(&bytes);
                 let text = String::from_utf8(bytes)
                     .map_err(|_| PolicyError::Config { path: path.clone(), reason: "not UTF-8 text".into() })?;
@@ -180,6 +182,36 @@ impl Source {
         };
         Ok(Self { files, wasm, digest, config_text, config_digest, settings })
     }
+}
+
+/// A policy's YAML is a few settings; anything near this is a mistake.
+pub(crate) const MAX_CONFIG_BYTES: u64 = 1 << 20;
+
+/// The bytes of `path`, a regular file (after symlinks) of at most `max`
+/// bytes. The size is checked before reading, so a stray 200 MB file costs
+/// nothing, and the read is capped in case the file grows meanwhile.
+fn read_bounded(path: &Path, max: u64, limit: &str) -> Result<Vec<u8>, PolicyError> {
+    use std::io::Read;
+    let io = |source| PolicyError::Io { path: path.to_owned(), source };
+    let too_large = |size: u64| PolicyError::File {
+        path: path.to_owned(),
+        reason: format!("{size} bytes is over {limit} ({max} bytes)"),
+    };
+    // `metadata` first: opening a FIFO would block until it has a writer.
+    let meta = std::fs::metadata(path).map_err(io)?;
+    if !meta.is_file() {
+        let what = if meta.is_dir() { "a directory" } else { "not a regular file" };
+        return Err(PolicyError::File { path: path.to_owned(), reason: format!("is {what}; remove or rename it") });
+    }
+    if meta.len() > max {
+        return Err(too_large(meta.len()));
+    }
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    std::fs::File::open(path).map_err(io)?.take(max + 1).read_to_end(&mut bytes).map_err(io)?;
+    if bytes.len() as u64 > max {
+        return Err(too_large(bytes.len() as u64));
+    }
+    Ok(bytes)
 }
 
 /// Compiles, type-checks and initialises one policy. `compiled` is the
@@ -274,27 +306,27 @@ pub(crate) struct Loader {
 }
 
 impl Loader {
-    pub fn new(engine: PolicyEngine, cfg: PoliciesConfig) -> Self {
+    pub(crate) fn new(engine: PolicyEngine, cfg: PoliciesConfig) -> Self {
         Self { engine, cfg, current: Vec::new() }
     }
 
-    pub fn directory(&self) -> &Path {
+    pub(crate) fn directory(&self) -> &Path {
         &self.cfg.directory
     }
 
-    pub fn current(&self) -> &[Arc<WasmPolicy>] {
+    pub(crate) fn current(&self) -> &[Arc<WasmPolicy>] {
         &self.current
     }
 
     /// Builds the set the directory describes now. A missing directory is
     /// the empty set. Any bad policy fails the whole set: a chain with a
     /// hole in it could let through what the missing policy would stop.
-    pub fn load(&self) -> Result<Vec<Arc<WasmPolicy>>, PolicyError> {
+    pub(crate) fn load(&self) -> Result<Vec<Arc<WasmPolicy>>, PolicyError> {
         // A missing directory is an error here (the runtime decides).
         let dir = &self.cfg.directory;
         let mut out = Vec::new();
         for files in scan(dir)? {
-            let source = Source::read(files)?;
+            let source = Source::read(files, self.cfg.limits.max_module_size)?;
             let reuse = self.current.iter().find(|p| {
                 *p.name == *source.files.name
                     && p.digest == source.digest
@@ -314,12 +346,12 @@ impl Loader {
     }
 
     /// Records `set` as the one now serving.
-    pub fn commit(&mut self, set: Vec<Arc<WasmPolicy>>) {
+    pub(crate) fn commit(&mut self, set: Vec<Arc<WasmPolicy>>) {
         self.current = set;
     }
 
     /// Whether `set` is exactly what is serving (same policies, same order).
-    pub fn unchanged(&self, set: &[Arc<WasmPolicy>]) -> bool {
+    pub(crate) fn unchanged(&self, set: &[Arc<WasmPolicy>]) -> bool {
         set.len() == self.current.len() && set.iter().zip(&self.current).all(|(a, b)| Arc::ptr_eq(a, b))
     }
 }

@@ -23,6 +23,8 @@ fn to_value(w: Wire<'_>) -> FieldValue {
 }
 
 /// What a `Resource<MessageHandle>` points at in the store's table.
+// The generated bindings re-export it (`with:` in bindings.rs).
+#[allow(unreachable_pub)]
 pub struct MessageHandle {
     pub bytes: Bytes,
 }

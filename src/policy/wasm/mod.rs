@@ -9,7 +9,7 @@
 //! | `sandbox`     | per-store host state: denying WASI, memory limiter, `host.log` |
 //! | `message`     | the `message` resource a filter reads fields from              |
 //! | `pool`        | live instances per policy; failed ones are discarded           |
-//! | `policy`      | [`WasmPolicy`]: WIT ⇄ relay types, answer validation           |
+//! | `policy`      | `WasmPolicy`:   WIT ⇄ relay types, answer validation           |
 //! | `loader`      | directory scan, YAML settings, digest, compile, reuse          |
 //! | `watcher`     | notify + debounce → reload                                     |
 //! | `check`       | the `policy check` CLI                                         |

@@ -90,7 +90,7 @@ impl InstancePool {
     /// Creates the pool with its first instance (so a policy whose `init`
     /// fails is refused at load) and returns the hooks it announced. The
     /// other instances are made on the refill thread.
-    pub fn new(
+    pub(crate) fn new(
         name: Arc<str>,
         pre: GatewayPolicyPre<HostState>,
         engine: PolicyEngine,
@@ -122,23 +122,23 @@ impl InstancePool {
     }
 
     /// The compiled, type-checked component (cheap to clone).
-    pub fn pre(&self) -> GatewayPolicyPre<HostState> {
+    pub(crate) fn pre(&self) -> GatewayPolicyPre<HostState> {
         self.inner.pre.clone()
     }
 
     /// Idle instances right now (for tests and diagnostics).
-    pub fn idle(&self) -> usize {
+    pub(crate) fn idle(&self) -> usize {
         self.inner.slots.lock().idle.len()
     }
 
     /// Instances alive or being made (at most the pool's target).
-    pub fn live(&self) -> usize {
+    pub(crate) fn live(&self) -> usize {
         self.inner.slots.lock().live
     }
 
     /// Runs one hook call on an idle instance within the call deadline. A
     /// failed instance is discarded (and replaced off the message path).
-    pub fn call<R>(
+    pub(crate) fn call<R>(
         &self,
         f: impl FnOnce(&mut Store<HostState>, &GatewayPolicy) -> wasmtime::Result<R>,
     ) -> Result<R, HookError> {
@@ -305,7 +305,7 @@ pub(crate) struct Refiller {
 }
 
 impl Refiller {
-    pub fn start() -> Result<Self, PolicyError> {
+    pub(crate) fn start() -> Result<Self, PolicyError> {
         let (tx, rx): (Sender<Weak<PoolInner>>, Receiver<Weak<PoolInner>>) = mpsc::channel();
         std::thread::Builder::new()
             .name("policy-refill".into())

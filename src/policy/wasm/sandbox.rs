@@ -64,7 +64,7 @@ pub(crate) struct HostState {
 }
 
 impl HostState {
-    pub fn new(guest: Arc<GuestLog>, memory_limit: u64) -> Self {
+    pub(crate) fn new(guest: Arc<GuestLog>, memory_limit: u64) -> Self {
         let output = OutputBuffer::default();
         let mut b = WasiCtx::builder();
         b.stdout(output.clone())
@@ -87,7 +87,7 @@ impl HostState {
     }
 
     /// Resets per-call state before a call with CPU-time `budget`.
-    pub fn begin_call(&mut self, budget: Duration) {
+    pub(crate) fn begin_call(&mut self, budget: Duration) {
         self.clock.start(budget);
         self.logs_this_call = 0;
         self.limiter.hit = false;
@@ -95,7 +95,7 @@ impl HostState {
     }
 
     /// What the guest printed during the call, lossily decoded.
-    pub fn take_output(&mut self) -> Option<String> {
+    pub(crate) fn take_output(&mut self) -> Option<String> {
         let bytes = self.output.take();
         if bytes.is_empty() {
             return None;
@@ -105,7 +105,7 @@ impl HostState {
 
     /// Logs what a healthy call printed, a line at a time, within the
     /// policy's log budget.
-    pub fn log_output(&mut self) {
+    pub(crate) fn log_output(&mut self) {
         let Some(out) = self.take_output() else { return };
         for line in out.lines().filter(|l| !l.trim().is_empty()) {
             if self.guest.admit() {
@@ -119,16 +119,23 @@ impl HostState {
 pub(crate) struct GuestLog {
     pub policy: Arc<str>,
     throttle: Throttle,
+    /// One "lines beyond the per-call cap" warning per interval.
+    over_cap: Throttle,
     suppressed: OnceLock<metrics::Counter>,
 }
 
 impl GuestLog {
-    pub fn new(policy: Arc<str>, lines: u32, interval: Duration) -> Arc<Self> {
-        Arc::new(Self { policy, throttle: Throttle::new(lines, interval), suppressed: OnceLock::new() })
+    pub(crate) fn new(policy: Arc<str>, lines: u32, interval: Duration) -> Arc<Self> {
+        Arc::new(Self {
+            policy,
+            throttle: Throttle::new(lines, interval),
+            over_cap: Throttle::new(1, interval),
+            suppressed: OnceLock::new(),
+        })
     }
 
-    /// Whether one more line may be logged now; says how many were
-    /// suppressed before it, once.
+    /// Whether one more line may be logged now (a line that may not is
+    /// counted as suppressed); says how many were suppressed before it, once.
     fn admit(&self) -> bool {
         match self.throttle.admit(tokio::time::Instant::now()) {
             Some(0) => true,
@@ -142,12 +149,17 @@ impl GuestLog {
                 true
             }
             None => {
-                self.suppressed
-                    .get_or_init(|| metrics::counter!(m::POLICY_LOG_SUPPRESSED, "policy" => self.policy.to_string()))
-                    .increment(1);
+                self.suppress();
                 false
             }
         }
+    }
+
+    /// Counts one line that is not logged.
+    fn suppress(&self) {
+        self.suppressed
+            .get_or_init(|| metrics::counter!(m::POLICY_LOG_SUPPRESSED, "policy" => self.policy.to_string()))
+            .increment(1);
     }
 }
 
@@ -161,7 +173,12 @@ impl host::Host for HostState {
     fn log(&mut self, level: Level, mut message: String) -> wasmtime::Result<()> {
         self.logs_this_call += 1;
         if self.logs_this_call > LOG_LINES_PER_CALL {
-            if self.logs_this_call == LOG_LINES_PER_CALL + 1 {
+            // Counted as suppressed; warned about once per interval, or a
+            // policy logging on every call would warn on every call.
+            self.guest.suppress();
+            if self.logs_this_call == LOG_LINES_PER_CALL + 1
+                && self.guest.over_cap.admit(tokio::time::Instant::now()).is_some()
+            {
                 tracing::warn!(
                     policy = &*self.policy,
                     "policy log lines beyond {LOG_LINES_PER_CALL} in one call dropped"

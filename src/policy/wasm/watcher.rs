@@ -41,7 +41,7 @@ pub(crate) struct DirWatcher {
 }
 
 impl DirWatcher {
-    pub fn start(dir: PathBuf, on_change: impl FnMut() + Send + 'static) -> Result<Self, PolicyError> {
+    pub(crate) fn start(dir: PathBuf, on_change: impl FnMut() + Send + 'static) -> Result<Self, PolicyError> {
         let (tx, rx) = mpsc::channel();
         let events = tx.clone();
         let watcher = notify::recommended_watcher(move |ev| {

@@ -16,9 +16,9 @@
 //!   `http_status_code` int, `response_headers` `map[string]string` — `null`
 //!   when the server sets none, as the reference's own test server does.
 //!
-//! Both are read as Go reads them ([`go_decode`]): every field optional, `null`
+//! Both are read as Go reads them (`go_decode`): every field optional, `null`
 //! anywhere a Go value may be nil, names case-insensitive, unknown fields
-//! ignored. [`go_encode`] writes a connectResult byte for byte as Go does, for
+//! ignored. `go_encode` writes a connectResult byte for byte as Go does, for
 //! the reference server's Go mode.
 
 mod go_decode;
@@ -87,7 +87,7 @@ impl ConnectRequest {
         Self { request_uid, remote_address, headers: map }
     }
 
-    /// Parses a connect payload as a Go peer writes it (see [`go_decode`]).
+    /// Parses a connect payload as a Go peer writes it (see `go_decode`).
     pub fn parse(data: &[u8]) -> Result<Self, serde_json::Error> {
         serde_json::from_str(&String::from_utf8_lossy(data))
     }
@@ -112,7 +112,7 @@ impl ConnectRequest {
 
 impl ConnectResult {
     /// Parses a connectResult payload as a Go peer writes it (see
-    /// [`go_decode`]). Invalid UTF-8 becomes U+FFFD, as in Go.
+    /// `go_decode`). Invalid UTF-8 becomes U+FFFD, as in Go.
     pub fn parse(data: &[u8]) -> Result<Self, serde_json::Error> {
         serde_json::from_str(&String::from_utf8_lossy(data))
     }
