@@ -20,15 +20,13 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
-use bytes::Bytes;
 use opamp_gateway::config::Config;
 use opamp_gateway::policy::runtime::ReloadOutcome;
 use opamp_gateway::protocol::proto::AgentToServer;
-use opamp_gateway::protocol::uid::InstanceUid;
 use opamp_gateway::sim::agent::{AgentError, AgentOptions, SimAgent};
 use opamp_gateway::sim::server::{ReferenceServer, ReferenceServerConfig};
 use opamp_gateway::Gateway;
-use policy_support::{applied, install, wait_for};
+use policy_support::{applied, install, mode_agent, wait_for};
 
 const T: Duration = Duration::from_secs(20);
 
@@ -74,14 +72,6 @@ async fn metric(g: &Gateway, name: &str, policy: &str) -> Option<f64> {
     (!values.is_empty()).then(|| values.iter().sum())
 }
 
-/// An agent whose 16-byte uid starts with the fixture's `mode` word.
-async fn agent(g: &Gateway, mode: &str, n: usize) -> SimAgent {
-    let mut o = AgentOptions::new(g.agent_url());
-    let uid = format!("{mode}_{n:0width$}", width = 15 - mode.len());
-    o.uid = InstanceUid::parse(Some(Bytes::from(uid))).unwrap();
-    SimAgent::connect(o).await.unwrap()
-}
-
 async fn plain_agent(g: &Gateway) -> SimAgent {
     SimAgent::connect(AgentOptions::new(g.agent_url())).await.unwrap()
 }
@@ -102,7 +92,7 @@ async fn a_looping_filter_is_quarantined_and_a_replacement_recovers() {
 
     // Each message from this agent makes the filter spin to its deadline;
     // fail-open forwards it anyway. The reply comes after the filter ran.
-    let mut spinner = agent(&g, "spin", 1).await;
+    let mut spinner = mode_agent(&g, "spin", 1).await;
     for _ in 0..5 {
         round_trip(&mut spinner).await;
     }
@@ -153,7 +143,7 @@ async fn a_half_open_trial_lifts_the_quarantine() {
     let yaml = "quarantine_after: 2\nquarantine_backoff: 50ms\nquarantine_max_backoff: 50ms\n";
     install(dir.path(), "fixture_misbehave", "trial_b", Some(yaml));
     let g = start(&server, dir.path(), |_| {}).await;
-    let mut spinner = agent(&g, "spin", 2).await;
+    let mut spinner = mode_agent(&g, "spin", 2).await;
     round_trip(&mut spinner).await;
     round_trip(&mut spinner).await;
     assert_eq!(g.policies().policies().snapshot().quarantined(), ["trial_b"]);
@@ -185,7 +175,7 @@ async fn a_printing_guest_breaks_nothing_and_its_output_is_rate_limited() {
     })
     .await;
     for n in 0..5 {
-        let mut a = agent(&g, "print", n).await;
+        let mut a = mode_agent(&g, "print", n).await;
         for _ in 0..4 {
             round_trip(&mut a).await;
         }
@@ -235,14 +225,14 @@ async fn a_vanished_directory_unloads_nothing_and_fails_readiness() {
         a.send(AgentToServer::default()).await.unwrap();
         a.recv_close(T).await.expect("closed by the policy");
     };
-    enforced(agent(&g, "close", 1).await).await;
+    enforced(mode_agent(&g, "close", 1).await).await;
 
     let mut status = g.policies().subscribe();
     std::fs::remove_dir_all(&dir).unwrap();
     let refused = wait_for(&mut status, "refusal", |s| matches!(s.outcome, ReloadOutcome::Refused { .. })).await;
     assert!(matches!(&refused.outcome, ReloadOutcome::Refused { file: Some(f), .. } if *f == dir), "{refused:?}");
     assert_eq!(g.policies().loaded().len(), 1, "still serving");
-    enforced(agent(&g, "close", 2).await).await;
+    enforced(mode_agent(&g, "close", 2).await).await;
     let mut fine = plain_agent(&g).await;
     round_trip(&mut fine).await;
     let (code, body) = get(metrics, "/readyz").await;
@@ -258,7 +248,7 @@ async fn a_vanished_directory_unloads_nothing_and_fails_readiness() {
     let (code, body) = get(metrics, "/readyz").await;
     assert_eq!(code, 503, "required, and nothing serving: {body}");
     assert!(body.contains("policies: 0 serving"), "{body}");
-    let mut free = agent(&g, "close", 3).await;
+    let mut free = mode_agent(&g, "close", 3).await;
     round_trip(&mut free).await;
     g.shutdown().await;
 }
@@ -285,7 +275,7 @@ async fn a_spinning_call_holds_one_worker_and_the_rest_of_the_relay_flows() {
     assert_eq!(gate.available(), 1);
 
     // Its message is filtered on one worker, which spins.
-    let mut hog = agent(&g, "spin", 1).await;
+    let mut hog = mode_agent(&g, "spin", 1).await;
     hog.send(AgentToServer::default()).await.unwrap();
     tokio::time::timeout(T, async {
         while gate.available() != 0 {
@@ -298,7 +288,7 @@ async fn a_spinning_call_holds_one_worker_and_the_rest_of_the_relay_flows() {
     // Meanwhile another spinner's call is shed (fail-open), not run, and
     // new agents are admitted and round trips complete: their chains are
     // shed too, and the other worker moves their bytes.
-    let mut other = agent(&g, "spin", 2).await;
+    let mut other = mode_agent(&g, "spin", 2).await;
     round_trip(&mut other).await;
     let mut fleet = Vec::new();
     for _ in 0..10 {
@@ -349,7 +339,7 @@ async fn memory_bombs_are_replaced_off_path_and_instances_stay_bounded() {
     // Four bombing agents at once, each message failing on memory.
     let mut bombers = Vec::new();
     for n in 0..4 {
-        bombers.push(agent(&g, "bomb", n).await);
+        bombers.push(mode_agent(&g, "bomb", n).await);
     }
     let mut rounds = Vec::new();
     for mut b in bombers {

@@ -3,23 +3,12 @@
 //! counted and logged, and an ordinary agent beside them is never affected.
 //! The breaker is off so that every case reaches the policy.
 
-use bytes::Bytes;
 use opamp_gateway::protocol::proto::AgentToServer;
-use opamp_gateway::protocol::uid::InstanceUid;
 use opamp_gateway::sim::agent::{AgentOptions, SimAgent};
 use opamp_gateway::sim::server::{ReferenceServer, ReferenceServerConfig};
-use opamp_gateway::Gateway;
 
-use crate::policy_support::{self, install};
+use crate::policy_support::{self, install, mode_agent};
 use crate::support::{self, log_lines, metric, wait_metric, T};
-
-/// An agent whose 16-byte uid starts with the fixture's filter `mode`.
-async fn agent_for_filter(g: &Gateway, mode: &str, n: usize) -> SimAgent {
-    let mut o = AgentOptions::new(g.agent_url());
-    let uid = format!("{mode}_{n:0width$}", width = 15 - mode.len());
-    o.uid = InstanceUid::parse(Some(Bytes::from(uid))).unwrap();
-    SimAgent::connect(o).await.unwrap()
-}
 
 /// Sends one message and waits for the server's reply to it: fail-open
 /// forwarded the original, whatever the policy did.
@@ -59,7 +48,7 @@ async fn hostile_answers_are_contained_counted_and_logged() {
     // calls: the agent's message and the server's reply.
 
     // Deep recursion: the engine's stack limit traps the call.
-    let mut a = agent_for_filter(&g, "recurse", 1).await;
+    let mut a = mode_agent(&g, "recurse", 1).await;
     forwarded(&mut a).await;
     assert_eq!(errors("trap").await, 2.0);
     let trap = log_lines(&["policy call failed", "hostile"]);
@@ -70,7 +59,7 @@ async fn hostile_answers_are_contained_counted_and_logged() {
 
     // A 50 MiB replacement, over the receiving side's max_message_size
     // (16 MiB): invalid, the original goes instead.
-    let mut a = agent_for_filter(&g, "huge", 1).await;
+    let mut a = mode_agent(&g, "huge", 1).await;
     forwarded(&mut a).await;
     assert_eq!(errors("invalid").await, 2.0);
     assert!(!log_lines(&["hostile", "exceeds server.max_message_size"]).is_empty());
@@ -78,7 +67,7 @@ async fn hostile_answers_are_contained_counted_and_logged() {
 
     // A replacement speaking for another uid: invalid; the server only ever
     // sees the agent's own uid.
-    let mut a = agent_for_filter(&g, "olduid", 1).await;
+    let mut a = mode_agent(&g, "olduid", 1).await;
     forwarded(&mut a).await;
     assert_eq!(errors("invalid").await, 4.0);
     let state = server.state();
@@ -106,7 +95,7 @@ async fn a_loud_policy_is_cut_to_size() {
     let dir = tempfile::tempdir().unwrap();
     install(dir.path(), "fixture_misbehave", "loud_p", Some("quarantine_after: 0\nquarantine_rate: 0\n"));
     let g = support::gateway(&server.url(), |c| c.policies = policy_support::config(dir.path(), false)).await;
-    let mut a = agent_for_filter(&g, "loud", 1).await;
+    let mut a = mode_agent(&g, "loud", 1).await;
     for _ in 0..10 {
         forwarded(&mut a).await;
     }

@@ -4,28 +4,18 @@
 
 use std::path::Path;
 
-use bytes::Bytes;
 use opamp_gateway::policy::runtime::{ReloadOutcome, ReloadStatus};
 use opamp_gateway::protocol::proto::AgentToServer;
-use opamp_gateway::protocol::uid::InstanceUid;
-use opamp_gateway::sim::agent::{AgentOptions, SimAgent};
 use opamp_gateway::sim::server::{ReferenceServer, ReferenceServerConfig};
 use opamp_gateway::Gateway;
 use tokio::sync::watch;
 
-use crate::policy_support::{self, install, wait_for};
+use crate::policy_support::{self, install, mode_agent, wait_for};
 use crate::support::{self, log_lines, T};
-
-async fn agent(g: &Gateway, mode: &str, n: usize) -> SimAgent {
-    let mut o = AgentOptions::new(g.agent_url());
-    let uid = format!("{mode}_{n:0width$}", width = 15 - mode.len());
-    o.uid = InstanceUid::parse(Some(Bytes::from(uid))).unwrap();
-    SimAgent::connect(o).await.unwrap()
-}
 
 /// The `guard` policy still serves: it closes a `close_…` agent.
 async fn still_enforced(g: &Gateway, n: usize) {
-    let mut a = agent(g, "close", n).await;
+    let mut a = mode_agent(g, "close", n).await;
     a.send(AgentToServer::default()).await.unwrap();
     a.recv_close(T).await.expect("closed by the serving policy");
     assert_eq!(g.policies().loaded().len(), 1, "the serving set is unchanged");
@@ -158,7 +148,7 @@ async fn an_unwritable_compile_cache_only_costs_the_cache() {
     })
     .await;
     assert_eq!(g.policies().loaded().len(), 1, "loaded without a cache");
-    let mut a = agent(&g, "close", 1).await;
+    let mut a = mode_agent(&g, "close", 1).await;
     a.send(AgentToServer::default()).await.unwrap();
     a.recv_close(T).await.expect("the policy serves");
     let lines = log_lines(&["compile cache unavailable"]);

@@ -9,8 +9,12 @@ use std::process::Command;
 use std::sync::OnceLock;
 use std::time::Duration;
 
+use bytes::Bytes;
 use opamp_gateway::policy::runtime::{PolicyRuntime, ReloadOutcome, ReloadStatus};
 use opamp_gateway::policy::PoliciesConfig;
+use opamp_gateway::protocol::uid::InstanceUid;
+use opamp_gateway::sim::agent::{AgentOptions, SimAgent};
+use opamp_gateway::Gateway;
 
 fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -111,4 +115,14 @@ pub(crate) fn applied(s: &ReloadStatus) -> Option<Vec<String>> {
         ReloadOutcome::Applied(set) => Some(set.iter().map(|p| p.name.clone()).collect()),
         _ => None,
     }
+}
+
+/// An agent of `g` whose 16-byte uid starts with the `misbehave` fixture's
+/// filter `mode` word (`spin_00000000001`), so the fixture misbehaves on its
+/// messages and on the server's replies to it.
+pub(crate) async fn mode_agent(g: &Gateway, mode: &str, n: usize) -> SimAgent {
+    let mut o = AgentOptions::new(g.agent_url());
+    let uid = format!("{mode}_{n:0width$}", width = 15 - mode.len());
+    o.uid = InstanceUid::parse(Some(Bytes::from(uid))).unwrap();
+    SimAgent::connect(o).await.unwrap()
 }
