@@ -77,10 +77,8 @@ async fn main() -> anyhow::Result<()> {
     }
     let server = ReferenceServer::start(ReferenceServerConfig::default()).await?;
     // Defaults, but for the addresses.
-    let mut cfg = Config::from_yaml(&format!(
-        "server:\n  endpoint: {}\nlistener:\n  endpoint: 127.0.0.1:0\n",
-        server.url()
-    ))?;
+    let mut cfg =
+        Config::from_yaml(&format!("server:\n  endpoint: {}\nlistener:\n  endpoint: 127.0.0.1:0\n", server.url()))?;
     cfg.policies.directory = "/nonexistent/opamp-gateway-outage-example".into();
     let g = Gateway::start(&cfg, None).await?;
     anyhow::ensure!(g.wait_for_links(cfg.server.connections, Duration::from_secs(10)).await, "links did not connect");

@@ -28,6 +28,7 @@ use crate::policy::runtime::PolicyRuntime;
 use crate::policy::wasm::PolicyError;
 use crate::policy::Policy;
 use crate::relay::rebalance::{self, RebalanceSettings};
+use crate::relay::rotation::{self, RotationSettings};
 use crate::relay::{Links, Relay, RelaySettings, RelayView};
 use crate::telemetry::TelemetryError;
 use crate::upstream::dial::DialerError;
@@ -243,6 +244,11 @@ impl Gateway {
         };
         // Stops with the agents: no moves while they drain.
         ds.sessions.spawn(rebalance::run(relay.clone(), rebalance, agents_shutdown.clone()));
+        let rotation = RotationSettings {
+            max_link_age: config.server.max_link_age,
+            max_moves_per_second: rb.max_moves_per_second,
+        };
+        ds.sessions.spawn(rotation::run(relay.clone(), rotation, agents_shutdown.clone()));
         tracing::info!(
             listener = %listen_addr,
             upstream = %config.server.endpoint,

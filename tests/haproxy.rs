@@ -3,6 +3,10 @@
 //! gateway is killed with SIGKILL, every agent comes back through the
 //! survivor, and the server is told the agents' own address throughout.
 //!
+//! Also, on the upstream side: a server that is two replicas behind HAProxy
+//! gets links on the replica added later only because `server.max_link_age`
+//! rotates them.
+//!
 //! Needs the `haproxy` binary (scripts/test installs the Debian package);
 //! without it the test says so and passes.
 
@@ -11,9 +15,12 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
+use opamp_gateway::config::Config;
 use opamp_gateway::protocol::framing;
-use opamp_gateway::protocol::proto::AgentToServer;
+use opamp_gateway::protocol::proto::{AgentToServer, ServerToAgent};
+use opamp_gateway::sim::agent::{AgentOptions, SimAgent};
 use opamp_gateway::sim::server::{ReferenceServer, ReferenceServerConfig};
+use opamp_gateway::Gateway;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::process::{Child, Command};
@@ -89,15 +96,21 @@ fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
-async fn start_haproxy(dir: &tempfile::TempDir, front: SocketAddr, backends: &[SocketAddr]) -> Child {
+/// `server_opts` follow each backend's `server` line.
+async fn start_haproxy(
+    dir: &tempfile::TempDir,
+    front: SocketAddr,
+    backends: &[SocketAddr],
+    server_opts: &str,
+) -> Child {
     let mut cfg = String::from(
         "defaults\n  mode tcp\n  timeout connect 2s\n  timeout client 5m\n  timeout server 5m\n  retries 3\n  \
          option redispatch\n\
-         frontend agents\n",
+         frontend front\n",
     );
-    cfg += &format!("  bind {front}\n  default_backend gateways\nbackend gateways\n  balance leastconn\n");
+    cfg += &format!("  bind {front}\n  default_backend backends\nbackend backends\n  balance leastconn\n");
     for (i, b) in backends.iter().enumerate() {
-        cfg += &format!("  server gw{i} {b} send-proxy-v2 check check-send-proxy inter 200ms fall 1 rise 1\n");
+        cfg += &format!("  server b{i} {b} {server_opts}\n");
     }
     let path = dir.path().join("haproxy.cfg");
     std::fs::write(&path, cfg).unwrap();
@@ -163,7 +176,8 @@ async fn two_gateways_behind_haproxy_survive_a_kill() {
 
     let dir = tempfile::tempdir().unwrap();
     let front = SocketAddr::new(Ipv4Addr::LOCALHOST.into(), free_port());
-    let _haproxy = start_haproxy(&dir, front, &[g1.listener, g2.listener]).await;
+    let opts = "send-proxy-v2 check check-send-proxy inter 200ms fall 1 rise 1";
+    let _haproxy = start_haproxy(&dir, front, &[g1.listener, g2.listener], opts).await;
 
     let (sessions, mut seen) = watch::channel(vec![0u32; AGENTS]);
     let fleet: Vec<_> = (0..AGENTS).map(|i| tokio::spawn(agent(i, front, sessions.clone()))).collect();
@@ -203,4 +217,87 @@ async fn two_gateways_behind_haproxy_survive_a_kill() {
     for f in fleet {
         f.abort();
     }
+}
+
+/// The gateway's own `ReportFullState` request, sent after each move.
+fn is_full_state_request(m: &ServerToAgent) -> bool {
+    m.flags == 1 && m.remote_config.is_none() && m.error_response.is_none() && m.custom_message.is_none()
+}
+
+/// A status report and the server's reply (past any full-state requests).
+async fn round_trip(a: &mut SimAgent) {
+    let report = a.status_report();
+    a.send(report).await.expect("agent still connected");
+    loop {
+        let reply = a.recv(T).await.expect("agent stays connected and is answered");
+        if !is_full_state_request(&reply) {
+            return;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotated_links_reach_a_server_replica_added_later() {
+    if std::process::Command::new("haproxy").arg("-v").output().is_err() {
+        eprintln!("SKIPPED rotated_links_reach_a_server_replica_added_later: no haproxy binary");
+        return;
+    }
+    // Replica B is in HAProxy's backend from the start but not running yet:
+    // every link lands on A (a refused connect is redispatched).
+    let a = ReferenceServer::start(ReferenceServerConfig::default()).await.unwrap();
+    let b_addr = SocketAddr::new(Ipv4Addr::LOCALHOST.into(), free_port());
+    let dir = tempfile::tempdir().unwrap();
+    let front = SocketAddr::new(Ipv4Addr::LOCALHOST.into(), free_port());
+    let _haproxy = start_haproxy(&dir, front, &[a.addr(), b_addr], "check inter 200ms fall 1 rise 1").await;
+
+    let yaml = format!(
+        "server:\n  endpoint: ws://{front}/v1/opamp\n  max_link_age: 1s\n  \
+         reconnect: {{ initial_interval: 50ms, max_interval: 200ms }}\n\
+         listener:\n  endpoint: 127.0.0.1:0\npolicies:\n  directory: /nonexistent/policies\n"
+    );
+    let cfg = Config::from_yaml(&yaml).unwrap();
+    let gateway = Gateway::start(&cfg, None).await.expect("gateway starts");
+    assert!(gateway.wait_for_links(3, T).await, "links connect through haproxy");
+    a.wait_until(T, |s| s.open_connections == 3).await.expect("every link on replica A");
+    let mut agents = Vec::new();
+    for _ in 0..AGENTS {
+        let mut agent = SimAgent::connect(AgentOptions::new(gateway.agent_url())).await.expect("agent connects");
+        round_trip(&mut agent).await;
+        agents.push(agent);
+    }
+
+    // Scale out: B comes up; only rotated links can reach it.
+    let b = ReferenceServer::start(ReferenceServerConfig { listen: b_addr, ..Default::default() }).await.unwrap();
+    let deadline = tokio::time::Instant::now() + T;
+    loop {
+        for agent in &mut agents {
+            round_trip(agent).await;
+        }
+        let (sa, sb) = (a.state(), b.state());
+        // Both replicas hold links, and agents moved onto B's (rebalancing).
+        let spread = sb.open_connections >= 1 && sa.open_connections >= 1;
+        if spread && sa.open_connections + sb.open_connections == 3 && sb.total_messages > 0 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "links did not spread: A {} open, B {} open, {} messages on B",
+            sa.open_connections,
+            sb.open_connections,
+            sb.total_messages
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for agent in &mut agents {
+        round_trip(agent).await;
+    }
+    let (sa, sb) = (a.state(), b.state());
+    assert_eq!(sa.total_disconnects + sb.total_disconnects, 0, "no agent was reported gone");
+    eprintln!(
+        "haproxy upstream: links A {} open ({} ever), B {} open ({} ever), {AGENTS} agents kept working",
+        sa.open_connections,
+        sa.connections.len(),
+        sb.open_connections,
+        sb.connections.len()
+    );
 }

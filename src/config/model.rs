@@ -84,6 +84,11 @@ pub struct ServerConfig {
     /// Largest message accepted from the server.
     pub max_message_size: ByteSize,
     pub rebalance: RebalanceConfig,
+    /// Retire each link after this long (plus up to 10% jitter), one at a
+    /// time: its agents move first, then it redials, so a clustered server's
+    /// load balancer can place it anew. Unset: links live until lost.
+    #[serde(with = "humantime_serde")]
+    pub max_link_age: Option<Duration>,
 }
 
 /// `server.rebalance`: moving agents between links, without disconnecting
@@ -125,6 +130,7 @@ impl Default for ServerConfig {
             queue_size: 4096,
             max_message_size: ByteSize::mib(64),
             rebalance: RebalanceConfig::default(),
+            max_link_age: None,
         }
     }
 }
@@ -648,6 +654,20 @@ impl Config {
                 "server.rebalance.max_moves_per_second",
                 "must be at least 1 (set server.rebalance.enabled: false to turn rebalancing off)",
             ));
+        }
+        if let Some(age) = s.max_link_age {
+            if age < Duration::from_secs(1) {
+                return Err(ConfigError::field(
+                    "server.max_link_age",
+                    format!("must be at least 1s, e.g. 1h, or unset (off), got {age:?}"),
+                ));
+            }
+            if s.connections < 2 {
+                return Err(ConfigError::field(
+                    "server.max_link_age",
+                    "needs server.connections of at least 2 (a link's agents move to another one first)",
+                ));
+            }
         }
         if let Some(tls) = &s.tls {
             tls.validate()?;

@@ -89,6 +89,11 @@ impl Relay {
             Some(link) => link,
             // Least connections; a move that would not narrow the spread
             // (loads changed since the rebalancer asked) is not made.
+            // Leaving a retiring link: anywhere else will do.
+            None if self.links.get(from).is_some_and(|l| l.is_retiring()) => match self.links.rotation_target(from) {
+                Some(link) => link,
+                None => return Ok(None),
+            },
             None => match self.links.relief_for(from) {
                 Some(link) => link,
                 None => return Ok(None),

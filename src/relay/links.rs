@@ -6,7 +6,7 @@
 //! that has since died is never written to its successor (where the server
 //! has not seen that agent's handshake) — it is handed back to its agent.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use arc_swap::ArcSwapOption;
@@ -57,6 +57,12 @@ pub struct Link {
     server_capabilities: AtomicU64,
     /// Shared by all slots: bumped whenever any link connects.
     any_up: Arc<watch::Sender<u64>>,
+    /// When the current connection came up (`server.max_link_age`).
+    connected_at: Mutex<Option<Instant>>,
+    /// Being rotated out: admissions and moves go elsewhere.
+    retiring: AtomicBool,
+    /// The generation whose connection should close for rotation.
+    rotate: watch::Sender<Option<u64>>,
 }
 
 impl Link {
@@ -104,6 +110,8 @@ impl Link {
     #[cfg_attr(not(fuzzing), allow(unreachable_pub))]
     pub fn mark_connected(&self) -> u64 {
         self.capabilities.store(None);
+        *self.connected_at.lock() = Some(Instant::now());
+        self.retiring.store(false, Ordering::Relaxed);
         self.state.send_modify(|s| s.connected = true);
         self.any_up.send_modify(|n| *n += 1);
         self.state().generation
@@ -113,10 +121,44 @@ impl Link {
     /// queued frame: wakes the agents of this link so they migrate.
     pub(crate) fn mark_lost(&self) {
         self.capabilities.store(None);
+        *self.connected_at.lock() = None;
+        self.retiring.store(false, Ordering::Relaxed);
         self.state.send_modify(|s| {
             s.connected = false;
             s.generation += 1;
         });
+    }
+}
+
+/// Link rotation (`server.max_link_age`, see `relay::rotation`).
+impl Link {
+    /// How long the current connection has been up; `None` while down.
+    pub(crate) fn age(&self) -> Option<std::time::Duration> {
+        self.connected_at.lock().map(|t| t.elapsed())
+    }
+
+    pub(crate) fn is_retiring(&self) -> bool {
+        self.retiring.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn set_retiring(&self, retiring: bool) {
+        self.retiring.store(retiring, Ordering::Relaxed);
+    }
+
+    /// Asks the link task to close connection `generation` and redial.
+    pub(crate) fn request_rotation(&self, generation: u64) {
+        self.rotate.send_replace(Some(generation));
+    }
+
+    /// Resolves once rotation of connection `generation` was asked.
+    pub(crate) async fn rotation_requested(&self, generation: u64) {
+        let mut rx = self.rotate.subscribe();
+        let _ = rx.wait_for(|g| *g == Some(generation)).await;
+    }
+
+    /// Usable for new admissions and moves.
+    fn open(&self) -> bool {
+        self.state().connected && !self.is_retiring()
     }
 }
 
@@ -145,6 +187,9 @@ impl Links {
                 capabilities: ArcSwapOption::empty(),
                 server_capabilities: AtomicU64::new(0),
                 any_up: any_up.clone(),
+                connected_at: Mutex::new(None),
+                retiring: AtomicBool::new(false),
+                rotate: watch::channel(None).0,
             }));
             rxs.push(rx);
         }
@@ -195,23 +240,37 @@ impl Links {
         let loads = self.loads.lock();
         let from_load = *loads.get(from as usize)?;
         (0..self.slots.len())
-            .filter(|&i| i != from as usize && self.slots[i].state().connected)
+            .filter(|&i| i != from as usize && self.slots[i].open())
             .min_by_key(|&i| (loads[i], i))
             .filter(|&i| loads[i] + 1 < from_load)
             .map(|i| i as u32)
     }
 
+    /// Where an agent leaving retiring link `from` goes: the least-loaded
+    /// other open link, whatever the spread.
+    pub(crate) fn rotation_target(&self, from: u32) -> Option<u32> {
+        let loads = self.loads.lock();
+        (0..self.slots.len())
+            .filter(|&i| i != from as usize && self.slots[i].open())
+            .min_by_key(|&i| (loads[i], i))
+            .map(|i| i as u32)
+    }
+
     /// Leases `preferred` if it is connected, else the least-loaded connected
-    /// link (lowest index on ties). Choice and increment happen under one
-    /// lock, so a connect storm balances exactly.
+    /// link (lowest index on ties). A retiring link is taken only when no
+    /// other is connected. Choice and increment happen under one lock, so a
+    /// connect storm balances exactly.
     #[cfg_attr(not(fuzzing), allow(unreachable_pub))]
     pub fn lease(self: &Arc<Self>, preferred: Option<u32>) -> Option<LinkLease> {
         let mut loads = self.loads.lock();
-        let usable = |i: usize| self.slots[i].state().connected;
+        let least = |usable: &dyn Fn(usize) -> bool| {
+            (0..self.slots.len()).filter(|&i| usable(i)).min_by_key(|&i| (loads[i], i))
+        };
         let chosen = preferred
             .map(|p| p as usize)
-            .filter(|&p| p < self.slots.len() && self.slots[p].state().connected)
-            .or_else(|| (0..self.slots.len()).filter(|&i| usable(i)).min_by_key(|&i| (loads[i], i)))?;
+            .filter(|&p| p < self.slots.len() && self.slots[p].open())
+            .or_else(|| least(&|i| self.slots[i].open()))
+            .or_else(|| least(&|i| self.slots[i].state().connected))?;
         loads[chosen] += 1;
         let link = self.slots[chosen].clone();
         Some(LinkLease { generation: link.state().generation, link, links: self.clone() })
@@ -295,6 +354,23 @@ mod tests {
         assert_eq!(links.relief_for(1), None, "0 vs 1: a move would only swap them");
         links.get(0).unwrap().mark_lost();
         assert_eq!(links.relief_for(2), Some(1), "only connected links take agents");
+    }
+
+    #[test]
+    fn a_retiring_link_is_avoided_while_another_is_up() {
+        let (links, _rx) = Links::new(2, 8);
+        up(&links, 0);
+        up(&links, 1);
+        links.get(0).unwrap().set_retiring(true);
+        assert_eq!(links.lease(None).unwrap().index(), 1);
+        assert_eq!(links.lease(Some(0)).unwrap().index(), 1, "not even when preferred");
+        assert_eq!(links.rotation_target(0), Some(1));
+        assert_eq!(links.relief_for(1), None, "moves never go to a retiring link");
+        links.get(1).unwrap().mark_lost();
+        assert_eq!(links.lease(None).unwrap().index(), 0, "the last connected link still serves");
+        assert_eq!(links.rotation_target(0), None);
+        links.get(0).unwrap().mark_connected();
+        assert!(!links.get(0).unwrap().is_retiring(), "a new connection starts fresh");
     }
 
     #[test]

@@ -18,6 +18,8 @@
 //! - [`budget`]: the gateway-wide cap on agent message bytes in flight.
 //! - [`rebalance`]: moves agents off crowded links, without disconnecting
 //!   them, when loads drift apart (e.g. after links return).
+//! - [`rotation`]: retires links older than `server.max_link_age`, one at a
+//!   time, so a clustered server's load balancer can place them anew.
 
 pub(crate) mod admission;
 pub(crate) mod agent;
@@ -28,6 +30,7 @@ pub(crate) mod identity;
 pub(crate) mod links;
 pub(crate) mod pending;
 pub(crate) mod rebalance;
+pub(crate) mod rotation;
 pub(crate) mod routes;
 mod view;
 

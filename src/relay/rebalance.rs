@@ -54,6 +54,13 @@ impl Movable {
         self.sessions.lock().values().filter(|a| a.move_state() == MoveState::Stays).count()
     }
 
+    /// Agents on `link` that stayed may be asked again (it is retiring).
+    pub(crate) fn reconsider_on(&self, link: u32) {
+        for a in self.sessions.lock().values().filter(|a| a.link() == link) {
+            a.reconsider_move();
+        }
+    }
+
     /// A link came up: every agent may be asked again.
     fn reconsider(&self) {
         for a in self.sessions.lock().values() {
@@ -62,7 +69,7 @@ impl Movable {
     }
 
     /// Moves asked and not yet finished, per link.
-    fn in_flight(&self, links: usize) -> Vec<u32> {
+    pub(crate) fn in_flight(&self, links: usize) -> Vec<u32> {
         let mut n = vec![0; links];
         for a in self.sessions.lock().values() {
             if a.move_state() == MoveState::Requested {
@@ -75,7 +82,7 @@ impl Movable {
     }
 
     /// Asks up to `n` idle agents on `link` to move; returns how many.
-    fn ask(&self, link: u32, n: usize) -> usize {
+    pub(crate) fn ask(&self, link: u32, n: usize) -> usize {
         let sessions = self.sessions.lock();
         sessions
             .values()
@@ -164,7 +171,11 @@ pub(crate) async fn run(relay: Arc<Relay>, settings: RebalanceSettings, shutdown
 /// One tick: compare loads, ask for moves, log an episode's start and end.
 fn step(relay: &Relay, settings: &RebalanceSettings, episode: Option<usize>) -> Option<usize> {
     let snapshot = relay.links.snapshot();
-    let loads: Vec<Option<u32>> = snapshot.iter().map(|l| l.connected.then_some(l.load)).collect();
+    // A retiring link is being drained by the rotation: neither a source
+    // nor a destination here.
+    let retiring = |i: usize| relay.links.get(i as u32).is_some_and(|l| l.is_retiring());
+    let loads: Vec<Option<u32>> =
+        snapshot.iter().enumerate().map(|(i, l)| (l.connected && !retiring(i)).then_some(l.load)).collect();
     let budget = (settings.max_moves_per_second as f64 * TICK.as_secs_f64()).ceil() as usize;
     let quick = plan(&loads, &[], settings.tolerance, budget);
     metrics::gauge!(m::LINK_IMBALANCE).set(quick.spread as f64);

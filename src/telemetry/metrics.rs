@@ -31,6 +31,9 @@ pub const AGENT_MIGRATIONS: &str = "opampgateway_agent_migrations_total";
 /// Counter: planned moves asked by the rebalancer, by `outcome`
 /// (moved|stayed|failed).
 pub const REBALANCE_MOVES: &str = "opampgateway_rebalance_moves_total";
+/// Counter: upstream links closed and redialed because they reached
+/// `server.max_link_age`.
+pub const LINK_ROTATIONS: &str = "opampgateway_link_rotations_total";
 /// Gauge: agents on the busiest connected link minus on the idlest.
 pub const LINK_IMBALANCE: &str = "opampgateway_link_imbalance";
 /// Counter: agent sessions closed by the gateway or peer, by `reason`.

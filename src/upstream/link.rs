@@ -3,6 +3,8 @@
 //! Lifecycle: dial → serve (pump both directions) → on loss: mark the slot
 //! lost (its agents start migrating), fail handshakes in flight on it, hand
 //! every queued agent frame back to its agent → back off → redial.
+//! Rotation (`server.max_link_age`): close cleanly once the link's agents
+//! have moved away → redial at once.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -84,6 +86,8 @@ struct LinkTask {
 enum End {
     Shutdown,
     Lost(String),
+    /// Closed for rotation; redial without backoff.
+    Rotated,
 }
 
 impl LinkTask {
@@ -100,6 +104,7 @@ impl LinkTask {
                     metrics::counter!(m::UPSTREAM_RECONNECTS, "outcome" => "success").increment(1);
                     backoff.reset();
                     let generation = self.link.mark_connected();
+                    let connected_at = Instant::now();
                     tracing::info!(link = %id, endpoint = %self.dialer.endpoint(), "upstream link connected");
                     let gauge = metrics::gauge!(m::CONNECTIONS, "direction" => m::UPSTREAM);
                     gauge.increment(1.0);
@@ -108,6 +113,11 @@ impl LinkTask {
                     self.lose();
                     match end {
                         End::Shutdown => break,
+                        End::Rotated => {
+                            metrics::counter!(m::LINK_ROTATIONS).increment(1);
+                            tracing::info!(link = %id, age = ?connected_at.elapsed(), "upstream link rotated (server.max_link_age); redialing");
+                            continue;
+                        }
                         End::Lost(why) => {
                             metrics::counter!(m::UPSTREAM_LINK_LOSSES).increment(1);
                             tracing::warn!(link = %id, reason = %why, "upstream link lost; moving its agents");
@@ -180,6 +190,9 @@ impl LinkTask {
         // Drop reasons already logged on this connection: a server sending
         // garbage in a loop must not flood the log (the counter has the rate).
         let mut warned = Vec::new();
+        let link = self.link.clone();
+        let rotate = link.rotation_requested(generation);
+        tokio::pin!(rotate);
         loop {
             tokio::select! {
                 biased;
@@ -188,6 +201,7 @@ impl LinkTask {
                     let _ = tokio::time::timeout(write_timeout, sink.send(close)).await;
                     return End::Shutdown;
                 }
+                _ = &mut rotate => return self.close_for_rotation(sink, stream).await,
                 msg = stream.next() => {
                     last_seen = Instant::now();
                     match msg {
@@ -224,6 +238,29 @@ impl LinkTask {
                 }
             }
         }
+    }
+
+    /// Closes with 1000 and reads until the server's close: what it sent
+    /// meanwhile (replies to agents that just moved) is still delivered.
+    async fn close_for_rotation<S, R>(&mut self, sink: &mut S, stream: &mut R) -> End
+    where
+        S: futures_util::Sink<Message, Error = tokio_tungstenite::tungstenite::Error> + Unpin,
+        R: futures_util::Stream<Item = Result<Message, tokio_tungstenite::tungstenite::Error>> + Unpin,
+    {
+        let write_timeout = self.settings.write_timeout;
+        let close = Message::Close(Some(CloseFrame { code: CloseCode::Normal, reason: "link rotation".into() }));
+        if tokio::time::timeout(write_timeout, sink.send(close)).await.map_or(true, |r| r.is_err()) {
+            return End::Lost("close for rotation failed".into());
+        }
+        let drain = async {
+            while let Some(Ok(msg)) = stream.next().await {
+                if let Message::Binary(frame) = msg {
+                    let _ = self.relay.dispatch(&self.link, frame, Instant::now());
+                }
+            }
+        };
+        let _ = tokio::time::timeout(write_timeout, drain).await;
+        End::Rotated
     }
 
     /// Counts a server message that reached no one; warns once per reason

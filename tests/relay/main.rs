@@ -11,6 +11,7 @@ mod handshake;
 mod health;
 mod http;
 mod lifecycle;
+mod link_age;
 mod link_loss;
 mod listener_limits;
 mod liveness;
