@@ -440,7 +440,9 @@ fn markdown(samples: &[Sample], last: &Sample, s: &Summary, duration: Duration, 
         last.sessions()
     );
     md.push_str("![RSS and open fds against sessions](soak.svg)\n\n");
-    md.push_str("| elapsed | sessions (ws + http) | RSS | fds | tasks | open ws / http agents | synthesized goodbyes |\n");
+    md.push_str(
+        "| elapsed | sessions (ws + http) | RSS | fds | tasks | open ws / http agents | synthesized goodbyes |\n",
+    );
     md.push_str("|---|---|---|---|---|---|---|\n");
     let mut rows: Vec<&Sample> = spread(samples.len(), TABLE_ROWS).into_iter().map(|i| &samples[i]).collect();
     rows.push(last);
@@ -460,12 +462,18 @@ fn markdown(samples: &[Sample], last: &Sample, s: &Summary, duration: Duration, 
             r.synthesized_disconnects
         );
     }
-    let _ = writeln!(md, "\nThe last row is {}s after the churn stopped (past the HTTP idle timeout).", HTTP_IDLE.as_secs() + 3);
+    let _ = writeln!(
+        md,
+        "\nThe last row is {}s after the churn stopped (past the HTTP idle timeout).",
+        HTTP_IDLE.as_secs() + 3
+    );
     let _ = writeln!(md, "{END}");
     md
 }
 
-const RAW_NOTE: &str = "Every sample: `target/soak-<report name>.csv` and `.json`.";
+const RAW_NOTE: &str = "Every sample: `target/soak-<report file stem>.csv` and `.json` (`target/soak-BENCHMARKS.csv` \
+     for docs/BENCHMARKS.md). `/metrics` is scraped at each sample, which also drains the recorder's histogram \
+     samples: with no scrape at all they pile up (issue 14).";
 
 /// `old` with its soak section replaced by `section` (which carries its own
 /// markers), or with `section` appended if it has none.
@@ -564,17 +572,28 @@ fn svg(samples: &[Sample]) -> String {
         let y = scale(f, 0.0, 1.0, b, t);
         let x = scale(f, 0.0, 1.0, l, r);
         let _ = writeln!(o, r##"<line x1="{l}" y1="{y:.1}" x2="{r}" y2="{y:.1}" stroke="#ddd"/>"##);
-        let _ = writeln!(o, r##"<text x="{}" y="{:.1}" text-anchor="end" fill="#1f77b4">{:.0}</text>"##, l - 6.0, y + 4.0, rss_top * f);
+        let _ = writeln!(
+            o,
+            r##"<text x="{}" y="{:.1}" text-anchor="end" fill="#1f77b4">{:.0}</text>"##,
+            l - 6.0,
+            y + 4.0,
+            rss_top * f
+        );
         let _ = writeln!(o, r##"<text x="{}" y="{:.1}" fill="#d62728">{:.0}</text>"##, r + 6.0, y + 4.0, fds_top * f);
-        let _ = writeln!(o, r#"<text x="{x:.1}" y="{}" text-anchor="middle">{:.0}k</text>"#, b + 18.0, max_x * f / 1000.0);
+        let _ =
+            writeln!(o, r#"<text x="{x:.1}" y="{}" text-anchor="middle">{:.0}k</text>"#, b + 18.0, max_x * f / 1000.0);
     }
-    let _ = writeln!(o, r#"<text x="{}" y="{}" text-anchor="middle">sessions completed</text>"#, (l + r) / 2.0, b + 40.0);
+    let _ =
+        writeln!(o, r#"<text x="{}" y="{}" text-anchor="middle">sessions completed</text>"#, (l + r) / 2.0, b + 40.0);
     let _ = writeln!(o, r##"<text x="{l}" y="18" fill="#1f77b4">RSS (MiB)</text>"##);
     let _ = writeln!(o, r##"<text x="{r}" y="18" text-anchor="end" fill="#d62728">open fds</text>"##);
     let rss = line(&|s| s.rss_kib as f64 / 1024.0, rss_top);
     let fds = line(&|s| s.fds as f64, fds_top);
     let _ = writeln!(o, r##"<polyline fill="none" stroke="#1f77b4" stroke-width="2" points="{rss}"/>"##);
-    let _ = writeln!(o, r##"<polyline fill="none" stroke="#d62728" stroke-width="1.5" stroke-dasharray="4 3" points="{fds}"/>"##);
+    let _ = writeln!(
+        o,
+        r##"<polyline fill="none" stroke="#d62728" stroke-width="1.5" stroke-dasharray="4 3" points="{fds}"/>"##
+    );
     o.push_str("</svg>\n");
     o
 }
@@ -602,7 +621,8 @@ impl PolicyDir {
         for name in POLICIES {
             let wasm = root.join(format!("target/wasm32-wasip2/release/{name}.wasm"));
             let tmp = dir.join(format!(".{name}.wasm.tmp"));
-            std::fs::copy(&wasm, &tmp).with_context(|| format!("{} (run scripts/bench to build it)", wasm.display()))?;
+            std::fs::copy(&wasm, &tmp)
+                .with_context(|| format!("{} (run scripts/bench to build it)", wasm.display()))?;
             std::fs::rename(&tmp, dir.join(format!("{name}.wasm")))?;
             let config = root.join(format!("examples/{name}/{name}.yaml"));
             let text = std::fs::read_to_string(config).unwrap_or_default();

@@ -3,6 +3,7 @@
 //! here too, as it serves `telemetry.metrics.endpoint`).
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
@@ -14,6 +15,24 @@ pub enum TelemetryError {
     Bind { addr: SocketAddr, source: std::io::Error },
     #[error("cannot install the metrics recorder: {0}")]
     Recorder(String),
+}
+
+/// How often histogram samples are folded into their buckets. The recorder
+/// only does it when `/metrics` is rendered: with no scraper (or no metrics
+/// endpoint) the samples piled up, about 370 bytes per agent session (the
+/// soak benchmark, docs/BENCHMARKS.md).
+const UPKEEP_EVERY: Duration = Duration::from_secs(5);
+
+/// A thread, not a task: the recorder may be installed before any runtime.
+fn spawn_upkeep(handle: PrometheusHandle) -> Result<(), TelemetryError> {
+    std::thread::Builder::new()
+        .name("metrics-upkeep".into())
+        .spawn(move || loop {
+            std::thread::sleep(UPKEEP_EVERY);
+            handle.run_upkeep();
+        })
+        .map(drop)
+        .map_err(|e| TelemetryError::Recorder(format!("cannot start the upkeep thread: {e}")))
 }
 
 /// Installs the process-wide Prometheus recorder (once per process) with
@@ -36,6 +55,7 @@ pub fn install_recorder_with(naming: MetricNaming) -> Result<PrometheusHandle, T
             let recorder = builder.build_recorder();
             let handle = recorder.handle();
             metrics::set_global_recorder(recorder).map_err(|e| err(&e))?;
+            spawn_upkeep(handle.clone())?;
             Ok(handle)
         }
         MetricNaming::Otelcol => {
@@ -45,6 +65,7 @@ pub fn install_recorder_with(naming: MetricNaming) -> Result<PrometheusHandle, T
                 .build_recorder();
             let handle = recorder.handle();
             metrics::set_global_recorder(Renaming::new(recorder)).map_err(|e| err(&e))?;
+            spawn_upkeep(handle.clone())?;
             Ok(handle)
         }
     }

@@ -62,43 +62,51 @@ async fn whatever_lands_in_the_folder_the_serving_set_keeps_serving() {
     let mut status = g.policies().subscribe();
     still_enforced(&g, 1).await;
 
+    // Each step reads the reload generation before touching the folder, so
+    // the reload it causes is never mistaken for an earlier one.
+
     // A directory named like a module.
     let fake = dir.join("x.wasm");
+    let before = generation(&status);
     std::fs::create_dir(&fake).unwrap();
-    let now = generation(&status);
-    let (file, reason) = refused(&mut status, now).await;
+    let (file, reason) = refused(&mut status, before).await;
     assert_eq!(file.as_deref(), Some(fake.as_path()));
     assert!(reason.contains("is a directory"), "{reason}");
     logged_refusal(&fake, "is a directory");
     still_enforced(&g, 2).await;
+    let before = generation(&status);
     std::fs::remove_dir(&fake).unwrap();
-    let now = generation(&status);
-    let mut seen = healed(&mut status, now).await;
+    healed(&mut status, before).await;
 
     // A 200 MB module (sparse: its size is what counts). Refused unread.
     let big = dir.join("big.wasm");
+    let before = generation(&status);
     std::fs::File::create(&big).unwrap().set_len(200 << 20).unwrap();
-    let (file, reason) = refused(&mut status, seen).await;
+    let (file, reason) = refused(&mut status, before).await;
     assert_eq!(file.as_deref(), Some(big.as_path()));
     assert!(reason.contains("over policies.limits.max_module_size"), "{reason}");
     logged_refusal(&big, "max_module_size");
     still_enforced(&g, 3).await;
+    let before = generation(&status);
     std::fs::remove_file(&big).unwrap();
-    let now = generation(&status).max(seen);
-    seen = healed(&mut status, now).await;
+    healed(&mut status, before).await;
 
-    // A symlink loop.
-    let a = dir.join("loop.wasm");
-    std::os::unix::fs::symlink(dir.join("loop2.wasm"), &a).unwrap();
-    std::os::unix::fs::symlink(&a, dir.join("loop2.wasm")).unwrap();
-    let (file, reason) = refused(&mut status, seen).await;
-    assert!(file.is_some_and(|f| f.starts_with(&dir)), "names a file in the folder");
-    assert!(reason.contains("cannot read"), "{reason}");
-    still_enforced(&g, 4).await;
-    std::fs::remove_file(&a).unwrap();
-    std::fs::remove_file(dir.join("loop2.wasm")).unwrap();
-    let now = generation(&status).max(seen);
-    healed(&mut status, now).await;
+    // A symlink loop (unix: symlinks elsewhere need privileges).
+    #[cfg(unix)]
+    {
+        let a = dir.join("loop.wasm");
+        let before = generation(&status);
+        std::os::unix::fs::symlink(dir.join("loop2.wasm"), &a).unwrap();
+        std::os::unix::fs::symlink(&a, dir.join("loop2.wasm")).unwrap();
+        let (file, reason) = refused(&mut status, before).await;
+        assert!(file.is_some_and(|f| f.starts_with(&dir)), "names a file in the folder");
+        assert!(reason.contains("cannot read"), "{reason}");
+        still_enforced(&g, 4).await;
+        let before = generation(&status);
+        std::fs::remove_file(&a).unwrap();
+        std::fs::remove_file(dir.join("loop2.wasm")).unwrap();
+        healed(&mut status, before).await;
+    }
 
     // A thousand files that are no policy: the watcher lets them pass, and
     // a reload asked for by hand finds the set unchanged.
@@ -107,23 +115,26 @@ async fn whatever_lands_in_the_folder_the_serving_set_keeps_serving() {
     }
     let manual = g.policies().reload();
     assert_eq!(manual.outcome, ReloadOutcome::Unchanged, "{manual:?}");
-    seen = manual.generation;
     still_enforced(&g, 5).await;
 
     // The folder replaced by a file.
+    let before = generation(&status);
     std::fs::remove_dir_all(&dir).unwrap();
     std::fs::write(&dir, b"oops").unwrap();
-    let (file, reason) = refused(&mut status, seen).await;
+    let (file, reason) = refused(&mut status, before).await;
     assert_eq!(file.as_deref(), Some(dir.as_path()));
     assert!(reason.contains("cannot read"), "{reason}");
     still_enforced(&g, 6).await;
 
-    // Put back, the same policy: the set is unchanged, nothing recompiled.
+    // Put back whole (built beside it, renamed into place), with the same
+    // policy: the set is unchanged, nothing recompiled.
+    let staged = parent.path().join("staged");
+    std::fs::create_dir(&staged).unwrap();
+    install(&staged, "fixture_misbehave", "guard", Some("on_error: closed\ncall_timeout: 1s\n"));
+    let before = generation(&status);
     std::fs::remove_file(&dir).unwrap();
-    std::fs::create_dir(&dir).unwrap();
-    install(&dir, "fixture_misbehave", "guard", Some("on_error: closed\ncall_timeout: 1s\n"));
-    let now = generation(&status);
-    healed(&mut status, now).await;
+    std::fs::rename(&staged, &dir).unwrap();
+    healed(&mut status, before).await;
     still_enforced(&g, 7).await;
     let mut fine = support::agent(&g).await;
     support::round_trip(&mut fine).await;
