@@ -1,16 +1,17 @@
 //! The real binary: `check`, `/metrics`, and SIGTERM.
 
-use std::net::SocketAddr;
-use std::process::Stdio;
 use std::time::Duration;
 
 use opamp_gateway::sim::agent::{AgentOptions, SimAgent};
 use opamp_gateway::sim::server::{ReferenceServer, ReferenceServerConfig};
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
+use tokio::process::Command;
 
 const T: Duration = Duration::from_secs(10);
 const BIN: &str = env!("CARGO_BIN_EXE_opamp-gateway");
+
+#[path = "support/gateway_process.rs"]
+mod gateway_process;
+use gateway_process::GatewayProcess;
 
 fn write_config(dir: &tempfile::TempDir, yaml: &str) -> std::path::PathBuf {
     let p = dir.path().join("gateway.yaml");
@@ -40,34 +41,7 @@ async fn check_accepts_good_and_explains_bad_configs() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("--config"));
 }
 
-struct GatewayProcess {
-    child: Child,
-    listener: SocketAddr,
-    metrics: SocketAddr,
-    _dir: tempfile::TempDir,
-}
-
 impl GatewayProcess {
-    /// Starts the binary and waits for its `ready` line.
-    async fn spawn(yaml: &str) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let path = write_config(&dir, yaml);
-        let mut child = Command::new(BIN)
-            .arg("--config")
-            .arg(&path)
-            .env("OPAMP_GATEWAY_LOG", "warn")
-            .stdout(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let line = tokio::time::timeout(T, lines.next_line()).await.unwrap().unwrap().expect("a ready line");
-        let field = |k: &str| -> SocketAddr {
-            line.split_whitespace().find_map(|w| w.strip_prefix(k)).unwrap().parse().unwrap()
-        };
-        Self { listener: field("listener="), metrics: field("metrics="), child, _dir: dir }
-    }
-
     fn agent_url(&self) -> String {
         format!("ws://{}/v1/opamp", self.listener)
     }

@@ -21,7 +21,6 @@ use opamp_gateway::protocol::proto::{AgentToServer, ServerToAgent};
 use opamp_gateway::sim::agent::{AgentOptions, SimAgent};
 use opamp_gateway::sim::server::{ReferenceServer, ReferenceServerConfig};
 use opamp_gateway::Gateway;
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::process::{Child, Command};
 use tokio::sync::watch;
@@ -29,41 +28,21 @@ use tokio_tungstenite::tungstenite::Message;
 
 /// Generous: these wait on whole processes starting, dying and reconnecting.
 const T: Duration = Duration::from_secs(30);
-const BIN: &str = env!("CARGO_BIN_EXE_opamp-gateway");
+#[path = "support/gateway_process.rs"]
+mod gateway_process;
+use gateway_process::GatewayProcess;
+
 const AGENTS: usize = 20;
 const AGENT_IP: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2));
 
-struct GatewayProcess {
-    child: Child,
-    listener: SocketAddr,
-    metrics: SocketAddr,
-    _dir: tempfile::TempDir,
-}
-
 impl GatewayProcess {
-    async fn spawn(server_url: &str) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("gateway.yaml");
-        let yaml = format!(
+    async fn spawn_proxied(server_url: &str) -> Self {
+        GatewayProcess::spawn(&format!(
             "server:\n  endpoint: {server_url}\n  reconnect: {{ initial_interval: 50ms, max_interval: 200ms }}\n\
              listener:\n  endpoint: 127.0.0.1:0\n  proxy_protocol: true\n\
              telemetry:\n  metrics:\n    endpoint: 127.0.0.1:0\npolicies:\n  directory: /nonexistent/policies\n"
-        );
-        std::fs::write(&path, yaml).unwrap();
-        let mut child = Command::new(BIN)
-            .arg("--config")
-            .arg(&path)
-            .env("OPAMP_GATEWAY_LOG", "warn")
-            .stdout(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let line = tokio::time::timeout(T, lines.next_line()).await.unwrap().unwrap().expect("a ready line");
-        let field = |name: &str| -> SocketAddr {
-            line.split_whitespace().find_map(|w| w.strip_prefix(name)).unwrap().parse().unwrap()
-        };
-        Self { listener: field("listener="), metrics: field("metrics="), child, _dir: dir }
+        ))
+        .await
     }
 
     /// Agents connected here, from `/metrics` (the process has no other signal).
@@ -170,8 +149,8 @@ async fn two_gateways_behind_haproxy_survive_a_kill() {
         return;
     }
     let server = ReferenceServer::start(ReferenceServerConfig::default()).await.unwrap();
-    let mut g1 = GatewayProcess::spawn(&server.url()).await;
-    let g2 = GatewayProcess::spawn(&server.url()).await;
+    let mut g1 = GatewayProcess::spawn_proxied(&server.url()).await;
+    let g2 = GatewayProcess::spawn_proxied(&server.url()).await;
     server.wait_until(T, |s| s.open_connections == 6).await.expect("both gateways' links connect");
 
     let dir = tempfile::tempdir().unwrap();

@@ -3,16 +3,15 @@
 //! naming promises (and not under the other ones).
 
 use std::net::SocketAddr;
-use std::process::Stdio;
 use std::time::Duration;
 
 use opamp_gateway::sim::agent::{AgentOptions, SimAgent};
 use opamp_gateway::sim::server::{ReferenceServer, ReferenceServerConfig};
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
 
 const T: Duration = Duration::from_secs(10);
-const BIN: &str = env!("CARGO_BIN_EXE_opamp-gateway");
+#[path = "support/gateway_process.rs"]
+mod gateway_process;
+use gateway_process::GatewayProcess;
 
 /// The four instruments under each naming.
 const DEFAULT_NAMES: [&str; 4] = [
@@ -29,10 +28,7 @@ const OTELCOL_NAMES: [&str; 4] = [
 ];
 
 struct Running {
-    _child: Child,
-    listener: SocketAddr,
-    metrics: SocketAddr,
-    _dir: tempfile::TempDir,
+    _gw: GatewayProcess,
     _server: ReferenceServer,
 }
 
@@ -45,23 +41,7 @@ async fn run_with(naming: Option<&str>) -> (Running, String) {
         "server:\n  endpoint: {}\n  connections: 1\nlistener:\n  endpoint: 127.0.0.1:0\ntelemetry:\n  metrics:\n    endpoint: 127.0.0.1:0\n{naming}policies:\n  directory: /nonexistent/policies\n",
         server.url()
     );
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("gateway.yaml");
-    std::fs::write(&path, yaml).unwrap();
-    let mut child = Command::new(BIN)
-        .arg("--config")
-        .arg(&path)
-        .env("OPAMP_GATEWAY_LOG", "warn")
-        .stdout(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let line = tokio::time::timeout(T, lines.next_line()).await.unwrap().unwrap().expect("a ready line");
-    let field =
-        |k: &str| -> SocketAddr { line.split_whitespace().find_map(|w| w.strip_prefix(k)).unwrap().parse().unwrap() };
-    let gw =
-        Running { listener: field("listener="), metrics: field("metrics="), _child: child, _dir: dir, _server: server };
+    let gw = GatewayProcess::spawn(&yaml).await;
 
     // The link is up once health says so (the gateway's readiness signal).
     let deadline = tokio::time::Instant::now() + T;
@@ -88,7 +68,7 @@ async fn run_with(naming: Option<&str>) -> (Running, String) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     drop(agent);
-    (gw, body)
+    (Running { _gw: gw, _server: server }, body)
 }
 
 async fn get(addr: SocketAddr, path: &str) -> String {
