@@ -78,8 +78,11 @@ async fn stall(h: &Harness, agent: SimAgent, n: u64) -> tokio::task::JoinHandle<
     h.server.set_reading(false);
     let sender = flood(agent, n);
     let budget = h.gateway.inspect();
-    eventually("a message waits for room in the budget", || budget.buffer_waiting() == 1).await;
-    assert!(!budget.is_buffer_open(), "no session starts a new message meanwhile");
+    // Both change together, but not atomically: wait for the pair.
+    eventually("a message waits for room, and the budget is closed", || {
+        budget.buffer_waiting() == 1 && !budget.is_buffer_open()
+    })
+    .await;
     assert!(budget.buffered_bytes() <= budget.buffer_capacity());
     sender
 }
