@@ -66,6 +66,10 @@ impl Harness {
         tweak(&mut cfg);
         let gateway = Gateway::start(&cfg, None).await.expect("gateway starts");
         assert!(gateway.wait_for_links(cfg.server.connections, T).await, "links did not connect");
+        // The gateway sees a link up when it reads the 101, a moment before
+        // the server has filed the connection: wait for both sides.
+        let n = cfg.server.connections;
+        server.wait_until(T, |s| s.open_connections >= n).await.expect("the server filed every link");
         Self { server, gateway }
     }
 
