@@ -281,6 +281,19 @@ impl SimAgent {
         drop(self);
     }
 
+    /// Sends a status report and returns the server's reply to it, reading
+    /// past the gateway's own full-state requests (sent after a move).
+    pub async fn answered(&mut self, timeout: Duration) -> Result<ServerToAgent, AgentError> {
+        let report = self.status_report();
+        self.send(report).await?;
+        loop {
+            let reply = self.recv(timeout).await?;
+            if !is_full_state_request(&reply) {
+                return Ok(reply);
+            }
+        }
+    }
+
     /// A realistic first message: description, capabilities, health and a
     /// small effective config.
     pub fn status_report(&self) -> AgentToServer {
@@ -365,4 +378,10 @@ fn default_tls() -> Arc<rustls::ClientConfig> {
             .with_root_certificates(roots)
             .with_no_client_auth(),
     )
+}
+
+/// The gateway's own `ReportFullState` request (sent to an agent that moved
+/// links): the flag, and nothing a server's reply would carry.
+pub fn is_full_state_request(m: &ServerToAgent) -> bool {
+    m.flags == 1 && m.remote_config.is_none() && m.error_response.is_none() && m.custom_message.is_none()
 }

@@ -4,8 +4,7 @@
 use std::time::Duration;
 
 use opamp_gateway::config::Config;
-use opamp_gateway::protocol::proto::ServerToAgent;
-use opamp_gateway::sim::agent::{AgentOptions, SimAgent};
+use opamp_gateway::sim::agent::{is_full_state_request, AgentOptions, SimAgent};
 use opamp_gateway::Gateway;
 
 /// Generous bound for anything that should happen "promptly" on loopback.
@@ -66,11 +65,6 @@ pub(crate) async fn agent(g: &Gateway) -> SimAgent {
     let mut a = SimAgent::connect(AgentOptions::new(g.agent_url())).await.expect("agent connects");
     round_trip(&mut a).await;
     a
-}
-
-/// The gateway's own `ReportFullState` request to an agent that moved links.
-fn is_full_state_request(m: &ServerToAgent) -> bool {
-    m.flags == 1 && m.remote_config.is_none() && m.custom_message.is_none()
 }
 
 /// Sends a status report and reads until the server's reply; every message

@@ -5,31 +5,12 @@
 use std::time::Duration;
 
 use opamp_gateway::config::Config;
-use opamp_gateway::protocol::proto::ServerToAgent;
 use opamp_gateway::sim::agent::SimAgent;
 use opamp_gateway::sim::server::ReferenceServerConfig;
 
-use crate::common::{skip, Harness, T};
+use crate::common::{round_trip_past_moves, skip, Harness, T};
 
 const AGENTS: usize = 9;
-
-/// The gateway's own `ReportFullState` request, sent after each move.
-fn is_full_state_request(m: &ServerToAgent) -> bool {
-    m.flags == 1 && m.remote_config.is_none() && m.error_response.is_none() && m.custom_message.is_none()
-}
-
-/// A status report and the server's reply (past any full-state requests).
-async fn round_trip(a: &mut SimAgent) {
-    let report = a.status_report();
-    a.send(report).await.expect("agent still connected");
-    loop {
-        let reply = a.recv(T).await.expect("agent stays connected and is answered");
-        assert_eq!(&reply.instance_uid, a.uid().as_bytes());
-        if !is_full_state_request(&reply) {
-            return;
-        }
-    }
-}
 
 async fn fleet(h: &Harness) -> Vec<SimAgent> {
     let mut agents = Vec::new();
@@ -52,7 +33,7 @@ async fn old_links_are_replaced_one_at_a_time_without_losing_an_agent() {
     let deadline = tokio::time::Instant::now() + 3 * T;
     loop {
         for a in &mut agents {
-            round_trip(a).await;
+            round_trip_past_moves(a).await;
         }
         let state = h.server.state();
         if first.iter().all(|&id| !state.connections[id as usize].open) && state.open_connections == 3 {
@@ -63,7 +44,7 @@ async fn old_links_are_replaced_one_at_a_time_without_losing_an_agent() {
     }
     // Still connected (an agent the gateway closed would fail here).
     for a in &mut agents {
-        round_trip(a).await;
+        round_trip_past_moves(a).await;
     }
     let state = h.server.state();
     assert!(state.connections.len() >= 6, "each link redialed: {}", state.connections.len());
@@ -80,7 +61,7 @@ async fn without_max_link_age_links_are_never_replaced() {
     let mut agents = fleet(&h).await;
     skip(Duration::from_secs(5)).await;
     for a in &mut agents {
-        round_trip(a).await;
+        round_trip_past_moves(a).await;
     }
     let state = h.server.state();
     assert_eq!(state.connections.len(), 3);

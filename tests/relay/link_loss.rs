@@ -2,17 +2,10 @@
 
 use std::collections::BTreeMap;
 
-use opamp_gateway::protocol::proto::ServerToAgent;
-use opamp_gateway::sim::agent::{AgentError, SimAgent};
+use opamp_gateway::sim::agent::{is_full_state_request, AgentError, SimAgent};
 use opamp_gateway::sim::server::{ConnectMode, ReferenceServerConfig};
 
 use crate::common::{eventually, heartbeat, round_trip, Harness, T};
-
-/// The gateway's own request: `ReportFullState` and nothing but the uid and
-/// the capabilities a first message needs.
-fn is_full_state_request(m: &ServerToAgent) -> bool {
-    m.flags == 1 && m.remote_config.is_none() && m.error_response.is_none() && m.custom_message.is_none()
-}
 
 async fn fleet(h: &Harness, n: usize) -> Vec<SimAgent> {
     let mut v = Vec::new();

@@ -8,12 +8,11 @@ use std::time::Duration;
 
 use opamp_gateway::config::Config;
 use opamp_gateway::policy::{AssignInput, HookError, Hooks, Policy};
-use opamp_gateway::protocol::proto::ServerToAgent;
 use opamp_gateway::sim::agent::{AgentOptions, SimAgent};
 use opamp_gateway::sim::server::{ReferenceServer, ReferenceServerConfig};
 use opamp_gateway::Gateway;
 
-use crate::common::{config, eventually, round_trip, skip, T};
+use crate::common::{config, eventually, round_trip, round_trip_past_moves, skip, T};
 
 const AGENTS: usize = 30;
 
@@ -64,11 +63,6 @@ async fn crowded(policy: Arc<dyn Policy>, tweak: impl FnOnce(&mut Config)) -> Se
     Setup { server, gateway, agents }
 }
 
-/// The gateway's own `ReportFullState` request, sent after each move.
-fn is_full_state_request(m: &ServerToAgent) -> bool {
-    m.flags == 1 && m.remote_config.is_none() && m.error_response.is_none() && m.custom_message.is_none()
-}
-
 fn spread(loads: &[u32]) -> u32 {
     loads.iter().max().unwrap() - loads.iter().min().unwrap()
 }
@@ -77,16 +71,8 @@ fn spread(loads: &[u32]) -> u32 {
 /// told any of them left.
 async fn all_still_connected(s: &mut Setup) {
     for a in &mut s.agents {
-        let report = a.status_report();
-        a.send(report).await.expect("agent still connected");
         // A move also asks the agent for its full state: read past those.
-        loop {
-            let reply = a.recv(T).await.expect("agent stays connected and is answered");
-            assert_eq!(&reply.instance_uid, a.uid().as_bytes());
-            if !is_full_state_request(&reply) {
-                break;
-            }
-        }
+        round_trip_past_moves(a).await;
     }
     let state = s.server.state();
     for a in &s.agents {
