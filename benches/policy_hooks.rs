@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use hdrhistogram::Histogram;
-use opamp_gateway::policy::{AssignInput, Direction, LinkInfo, PolicySet, Transport};
+use opamp_gateway::policy::{AssignInput, Direction, LinkInfo, PolicySet, Transport, UpstreamInfo, DEFAULT_UPSTREAM};
 use opamp_gateway::protocol::proto::{
     AgentConfigFile, AgentConfigMap, AgentToServer, ComponentHealth, EffectiveConfig, PackageAvailable,
     PackagesAvailable, ServerToAgent,
@@ -168,6 +168,8 @@ fn main() {
     let (_d2, affinity) = policy_support::runtime(&[("tenant_affinity", "affinity", None)]);
     let (_d3, redact) = policy_support::runtime(&[("redact_secrets", "redact", None)]);
     let (_d4, block) = policy_support::runtime(&[("block_packages", "block", None)]);
+    let (_d6, router) =
+        policy_support::runtime(&[("upstream_router", "router", Some("route: [acme=green]\ncanary: green=10\n"))]);
     let (_d5, chain) = policy_support::runtime(&[
         ("header_allowlist", "1-allow", Some("allow: [authorization, x-tenant]\n")),
         ("redact_secrets", "2-redact", None),
@@ -178,14 +180,18 @@ fn main() {
     let hop = policy_thread();
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).build().unwrap();
     let none = PolicySet::default();
-    let (allow, affinity, redact, block, chain) = (
+    let (allow, affinity, redact, block, chain, router) = (
         allow.policies().snapshot(),
         affinity.policies().snapshot(),
         redact.policies().snapshot(),
         block.policies().snapshot(),
         chain.policies().snapshot(),
+        router.policies().snapshot(),
     );
     let links: Vec<LinkInfo> = (0..3).map(|i| LinkInfo { index: i, load: 10 * i, connected: true }).collect();
+    let green: Vec<LinkInfo> = (0..2).map(|i| LinkInfo { index: i, load: 5 * i, connected: true }).collect();
+    let upstreams = [UpstreamInfo { name: DEFAULT_UPSTREAM.into(), links }];
+    let two_upstreams = [upstreams[0].clone(), UpstreamInfo { name: "green".into(), links: green }];
     let hs = headers();
     let (hb, cfg, s_plain, s_pkgs) = (heartbeat(), with_config(), server(false), server(true));
 
@@ -208,9 +214,18 @@ fn main() {
                 headers: &hs,
                 remote_addr: "10.1.2.3:4567",
                 transport: Transport::WebSocket,
-                links: &links,
+                upstreams: &upstreams,
             };
             std::hint::black_box(affinity.assign(&input).unwrap());
+        });
+        measure(cases, "upstream_router: assign (2 upstreams)", iters, || {
+            let input = AssignInput {
+                headers: &hs,
+                remote_addr: "10.1.2.3:4567",
+                transport: Transport::WebSocket,
+                upstreams: &two_upstreams,
+            };
+            std::hint::black_box(router.assign(&input).unwrap());
         });
         measure(cases, "redact_secrets: filter, heartbeat", iters, || {
             std::hint::black_box(redact.filter(Direction::AgentToServer, UID, hb.clone()));

@@ -62,13 +62,13 @@ pub(crate) async fn serve(
                             (StatusCode::OK, handle.render())
                         }
                         "/healthz" => {
-                            let up = links.connected();
+                            let (up, text) = link_health(&links);
                             let status = if up > 0 { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
-                            (status, format!("{up}/{} upstream links connected\n", links.len()))
+                            (status, text)
                         }
                         "/livez" => (StatusCode::OK, "alive\n".to_owned()),
                         "/readyz" => {
-                            let up = links.connected();
+                            let (up, links) = link_health(&links);
                             let (ok, text) = match policies.readiness() {
                                 Ok(t) => (up > 0, t),
                                 Err(t) => (false, t),
@@ -76,7 +76,7 @@ pub(crate) async fn serve(
                             let drain = draining.is_cancelled();
                             let status = if ok && !drain { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
                             let drain = if drain { "draining: shutting down\n" } else { "" };
-                            (status, format!("{drain}{up}/{} upstream links connected\n{text}\n", links.len()))
+                            (status, format!("{drain}{links}{text}\n"))
                         }
                         _ => (StatusCode::NOT_FOUND, "try /metrics, /livez, /readyz or /healthz\n".to_owned()),
                     };
@@ -97,10 +97,32 @@ pub(crate) async fn serve(
     Ok((local, task))
 }
 
+/// The default upstream's connected links (what health is judged by: every
+/// agent without a route goes there), and a line per upstream.
+fn link_health(links: &Links) -> (usize, String) {
+    let mut text = String::new();
+    let mut default_up = 0;
+    for (i, upstream) in links.upstreams().iter().enumerate() {
+        let range = upstream.range();
+        let up = range.clone().filter(|&l| links.get(l as u32).is_some_and(|l| l.state().connected)).count();
+        if i == 0 {
+            default_up = up;
+            text.push_str(&format!("{up}/{} upstream links connected\n", range.len()));
+        } else {
+            text.push_str(&format!("upstream {}: {up}/{} links connected\n", upstream.name, range.len()));
+        }
+    }
+    (default_up, text)
+}
+
 /// Per-link load gauges, refreshed at scrape time (cheaper than on every
 /// connect and disconnect).
 fn publish_link_loads(links: &Links) {
-    for (i, load) in links.loads().into_iter().enumerate() {
-        metrics::gauge!(m::LINK_AGENTS, "link" => format!("upstream-{i}")).set(f64::from(load));
+    for (link, load) in links.iter().zip(links.loads()) {
+        let upstream = link.upstream_name().to_string();
+        metrics::gauge!(m::LINK_AGENTS, "upstream" => upstream, "link" => link.id()).set(f64::from(load));
+    }
+    for (upstream, load) in links.upstreams().iter().zip(links.upstream_loads()) {
+        metrics::gauge!(m::UPSTREAM_AGENTS, "upstream" => upstream.name.to_string()).set(f64::from(load));
     }
 }

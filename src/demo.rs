@@ -1,17 +1,22 @@
 //! `opamp-gateway demo`: the whole picture on loopback, in one process.
 //!
-//! A reference OpAMP server (with a secret key), the gateway in front of it,
-//! and a simulated fleet behind it. Halfway through, the server drops every
-//! upstream connection (as in a server restart) to show agents riding it out,
-//! then the rebalancer spreading them over the returned links again.
+//! Two reference OpAMP servers, "blue" (the gateway's `server`) and "green"
+//! (a named upstream), both with a secret key; the gateway in front; a
+//! simulated fleet of two tenants behind it. Halfway through, blue drops
+//! every upstream connection (as in a server restart) to show agents riding
+//! it out, then the rebalancer spreading them over the returned links again.
+//! Later the `upstream_router` Wasm policy is dropped into the policy folder
+//! (`route: [acme=green]`): tenant acme's agents move to green live, and
+//! blue is told each one left.
 
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use opamp_gateway::config::Config;
 use opamp_gateway::protocol::proto::{AgentConfigFile, AgentConfigMap, AgentRemoteConfig, ServerToAgent};
 use opamp_gateway::sim::agent::{AgentError, AgentOptions, SimAgent};
-use opamp_gateway::sim::fleet::{Fleet, FleetConfig};
+use opamp_gateway::sim::fleet::{Fleet, FleetConfig, FleetStats};
 use opamp_gateway::sim::server::{ReferenceServer, ReferenceServerConfig};
 use opamp_gateway::{telemetry, Gateway};
 
@@ -26,7 +31,7 @@ pub(crate) struct DemoArgs {
     #[arg(long, default_value_t = 3)]
     pub connections: usize,
     /// How long the fleet runs.
-    #[arg(long, default_value = "8s", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "12s", value_parser = humantime::parse_duration)]
     pub duration: Duration,
     /// Interval between each agent's heartbeats.
     #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
@@ -34,73 +39,97 @@ pub(crate) struct DemoArgs {
 }
 
 pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
-    let server =
-        ReferenceServer::start(ReferenceServerConfig { secret_key: Some(SECRET.into()), ..Default::default() })
-            .await
-            .context("starting the reference server")?;
+    let server_cfg = ReferenceServerConfig { secret_key: Some(SECRET.into()), ..Default::default() };
+    let server = ReferenceServer::start(server_cfg.clone()).await.context("starting the reference server")?;
+    let green = ReferenceServer::start(server_cfg).await.context("starting the green reference server")?;
+    let folder = PolicyFolder::create()?;
     let config = Config::from_yaml(&format!(
         "server:\n  endpoint: {}\n  connections: {}\n  reconnect: {{ initial_interval: 100ms, max_interval: 2s }}\n\
+         upstreams:\n  green:\n    endpoint: {}\n    connections: 2\n\
          listener:\n  endpoint: 127.0.0.1:0\ntelemetry:\n  metrics:\n    endpoint: 127.0.0.1:0\n\
-         policies:\n  directory: demo-policies-none\n",
+         policies:\n  directory: {}\n  watch: true\n",
         server.url(),
-        args.connections
+        args.connections,
+        green.url(),
+        folder.path.display(),
     ))?;
     let gateway = Gateway::start(&config, Some(telemetry::install_recorder()?)).await?;
-    anyhow::ensure!(gateway.wait_for_links(args.connections, Duration::from_secs(10)).await, "links did not connect");
+    let links = args.connections + 2;
+    anyhow::ensure!(gateway.wait_for_links(links, Duration::from_secs(10)).await, "links did not connect");
 
-    println!("reference server  {}", server.url());
-    println!("gateway           {}  ({} upstream links)", gateway.agent_url(), args.connections);
+    println!("reference server  {}  (blue: the default upstream)", server.url());
+    println!("reference server  {}  (green: a named upstream)", green.url());
+    println!("gateway           {}  ({} links to blue, 2 to green)", gateway.agent_url(), args.connections);
     if let Some(m) = gateway.metrics_addr() {
         println!("metrics           http://{m}/metrics");
     }
-    println!("fleet             {} agents, heartbeat every {:?}\n", args.agents, args.heartbeat);
+    println!("policy folder     {}", folder.path.display());
+    let acme = args.agents / 4;
+    println!(
+        "fleet             {} agents ({acme} of tenant acme), heartbeat every {:?}\n",
+        args.agents, args.heartbeat
+    );
 
     let started = Instant::now();
-    let fleet = Fleet::start(FleetConfig {
+    let tenant = |name: &str, agents: usize| FleetConfig {
         url: gateway.agent_url(),
-        agents: args.agents,
+        agents,
         heartbeat: args.heartbeat,
-        headers: vec![("Authorization".into(), format!("Secret-Key {SECRET}"))],
+        headers: vec![("Authorization".into(), format!("Secret-Key {SECRET}")), ("X-Tenant".into(), name.into())],
         ..Default::default()
-    })
-    .await;
-    let all = args.agents as u64;
-    fleet.wait_until(Duration::from_secs(30), |s| s.connected == all).await.ok();
-    println!("{} agents connected through the gateway in {:?}", fleet.stats().connected, started.elapsed());
+    };
+    let fleets = [Fleet::start(tenant("acme", acme)).await, Fleet::start(tenant("globex", args.agents - acme)).await];
+    for f in &fleets {
+        let n = f.stats().agents as u64;
+        f.wait_until(Duration::from_secs(30), |s| s.connected == n).await.ok();
+    }
+    let stats = || fleets.iter().map(Fleet::stats).fold(FleetStats::default(), add);
+    println!("{} agents connected through the gateway in {:?}", stats().connected, started.elapsed());
 
-    println!("\n  time  agents  sent  replies  errors  server-links  server-agents  link-loads");
+    println!("\n  time  agents  sent  replies  errors  blue-links  blue-agents  green-agents  link-loads");
     let mut ticker = tokio::time::interval(Duration::from_secs(1));
-    let mut restarted = false;
-    let mut pushed = false;
+    let (mut pushed, mut restarted, mut routed) = (false, false, false);
     let run_start = Instant::now();
     while run_start.elapsed() < args.duration {
         ticker.tick().await;
-        let f = fleet.stats();
+        let f = stats();
         let s = server.state();
+        let upstreams = gateway.inspect().upstream_loads();
         println!(
-            "{:>5.1}s  {:>6}  {:>4}  {:>7}  {:>6}  {:>12}  {:>13}  {:?}",
+            "{:>5.1}s  {:>6}  {:>4}  {:>7}  {:>6}  {:>10}  {:>11}  {:>12}  {:?}",
             run_start.elapsed().as_secs_f64(),
             f.connected,
             f.sent,
             f.replies,
             f.errors,
             s.open_connections,
-            s.agents.len(),
+            upstreams[0].1,
+            upstreams[1].1,
             gateway.inspect().loads()
         );
-        if !pushed && run_start.elapsed() >= args.duration / 4 {
+        if !pushed && run_start.elapsed() >= args.duration / 6 {
             pushed = true;
             let n = push_config(&server);
-            println!("        server pushed a remote config to {n} agents (routed by instance_uid)");
+            println!("        blue pushed a remote config to {n} agents (routed by instance_uid)");
         }
-        if !restarted && run_start.elapsed() >= args.duration / 2 {
+        if !restarted && run_start.elapsed() >= args.duration / 3 {
             restarted = true;
             server.drop_connections();
-            println!("        server dropped every upstream link; agents move to links as they redial");
+            println!("        blue dropped every upstream link; agents move to links as they redial");
             println!(
                 "        (server.rebalance then moves them back into balance, at most {}/s, without reconnects)",
                 config.server.rebalance.max_moves_per_second
             );
+        }
+        if !routed && run_start.elapsed() >= args.duration * 2 / 3 {
+            routed = true;
+            match folder.install_router() {
+                Ok(how) => println!(
+                    "        upstream_router.wasm dropped into the policy folder ({how}), route: [acme=green]:\n        \
+                     acme's agents follow the new route live (re-handshake on green, blue told they left)"
+                ),
+                Err(e) => println!("        the router policy could not be built, so no routing is shown: {e:#}"),
+            }
         }
     }
 
@@ -114,17 +143,94 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
         other => println!("\nagent with a wrong key: unexpected {:?}", other.map(|_| ())),
     }
 
-    let f = fleet.stats();
-    fleet.stop().await;
+    let f = stats();
+    let upstreams = gateway.inspect().upstream_loads();
+    for fleet in fleets {
+        fleet.stop().await;
+    }
     gateway.shutdown().await;
     let s = server.state();
     println!(
-        "\nsummary: {} agents over {} links; {} messages sent, {} replies; {} connection errors, {} reconnects",
+        "\nsummary: {} agents over {} + 2 links; {} messages sent, {} replies; {} connection errors, {} reconnects",
         args.agents, args.connections, f.sent, f.replies, f.errors, f.reconnects
     );
     println!("server saw {} upstream connections in total for {} agents", s.connections.len(), s.agents.len());
+    if routed {
+        let moved = green.state().agents.len();
+        println!(
+            "at the end: {} agents on blue, {} on green; green learned {moved} agents; blue got {} goodbyes \
+             (synthesized when agents moved, and at shutdown)",
+            upstreams[0].1, upstreams[1].1, s.total_disconnects
+        );
+    }
     server.shutdown().await;
+    green.shutdown().await;
     Ok(())
+}
+
+fn add(a: FleetStats, b: FleetStats) -> FleetStats {
+    FleetStats {
+        agents: a.agents + b.agents,
+        connected: a.connected + b.connected,
+        sent: a.sent + b.sent,
+        replies: a.replies + b.replies,
+        errors: a.errors + b.errors,
+        reconnects: a.reconnects + b.reconnects,
+    }
+}
+
+/// The demo's policy folder, removed when the demo ends.
+struct PolicyFolder {
+    path: PathBuf,
+}
+
+impl PolicyFolder {
+    fn create() -> anyhow::Result<Self> {
+        let path = std::env::temp_dir().join(format!("opamp-gateway-demo-{}", std::process::id()));
+        std::fs::create_dir_all(&path).with_context(|| format!("creating {}", path.display()))?;
+        Ok(Self { path })
+    }
+
+    /// Writes the router's yaml, then its component (the watcher reloads on
+    /// the `.wasm`). The component is this repository's example, built for
+    /// wasm32-wasip2 if it is not yet.
+    fn install_router(&self) -> anyhow::Result<&'static str> {
+        let (wasm, how) = router_wasm()?;
+        std::fs::write(self.path.join("upstream_router.yaml"), "header: x-tenant\nroute: [acme=green]\n")?;
+        let tmp = self.path.join(".upstream_router.wasm.tmp");
+        std::fs::copy(&wasm, &tmp)?;
+        std::fs::rename(&tmp, self.path.join("upstream_router.wasm"))?;
+        Ok(how)
+    }
+}
+
+impl Drop for PolicyFolder {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
+
+/// `policies/examples/upstream_router` as a component: built already, or
+/// built now with cargo (the wasm32-wasip2 target added if missing).
+fn router_wasm() -> anyhow::Result<(PathBuf, &'static str)> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
+    let wasm = root.join("target/wasm32-wasip2/release/upstream_router.wasm");
+    if wasm.exists() {
+        return Ok((wasm, "built before"));
+    }
+    let build = || {
+        std::process::Command::new("cargo")
+            .args(["build", "--quiet", "--release", "--target", "wasm32-wasip2", "-p", "upstream-router"])
+            .arg("--manifest-path")
+            .arg(root.join("Cargo.toml"))
+            .status()
+    };
+    println!("        building the router policy for wasm32-wasip2 (once)...");
+    if !build().is_ok_and(|s| s.success()) {
+        let _ = std::process::Command::new("rustup").args(["target", "add", "wasm32-wasip2"]).status();
+        anyhow::ensure!(build()?.success(), "cargo build of policies/examples/upstream_router failed");
+    }
+    Ok((wasm, "just built"))
 }
 
 fn push_config(server: &ReferenceServer) -> usize {

@@ -28,6 +28,7 @@ use crate::policy::runtime::PolicyRuntime;
 use crate::policy::wasm::PolicyError;
 use crate::policy::Policy;
 use crate::relay::rebalance::{self, RebalanceSettings};
+use crate::relay::reroute;
 use crate::relay::rotation::{self, RotationSettings};
 use crate::relay::{Links, Relay, RelaySettings, RelayView};
 use crate::telemetry::TelemetryError;
@@ -152,8 +153,13 @@ impl Gateway {
         let (to_server, to_agent) =
             (config.server.max_message_size.as_usize(), config.listener.max_message_size.as_usize());
         let policies = PolicyRuntime::start_with(&config.policies.for_relay(to_server, to_agent), native)?;
-        let dialer = Arc::new(Dialer::from_config(config)?);
-        let (links, receivers) = Links::new(config.server.connections, config.server.queue_size);
+        let upstreams = config.upstream_list();
+        let dialers = upstreams
+            .iter()
+            .map(|(_, server, path)| Dialer::for_upstream(server, path).map(Arc::new))
+            .collect::<Result<Vec<_>, _>>()?;
+        let pools: Vec<_> = upstreams.iter().map(|(name, s, _)| (*name, s.connections, s.queue_size)).collect();
+        let (links, receivers) = Links::with_upstreams(&pools);
         let relay = Arc::new(Relay::new(
             links.clone(),
             policies.policies(),
@@ -223,17 +229,17 @@ impl Gateway {
             _ => None,
         };
 
-        let link_tasks = spawn_links(
-            relay.clone(),
-            receivers,
-            dialer,
-            LinkSettings {
-                keepalive: config.server.keepalive,
-                write_timeout: config.server.write_timeout,
-                backoff: config.server.reconnect.clone(),
-            },
-            links_shutdown.clone(),
-        );
+        let mut receivers = links.iter().cloned().zip(receivers);
+        let mut link_tasks = Vec::new();
+        for ((_, server, _), dialer) in upstreams.iter().zip(dialers) {
+            let slots: Vec<_> = receivers.by_ref().take(server.connections).collect();
+            let settings = LinkSettings {
+                keepalive: server.keepalive,
+                write_timeout: server.write_timeout,
+                backoff: server.reconnect.clone(),
+            };
+            link_tasks.extend(spawn_links(relay.clone(), slots, dialer, settings, links_shutdown.clone()));
+        }
         let listener_task = listener.serve(ds.clone());
         ds.sessions.spawn(downstream::http::reap_idle(ds.clone()));
         let rb = config.server.rebalance;
@@ -245,10 +251,11 @@ impl Gateway {
         // Stops with the agents: no moves while they drain.
         ds.sessions.spawn(rebalance::run(relay.clone(), rebalance, agents_shutdown.clone()));
         let rotation = RotationSettings {
-            max_link_age: config.server.max_link_age,
+            max_link_age: upstreams.iter().map(|(_, s, _)| s.max_link_age).collect(),
             max_moves_per_second: rb.max_moves_per_second,
         };
         ds.sessions.spawn(rotation::run(relay.clone(), rotation, agents_shutdown.clone()));
+        ds.sessions.spawn(reroute::run(relay.clone(), rb.max_moves_per_second, agents_shutdown.clone()));
         tracing::info!(
             listener = %listen_addr,
             upstream = %config.server.endpoint,
@@ -256,6 +263,9 @@ impl Gateway {
             metrics = ?metrics_addr,
             "gateway started"
         );
+        for (name, server, _) in upstreams.iter().skip(1) {
+            tracing::info!(upstream = name, endpoint = %server.endpoint, links = server.connections, "named upstream");
+        }
         Ok(Self {
             listen_addr,
             metrics_addr,
@@ -296,6 +306,14 @@ impl Gateway {
     /// handshakes in flight, buffered bytes. Cheap to clone and keep.
     pub fn inspect(&self) -> RelayView {
         RelayView::new(self.relay.clone())
+    }
+
+    /// Asks every connected WebSocket agent again where it routes, and
+    /// moves those whose route changed, live (as after a policy reload,
+    /// which does this by itself). For native policies that read state of
+    /// their own: call it when that state changes.
+    pub fn reroute(&self) {
+        self.relay.reroute.notify_one();
     }
 
     /// The policy runtime: its `subscribe()` reports every reload.

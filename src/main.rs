@@ -66,7 +66,18 @@ fn main() -> ExitCode {
         Some(Command::Policy(_)) => "error",
         _ => "info",
     };
-    init_logging(default_level);
+    // `telemetry.logs` applies when running or checking a config. Read it
+    // before logging starts (the load is repeated, logged, below).
+    let logs = match cli.command {
+        None | Some(Command::Run | Command::Check) => {
+            cli.config.as_deref().and_then(|p| Config::load(p).ok()).map(|c| c.telemetry.logs)
+        }
+        _ => None,
+    };
+    if let Err(e) = telemetry::logs::init(&logs.unwrap_or_default(), default_level) {
+        eprintln!("error: {e}");
+        return ExitCode::FAILURE;
+    }
     let result = match cli.command.unwrap_or(Command::Run) {
         Command::Check => check(cli.config),
         Command::Run => runtime().and_then(|rt| rt.block_on(run(cli.config))),
@@ -86,18 +97,6 @@ fn main() -> ExitCode {
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")
-}
-
-fn init_logging(default_level: &str) {
-    use std::io::IsTerminal;
-    let filter = tracing_subscriber::EnvFilter::try_from_env("OPAMP_GATEWAY_LOG")
-        .or_else(|_| tracing_subscriber::EnvFilter::try_from_default_env())
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
 }
 
 fn load(path: Option<PathBuf>) -> anyhow::Result<Config> {

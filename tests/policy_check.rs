@@ -41,11 +41,12 @@ fn misbehaving(dir: &Path, name: &str, yaml: &str) -> std::path::PathBuf {
 #[test]
 fn example_policies_pass_with_figures_per_hook() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("policies/examples");
-    let cases: [(&str, &[&str]); 4] = [
+    let cases: [(&str, &[&str]); 5] = [
         ("header_allowlist", &["forward-headers"]),
         ("redact_secrets", &["filter-agent-to-server"]),
         ("block_packages", &["filter-server-to-agent"]),
         ("tenant_affinity", &["assign"]),
+        ("upstream_router", &["assign"]),
     ];
     for (name, hooks) in cases {
         let yaml = root.join(name).join(format!("{name}.yaml"));
@@ -53,6 +54,8 @@ fn example_policies_pass_with_figures_per_hook() {
             policy_check(&policy_support::wasm(name), &["--calls", "300", "--config", yaml.to_str().unwrap()]);
         assert!(out.status.success(), "{name}: {stdout}\n{stderr}");
         assert!(stdout.contains("every hook call succeeded"), "{name}: {stdout}");
+        assert!(stdout.contains("implements opamp-gateway:policy/gateway-policy@0.3.0"), "{name}: {stdout}");
+        assert!(stdout.lines().any(|l| l.split_whitespace().eq(["wit", "0.3.0"])), "{name}: {stdout}");
         for hook in hooks {
             let r = row(&stdout, hook);
             assert_eq!((r[1], r[2]), ("300", "0"), "{name} {hook}: {stdout}");
@@ -60,6 +63,16 @@ fn example_policies_pass_with_figures_per_hook() {
             assert!(stdout.contains("MiB") || stdout.contains("n/a"), "{name}: peak memory: {stdout}");
         }
     }
+}
+
+#[test]
+fn a_0_2_0_component_is_checked_and_named_as_such() {
+    let wasm = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/compat/tenant_affinity-0.2.0.wasm");
+    let (out, stdout, stderr) = policy_check(&wasm, &["--calls", "300"]);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(stdout.contains("implements opamp-gateway:policy/gateway-policy@0.2.0"), "{stdout}");
+    assert!(stdout.contains("wit       0.2.0 (older: its assign sees only the default upstream's links"), "{stdout}");
+    assert_eq!(&row(&stdout, "assign")[1..3], ["300", "0"], "{stdout}");
 }
 
 #[test]

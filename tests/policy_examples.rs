@@ -5,7 +5,12 @@
 mod policy_support;
 
 use bytes::Bytes;
-use opamp_gateway::policy::{AssignDecision, AssignInput, Direction, FilterOutcome, LinkInfo, PolicySet, Transport};
+use opamp_gateway::policy::runtime::PolicyRuntime;
+use opamp_gateway::policy::wasm::WitVersion;
+use opamp_gateway::policy::{
+    AssignDecision, AssignInput, Direction, FilterOutcome, LinkInfo, PolicySet, Transport, UpstreamInfo,
+    DEFAULT_UPSTREAM,
+};
 use opamp_gateway::protocol::proto::{
     AgentConfigFile, AgentConfigMap, AgentRemoteConfig, AgentToServer, ComponentHealth, EffectiveConfig,
     PackageAvailable, PackagesAvailable, ServerToAgent,
@@ -19,13 +24,33 @@ fn h(name: &str, value: &str) -> (String, String) {
     (name.to_owned(), value.to_owned())
 }
 
-fn links(connected: &[bool]) -> Vec<LinkInfo> {
-    connected.iter().enumerate().map(|(i, c)| LinkInfo { index: i as u32, load: 0, connected: *c }).collect()
+fn upstream(name: &str, connected: &[bool]) -> UpstreamInfo {
+    let links = connected.iter().enumerate().map(|(i, c)| LinkInfo { index: i as u32, load: 0, connected: *c });
+    UpstreamInfo { name: name.to_owned(), links: links.collect() }
 }
 
-fn assign(set: &PolicySet, headers: &[(String, String)], links: &[LinkInfo]) -> AssignDecision {
-    let input = AssignInput { headers, remote_addr: "10.0.0.7:5555", transport: Transport::WebSocket, links };
+/// Only the default upstream, with these links.
+fn links(connected: &[bool]) -> Vec<UpstreamInfo> {
+    vec![upstream(DEFAULT_UPSTREAM, connected)]
+}
+
+fn assign(set: &PolicySet, headers: &[(String, String)], upstreams: &[UpstreamInfo]) -> AssignDecision {
+    assign_from(set, "10.0.0.7:5555", headers, upstreams)
+}
+
+fn assign_from(
+    set: &PolicySet,
+    remote_addr: &str,
+    headers: &[(String, String)],
+    upstreams: &[UpstreamInfo],
+) -> AssignDecision {
+    let input = AssignInput { headers, remote_addr, transport: Transport::WebSocket, upstreams };
     set.assign(&input).expect("assign")
+}
+
+/// 64-bit FNV-1a, the hash tenant_affinity and upstream_router document.
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h: u64, b| (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3))
 }
 
 fn forwarded(outcome: FilterOutcome) -> Bytes {
@@ -58,9 +83,9 @@ fn tenant_affinity_pins_a_tenant_to_one_connected_link() {
     let (_dir, rt) = runtime(&[("tenant_affinity", "affinity", Some("header: x-tenant\n"))]);
     let set = rt.policies().snapshot();
     let all = links(&[true, true, true]);
-    let pick = |tenant: &str, links: &[LinkInfo]| match assign(&set, &[h("x-tenant", tenant)], links) {
-        AssignDecision::Link(i) => i,
-        AssignDecision::Default => panic!("no opinion for tenant {tenant}"),
+    let pick = |tenant: &str, ups: &[UpstreamInfo]| match assign(&set, &[h("x-tenant", tenant)], ups) {
+        AssignDecision::Route { upstream: 0, link: Some(i) } => i,
+        other => panic!("tenant {tenant}: expected a default link, got {other:?}"),
     };
     // Same tenant, same link, every time (fresh instances included).
     let acme = pick("acme", &all);
@@ -79,6 +104,99 @@ fn tenant_affinity_pins_a_tenant_to_one_connected_link() {
     assert_eq!(assign(&set, &[h("authorization", "x")], &all), AssignDecision::Default);
     // No connected link: no opinion either.
     assert_eq!(assign(&set, &[h("x-tenant", "acme")], &links(&[false, false])), AssignDecision::Default);
+}
+
+#[test]
+fn upstream_router_routes_by_header_then_canary() {
+    let yaml = "header: x-tenant\nroute: [acme=green]\ncanary: green=10\n";
+    let (_dir, rt) = runtime(&[("upstream_router", "router", Some(yaml))]);
+    assert_eq!(rt.policy("router").unwrap().wit_version(), WitVersion::V0_3);
+    let set = rt.policies().snapshot();
+    let ups = [upstream(DEFAULT_UPSTREAM, &[true, true]), upstream("green", &[false, true])];
+    let green = AssignDecision::Route { upstream: 1, link: None };
+    assert_eq!(assign(&set, &[h("x-tenant", "acme")], &ups), green, "an upstream, its least-loaded link");
+    // The canary: exactly the tenants whose FNV-1a hash falls under 10 %.
+    let mut canaried = 0;
+    for i in 0..300 {
+        let tenant = format!("tenant-{i}");
+        let expected = if fnv1a(tenant.as_bytes()) % 100 < 10 { green } else { AssignDecision::Default };
+        assert_eq!(assign(&set, &[h("x-tenant", &tenant)], &ups), expected, "{tenant}");
+        canaried += usize::from(expected == green);
+    }
+    assert!((10..60).contains(&canaried), "about 30 of 300: {canaried}");
+    // No header: the IP decides, whatever the port.
+    for i in 0..40 {
+        let ip = format!("192.0.2.{i}");
+        let expected = if fnv1a(ip.as_bytes()) % 100 < 10 { green } else { AssignDecision::Default };
+        assert_eq!(assign_from(&set, &format!("{ip}:1000"), &[], &ups), expected, "{ip}");
+        assert_eq!(assign_from(&set, &format!("{ip}:2000"), &[], &ups), expected, "{ip}");
+    }
+    // Green down, or not configured: no opinion (the default upstream).
+    let down = [upstream(DEFAULT_UPSTREAM, &[true]), upstream("green", &[false, false])];
+    assert_eq!(assign(&set, &[h("x-tenant", "acme")], &down), AssignDecision::Default);
+    assert_eq!(assign(&set, &[h("x-tenant", "acme")], &links(&[true])), AssignDecision::Default);
+}
+
+/// tests/fixtures/compat/tenant_affinity-0.2.0.wasm: tenant_affinity as
+/// built against WIT 0.2.0, before routing existed.
+fn compat_fixture() -> Vec<u8> {
+    let path =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/compat/tenant_affinity-0.2.0.wasm");
+    std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+#[test]
+fn a_0_2_0_component_still_loads_and_answers_default_links() {
+    let dir = tempfile::tempdir().unwrap();
+    // The router first: it takes acme; the 0.2.0 policy hashes the rest.
+    policy_support::install(dir.path(), "upstream_router", "10-router", Some("route: [acme=green]\n"));
+    policy_support::atomic_write(&dir.path().join("20-old.yaml"), b"header: x-tenant\n");
+    policy_support::atomic_write(&dir.path().join("20-old.wasm"), &compat_fixture());
+    let rt = PolicyRuntime::start(&policy_support::config(dir.path(), false)).expect("both versions load");
+    assert_eq!(rt.policy("10-router").unwrap().wit_version(), WitVersion::V0_3);
+    assert_eq!(rt.policy("20-old").unwrap().wit_version(), WitVersion::V0_2);
+    let set = rt.policies().snapshot();
+
+    // 3 default links, 5 green ones: the old policy is shown the default's
+    // only, so it hashes over 3 and never answers an index of 3 or more.
+    let ups = [upstream(DEFAULT_UPSTREAM, &[true, true, true]), upstream("green", &[true; 5])];
+    assert_eq!(assign(&set, &[h("x-tenant", "acme")], &ups), AssignDecision::Route { upstream: 1, link: None });
+    let mut used = std::collections::BTreeSet::new();
+    for i in 0..200 {
+        let tenant = format!("tenant-{i}");
+        let expected = (fnv1a(tenant.as_bytes()) % 3) as u32;
+        assert_eq!(
+            assign(&set, &[h("x-tenant", &tenant)], &ups),
+            AssignDecision::Route { upstream: 0, link: Some(expected) },
+            "{tenant}: a link of the default upstream"
+        );
+        used.insert(expected);
+    }
+    assert_eq!(used.len(), 3, "every default link is used: {used:?}");
+    // Its other hooks are untouched: it announced assign only.
+    assert!(!set.filters(Direction::AgentToServer) && !set.filters(Direction::ServerToAgent));
+}
+
+#[test]
+fn a_0_2_0_component_gets_every_hook_and_host_import() {
+    // policies/fixtures/wit_0_2: built straight from wit/v0.2.0/policy.wit.
+    let (_dir, rt) = runtime(&[("fixture_wit_0_2", "old", None)]);
+    assert_eq!(rt.policy("old").unwrap().wit_version(), WitVersion::V0_2);
+    let set = rt.policies().snapshot();
+    // assign: the last connected link of the default upstream, never green's.
+    let ups = [upstream(DEFAULT_UPSTREAM, &[true, true, false]), upstream("green", &[true; 6])];
+    assert_eq!(assign(&set, &[], &ups), AssignDecision::Route { upstream: 0, link: Some(1) });
+    let headers = set.forward_headers(vec![h("x-tenant", "acme")]).unwrap();
+    assert_eq!(headers, vec![h("x-tenant", "acme"), h("x-links-wit", "0.2.0")]);
+    // filter, agent→server: a set-field built from len, has, field, fields.
+    let msg = AgentToServer { instance_uid: Bytes::from_static(&UID), sequence_num: 42, ..Default::default() };
+    let encoded = Bytes::from(msg.encode_to_vec());
+    let out = AgentToServer::decode(forwarded(set.filter(Direction::AgentToServer, &UID, encoded.clone()))).unwrap();
+    assert_eq!(out.sequence_num, encoded.len() as u64 * 1000 + 100 + 10 + 2);
+    assert_eq!(out.instance_uid, msg.instance_uid);
+    // filter, server→agent: `bytes` gave the whole message, so it drops it.
+    let down = Bytes::from(server_message(false).encode_to_vec());
+    assert_eq!(set.filter(Direction::ServerToAgent, &UID, down), FilterOutcome::Drop);
 }
 
 fn agent_message(body: &str) -> AgentToServer {
@@ -207,7 +325,10 @@ fn the_examples_chain_in_file_name_order() {
 
     let headers = set.forward_headers(vec![h("cookie", "c"), h("x-tenant", "acme")]).unwrap();
     assert_eq!(headers, vec![h("x-tenant", "acme")]);
-    assert!(matches!(assign(&set, &headers, &links(&[true, true])), AssignDecision::Link(_)));
+    assert!(matches!(
+        assign(&set, &headers, &links(&[true, true])),
+        AssignDecision::Route { upstream: 0, link: Some(_) }
+    ));
 
     let up =
         forwarded(set.filter(Direction::AgentToServer, &UID, Bytes::from(agent_message("token: t\n").encode_to_vec())));
@@ -235,7 +356,7 @@ fn examples_refuse_bad_config_at_load() {
 fn the_example_configs_load() {
     let dir = tempfile::tempdir().unwrap();
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("policies/examples");
-    for name in ["header_allowlist", "tenant_affinity", "redact_secrets", "block_packages"] {
+    for name in ["header_allowlist", "tenant_affinity", "redact_secrets", "block_packages", "upstream_router"] {
         let yaml = std::fs::read_to_string(root.join(name).join(format!("{name}.yaml"))).unwrap();
         policy_support::install(dir.path(), name, name, Some(&yaml));
     }
@@ -249,6 +370,7 @@ fn the_example_configs_load() {
             ("header_allowlist".to_owned(), Open),
             ("redact_secrets".to_owned(), Closed),
             ("tenant_affinity".to_owned(), Open),
+            ("upstream_router".to_owned(), Open),
         ]
     );
 }

@@ -13,7 +13,8 @@ use bytes::Bytes;
 use opamp_gateway::policy::runtime::PolicyRuntime;
 use opamp_gateway::policy::wasm::{PolicyError, WasmPolicy};
 use opamp_gateway::policy::{
-    AssignDecision, AssignInput, Direction, FilterOutcome, HookError, LinkInfo, Policy, Transport, Verdict,
+    AssignDecision, AssignInput, Direction, FilterOutcome, HookError, LinkInfo, Policy, Transport, UpstreamInfo,
+    Verdict, DEFAULT_UPSTREAM,
 };
 use policy_support::{config, install, runtime};
 
@@ -47,6 +48,11 @@ fn filter(p: &WasmPolicy, mode: &str) -> (Result<Verdict, HookError>, Duration) 
     (r, start.elapsed())
 }
 
+/// The default upstream with one connected link.
+fn one_link() -> [UpstreamInfo; 1] {
+    [UpstreamInfo { name: DEFAULT_UPSTREAM.into(), links: vec![LinkInfo { index: 0, load: 0, connected: true }] }]
+}
+
 fn headers(mode: &str) -> Vec<(String, String)> {
     vec![("x-misbehave".into(), mode.into()), ("authorization".into(), "k".into())]
 }
@@ -75,9 +81,9 @@ fn an_infinite_loop_hits_the_deadline() {
         assert!(took >= Duration::from_millis(19) && took < PROMPT, "{took:?}");
         assert_eq!(filter(&p, "ok").0.unwrap(), Verdict::Forward);
     }
-    let links = [LinkInfo { index: 0, load: 0, connected: true }];
+    let ups = one_link();
     let h = headers("spin");
-    let input = AssignInput { headers: &h, remote_addr: "1.2.3.4:5", transport: Transport::Http, links: &links };
+    let input = AssignInput { headers: &h, remote_addr: "1.2.3.4:5", transport: Transport::Http, upstreams: &ups };
     assert!(matches!(p.assign(&input), Err(HookError::Timeout)));
 
     // The default 5 ms budget.
@@ -160,17 +166,19 @@ fn fail_open_skips_the_policy() {
     let set = rt.policies().snapshot();
     assert_eq!(set.filter(Direction::AgentToServer, b"spin", message()), FilterOutcome::Forward(message()));
     assert_eq!(set.forward_headers(headers("trap")).unwrap(), headers("trap"));
-    let links = [LinkInfo { index: 0, load: 0, connected: true }];
+    let ups = one_link();
     let h = headers("bomb");
-    let input = AssignInput { headers: &h, remote_addr: "1.2.3.4:5", transport: Transport::WebSocket, links: &links };
+    let input = AssignInput { headers: &h, remote_addr: "1.2.3.4:5", transport: Transport::WebSocket, upstreams: &ups };
     assert_eq!(set.assign(&input).unwrap(), AssignDecision::Default);
-    // An answer naming a link that does not exist is no opinion.
-    let h = headers("bad");
-    let input = AssignInput { headers: &h, ..input };
-    assert_eq!(set.assign(&input).unwrap(), AssignDecision::Default);
+    // An answer naming a link or an upstream that does not exist is no opinion.
+    for mode in ["bad", "nowhere"] {
+        let h = headers(mode);
+        let input = AssignInput { headers: &h, ..input };
+        assert_eq!(set.assign(&input).unwrap(), AssignDecision::Default, "{mode}");
+    }
     let h = headers("ok");
     let input = AssignInput { headers: &h, ..input };
-    assert_eq!(set.assign(&input).unwrap(), AssignDecision::Link(0));
+    assert_eq!(set.assign(&input).unwrap(), AssignDecision::Route { upstream: 0, link: Some(0) });
 }
 
 #[test]
@@ -182,9 +190,9 @@ fn fail_closed_blocks_what_it_judged() {
     let refused = set.forward_headers(headers("spin")).unwrap_err();
     assert_eq!(refused.policy, "m");
     assert!(matches!(refused.error, HookError::Timeout));
-    let links = [LinkInfo { index: 0, load: 0, connected: true }];
+    let ups = one_link();
     let h = headers("trap");
-    let input = AssignInput { headers: &h, remote_addr: "1.2.3.4:5", transport: Transport::WebSocket, links: &links };
+    let input = AssignInput { headers: &h, remote_addr: "1.2.3.4:5", transport: Transport::WebSocket, upstreams: &ups };
     assert!(set.assign(&input).is_err());
 }
 

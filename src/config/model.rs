@@ -14,8 +14,15 @@ use crate::policy::PoliciesConfig;
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
-    /// The upstream OpAMP server.
+    /// The upstream OpAMP server: the `default` upstream, where agents go
+    /// unless a policy routes them elsewhere.
     pub server: ServerConfig,
+    /// More upstreams, by name, that an `assign` policy may route agents
+    /// to. Same keys as `server`; the agent-wide ones (`auth_timeout`,
+    /// `failover_wait`, `failover_queue`, `rebalance`) are read from
+    /// `server` only.
+    #[serde(default)]
+    pub upstreams: BTreeMap<String, ServerConfig>,
     /// Where agents connect.
     #[serde(default)]
     pub listener: ListenerConfig,
@@ -35,6 +42,7 @@ impl Config {
     pub fn new(server_endpoint: impl Into<String>) -> Self {
         Self {
             server: ServerConfig { endpoint: server_endpoint.into(), ..ServerConfig::default() },
+            upstreams: BTreeMap::new(),
             listener: ListenerConfig::default(),
             telemetry: TelemetryConfig::default(),
             policies: PoliciesConfig::default(),
@@ -132,6 +140,150 @@ impl Default for ServerConfig {
             rebalance: RebalanceConfig::default(),
             max_link_age: None,
         }
+    }
+}
+
+impl ServerConfig {
+    /// Checks one upstream; `p` is its path (`server`, `upstreams.green`).
+    pub(crate) fn validate(&self, p: &str) -> Result<(), ConfigError> {
+        let f = |key: &str| format!("{p}.{key}");
+        if self.endpoint.is_empty() {
+            return Err(ConfigError::field(
+                f("endpoint"),
+                "required; expected a ws:// or wss:// URL such as wss://opamp.example.com/v1/opamp",
+            ));
+        }
+        self.uri(p)?;
+        if !(1..=64).contains(&self.connections) {
+            return Err(ConfigError::field(
+                f("connections"),
+                format!("must be between 1 and 64, got {}", self.connections),
+            ));
+        }
+        if self.auth_timeout.is_zero() {
+            return Err(ConfigError::field(f("auth_timeout"), "must be greater than 0, e.g. 30s"));
+        }
+        let b = &self.reconnect;
+        if b.initial_interval.is_zero() || b.max_interval < b.initial_interval {
+            return Err(ConfigError::field(f("reconnect"), "expected 0 < initial_interval <= max_interval"));
+        }
+        if b.multiplier.is_nan() || b.multiplier < 1.0 {
+            return Err(ConfigError::field(f("reconnect.multiplier"), "must be >= 1.0"));
+        }
+        if !(0.0..=1.0).contains(&b.jitter) {
+            return Err(ConfigError::field(f("reconnect.jitter"), "must be a fraction between 0 and 1"));
+        }
+        for (d, key) in [(self.keepalive, "keepalive"), (self.write_timeout, "write_timeout")] {
+            if d.is_zero() {
+                return Err(ConfigError::field(f(key), "must be greater than 0"));
+            }
+        }
+        if self.dial_timeout.is_some_and(|d| d.is_zero()) {
+            return Err(ConfigError::field(f("dial_timeout"), "must be greater than 0, e.g. 10s, or unset"));
+        }
+        if self.failover_queue == 0 {
+            return Err(ConfigError::field(f("failover_queue"), "must be at least 1 (messages per agent)"));
+        }
+        if self.queue_size == 0 {
+            return Err(ConfigError::field(f("queue_size"), "must be at least 1"));
+        }
+        if !(0.0..=10.0).contains(&self.rebalance.tolerance) {
+            return Err(ConfigError::field(
+                f("rebalance.tolerance"),
+                format!(
+                    "expected a fraction of the mean load between 0 and 10, e.g. 0.1, got {}",
+                    self.rebalance.tolerance
+                ),
+            ));
+        }
+        if self.rebalance.max_moves_per_second == 0 {
+            return Err(ConfigError::field(
+                f("rebalance.max_moves_per_second"),
+                format!("must be at least 1 (set {p}.rebalance.enabled: false to turn rebalancing off)"),
+            ));
+        }
+        if let Some(age) = self.max_link_age {
+            if age < Duration::from_secs(1) {
+                return Err(ConfigError::field(
+                    f("max_link_age"),
+                    format!("must be at least 1s, e.g. 1h, or unset (off), got {age:?}"),
+                ));
+            }
+            if self.connections < 2 {
+                return Err(ConfigError::field(
+                    f("max_link_age"),
+                    format!("needs {p}.connections of at least 2 (a link's agents move to another one first)"),
+                ));
+            }
+        }
+        if let Some(tls) = &self.tls {
+            tls.validate_at(&f("tls"))?;
+        }
+        if let Some(proxy) = self.proxy_url.as_deref().filter(|u| !u.is_empty()) {
+            super::ProxyUrl::parse(proxy).map_err(|m| ConfigError::field(f("proxy_url"), m))?;
+        }
+        self.parsed_headers(p)?;
+        Ok(())
+    }
+
+    /// A named upstream may not set what applies to every agent: the
+    /// gateway reads those keys from `server`, and silently ignoring them
+    /// would surprise.
+    fn only_in_server(&self, p: &str) -> Result<(), ConfigError> {
+        let d = ServerConfig::default();
+        let r = &self.rebalance;
+        let agent_wide = [
+            ("auth_timeout", self.auth_timeout != d.auth_timeout),
+            ("failover_wait", self.failover_wait != d.failover_wait),
+            ("failover_queue", self.failover_queue != d.failover_queue),
+            (
+                "rebalance",
+                r.enabled != d.rebalance.enabled
+                    || r.tolerance != d.rebalance.tolerance
+                    || r.max_moves_per_second != d.rebalance.max_moves_per_second,
+            ),
+        ];
+        match agent_wide.into_iter().find(|(_, set)| *set) {
+            Some((key, _)) => Err(ConfigError::field(
+                format!("{p}.{key}"),
+                format!("applies to every agent, whichever upstream it is on: set it as server.{key}"),
+            )),
+            None => Ok(()),
+        }
+    }
+
+    /// `endpoint`, parsed.
+    pub(crate) fn uri(&self, p: &str) -> Result<http::Uri, ConfigError> {
+        let e = &self.endpoint;
+        let uri: http::Uri = e.parse().map_err(|_| {
+            ConfigError::field(
+                format!("{p}.endpoint"),
+                format!("not a URL: {e:?}; expected ws://host:port/path or wss://..."),
+            )
+        })?;
+        match uri.scheme_str() {
+            Some("ws" | "wss") if uri.host().is_some() => Ok(uri),
+            _ => Err(ConfigError::field(
+                format!("{p}.endpoint"),
+                format!("expected a ws:// or wss:// URL with a host, got {e:?}"),
+            )),
+        }
+    }
+
+    /// `headers`, parsed: one pair per value, in config order.
+    pub(crate) fn parsed_headers(&self, p: &str) -> Result<Vec<(http::HeaderName, http::HeaderValue)>, ConfigError> {
+        let mut out = Vec::new();
+        for (name, values) in &self.headers {
+            let field = || format!("{p}.headers.{name}");
+            let parsed = http::HeaderName::from_bytes(name.as_bytes())
+                .map_err(|_| ConfigError::field(field(), "not a valid HTTP header name"))?;
+            for v in values.iter() {
+                let v = http::HeaderValue::from_str(v)
+                    .map_err(|_| ConfigError::field(field(), "value must be visible ASCII text"))?;
+                out.push((parsed.clone(), v));
+            }
+        }
+        Ok(out)
     }
 }
 
@@ -529,10 +681,10 @@ fn validate_tls_common(
 }
 
 impl ClientTlsConfig {
-    fn validate(&self) -> Result<(), ConfigError> {
-        const P: &str = "server.tls";
+    /// `p`: where it sits (`server.tls`, `upstreams.green.tls`).
+    fn validate_at(&self, p: &str) -> Result<(), ConfigError> {
         validate_tls_common(
-            P,
+            p,
             (self.ca_file.is_some(), self.ca_pem.is_some()),
             (self.cert_file.is_some(), self.cert_pem.is_some()),
             (self.key_file.is_some(), self.key_pem.is_some()),
@@ -584,6 +736,8 @@ impl ServerTlsConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct TelemetryConfig {
     pub metrics: MetricsConfig,
+    /// `format: text|json` and `level`; see [`crate::telemetry::logs`].
+    pub logs: crate::telemetry::LogsConfig,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -599,83 +753,24 @@ pub struct MetricsConfig {
 impl Config {
     /// Checks what the types cannot. Paths are relative to the document root.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let s = &self.server;
-        if s.endpoint.is_empty() {
-            return Err(ConfigError::field(
-                "server.endpoint",
-                "required; expected a ws:// or wss:// URL such as wss://opamp.example.com/v1/opamp",
-            ));
-        }
-        self.server_uri()?;
-        if !(1..=64).contains(&s.connections) {
-            return Err(ConfigError::field(
-                "server.connections",
-                format!("must be between 1 and 64, got {}", s.connections),
-            ));
-        }
-        if s.auth_timeout.is_zero() {
-            return Err(ConfigError::field("server.auth_timeout", "must be greater than 0, e.g. 30s"));
-        }
-        let b = &s.reconnect;
-        if b.initial_interval.is_zero() || b.max_interval < b.initial_interval {
-            return Err(ConfigError::field("server.reconnect", "expected 0 < initial_interval <= max_interval"));
-        }
-        if b.multiplier.is_nan() || b.multiplier < 1.0 {
-            return Err(ConfigError::field("server.reconnect.multiplier", "must be >= 1.0"));
-        }
-        if !(0.0..=1.0).contains(&b.jitter) {
-            return Err(ConfigError::field("server.reconnect.jitter", "must be a fraction between 0 and 1"));
-        }
-        for (name, field) in [(s.keepalive, "server.keepalive"), (s.write_timeout, "server.write_timeout")] {
-            if name.is_zero() {
-                return Err(ConfigError::field(field, "must be greater than 0"));
-            }
-        }
-        if s.dial_timeout.is_some_and(|d| d.is_zero()) {
-            return Err(ConfigError::field("server.dial_timeout", "must be greater than 0, e.g. 10s, or unset"));
-        }
-        if s.failover_queue == 0 {
-            return Err(ConfigError::field("server.failover_queue", "must be at least 1 (messages per agent)"));
-        }
-        if s.queue_size == 0 {
-            return Err(ConfigError::field("server.queue_size", "must be at least 1"));
-        }
-        if !(0.0..=10.0).contains(&s.rebalance.tolerance) {
-            return Err(ConfigError::field(
-                "server.rebalance.tolerance",
-                format!(
-                    "expected a fraction of the mean load between 0 and 10, e.g. 0.1, got {}",
-                    s.rebalance.tolerance
-                ),
-            ));
-        }
-        if s.rebalance.max_moves_per_second == 0 {
-            return Err(ConfigError::field(
-                "server.rebalance.max_moves_per_second",
-                "must be at least 1 (set server.rebalance.enabled: false to turn rebalancing off)",
-            ));
-        }
-        if let Some(age) = s.max_link_age {
-            if age < Duration::from_secs(1) {
+        self.server.validate("server")?;
+        for (name, upstream) in &self.upstreams {
+            let path = format!("upstreams.{name}");
+            if name == crate::policy::DEFAULT_UPSTREAM {
                 return Err(ConfigError::field(
-                    "server.max_link_age",
-                    format!("must be at least 1s, e.g. 1h, or unset (off), got {age:?}"),
+                    path,
+                    "the name `default` is the upstream configured under `server`; choose another name",
                 ));
             }
-            if s.connections < 2 {
+            if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
                 return Err(ConfigError::field(
-                    "server.max_link_age",
-                    "needs server.connections of at least 2 (a link's agents move to another one first)",
+                    path,
+                    "an upstream name is letters, digits, `-` and `_`, e.g. green or eu-west",
                 ));
             }
+            upstream.validate(&path)?;
+            upstream.only_in_server(&path)?;
         }
-        if let Some(tls) = &s.tls {
-            tls.validate()?;
-        }
-        if let Some(p) = s.proxy_url.as_deref().filter(|p| !p.is_empty()) {
-            super::ProxyUrl::parse(p).map_err(|m| ConfigError::field("server.proxy_url", m))?;
-        }
-        self.server_headers()?;
         let l = &self.listener;
         self.listener_endpoint()?;
         for (d, field) in [
@@ -750,38 +845,21 @@ impl Config {
         Ok(())
     }
 
-    /// The upstream endpoint, parsed.
+    /// The default upstream's endpoint, parsed.
     pub fn server_uri(&self) -> Result<http::Uri, ConfigError> {
-        let e = &self.server.endpoint;
-        let uri: http::Uri = e.parse().map_err(|_| {
-            ConfigError::field(
-                "server.endpoint",
-                format!("not a URL: {e:?}; expected ws://host:port/path or wss://..."),
-            )
-        })?;
-        match uri.scheme_str() {
-            Some("ws" | "wss") if uri.host().is_some() => Ok(uri),
-            _ => Err(ConfigError::field(
-                "server.endpoint",
-                format!("expected a ws:// or wss:// URL with a host, got {e:?}"),
-            )),
-        }
+        self.server.uri("server")
     }
 
     /// `server.headers`, parsed: one pair per value, in config order.
     pub fn server_headers(&self) -> Result<Vec<(http::HeaderName, http::HeaderValue)>, ConfigError> {
-        let mut out = Vec::new();
-        for (name, values) in &self.server.headers {
-            let field = || format!("server.headers.{name}");
-            let parsed = http::HeaderName::from_bytes(name.as_bytes())
-                .map_err(|_| ConfigError::field(field(), "not a valid HTTP header name"))?;
-            for v in values.iter() {
-                let v = http::HeaderValue::from_str(v)
-                    .map_err(|_| ConfigError::field(field(), "value must be visible ASCII text"))?;
-                out.push((parsed.clone(), v));
-            }
-        }
-        Ok(out)
+        self.server.parsed_headers("server")
+    }
+
+    /// Every upstream with its name and config path, the default first.
+    pub fn upstream_list(&self) -> Vec<(&str, &ServerConfig, String)> {
+        let default = (crate::policy::DEFAULT_UPSTREAM, &self.server, "server".to_owned());
+        let named = self.upstreams.iter().map(|(name, s)| (name.as_str(), s, format!("upstreams.{name}")));
+        std::iter::once(default).chain(named).collect()
     }
 
     /// `listener.endpoint`, parsed; a host name is resolved when binding.

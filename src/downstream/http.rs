@@ -285,11 +285,19 @@ async fn admitted(
     match existing {
         // Same agent, re-authenticated (and possibly moved): keep its queue.
         Some(agent) if !agent.shared.closing().is_cancelled() => {
-            let mut st = agent.state.lock();
-            let moved = st.lease.is_stale() || st.lease.index() != state.lease.index();
-            state.full_state_due = st.full_state_due || moved;
-            *st = state;
-            drop(st);
+            // Re-authenticated onto another upstream (the policies route it
+            // elsewhere now): the old server is told it left.
+            let left = {
+                let mut st = agent.state.lock();
+                let moved = st.lease.is_stale() || st.lease.index() != state.lease.index();
+                state.full_state_due = st.full_state_due || moved;
+                let left = (st.lease.link().upstream != state.lease.link().upstream).then(|| st.lease.clone());
+                *st = state;
+                left
+            };
+            if let Some(old) = left {
+                pipeline::report_gone(&old, &agent.uid).await;
+            }
             Ok(agent)
         }
         stale => {

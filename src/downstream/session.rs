@@ -24,12 +24,13 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
+use super::log_every::{LogEvery, REFUSAL_LOG_EVERY};
 use super::{pipeline, uid_guard, Downstream};
 use crate::protocol::compose::{self, ErrorKind};
 use crate::protocol::AgentFrame;
 use crate::relay::{
     budget, Admission, AdmitError, AdmitRequest, AgentShared, CloseReason, Held, Identity, Inbound, LinkLease,
-    LinkState, Relay,
+    LinkState, MoveKind, Relay,
 };
 use crate::telemetry::metrics as m;
 
@@ -46,8 +47,9 @@ pub struct Session {
     inbox: mpsc::Receiver<Inbound>,
     lease: LinkLease,
     link_state: watch::Receiver<LinkState>,
-    /// Kept to re-run the handshake on another link.
-    admit: AdmitRequest,
+    /// Kept to re-run the handshake on another link (shared with the
+    /// relay's reroute pass, which asks the policies where it now goes).
+    admit: Arc<AdmitRequest>,
     /// Every uid this connection spoke for, and whether it said goodbye.
     /// One for an ordinary agent (plus any the server assigned it); many
     /// only for a trusted downstream gateway.
@@ -67,6 +69,12 @@ pub struct Session {
     _movable: Movable,
 }
 
+/// Failed planned moves, one line per kind (rejected by the server, or
+/// not) per interval: a reload can send a whole fleet at a server that
+/// refuses it.
+static MOVE_REFUSALS: std::sync::LazyLock<LogEvery<bool>> =
+    std::sync::LazyLock::new(|| LogEvery::new(REFUSAL_LOG_EVERY));
+
 /// A re-admission on any link, within `server.failover_wait`.
 type Failover = Pin<Box<dyn Future<Output = Result<Admission, AdmitError>> + Send>>;
 
@@ -77,8 +85,8 @@ struct Movable {
 }
 
 impl Movable {
-    fn register(relay: &Arc<Relay>, agent: &Arc<AgentShared>) -> Self {
-        relay.movable.register(agent);
+    fn register(relay: &Arc<Relay>, agent: &Arc<AgentShared>, admit: &Arc<AdmitRequest>) -> Self {
+        relay.movable.register(agent, admit);
         Self { relay: relay.clone(), id: agent.id }
     }
 }
@@ -97,7 +105,8 @@ impl Session {
         let link_state = watch_link(&admission.lease);
         let budget_open = ds.relay.budget.watch();
         agent.set_link(admission.lease.index());
-        let movable = Movable::register(&ds.relay, &agent);
+        let admit = Arc::new(admit);
+        let movable = Movable::register(&ds.relay, &agent, &admit);
         Self {
             ds,
             agent,
@@ -335,39 +344,75 @@ impl Session {
         }
     }
 
-    /// The rebalancer asked this agent to leave its (live, crowded) link.
-    /// The old lease is kept until the new link has accepted the agent, so a
-    /// failed move leaves it where it was. No goodbye is sent on the old
-    /// link: the agent did not leave, and the server follows its uid.
+    /// The rebalancer asked this agent to leave its (live, crowded) link,
+    /// or the reroute pass to follow its new route. The old lease is kept
+    /// until the new link has accepted the agent, so a failed move leaves it
+    /// where it was. Within one upstream no goodbye is sent on the old link:
+    /// the agent did not leave, and the server follows its uid. Leaving for
+    /// another upstream, the old server is told each uid is gone.
     async fn planned_move(&mut self) -> Result<(), CloseReason> {
         if self.lease.is_stale() {
             self.agent.move_done(true); // failover moves it anyway
             return Ok(());
         }
         let from = self.lease.index();
+        let kind = self.agent.move_kind();
         let relay = self.ds.relay.clone();
         let moved = tokio::select! {
-            r = relay.admit_move(&self.admit, from) => r,
+            r = relay.admit_move(&self.admit, from, kind) => r,
             _ = self.ds.shutdown.cancelled() => return Err(CloseReason::Shutdown),
         };
-        let outcome = match &moved {
-            Ok(Some(_)) => "moved",
-            Ok(None) => "stayed",
-            Err(_) => "failed",
-        };
-        metrics::counter!(m::REBALANCE_MOVES, "outcome" => outcome).increment(1);
-        match moved {
+        let here = self.lease.link().upstream;
+        let to = moved.to;
+        if kind == MoveKind::Reroute || to != here {
+            let outcome = match &moved.result {
+                Ok(Some(_)) => "moved",
+                Ok(None) => "stayed",
+                Err(AdmitError::Rejected(_)) => "rejected",
+                Err(_) => "failed",
+            };
+            let name = relay.links.upstreams().get(to).map_or_else(String::new, |u| u.name.to_string());
+            metrics::counter!(m::UPSTREAM_MIGRATIONS, "upstream" => name, "outcome" => outcome).increment(1);
+        } else {
+            let outcome = match &moved.result {
+                Ok(Some(_)) => "moved",
+                Ok(None) => "stayed",
+                Err(_) => "failed",
+            };
+            metrics::counter!(m::REBALANCE_MOVES, "outcome" => outcome).increment(1);
+        }
+        match moved.result {
             Ok(Some(admission)) => {
-                tracing::debug!(agent = self.agent.id, from, to = admission.lease.index(), "agent rebalanced");
+                let old = std::mem::replace(&mut self.lease, admission.lease);
+                tracing::debug!(agent = self.agent.id, from = ?old, to = ?self.lease, "agent moved");
                 self.agent.move_done(true);
-                self.adopt(admission.lease).await
+                let adopted = self.adopted().await;
+                if old.link().upstream != self.lease.link().upstream {
+                    for (uid, said_goodbye) in self.uids.iter() {
+                        if !said_goodbye {
+                            pipeline::report_gone(&old, uid).await;
+                        }
+                    }
+                }
+                adopted
             }
             Ok(None) => {
                 self.agent.move_done(false);
                 Ok(())
             }
             Err(e) => {
-                tracing::debug!(agent = self.agent.id, from, error = %e, "planned move failed; the agent stays");
+                if let Some(skipped) = MOVE_REFUSALS.check(matches!(e, AdmitError::Rejected(_))) {
+                    let to = relay.links.upstreams().get(to).map(|u| u.name.clone());
+                    tracing::warn!(
+                        agent = self.agent.id,
+                        from = ?self.lease,
+                        to = ?to,
+                        error = %e,
+                        similar_since_last_line = skipped,
+                        "planned move failed; the agent stays where it is \
+                         (see opampgateway_upstream_migrations_total, opampgateway_rebalance_moves_total)"
+                    );
+                }
                 self.agent.move_done(false);
                 Ok(())
             }
@@ -377,6 +422,12 @@ impl Session {
     /// Switches to a lease on another link the server accepted us on.
     async fn adopt(&mut self, lease: LinkLease) -> Result<(), CloseReason> {
         self.lease = lease; // drops the old lease: its load goes down
+        self.adopted().await
+    }
+
+    /// The session has just taken its new lease: watch it, ask for full
+    /// state, replay what waited.
+    async fn adopted(&mut self) -> Result<(), CloseReason> {
         self.agent.set_link(self.lease.index());
         self.link_state = watch_link(&self.lease);
         self.request_full_state();
@@ -448,7 +499,7 @@ fn watch_link(lease: &LinkLease) -> watch::Receiver<LinkState> {
 /// every link down (a server restart) it waits, up to `server.failover_wait`,
 /// for one to come back rather than disconnecting the whole fleet. Boxed: a
 /// whole handshake is large, and most sessions never fail over.
-fn failover(relay: Arc<Relay>, admit: AdmitRequest) -> Failover {
+fn failover(relay: Arc<Relay>, admit: Arc<AdmitRequest>) -> Failover {
     Box::pin(async move {
         let deadline = Instant::now() + relay.settings.failover_wait;
         loop {

@@ -1,10 +1,10 @@
 //! Hook points, pingora-style: each phase has a name and a clear default.
 //!
-//! | phase             | when                                   | default (no policy)          |
-//! |-------------------|----------------------------------------|------------------------------|
-//! | `assign`          | an agent connects: which upstream link | least-connections            |
-//! | `forward-headers` | building the connect handshake         | forward every header         |
-//! | `filter`          | every message, in announced directions | forward unchanged            |
+//! | phase             | when                                      | default (no policy)                  |
+//! |-------------------|-------------------------------------------|--------------------------------------|
+//! | `assign`          | an agent connects: which upstream, link   | default upstream, least-connections  |
+//! | `forward-headers` | building the connect handshake            | forward every header                 |
+//! | `filter`          | every message, in announced directions    | forward unchanged                    |
 //!
 //! A [`Policy`] may implement any subset. Policies are applied as an ordered
 //! chain ([`PolicySet`]); the relay only ever sees the chain, through
@@ -67,13 +67,59 @@ pub struct LinkInfo {
     pub connected: bool,
 }
 
+/// The name of the upstream configured under `server:`.
+pub const DEFAULT_UPSTREAM: &str = "default";
+
+/// One upstream (`server`, or an entry of `upstreams`) as a policy sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamInfo {
+    pub name: String,
+    /// Its links in index order; indices count from 0 within the upstream.
+    pub links: Vec<LinkInfo>,
+}
+
 /// Input of the `assign` phase.
 #[derive(Debug, Clone, Copy)]
 pub struct AssignInput<'a> {
     pub headers: &'a [(String, String)],
     pub remote_addr: &'a str,
     pub transport: Transport,
-    pub links: &'a [LinkInfo],
+    /// Every upstream, the default (`server`) first.
+    pub upstreams: &'a [UpstreamInfo],
+}
+
+impl AssignInput<'_> {
+    /// The default upstream's links: all that a policy built against WIT
+    /// 0.2.0 sees.
+    pub fn links(&self) -> &[LinkInfo] {
+        self.upstreams.first().map_or(&[], |u| &u.links)
+    }
+}
+
+/// An `assign` answer: an upstream and, optionally, one of its links.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    /// `None`: the default upstream.
+    pub upstream: Option<String>,
+    /// `None`: the upstream's least-loaded link.
+    pub link: Option<u32>,
+}
+
+impl Route {
+    /// Link `index` of the default upstream (a WIT 0.2.0 answer).
+    pub fn default_link(index: u32) -> Self {
+        Self { upstream: None, link: Some(index) }
+    }
+
+    /// The upstream named `name`, least-loaded link.
+    pub fn upstream(name: impl Into<String>) -> Self {
+        Self { upstream: Some(name.into()), link: None }
+    }
+
+    /// The same upstream, link `index` of it.
+    pub fn with_link(self, index: u32) -> Self {
+        Self { link: Some(index), ..self }
+    }
 }
 
 /// Which way a message is travelling.
@@ -164,7 +210,9 @@ pub trait Policy: Send + Sync + 'static {
         None
     }
 
-    fn assign(&self, _input: &AssignInput<'_>) -> Result<Option<u32>, HookError> {
+    /// `Ok(None)`: no opinion (the next policy, then the default upstream's
+    /// least-loaded link, decides).
+    fn assign(&self, _input: &AssignInput<'_>) -> Result<Option<Route>, HookError> {
         Ok(None)
     }
 

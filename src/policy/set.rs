@@ -2,7 +2,8 @@
 //!
 //! Chain rules (first to last, in file-name order):
 //! - `assign`: the first policy with a valid opinion wins. An answer naming a
-//!   missing or disconnected link counts as no opinion (and is counted).
+//!   missing upstream, or a missing or disconnected link, counts as no
+//!   opinion (and is counted).
 //! - `forward-headers`: each policy transforms the previous one's output.
 //! - `filter`: each policy that announced the message's direction sees the
 //!   previous one's output; `Drop` and `Close` stop the chain.
@@ -39,7 +40,7 @@ use super::breaker::{Admit, Breaker, Clock, SystemClock};
 use super::config::{BreakerConfig, PoliciesConfig, PolicyLimits};
 use super::gate::{Gate, Turn};
 use super::throttle::Throttle;
-use super::{AssignInput, Direction, FailureMode, HeaderList, HookError, Hooks, Policy, Verdict};
+use super::{AssignInput, Direction, FailureMode, HeaderList, HookError, Hooks, Policy, Route, Verdict};
 use crate::telemetry::metrics as m;
 
 /// What a set needs besides its policies: breaker defaults, answer caps,
@@ -205,10 +206,38 @@ pub struct Policies {
 /// Outcome of the `assign` phase.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AssignDecision {
-    /// Use this link.
-    Link(u32),
-    /// No policy had an opinion: use the default (least-connections).
+    /// `upstream` indexes [`AssignInput::upstreams`]; `link` is a connected
+    /// link of it, or `None` for its least-loaded one.
+    Route { upstream: usize, link: Option<u32> },
+    /// No policy had an opinion: the default upstream, least-connections.
     Default,
+}
+
+/// Why an `assign` answer cannot be followed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Unusable {
+    NoSuchUpstream,
+    NoSuchLink,
+    Down,
+}
+
+/// Checks a policy's route against what it was shown. An upstream with no
+/// connected link is still a valid choice: the policy saw that, and the
+/// relay answers 503 (or keeps a moving agent where it is).
+fn resolve(input: &AssignInput<'_>, route: &Route) -> Result<AssignDecision, Unusable> {
+    let upstream = match &route.upstream {
+        None => 0,
+        Some(name) => input.upstreams.iter().position(|u| u.name == *name).ok_or(Unusable::NoSuchUpstream)?,
+    };
+    let links = input.upstreams.get(upstream).map_or(&[][..], |u| &u.links);
+    match route.link {
+        None => Ok(AssignDecision::Route { upstream, link: None }),
+        Some(index) => match links.iter().find(|l| l.index == index) {
+            None => Err(Unusable::NoSuchLink),
+            Some(l) if !l.connected => Err(Unusable::Down),
+            Some(_) => Ok(AssignDecision::Route { upstream, link: Some(index) }),
+        },
+    }
 }
 
 /// Outcome of the `filter` phase.
@@ -287,30 +316,29 @@ impl PolicySet {
 
     fn assign_in(&self, input: &AssignInput<'_>, shed: bool) -> Result<AssignDecision, Refused> {
         for e in self.policies.iter().filter(|e| e.hooks.assign) {
-            let p = e.policy.as_ref();
             match e.call(Hook::Assign, shed, |p| p.assign(input)) {
                 Ok(None) => {}
-                Ok(Some(index)) => {
-                    let usable = input.links.iter().any(|l| l.index == index && l.connected);
-                    if usable {
-                        return Ok(AssignDecision::Link(index));
+                Ok(Some(route)) => match resolve(input, &route) {
+                    Ok(decision) => return Ok(decision),
+                    Err(why) => {
+                        let p = e.policy.as_ref();
+                        metrics::counter!(m::POLICY_INVALID_ASSIGN, "policy" => p.name().to_owned()).increment(1);
+                        // A link that is down is routine; a name or index
+                        // that does not exist is a bug in the policy, worth
+                        // a (limited) warning.
+                        if why == Unusable::Down {
+                            tracing::debug!(policy = p.name(), ?route, "assign named a link that is down; ignored");
+                        } else if e.guard.failures.admit(e.guard.clock.now()).is_some() {
+                            tracing::warn!(
+                                policy = p.name(),
+                                ?route,
+                                upstreams = ?input.upstreams.iter().map(|u| (&u.name, u.links.len())).collect::<Vec<_>>(),
+                                "assign named an upstream or link that does not exist; the next policy or the \
+                                 default choice applies (see opampgateway_policy_invalid_assign_total)"
+                            );
+                        }
                     }
-                    metrics::counter!(m::POLICY_INVALID_ASSIGN, "policy" => p.name().to_owned()).increment(1);
-                    // A link that is down is routine; one that does not
-                    // exist is a bug in the policy, worth a (limited) warning.
-                    let exists = input.links.iter().any(|l| l.index == index);
-                    if exists {
-                        tracing::debug!(policy = p.name(), index, "assign named a link that is down; ignored");
-                    } else if e.guard.failures.admit(e.guard.clock.now()).is_some() {
-                        tracing::warn!(
-                            policy = p.name(),
-                            index,
-                            links = input.links.len(),
-                            "assign named a link that does not exist; the default choice applies \
-                             (see opampgateway_policy_invalid_assign_total)"
-                        );
-                    }
-                }
+                },
                 Err(error) => fail(e, Hook::Assign.label(), error)?,
             }
         }
@@ -473,11 +501,11 @@ impl Policies {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::policy::{LinkInfo, Transport};
+    use crate::policy::{LinkInfo, Transport, UpstreamInfo};
 
     struct Fixed {
         name: &'static str,
-        assign: Option<u32>,
+        assign: Option<Route>,
         verdict: Result<Verdict, HookError>,
         mode: FailureMode,
     }
@@ -492,8 +520,8 @@ mod tests {
         fn hooks(&self) -> Hooks {
             Hooks { assign: true, forward_headers: true, ..Hooks::FILTER }
         }
-        fn assign(&self, _: &AssignInput<'_>) -> Result<Option<u32>, HookError> {
-            Ok(self.assign)
+        fn assign(&self, _: &AssignInput<'_>) -> Result<Option<Route>, HookError> {
+            Ok(self.assign.clone())
         }
         fn forward_headers(&self, mut h: HeaderList) -> Result<HeaderList, HookError> {
             h.push(("x-seen-by".into(), self.name.into()));
@@ -506,32 +534,54 @@ mod tests {
 
     fn fixed(
         name: &'static str,
-        assign: Option<u32>,
+        assign: Option<Route>,
         verdict: Result<Verdict, HookError>,
         mode: FailureMode,
     ) -> Arc<dyn Policy> {
         Arc::new(Fixed { name, assign, verdict, mode })
     }
 
-    fn input(links: &[LinkInfo]) -> AssignInput<'_> {
-        AssignInput { headers: &[], remote_addr: "127.0.0.1:1", transport: Transport::WebSocket, links }
+    fn input(upstreams: &[UpstreamInfo]) -> AssignInput<'_> {
+        AssignInput { headers: &[], remote_addr: "127.0.0.1:1", transport: Transport::WebSocket, upstreams }
+    }
+
+    fn upstream(name: &str, connected: &[bool]) -> UpstreamInfo {
+        let links = connected.iter().enumerate().map(|(i, &c)| LinkInfo { index: i as u32, load: 0, connected: c });
+        UpstreamInfo { name: name.into(), links: links.collect() }
     }
 
     #[test]
     fn first_usable_opinion_wins() {
-        let links = [
-            LinkInfo { index: 0, load: 0, connected: true },
-            LinkInfo { index: 1, load: 0, connected: false },
-            LinkInfo { index: 2, load: 5, connected: true },
-        ];
+        let ups = [upstream("default", &[true, false, true])];
         let set = PolicySet::new(vec![
             fixed("a", None, Ok(Verdict::Forward), FailureMode::Open),
-            fixed("b", Some(1), Ok(Verdict::Forward), FailureMode::Open), // disconnected: ignored
-            fixed("c", Some(9), Ok(Verdict::Forward), FailureMode::Open), // missing: ignored
-            fixed("d", Some(2), Ok(Verdict::Forward), FailureMode::Open),
+            fixed("b", Some(Route::default_link(1)), Ok(Verdict::Forward), FailureMode::Open), // disconnected
+            fixed("c", Some(Route::default_link(9)), Ok(Verdict::Forward), FailureMode::Open), // missing
+            fixed("d", Some(Route::default_link(2)), Ok(Verdict::Forward), FailureMode::Open),
         ]);
-        assert_eq!(set.assign(&input(&links)).unwrap(), AssignDecision::Link(2));
-        assert_eq!(PolicySet::default().assign(&input(&links)).unwrap(), AssignDecision::Default);
+        assert_eq!(set.assign(&input(&ups)).unwrap(), AssignDecision::Route { upstream: 0, link: Some(2) });
+        assert_eq!(PolicySet::default().assign(&input(&ups)).unwrap(), AssignDecision::Default);
+    }
+
+    #[test]
+    fn routes_name_upstreams_and_links_within_them() {
+        let ups = [upstream("default", &[true]), upstream("green", &[false, true]), upstream("blue", &[false])];
+        let one = |route: Route| {
+            PolicySet::new(vec![fixed("p", Some(route), Ok(Verdict::Forward), FailureMode::Open)])
+                .assign(&input(&ups))
+                .unwrap()
+        };
+        assert_eq!(one(Route::upstream("green")), AssignDecision::Route { upstream: 1, link: None });
+        assert_eq!(one(Route::upstream("green").with_link(1)), AssignDecision::Route { upstream: 1, link: Some(1) });
+        assert_eq!(one(Route::upstream("green").with_link(0)), AssignDecision::Default, "a link that is down");
+        assert_eq!(one(Route::upstream("green").with_link(2)), AssignDecision::Default, "no such link");
+        assert_eq!(one(Route::upstream("red")), AssignDecision::Default, "no such upstream");
+        assert_eq!(
+            one(Route::upstream("blue")),
+            AssignDecision::Route { upstream: 2, link: None },
+            "an upstream with nothing connected is still the policy's choice"
+        );
+        assert_eq!(one(Route::upstream("default")), AssignDecision::Route { upstream: 0, link: None });
     }
 
     #[test]

@@ -33,7 +33,7 @@ pub struct Admission {
 
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum AdmitError {
-    #[error("no upstream link is connected")]
+    #[error("no link of the chosen upstream is connected")]
     NoUpstream,
     #[error("the server did not answer the connect request in time")]
     Timeout,
@@ -70,41 +70,91 @@ impl AdmitError {
     }
 }
 
+/// What a planned move came to.
+#[derive(Debug)]
+pub(crate) struct Move {
+    /// The upstream the agent was routed to (its own when it stays).
+    pub(crate) to: usize,
+    /// `Ok(None)`: it stays where it is.
+    pub(crate) result: Result<Option<Admission>, AdmitError>,
+}
+
+/// Why a connected agent is asked to move.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub(crate) enum MoveKind {
+    /// Its link is crowded or retiring: another link of the same upstream,
+    /// where that narrows the spread.
+    Rebalance = 0,
+    /// The policies were reloaded: only a route to another upstream (or
+    /// another named link) moves it.
+    Reroute = 1,
+}
+
 impl Relay {
     pub(crate) async fn admit(&self, req: &AdmitRequest) -> Result<Admission, AdmitError> {
         let deadline = Instant::now() + self.settings.auth_timeout;
-        let (preferred, headers) = self.apply_policies(req).await?;
-        self.handshake(req, preferred, &headers, deadline).await
+        let (decision, headers) = self.apply_policies(req).await?;
+        let (upstream, preferred) = self.target(decision);
+        self.handshake(req, upstream, preferred, &headers, deadline).await
     }
 
-    /// A planned move off link `from` (rebalancing): asks the policy chain
-    /// again and hands the agent to the link it names, or to the
-    /// least-loaded one. `Ok(None)`: that is `from` itself, so the agent
-    /// stays and no handshake is made.
-    pub(crate) async fn admit_move(&self, req: &AdmitRequest, from: u32) -> Result<Option<Admission>, AdmitError> {
+    /// A planned move off link `from`: asks the policy chain again and hands
+    /// the agent to where it now routes. A route to another upstream always
+    /// moves the agent there. Within its upstream, a named link is followed;
+    /// with no link named, a rebalance takes the least-loaded link and a
+    /// reroute stays. `Ok(None)`: the agent stays, no handshake is made.
+    pub(crate) async fn admit_move(&self, req: &AdmitRequest, from: u32, kind: MoveKind) -> Move {
         let deadline = Instant::now() + self.settings.auth_timeout;
-        let (preferred, headers) = self.apply_policies(req).await?;
-        let target = match preferred {
-            Some(link) if link == from => return Ok(None),
-            Some(link) => link,
+        let (decision, headers) = match self.apply_policies(req).await {
+            Ok(answer) => answer,
+            Err(refused) => {
+                let here = self.links.upstream_of(from).unwrap_or(0);
+                return Move { to: here, result: Err(refused.into()) };
+            }
+        };
+        let (upstream, preferred) = self.target(decision);
+        let result = match self.move_target(from, kind, upstream, preferred) {
+            None => Ok(None),
+            Some(target) => self.handshake(req, upstream, target, &headers, deadline).await.map(Some),
+        };
+        Move { to: upstream, result }
+    }
+
+    /// Where a planned move off `from` goes, given the route the policies
+    /// chose: `None` to stay, else the slot to prefer (`Some(None)`: the
+    /// upstream's least-loaded link).
+    fn move_target(&self, from: u32, kind: MoveKind, upstream: usize, preferred: Option<u32>) -> Option<Option<u32>> {
+        if Some(upstream) != self.links.upstream_of(from) {
+            return Some(preferred);
+        }
+        match preferred {
+            Some(link) if link == from => None,
+            Some(link) => Some(Some(link)),
+            None if kind == MoveKind::Reroute => None,
+            // Leaving a retiring link: anywhere else will do.
+            None if self.links.get(from).is_some_and(|l| l.is_retiring()) => {
+                Some(Some(self.links.rotation_target(from)?))
+            }
             // Least connections; a move that would not narrow the spread
             // (loads changed since the rebalancer asked) is not made.
-            // Leaving a retiring link: anywhere else will do.
-            None if self.links.get(from).is_some_and(|l| l.is_retiring()) => match self.links.rotation_target(from) {
-                Some(link) => link,
-                None => return Ok(None),
-            },
-            None => match self.links.relief_for(from) {
-                Some(link) => link,
-                None => return Ok(None),
-            },
-        };
-        self.handshake(req, Some(target), &headers, deadline).await.map(Some)
+            None => Some(Some(self.links.relief_for(from)?)),
+        }
     }
 
+    /// The upstream and (optionally) the slot a decision names.
+    fn target(&self, decision: AssignDecision) -> (usize, Option<u32>) {
+        match decision {
+            AssignDecision::Route { upstream, link } => (upstream, link.and_then(|l| self.links.slot_of(upstream, l))),
+            AssignDecision::Default => (0, None),
+        }
+    }
+
+    /// The handshake on a link of `upstream` (`preferred`, if it is up).
     async fn handshake(
         &self,
         req: &AdmitRequest,
+        upstream: usize,
         mut preferred: Option<u32>,
         headers: &HeaderList,
         deadline: Instant,
@@ -114,7 +164,7 @@ impl Relay {
         for _ in 0..=self.links.len() {
             // A link lost mid-handshake is marked disconnected before its
             // waiters are failed, so the next lease cannot pick it again.
-            let lease = self.links.lease(preferred).ok_or(AdmitError::NoUpstream)?;
+            let lease = self.links.lease_in(upstream, preferred).ok_or(AdmitError::NoUpstream)?;
             let request_uid = uuid::Uuid::new_v4().to_string();
             let (_guard, answer) = self.pending.register(request_uid.clone(), lease.index());
             if lease.is_stale() {
@@ -148,7 +198,7 @@ impl Relay {
                 Ok(Ok(Ok(result))) => return Err(AdmitError::Rejected(result)),
                 Ok(Ok(Err(NoResult::Unreadable(why)))) => return Err(AdmitError::BadResult(why)),
                 Ok(Ok(Err(NoResult::LinkLost)) | Err(_)) => {
-                    tracing::debug!(link = lease.index(), "link lost during handshake; trying another");
+                    tracing::debug!(link = ?lease, "link lost during handshake; trying another");
                     preferred = None;
                 }
             }
@@ -158,23 +208,18 @@ impl Relay {
 
     /// Runs the `assign` and `forward-headers` phases in one turn of the
     /// policy gate (skipped entirely with no policies, the default relay).
-    async fn apply_policies(&self, req: &AdmitRequest) -> Result<(Option<u32>, HeaderList), Refused> {
+    async fn apply_policies(&self, req: &AdmitRequest) -> Result<(AssignDecision, HeaderList), Refused> {
         let set = self.policies.snapshot();
         if set.is_empty() {
-            return Ok((None, req.headers.clone()));
+            return Ok((AssignDecision::Default, req.headers.clone()));
         }
-        let links = self.links.snapshot();
+        let upstreams = self.links.snapshot();
         let input = AssignInput {
             headers: &req.headers,
             remote_addr: &req.remote_addr,
             transport: req.transport,
-            links: &links,
+            upstreams: &upstreams,
         };
-        let (decision, headers) = self.policies.admit(&set, &input, req.headers.clone()).await?;
-        let preferred = match decision {
-            AssignDecision::Link(i) => Some(i),
-            AssignDecision::Default => None,
-        };
-        Ok((preferred, headers))
+        self.policies.admit(&set, &input, req.headers.clone()).await
     }
 }

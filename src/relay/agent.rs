@@ -10,6 +10,7 @@ use tokio::sync::{mpsc, Notify};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::admission::MoveKind;
 use super::budget::Held;
 use super::identity::Identity;
 use crate::telemetry::metrics as m;
@@ -130,6 +131,8 @@ pub(crate) struct AgentShared {
     link: AtomicU32,
     /// The rebalancer's planned-move request (see [`MoveState`]).
     move_state: AtomicU8,
+    /// What the pending request is for: 0 rebalance, 1 reroute.
+    move_kind: AtomicU8,
     move_requested: Notify,
 }
 
@@ -174,6 +177,7 @@ impl AgentShared {
             identity,
             link: AtomicU32::new(NO_LINK),
             move_state: AtomicU8::new(MoveState::Idle as u8),
+            move_kind: AtomicU8::new(0),
             move_requested: Notify::new(),
         };
         (std::sync::Arc::new(shared), rx)
@@ -292,14 +296,35 @@ impl AgentShared {
     /// Asks the session to move to a less-loaded link; false if it was not
     /// idle (already asked, or known to stay).
     pub(crate) fn request_move(&self) -> bool {
+        self.request(MoveState::Idle, MoveKind::Rebalance)
+    }
+
+    /// Asks the session to follow its route after a policy reload: even an
+    /// agent that stayed last time is asked (the policies changed); false
+    /// while a move is already being made.
+    pub(crate) fn request_reroute(&self) -> bool {
+        self.reconsider_move();
+        self.request(MoveState::Idle, MoveKind::Reroute)
+    }
+
+    fn request(&self, from: MoveState, kind: MoveKind) -> bool {
         let asked = self
             .move_state
-            .compare_exchange(MoveState::Idle as u8, MoveState::Requested as u8, Ordering::AcqRel, Ordering::Relaxed)
+            .compare_exchange(from as u8, MoveState::Requested as u8, Ordering::AcqRel, Ordering::Relaxed)
             .is_ok();
         if asked {
+            self.move_kind.store(kind as u8, Ordering::Release);
             self.move_requested.notify_one();
         }
         asked
+    }
+
+    /// What the pending move request is for.
+    pub(crate) fn move_kind(&self) -> MoveKind {
+        match self.move_kind.load(Ordering::Acquire) {
+            0 => MoveKind::Rebalance,
+            _ => MoveKind::Reroute,
+        }
     }
 
     /// Resolves when the rebalancer asked for a move.

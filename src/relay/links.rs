@@ -16,7 +16,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
 use super::agent::AgentShared;
-use crate::policy::LinkInfo;
+use crate::policy::{LinkInfo, UpstreamInfo};
 
 /// A frame bound for the server.
 #[derive(Debug)]
@@ -46,7 +46,14 @@ pub struct LinkState {
 /// One upstream link slot.
 #[cfg_attr(not(fuzzing), allow(unreachable_pub))]
 pub struct Link {
+    /// Gateway-wide slot number: the default upstream's links come first,
+    /// so there it equals [`Link::local`].
     pub(crate) index: u32,
+    /// Which upstream (index into [`Links::upstreams`]).
+    pub(crate) upstream: usize,
+    /// The number within its upstream: what policies and metrics see.
+    pub(crate) local: u32,
+    upstream_name: Arc<str>,
     tx: mpsc::Sender<Outbound>,
     state: watch::Sender<LinkState>,
     /// `custom_capabilities` the server sent on the current connection (raw
@@ -66,8 +73,15 @@ pub struct Link {
 }
 
 impl Link {
+    /// The link's name within its upstream, as the reference gateway names
+    /// its connections (also the connection-id header the server sees).
     pub(crate) fn id(&self) -> String {
-        format!("upstream-{}", self.index)
+        format!("upstream-{}", self.local)
+    }
+
+    /// The upstream's name (`default` for `server`).
+    pub(crate) fn upstream_name(&self) -> &Arc<str> {
+        &self.upstream_name
     }
 
     pub(crate) fn state(&self) -> LinkState {
@@ -162,38 +176,94 @@ impl Link {
     }
 }
 
-/// All slots plus their loads. Loads change only through [`LinkLease`].
+/// One upstream's slots: `slots[first..first + len]`.
+#[derive(Debug, Clone)]
+pub(crate) struct Upstream {
+    pub(crate) name: Arc<str>,
+    first: usize,
+    len: usize,
+}
+
+impl Upstream {
+    pub(crate) fn range(&self) -> std::ops::Range<usize> {
+        self.first..self.first + self.len
+    }
+}
+
+/// All slots of every upstream plus their loads. Loads change only through
+/// [`LinkLease`]. Slots are numbered gateway-wide, upstream after upstream,
+/// the default (`server`) first.
 #[cfg_attr(not(fuzzing), allow(unreachable_pub))]
 pub struct Links {
     slots: Vec<Arc<Link>>,
+    upstreams: Vec<Upstream>,
     loads: Mutex<Vec<u32>>,
     any_up: Arc<watch::Sender<u64>>,
 }
 
 impl Links {
-    /// Creates `n` slots; returns the receivers for the link tasks.
+    /// Creates `n` slots of the default upstream; returns the receivers for
+    /// the link tasks.
+    #[cfg(any(test, fuzzing))]
     #[cfg_attr(not(fuzzing), allow(unreachable_pub))]
     pub fn new(n: usize, queue: usize) -> (Arc<Self>, Vec<mpsc::Receiver<Outbound>>) {
+        Self::with_upstreams(&[(crate::policy::DEFAULT_UPSTREAM, n, queue)])
+    }
+
+    /// Creates each upstream's slots, in order (the default first): `(name,
+    /// links, send queue per link)`. Returns the receivers for the link
+    /// tasks, in slot order.
+    pub(crate) fn with_upstreams(pools: &[(&str, usize, usize)]) -> (Arc<Self>, Vec<mpsc::Receiver<Outbound>>) {
+        let n = pools.iter().map(|p| p.1).sum();
         let mut slots = Vec::with_capacity(n);
         let mut rxs = Vec::with_capacity(n);
+        let mut upstreams = Vec::with_capacity(pools.len());
         let any_up = Arc::new(watch::channel(0).0);
-        for i in 0..n {
-            let (tx, rx) = mpsc::channel(queue);
-            let (state, _) = watch::channel(LinkState { generation: 0, connected: false });
-            slots.push(Arc::new(Link {
-                index: i as u32,
-                tx,
-                state,
-                capabilities: ArcSwapOption::empty(),
-                server_capabilities: AtomicU64::new(0),
-                any_up: any_up.clone(),
-                connected_at: Mutex::new(None),
-                retiring: AtomicBool::new(false),
-                rotate: watch::channel(None).0,
-            }));
-            rxs.push(rx);
+        for (u, &(name, len, queue)) in pools.iter().enumerate() {
+            let name: Arc<str> = name.into();
+            upstreams.push(Upstream { name: name.clone(), first: slots.len(), len });
+            for local in 0..len {
+                let (tx, rx) = mpsc::channel(queue);
+                let (state, _) = watch::channel(LinkState { generation: 0, connected: false });
+                slots.push(Arc::new(Link {
+                    index: slots.len() as u32,
+                    upstream: u,
+                    local: local as u32,
+                    upstream_name: name.clone(),
+                    tx,
+                    state,
+                    capabilities: ArcSwapOption::empty(),
+                    server_capabilities: AtomicU64::new(0),
+                    any_up: any_up.clone(),
+                    connected_at: Mutex::new(None),
+                    retiring: AtomicBool::new(false),
+                    rotate: watch::channel(None).0,
+                }));
+                rxs.push(rx);
+            }
         }
-        (Arc::new(Self { slots, loads: Mutex::new(vec![0; n]), any_up }), rxs)
+        (Arc::new(Self { slots, upstreams, loads: Mutex::new(vec![0; n]), any_up }), rxs)
+    }
+
+    /// Every upstream, the default first.
+    pub(crate) fn upstreams(&self) -> &[Upstream] {
+        &self.upstreams
+    }
+
+    /// The slot of link `local` of upstream `upstream`.
+    pub(crate) fn slot_of(&self, upstream: usize, local: u32) -> Option<u32> {
+        let u = self.upstreams.get(upstream)?;
+        ((local as usize) < u.len).then(|| (u.first + local as usize) as u32)
+    }
+
+    /// The upstream slot `index` belongs to.
+    pub(crate) fn upstream_of(&self, index: u32) -> Option<usize> {
+        self.slots.get(index as usize).map(|l| l.upstream)
+    }
+
+    /// Slots of the same upstream as `index` (none for a missing slot).
+    fn siblings(&self, index: u32) -> std::ops::Range<usize> {
+        self.upstream_of(index).map_or(0..0, |u| self.upstreams[u].range())
     }
 
     pub(crate) fn len(&self) -> usize {
@@ -220,26 +290,41 @@ impl Links {
         self.slots.iter().filter(|l| l.state().connected).count()
     }
 
-    /// What a policy sees.
-    pub(crate) fn snapshot(&self) -> Vec<LinkInfo> {
+    /// What a policy sees: every upstream, its links numbered within it.
+    pub(crate) fn snapshot(&self) -> Vec<UpstreamInfo> {
         let loads = self.loads.lock();
-        self.slots
+        self.upstreams
             .iter()
-            .zip(loads.iter())
-            .map(|(l, &load)| LinkInfo { index: l.index, load, connected: l.state().connected })
+            .map(|u| UpstreamInfo {
+                name: u.name.to_string(),
+                links: u
+                    .range()
+                    .map(|i| {
+                        let l = &self.slots[i];
+                        LinkInfo { index: l.local, load: loads[i], connected: l.state().connected }
+                    })
+                    .collect(),
+            })
             .collect()
+    }
+
+    /// Agents per upstream.
+    pub(crate) fn upstream_loads(&self) -> Vec<u32> {
+        let loads = self.loads.lock();
+        self.upstreams.iter().map(|u| loads[u.range()].iter().sum()).collect()
     }
 
     pub(crate) fn loads(&self) -> Vec<u32> {
         self.loads.lock().clone()
     }
 
-    /// The least-loaded connected link, if moving one agent there from
-    /// `from` narrows the spread (its load is at least two below `from`'s).
+    /// The least-loaded connected link of `from`'s upstream, if moving one
+    /// agent there from `from` narrows the spread (its load is at least two
+    /// below `from`'s).
     pub(crate) fn relief_for(&self, from: u32) -> Option<u32> {
         let loads = self.loads.lock();
         let from_load = *loads.get(from as usize)?;
-        (0..self.slots.len())
+        self.siblings(from)
             .filter(|&i| i != from as usize && self.slots[i].open())
             .min_by_key(|&i| (loads[i], i))
             .filter(|&i| loads[i] + 1 < from_load)
@@ -247,28 +332,35 @@ impl Links {
     }
 
     /// Where an agent leaving retiring link `from` goes: the least-loaded
-    /// other open link, whatever the spread.
+    /// other open link of its upstream, whatever the spread.
     pub(crate) fn rotation_target(&self, from: u32) -> Option<u32> {
         let loads = self.loads.lock();
-        (0..self.slots.len())
+        self.siblings(from)
             .filter(|&i| i != from as usize && self.slots[i].open())
             .min_by_key(|&i| (loads[i], i))
             .map(|i| i as u32)
     }
 
-    /// Leases `preferred` if it is connected, else the least-loaded connected
-    /// link (lowest index on ties). A retiring link is taken only when no
-    /// other is connected. Choice and increment happen under one lock, so a
-    /// connect storm balances exactly.
+    /// Leases a link of the default upstream: see [`Links::lease_in`].
+    #[cfg(any(test, fuzzing))]
     #[cfg_attr(not(fuzzing), allow(unreachable_pub))]
     pub fn lease(self: &Arc<Self>, preferred: Option<u32>) -> Option<LinkLease> {
+        self.lease_in(0, preferred)
+    }
+
+    /// Leases slot `preferred` if it is connected and of `upstream`, else
+    /// that upstream's least-loaded connected link (lowest index on ties).
+    /// A retiring link is taken only when no other of the upstream is
+    /// connected. Choice and increment happen under one lock, so a connect
+    /// storm balances exactly.
+    pub(crate) fn lease_in(self: &Arc<Self>, upstream: usize, preferred: Option<u32>) -> Option<LinkLease> {
+        let range = self.upstreams.get(upstream)?.range();
         let mut loads = self.loads.lock();
-        let least = |usable: &dyn Fn(usize) -> bool| {
-            (0..self.slots.len()).filter(|&i| usable(i)).min_by_key(|&i| (loads[i], i))
-        };
+        let least =
+            |usable: &dyn Fn(usize) -> bool| range.clone().filter(|&i| usable(i)).min_by_key(|&i| (loads[i], i));
         let chosen = preferred
             .map(|p| p as usize)
-            .filter(|&p| p < self.slots.len() && self.slots[p].open())
+            .filter(|&p| range.contains(&p) && self.slots[p].open())
             .or_else(|| least(&|i| self.slots[i].open()))
             .or_else(|| least(&|i| self.slots[i].state().connected))?;
         loads[chosen] += 1;
@@ -315,7 +407,7 @@ impl Drop for LinkLease {
 
 impl std::fmt::Debug for LinkLease {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "LinkLease(upstream-{}@{})", self.link.index, self.generation)
+        write!(f, "LinkLease({}/upstream-{}@{})", self.link.upstream_name, self.link.local, self.generation)
     }
 }
 
@@ -371,6 +463,31 @@ mod tests {
         assert_eq!(links.rotation_target(0), None);
         links.get(0).unwrap().mark_connected();
         assert!(!links.get(0).unwrap().is_retiring(), "a new connection starts fresh");
+    }
+
+    #[test]
+    fn each_upstream_balances_and_moves_within_itself() {
+        let (links, _rx) = Links::with_upstreams(&[("default", 2, 8), ("green", 2, 8)]);
+        for i in 0..4 {
+            up(&links, i);
+        }
+        assert_eq!(links.slot_of(1, 1), Some(3));
+        assert_eq!(links.slot_of(1, 2), None);
+        assert_eq!(links.upstream_of(2), Some(1));
+        let green: Vec<_> = (0..3).map(|_| links.lease_in(1, None).unwrap()).collect();
+        assert_eq!(green.iter().map(|l| l.index()).collect::<Vec<_>>(), [2, 3, 2], "green's own links only");
+        let third = links.lease_in(1, Some(0)).unwrap();
+        assert_eq!(third.index(), 3, "a slot of another upstream is not preferred");
+        let _d = links.lease(None).unwrap();
+        assert_eq!(links.loads(), vec![1, 0, 2, 2]);
+        assert_eq!(links.upstream_loads(), vec![1, 4]);
+        assert_eq!(links.relief_for(0), None, "default's spread is 1");
+        links.get(3).unwrap().mark_lost();
+        assert_eq!(links.rotation_target(2), None, "green has no other open link; default's do not count");
+        let snap = links.snapshot();
+        assert_eq!(snap[1].name, "green");
+        assert_eq!(snap[1].links[1], LinkInfo { index: 1, load: 2, connected: false }, "numbered within green");
+        assert!(links.lease_in(2, None).is_none(), "no such upstream");
     }
 
     #[test]

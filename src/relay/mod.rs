@@ -20,6 +20,13 @@
 //!   them, when loads drift apart (e.g. after links return).
 //! - [`rotation`]: retires links older than `server.max_link_age`, one at a
 //!   time, so a clustered server's load balancer can place them anew.
+//! - [`reroute`]: after a policy reload, moves agents whose route now names
+//!   another upstream, live (the same planned move as rebalancing).
+//!
+//! Upstreams: `server` (named `default`) and each entry of `upstreams` have
+//! their own link slots, numbered gateway-wide in one [`Links`] table. A
+//! session's lease pins it to one upstream; rebalancing and rotation move
+//! agents only within an upstream, rerouting only across them.
 
 pub(crate) mod admission;
 pub(crate) mod agent;
@@ -30,6 +37,7 @@ pub(crate) mod identity;
 pub(crate) mod links;
 pub(crate) mod pending;
 pub(crate) mod rebalance;
+pub(crate) mod reroute;
 pub(crate) mod rotation;
 pub(crate) mod routes;
 mod view;
@@ -39,9 +47,9 @@ use std::time::Duration;
 
 use crate::policy::Policies;
 
-pub(crate) use admission::AdmitError;
 #[cfg_attr(not(fuzzing), allow(unreachable_pub))]
 pub use admission::{Admission, AdmitRequest};
+pub(crate) use admission::{AdmitError, MoveKind};
 pub(crate) use agent::{AgentShared, CloseReason, Inbound};
 pub(crate) use budget::{Budget, Held};
 pub(crate) use forwarded::{ForwardRefused, ForwardedHandshakes};
@@ -86,6 +94,9 @@ pub struct Relay {
     pub(crate) budget: Arc<Budget>,
     /// WebSocket sessions the rebalancer may ask to move.
     pub(crate) movable: rebalance::Movable,
+    /// Asks the reroute pass to run now (an embedder's native policy
+    /// changed its mind; Wasm reloads are noticed by themselves).
+    pub(crate) reroute: tokio::sync::Notify,
 }
 
 impl Relay {
@@ -99,6 +110,7 @@ impl Relay {
             policies,
             budget: Budget::new(settings.max_buffered_bytes),
             movable: rebalance::Movable::default(),
+            reroute: tokio::sync::Notify::new(),
             settings,
         }
     }

@@ -17,7 +17,7 @@ use parking_lot::Mutex;
 use tokio_util::sync::CancellationToken;
 
 use super::agent::{AgentShared, MoveState};
-use super::Relay;
+use super::{AdmitRequest, Relay};
 use crate::telemetry::metrics as m;
 
 /// `server.rebalance`, as the task uses it.
@@ -33,15 +33,24 @@ pub(crate) struct RebalanceSettings {
 /// How often loads are compared; a tick asks at most a second's moves.
 const TICK: Duration = Duration::from_secs(1);
 
+/// A movable session and what it was admitted with (the reroute pass asks
+/// the policies about it again).
+pub(crate) type MovableSession = (Arc<AgentShared>, Arc<AdmitRequest>);
+
 /// The WebSocket sessions that can be asked to move.
 #[derive(Default)]
 pub(crate) struct Movable {
-    sessions: Mutex<HashMap<u64, Arc<AgentShared>>>,
+    sessions: Mutex<HashMap<u64, MovableSession>>,
 }
 
 impl Movable {
-    pub(crate) fn register(&self, agent: &Arc<AgentShared>) {
-        self.sessions.lock().insert(agent.id, agent.clone());
+    pub(crate) fn register(&self, agent: &Arc<AgentShared>, admit: &Arc<AdmitRequest>) {
+        self.sessions.lock().insert(agent.id, (agent.clone(), admit.clone()));
+    }
+
+    /// Every session with what it was admitted with.
+    pub(crate) fn all(&self) -> Vec<MovableSession> {
+        self.sessions.lock().values().cloned().collect()
     }
 
     pub(crate) fn unregister(&self, id: u64) {
@@ -51,19 +60,19 @@ impl Movable {
     /// Agents that stayed put when asked (their assign policy chose their
     /// link, or the handshake failed).
     pub(crate) fn staying(&self) -> usize {
-        self.sessions.lock().values().filter(|a| a.move_state() == MoveState::Stays).count()
+        self.sessions.lock().values().map(|e| &e.0).filter(|a| a.move_state() == MoveState::Stays).count()
     }
 
     /// Agents on `link` that stayed may be asked again (it is retiring).
     pub(crate) fn reconsider_on(&self, link: u32) {
-        for a in self.sessions.lock().values().filter(|a| a.link() == link) {
+        for a in self.sessions.lock().values().map(|e| &e.0).filter(|a| a.link() == link) {
             a.reconsider_move();
         }
     }
 
     /// A link came up: every agent may be asked again.
     fn reconsider(&self) {
-        for a in self.sessions.lock().values() {
+        for a in self.sessions.lock().values().map(|e| &e.0) {
             a.reconsider_move();
         }
     }
@@ -71,7 +80,7 @@ impl Movable {
     /// Moves asked and not yet finished, per link.
     pub(crate) fn in_flight(&self, links: usize) -> Vec<u32> {
         let mut n = vec![0; links];
-        for a in self.sessions.lock().values() {
+        for a in self.sessions.lock().values().map(|e| &e.0) {
             if a.move_state() == MoveState::Requested {
                 if let Some(c) = n.get_mut(a.link() as usize) {
                     *c += 1;
@@ -86,6 +95,7 @@ impl Movable {
         let sessions = self.sessions.lock();
         sessions
             .values()
+            .map(|e| &e.0)
             .filter(|a| a.link() == link && !a.closing().is_cancelled())
             .filter(|a| a.request_move())
             .take(n)
@@ -168,22 +178,33 @@ pub(crate) async fn run(relay: Arc<Relay>, settings: RebalanceSettings, shutdown
     }
 }
 
-/// One tick: compare loads, ask for moves, log an episode's start and end.
+/// One tick: compare loads within each upstream (agents never rebalance
+/// across upstreams: that is the policies' routing), ask for moves, log an
+/// episode's start and end.
 fn step(relay: &Relay, settings: &RebalanceSettings, episode: Option<usize>) -> Option<usize> {
-    let snapshot = relay.links.snapshot();
+    let all = relay.links.loads();
     // A retiring link is being drained by the rotation: neither a source
     // nor a destination here.
-    let retiring = |i: usize| relay.links.get(i as u32).is_some_and(|l| l.is_retiring());
-    let loads: Vec<Option<u32>> =
-        snapshot.iter().enumerate().map(|(i, l)| (l.connected && !retiring(i)).then_some(l.load)).collect();
-    let budget = (settings.max_moves_per_second as f64 * TICK.as_secs_f64()).ceil() as usize;
-    let quick = plan(&loads, &[], settings.tolerance, budget);
-    metrics::gauge!(m::LINK_IMBALANCE).set(quick.spread as f64);
-    let plan = if quick.balanced() {
-        quick
-    } else {
-        plan(&loads, &relay.movable.in_flight(loads.len()), settings.tolerance, budget)
-    };
+    let open = |i: usize| relay.links.get(i as u32).is_some_and(|l| l.state().connected && !l.is_retiring());
+    let loads: Vec<Option<u32>> = all.iter().enumerate().map(|(i, &l)| open(i).then_some(l)).collect();
+    let mut budget = (settings.max_moves_per_second as f64 * TICK.as_secs_f64()).ceil() as usize;
+    let mut in_flight: Option<Vec<u32>> = None;
+    let mut plan = Plan { spread: 0, drain: Vec::new() };
+    for upstream in relay.links.upstreams() {
+        let range = upstream.range();
+        let quick = self::plan(&loads[range.clone()], &[], settings.tolerance, budget);
+        metrics::gauge!(m::LINK_IMBALANCE, "upstream" => upstream.name.to_string()).set(quick.spread as f64);
+        plan.spread = plan.spread.max(quick.spread);
+        if quick.balanced() {
+            continue;
+        }
+        let in_flight = in_flight.get_or_insert_with(|| relay.movable.in_flight(loads.len()));
+        let part = self::plan(&loads[range.clone()], &in_flight[range.clone()], settings.tolerance, budget);
+        for (local, n) in part.drain {
+            budget -= n;
+            plan.drain.push((range.start as u32 + local, n));
+        }
+    }
     let asked: usize = plan.drain.iter().map(|&(link, n)| relay.movable.ask(link, n)).sum();
     match episode {
         None if asked > 0 => {
@@ -208,7 +229,7 @@ fn step(relay: &Relay, settings: &RebalanceSettings, episode: Option<usize>) -> 
 }
 
 fn nothing_in_flight(relay: &Relay) -> bool {
-    relay.movable.sessions.lock().values().all(|a| a.move_state() != MoveState::Requested)
+    relay.movable.sessions.lock().values().map(|e| &e.0).all(|a| a.move_state() != MoveState::Requested)
 }
 
 #[cfg(test)]

@@ -17,10 +17,11 @@ use tokio_util::sync::CancellationToken;
 
 use super::Relay;
 
-/// `server.max_link_age` and the move rate it shares with the rebalancer.
-#[derive(Debug, Clone, Copy)]
+/// Each upstream's `max_link_age` (in [`Links`](super::Links) order) and
+/// the move rate it shares with the rebalancer.
+#[derive(Debug, Clone)]
 pub(crate) struct RotationSettings {
-    pub max_link_age: Option<Duration>,
+    pub max_link_age: Vec<Option<Duration>>,
     pub max_moves_per_second: u32,
 }
 
@@ -54,15 +55,15 @@ struct Retiring {
     since: Instant,
 }
 
-/// The rotation task: returns at once when `max_link_age` is unset, else
-/// when `shutdown` is cancelled.
+/// The rotation task: returns at once when no upstream sets
+/// `max_link_age`, else when `shutdown` is cancelled. One link retires at a
+/// time, gateway-wide; its agents move within its upstream.
 pub(crate) async fn run(relay: Arc<Relay>, settings: RotationSettings, shutdown: CancellationToken) {
-    let Some(max_age) = settings.max_link_age else {
+    if settings.max_link_age.iter().all(Option::is_none) {
         return;
-    };
-    let n = relay.links.len();
+    }
     // Per connection (by generation): its age limit with jitter.
-    let mut limits: Vec<(Option<u64>, Duration)> = vec![(None, max_age); n];
+    let mut limits: Vec<(Option<u64>, Duration)> = vec![(None, Duration::ZERO); relay.links.len()];
     let budget = (f64::from(settings.max_moves_per_second) * TICK.as_secs_f64()).ceil() as usize;
     let mut retiring: Option<Retiring> = None;
     let mut tick = tokio::time::interval(TICK);
@@ -74,27 +75,37 @@ pub(crate) async fn run(relay: Arc<Relay>, settings: RotationSettings, shutdown:
         }
         retiring = match retiring {
             Some(r) => drain(&relay, r, budget),
-            None => start(&relay, &mut limits, max_age),
+            None => settings
+                .max_link_age
+                .iter()
+                .enumerate()
+                .find_map(|(upstream, max_age)| start(&relay, upstream, &mut limits, (*max_age)?)),
         };
     }
 }
 
-/// Picks a link to retire, if one is due.
-fn start(relay: &Relay, limits: &mut [(Option<u64>, Duration)], max_age: Duration) -> Option<Retiring> {
-    let mut ages = Vec::with_capacity(limits.len());
-    for (link, limit) in relay.links.iter().zip(limits.iter_mut()) {
+/// Picks a link of `upstream` to retire, if one is due.
+fn start(
+    relay: &Relay,
+    upstream: usize,
+    limits: &mut [(Option<u64>, Duration)],
+    max_age: Duration,
+) -> Option<Retiring> {
+    let range = relay.links.upstreams().get(upstream)?.range();
+    let mut ages = Vec::with_capacity(range.len());
+    for (link, limit) in relay.links.iter().zip(limits.iter_mut()).skip(range.start).take(range.len()) {
         let generation = link.state().generation;
         if limit.0 != Some(generation) {
             *limit = (Some(generation), max_age.mul_f64(1.0 + rand::random_range(0.0..=JITTER)));
         }
         ages.push(link.age());
     }
-    let plain: Vec<Duration> = limits.iter().map(|l| l.1).collect();
-    let index = choose(&ages, &plain, false)?;
+    let plain: Vec<Duration> = limits[range.clone()].iter().map(|l| l.1).collect();
+    let index = range.start as u32 + choose(&ages, &plain, false)?;
     let link = relay.links.get(index)?;
     link.set_retiring(true);
     relay.movable.reconsider_on(index);
-    tracing::debug!(link = %link.id(), age = ?link.age(), "upstream link retiring (server.max_link_age): moving its agents");
+    tracing::debug!(upstream = %link.upstream_name(), link = %link.id(), age = ?link.age(), "upstream link retiring (max_link_age): moving its agents");
     Some(Retiring { link: index, generation: link.state().generation, since: Instant::now() })
 }
 
@@ -112,7 +123,8 @@ fn drain(relay: &Relay, r: Retiring, budget: usize) -> Option<Retiring> {
         link.request_rotation(r.generation);
         return Some(r);
     }
-    let others_down = relay.links.iter().any(|l| l.index != r.link && !l.state().connected);
+    let others_down =
+        relay.links.iter().any(|l| l.upstream == link.upstream && l.index != r.link && !l.state().connected);
     if others_down {
         // No room to move into: give up for now; failover comes first.
         link.set_retiring(false);

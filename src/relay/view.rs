@@ -24,10 +24,23 @@ impl RelayView {
         Self { relay }
     }
 
-    /// Agents leased to each upstream link, by link index
-    /// (`server.connections` entries).
+    /// Agents leased to each upstream link, by gateway-wide link index:
+    /// `server.connections` entries, then each named upstream's links.
     pub fn loads(&self) -> Vec<u32> {
         self.relay.links.loads()
+    }
+
+    /// Agents on each upstream, by name, the default (`server`) first.
+    pub fn upstream_loads(&self) -> Vec<(String, u32)> {
+        let names = self.relay.links.upstreams().iter().map(|u| u.name.to_string());
+        names.zip(self.relay.links.upstream_loads()).collect()
+    }
+
+    /// The upstream the agent owning `uid` is on; `None` when the uid is
+    /// not routed or its agent holds no lease yet.
+    pub fn route_upstream(&self, uid: &[u8]) -> Option<String> {
+        let link = self.route_link(uid)?;
+        Some(self.relay.links.get(link)?.upstream_name().to_string())
     }
 
     /// How many upstream links are connected now.

@@ -20,11 +20,18 @@ pub const MESSAGE_LATENCY: &str = "opampgateway_message_latency_seconds";
 pub const HANDSHAKES: &str = "opampgateway_handshakes_total";
 /// Histogram (seconds): connect handshake round trip to the server.
 pub const HANDSHAKE_SECONDS: &str = "opampgateway_handshake_seconds";
-/// Gauge: agents assigned to each upstream link, by `link`.
+/// Gauge: agents assigned to each upstream link, by `upstream` and `link`.
 pub const LINK_AGENTS: &str = "opampgateway_link_agents";
-/// Counter: upstream link (re)connect attempts by `outcome` (success|failure).
+/// Gauge: agents on each upstream (`default` is `server`), by `upstream`.
+pub const UPSTREAM_AGENTS: &str = "opampgateway_upstream_agents";
+/// Counter: agents asked to follow a new route after a policy reload (and
+/// any planned move that crossed upstreams), by destination `upstream` and
+/// `outcome` (moved|stayed|rejected|failed).
+pub const UPSTREAM_MIGRATIONS: &str = "opampgateway_upstream_migrations_total";
+/// Counter: upstream link (re)connect attempts by `upstream` and `outcome`
+/// (success|failure).
 pub const UPSTREAM_RECONNECTS: &str = "opampgateway_upstream_reconnects_total";
-/// Counter: upstream links lost after being connected.
+/// Counter: upstream links lost after being connected, by `upstream`.
 pub const UPSTREAM_LINK_LOSSES: &str = "opampgateway_upstream_link_losses_total";
 /// Counter: agents moved to another link after a link loss, by `outcome`.
 pub const AGENT_MIGRATIONS: &str = "opampgateway_agent_migrations_total";
@@ -34,7 +41,8 @@ pub const REBALANCE_MOVES: &str = "opampgateway_rebalance_moves_total";
 /// Counter: upstream links closed and redialed because they reached
 /// `server.max_link_age`.
 pub const LINK_ROTATIONS: &str = "opampgateway_link_rotations_total";
-/// Gauge: agents on the busiest connected link minus on the idlest.
+/// Gauge: agents on the busiest connected link minus on the idlest, by
+/// `upstream`.
 pub const LINK_IMBALANCE: &str = "opampgateway_link_imbalance";
 /// Counter: agent sessions closed by the gateway or peer, by `reason`.
 pub const AGENTS_CLOSED: &str = "opampgateway_agents_closed_total";

@@ -51,23 +51,41 @@ pub enum DialerError {
     Config(#[from] ConfigError),
     #[error(transparent)]
     Tls(#[from] TlsError),
+    /// A named upstream's TLS settings: the TLS errors name the keys as
+    /// they are spelled under `server`.
+    #[error("{path} (keys as under server): {source}")]
+    Upstream { path: String, source: TlsError },
 }
 
 impl Dialer {
+    /// The dialer of the default upstream (`server`).
     pub fn from_config(cfg: &Config) -> Result<Self, DialerError> {
-        let uri = cfg.server_uri()?;
-        let headers = cfg.server_headers()?;
+        Self::for_upstream(&cfg.server, "server")
+    }
+
+    /// The dialer of one upstream; `path` is where it is configured
+    /// (`server`, `upstreams.green`).
+    pub(crate) fn for_upstream(server: &ServerConfig, path: &str) -> Result<Self, DialerError> {
+        let at = |e: TlsError| match path {
+            "server" => DialerError::Tls(e),
+            _ => DialerError::Upstream { path: path.to_owned(), source: e },
+        };
+        let uri = server.uri(path)?;
+        let headers = server.parsed_headers(path)?;
         let tls = if uri.scheme_str() == Some("wss") {
             let host = uri.host().unwrap_or_default();
-            let name = tls::server_name(host, cfg.server.tls.as_ref())?;
-            Some((TlsConnector::from(tls::client_config(cfg.server.tls.as_ref())?), name))
+            let name = tls::server_name(host, server.tls.as_ref()).map_err(at)?;
+            Some((TlsConnector::from(tls::client_config(server.tls.as_ref()).map_err(at)?), name))
         } else {
             None
         };
-        let max = cfg.server.max_message_size.as_usize();
+        let max = server.max_message_size.as_usize();
         let ws_config = WebSocketConfig::default().max_message_size(Some(max)).max_frame_size(Some(max));
-        let proxy = proxy::for_endpoint(cfg, &uri, &|k| std::env::var(k).ok())?;
-        let timeout = dial_timeout(&cfg.server);
+        let proxy = proxy::for_endpoint(server, path, &uri, &|k| std::env::var(k).ok()).map_err(|e| match e {
+            DialerError::Tls(e) => at(e),
+            other => other,
+        })?;
+        let timeout = dial_timeout(server);
         Ok(Self { uri, headers, tls, proxy, ws_config, timeout })
     }
 

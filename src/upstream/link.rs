@@ -47,19 +47,18 @@ pub(crate) struct LinkSettings {
     pub backoff: BackoffConfig,
 }
 
-/// Starts one task per slot. They run until `shutdown` is cancelled.
+/// Starts one task per slot of one upstream (`slots`: each with its send
+/// queue's receiver). They run until `shutdown` is cancelled.
 pub(crate) fn spawn_links(
     relay: Arc<Relay>,
-    receivers: Vec<mpsc::Receiver<Outbound>>,
+    slots: Vec<(Arc<Link>, mpsc::Receiver<Outbound>)>,
     dialer: Arc<Dialer>,
     settings: LinkSettings,
     shutdown: CancellationToken,
 ) -> Vec<JoinHandle<()>> {
-    receivers
+    slots
         .into_iter()
-        .enumerate()
-        .map(|(i, rx)| {
-            let link = relay.links.get(i as u32).expect("one receiver per slot").clone();
+        .map(|(link, rx)| {
             let task = LinkTask {
                 link,
                 rx,
@@ -93,19 +92,21 @@ enum End {
 impl LinkTask {
     async fn run(mut self) {
         let id = self.link.id();
+        let upstream = self.link.upstream_name().to_string();
         let mut backoff = Backoff::new(self.settings.backoff.clone());
         loop {
             let dialed = tokio::select! {
                 _ = self.shutdown.cancelled() => break,
-                r = self.dialer.dial(self.link.index) => r,
+                r = self.dialer.dial(self.link.local) => r,
             };
             match dialed {
                 Ok(ws) => {
-                    metrics::counter!(m::UPSTREAM_RECONNECTS, "outcome" => "success").increment(1);
+                    metrics::counter!(m::UPSTREAM_RECONNECTS, "upstream" => upstream.clone(), "outcome" => "success")
+                        .increment(1);
                     backoff.reset();
                     let generation = self.link.mark_connected();
                     let connected_at = Instant::now();
-                    tracing::info!(link = %id, endpoint = %self.dialer.endpoint(), "upstream link connected");
+                    tracing::info!(upstream, link = %id, endpoint = %self.dialer.endpoint(), "upstream link connected");
                     let gauge = metrics::gauge!(m::CONNECTIONS, "direction" => m::UPSTREAM);
                     gauge.increment(1.0);
                     let end = self.serve(ws, generation).await;
@@ -119,14 +120,15 @@ impl LinkTask {
                             continue;
                         }
                         End::Lost(why) => {
-                            metrics::counter!(m::UPSTREAM_LINK_LOSSES).increment(1);
-                            tracing::warn!(link = %id, reason = %why, "upstream link lost; moving its agents");
+                            metrics::counter!(m::UPSTREAM_LINK_LOSSES, "upstream" => upstream.clone()).increment(1);
+                            tracing::warn!(upstream, link = %id, reason = %why, "upstream link lost; moving its agents");
                         }
                     }
                 }
                 Err(e) => {
-                    metrics::counter!(m::UPSTREAM_RECONNECTS, "outcome" => "failure").increment(1);
-                    tracing::warn!(link = %id, error = %e, "upstream dial failed");
+                    metrics::counter!(m::UPSTREAM_RECONNECTS, "upstream" => upstream.clone(), "outcome" => "failure")
+                        .increment(1);
+                    tracing::warn!(upstream, link = %id, error = %e, "upstream dial failed");
                 }
             }
             let delay = backoff.next_delay();

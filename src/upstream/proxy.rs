@@ -14,7 +14,7 @@ use tokio_rustls::TlsConnector;
 
 use super::dial::{DialError, DialerError};
 use crate::config::proxy_url::unbracket;
-use crate::config::{Config, ConfigError, ProxyScheme, ProxyUrl};
+use crate::config::{ConfigError, ProxyScheme, ProxyUrl, ServerConfig};
 use crate::tls::{self, BoxedIo, TlsError};
 
 /// Largest proxy answer head we read before giving up.
@@ -218,7 +218,7 @@ pub(crate) struct Tunnel {
 impl Tunnel {
     /// For an `https://` proxy, TLS to it trusts what `server.tls` trusts
     /// and verifies the proxy's own host name.
-    pub(crate) fn new(url: ProxyUrl, cfg: &Config) -> Result<Self, TlsError> {
+    pub(crate) fn new(url: ProxyUrl, server: &ServerConfig) -> Result<Self, TlsError> {
         let tls = match url.scheme {
             ProxyScheme::Http => None,
             ProxyScheme::Https => {
@@ -226,7 +226,7 @@ impl Tunnel {
                     field: "server.proxy_url",
                     reason: format!("invalid TLS server name {:?}: {e}", url.host),
                 })?;
-                Some((TlsConnector::from(tls::client_config(cfg.server.tls.as_ref())?), name))
+                Some((TlsConnector::from(tls::client_config(server.tls.as_ref())?), name))
             }
         };
         let authorization = url.authorization();
@@ -310,17 +310,19 @@ fn status_line(head: &[u8]) -> Option<(u16, String)> {
     Some((code, parts.next().unwrap_or("").to_owned()))
 }
 
-/// The tunnel for `endpoint`'s links: `server.proxy_url` when set, else the
-/// environment (through `lookup`). Logs the choice once.
+/// The tunnel for `endpoint`'s links: the upstream's `proxy_url` when set,
+/// else the environment (through `lookup`). Logs the choice once. `path`:
+/// where the upstream is configured (`server`, `upstreams.green`).
 pub(crate) fn for_endpoint(
-    cfg: &Config,
+    server: &ServerConfig,
+    path: &str,
     endpoint: &Uri,
     lookup: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Option<Tunnel>, DialerError> {
-    if let Some(p) = cfg.server.proxy_url.as_deref().filter(|p| !p.is_empty()) {
-        let url = ProxyUrl::parse(p).map_err(|m| ConfigError::field("server.proxy_url", m))?;
-        tracing::info!(%endpoint, proxy = %url, "upstream links go through server.proxy_url");
-        return Ok(Some(Tunnel::new(url, cfg)?));
+    if let Some(p) = server.proxy_url.as_deref().filter(|p| !p.is_empty()) {
+        let url = ProxyUrl::parse(p).map_err(|m| ConfigError::field(format!("{path}.proxy_url"), m))?;
+        tracing::info!(%endpoint, proxy = %url, "upstream links go through {path}.proxy_url");
+        return Ok(Some(Tunnel::new(url, server)?));
     }
     match from_env(endpoint, lookup) {
         EnvProxy::Unset => {
@@ -329,7 +331,7 @@ pub(crate) fn for_endpoint(
         }
         EnvProxy::Use { var, proxy } => {
             tracing::info!(%endpoint, %proxy, source = var, "upstream links go through the proxy from the environment");
-            Ok(Some(Tunnel::new(proxy, cfg)?))
+            Ok(Some(Tunnel::new(proxy, server)?))
         }
         EnvProxy::Bypass { var, reason } => {
             tracing::info!(%endpoint, source = var, reason, "upstream links dial directly: endpoint exempt from the proxy");

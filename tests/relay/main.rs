@@ -23,4 +23,5 @@ mod security;
 mod server_restart;
 mod tls;
 mod tls_reload;
+mod upstreams;
 mod user_agent;

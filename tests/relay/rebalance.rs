@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use opamp_gateway::config::Config;
-use opamp_gateway::policy::{AssignInput, HookError, Hooks, Policy};
+use opamp_gateway::policy::{AssignInput, HookError, Hooks, Policy, Route};
 use opamp_gateway::sim::agent::{AgentOptions, SimAgent};
 use opamp_gateway::sim::server::{ReferenceServer, ReferenceServerConfig};
 use opamp_gateway::Gateway;
@@ -36,8 +36,8 @@ impl Policy for PinFirst {
     fn hooks(&self) -> Hooks {
         Hooks { assign: true, ..Hooks::default() }
     }
-    fn assign(&self, _input: &AssignInput<'_>) -> Result<Option<u32>, HookError> {
-        Ok((self.calls.fetch_add(1, Ordering::Relaxed) < self.pinned).then_some(0))
+    fn assign(&self, _input: &AssignInput<'_>) -> Result<Option<Route>, HookError> {
+        Ok((self.calls.fetch_add(1, Ordering::Relaxed) < self.pinned).then(|| Route::default_link(0)))
     }
 }
 

@@ -11,9 +11,9 @@
 use std::sync::OnceLock;
 
 use crate::{Assign, Filter, ForwardHeaders};
-use crate::{AssignInput, Direction, Directions, Headers, Hooks, Message, Policy, Verdict};
+use crate::{AssignInput, Direction, Directions, Headers, Hooks, Message, Policy, Route, Verdict};
 
-pub type AssignFn<P> = fn(&P, &AssignInput) -> Option<u32>;
+pub type AssignFn<P> = fn(&P, &AssignInput) -> Option<Route>;
 pub type ForwardHeadersFn<P> = fn(&P, Headers) -> Headers;
 pub type FilterFn<P> = fn(&P, Direction, &[u8], &Message) -> Verdict;
 
@@ -91,7 +91,7 @@ impl<P: Policy> Exported<P> {
     // The gateway calls only the hooks `init` announced, after `init`; the
     // pass-through answers below are for a host that does not.
 
-    pub fn assign(&self, input: &AssignInput) -> Option<u32> {
+    pub fn assign(&self, input: &AssignInput) -> Option<Route> {
         (self.hooks.assign?)(self.policy.get()?, input)
     }
 
@@ -188,7 +188,7 @@ macro_rules! export_policy {
                 __OPAMP_POLICY.init(&config)
             }
 
-            fn assign(input: $crate::AssignInput) -> ::std::option::Option<u32> {
+            fn assign(input: $crate::AssignInput) -> ::std::option::Option<$crate::Route> {
                 __OPAMP_POLICY.assign(&input)
             }
 
@@ -229,8 +229,8 @@ mod tests {
         }
     }
     impl Assign for Router {
-        fn assign(&self, _input: &AssignInput) -> Option<u32> {
-            Some(7)
+        fn assign(&self, _input: &AssignInput) -> Option<Route> {
+            Some(Route::upstream("green").with_link(7))
         }
     }
 
@@ -273,7 +273,12 @@ mod tests {
     }
 
     fn input() -> AssignInput {
-        AssignInput { headers: vec![], remote_address: "127.0.0.1:1".into(), transport: Transport::Http, links: vec![] }
+        AssignInput {
+            headers: vec![],
+            remote_address: "127.0.0.1:1".into(),
+            transport: Transport::Http,
+            upstreams: vec![],
+        }
     }
 
     fn message() -> Message {
@@ -295,7 +300,7 @@ mod tests {
     fn init_announces_them_and_the_hooks_call_the_traits() {
         let router = Exported::new(crate::__implemented!(Router));
         assert_eq!(router.init(""), Ok(Hooks::ASSIGN));
-        assert_eq!(router.assign(&input()), Some(7));
+        assert_eq!(router.assign(&input()), Some(Route::upstream("green").with_link(7)));
         // Hooks it does not implement pass through.
         let headers = vec![("a".to_owned(), "b".to_owned())];
         assert_eq!(router.forward_headers(headers.clone()), headers);

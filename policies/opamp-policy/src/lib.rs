@@ -28,6 +28,8 @@
 //!
 //! What else is here:
 //! - [`hooks_of!`]: the hooks a type announces, to assert in a unit test.
+//! - [`route`](mod@route): [`Route::upstream`], [`Route::default_link`],
+//!   [`AssignInput::links`], [`AssignInput::upstream`].
 //! - [`config`]: a small YAML-subset parser for the `<name>.yaml` text.
 //! - [`proto`]: the OpAMP protobuf types (prost), to decode what you need.
 //! - [`wire`]: top-level protobuf surgery (drop or replace one field while
@@ -36,7 +38,9 @@
 //! - [`log`](mod@log): the gateway's logger (`opamp_policy::info!(...)`).
 //!
 //! The WIT this implements is `wit/policy.wit` in the gateway repository
-//! (`opamp-gateway:policy@0.2.0`, world `gateway-policy`).
+//! (`opamp-gateway:policy@0.3.0`, world `gateway-policy`). [`Assign`] sees
+//! every upstream the gateway relays to and answers a [`Route`]; see
+//! [`route`](mod@route) for the helpers.
 //!
 //! [opamp-gateway]: https://github.com/open-telemetry/opamp-spec
 
@@ -54,6 +58,7 @@ pub mod __export {
 mod host;
 pub mod log;
 mod policy;
+pub mod route;
 pub mod wire;
 
 pub use policy::{Assign, Directions, Filter, ForwardHeaders, Policy};
@@ -95,8 +100,9 @@ pub mod fields {
 pub use wit_bindgen as __rt;
 
 pub use bindings::opamp_gateway::policy::types::{
-    AssignInput, Direction, FieldEdit, FieldValue, Hooks, Link, Transport, Verdict,
+    AssignInput, Direction, FieldEdit, FieldValue, Hooks, Link, Route, Transport, Upstream, Verdict,
 };
+pub use route::DEFAULT_UPSTREAM;
 
 /// The message a `filter` judges: the gateway's resource in a component, a
 /// plain value (built from bytes or a prost type) in host-side unit tests.

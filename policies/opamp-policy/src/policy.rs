@@ -3,7 +3,7 @@
 //! announces exactly the hooks whose traits the type implements, so a hook
 //! cannot be written and then silently never called.
 
-use crate::{AssignInput, Direction, Headers, Hooks, Message, Verdict};
+use crate::{AssignInput, Direction, Headers, Hooks, Message, Route, Verdict};
 
 /// A policy, built from its config. Implement it, then at least one of
 /// [`Assign`], [`ForwardHeaders`] and [`Filter`].
@@ -19,11 +19,18 @@ pub trait Policy: Sized + Send + Sync + 'static {
     fn new(config: &str) -> Result<Self, String>;
 }
 
-/// The `assign` hook: picks the upstream link for a connecting agent.
+/// The `assign` hook: picks the upstream (and optionally its link) for a
+/// connecting agent.
 pub trait Assign: Policy {
-    /// Which upstream link should carry this agent? `None`: no opinion (the
-    /// next policy, then least-connections, decides).
-    fn assign(&self, input: &AssignInput) -> Option<u32>;
+    /// Which upstream should carry this agent: [`Route::upstream`] (its
+    /// least-loaded link), [`Route::default_link`] or `.with_link(i)` (one
+    /// link). `None`: no opinion (the next policy decides; with none, the
+    /// default upstream's least-loaded link). A route naming an unknown
+    /// upstream, or a missing or disconnected link, counts as no opinion.
+    ///
+    /// The gateway asks again after a policy reload and moves agents whose
+    /// answer changed, so answer from `input` alone: same agent, same route.
+    fn assign(&self, input: &AssignInput) -> Option<Route>;
 }
 
 /// The `forward-headers` hook: rewrites the headers of the connect

@@ -20,7 +20,7 @@ use bytes::Bytes;
 use parking_lot::Mutex;
 use prost::Message as _;
 
-use super::bindings::WORLD;
+use super::bindings::{WitVersion, PACKAGE_PREFIX};
 use super::engine::PolicyEngine;
 use super::error::PolicyError;
 use super::loader::{compile, valid_policy_name, PolicyFiles, Source};
@@ -29,7 +29,7 @@ use crate::policy::config::{BreakerConfig, PoliciesConfig};
 use crate::policy::set::Containment;
 use crate::policy::{
     AssignInput, Direction, FailureMode, FilterOutcome, HeaderList, HookError, Hooks, LinkInfo, Policy, PolicySet,
-    Transport, Verdict,
+    Route, Transport, UpstreamInfo, Verdict,
 };
 use crate::protocol::proto;
 
@@ -48,6 +48,8 @@ pub struct CheckReport {
     pub digest: String,
     pub size: u64,
     pub hooks: Hooks,
+    /// The `opamp-gateway:policy` version the component targets.
+    pub wit_version: WitVersion,
     pub on_error: FailureMode,
     /// Compile + type-check + first `init` (compilation may hit the cache).
     pub load_time: Duration,
@@ -171,6 +173,7 @@ pub fn check(wasm: &Path, config: Option<&Path>, cfg: &PoliciesConfig) -> Result
         digest,
         size,
         hooks: policy.hooks(),
+        wit_version: policy.wit_version(),
         on_error: policy.failure_mode(),
         load_time: started.elapsed(),
         limits,
@@ -219,7 +222,7 @@ impl Policy for Probe {
     fn hooks(&self) -> Hooks {
         self.inner.hooks()
     }
-    fn assign(&self, input: &AssignInput<'_>) -> Result<Option<u32>, HookError> {
+    fn assign(&self, input: &AssignInput<'_>) -> Result<Option<Route>, HookError> {
         self.inner.assign(input)
     }
     fn forward_headers(&self, headers: HeaderList) -> Result<HeaderList, HookError> {
@@ -246,8 +249,8 @@ fn exercise(policy: &Arc<WasmPolicy>, cfg: &PoliciesConfig, calls: usize) -> Vec
     let mut runs = Vec::new();
     if hooks.assign {
         runs.push(run("assign", calls, |i| {
-            let (headers, transport, links) = &inputs.assign[i % inputs.assign.len()];
-            let input = AssignInput { headers, remote_addr: "192.0.2.17:53124", transport: *transport, links };
+            let (headers, transport, upstreams) = &inputs.assign[i % inputs.assign.len()];
+            let input = AssignInput { headers, remote_addr: "192.0.2.17:53124", transport: *transport, upstreams };
             set.assign(&input).map(drop).map_err(|r| r.error)
         }));
     }
@@ -346,7 +349,7 @@ fn status_kib(key: &str) -> Option<u64> {
 /// configured caps (the gateway would refuse bigger ones before a policy
 /// sees them).
 struct Inputs {
-    assign: Vec<(HeaderList, Transport, Vec<LinkInfo>)>,
+    assign: Vec<(HeaderList, Transport, Vec<UpstreamInfo>)>,
     headers: Vec<HeaderList>,
     to_server: Vec<(Vec<u8>, Bytes)>,
     to_agent: Vec<(Vec<u8>, Bytes)>,
@@ -367,13 +370,21 @@ impl Inputs {
                 h
             })
             .collect();
-        let links = |n: u32| -> Vec<LinkInfo> {
-            (0..n).map(|i| LinkInfo { index: i, load: 40 * i + 7, connected: i % 4 != 3 }).collect()
+        let upstream = |name: &str, n: u32| {
+            let links = (0..n).map(|i| LinkInfo { index: i, load: 40 * i + 7, connected: i % 4 != 3 }).collect();
+            UpstreamInfo { name: name.into(), links }
         };
+        let default = crate::policy::DEFAULT_UPSTREAM;
+        // The default alone, then beside other upstreams (one of them down),
+        // as with `upstreams:` in the gateway config.
         let assign = vec![
-            (headers[0].clone(), Transport::WebSocket, links(1)),
-            (headers[1].clone(), Transport::Http, links(3)),
-            (headers[2].clone(), Transport::WebSocket, links(8)),
+            (headers[0].clone(), Transport::WebSocket, vec![upstream(default, 1)]),
+            (headers[1].clone(), Transport::Http, vec![upstream(default, 3), upstream("green", 2)]),
+            (
+                headers[2].clone(),
+                Transport::WebSocket,
+                vec![upstream(default, 8), upstream("green", 2), upstream("canary", 0)],
+            ),
         ];
         let fits = |max: usize| move |(_, m): &(Vec<u8>, Bytes)| m.len() <= max;
         let (to_server_max, to_agent_max) = (limits.max_replacement[0], limits.max_replacement[1]);
@@ -495,14 +506,15 @@ fn micros(d: Duration) -> String {
 
 impl fmt::Display for CheckReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let world = format!("{PACKAGE_PREFIX}gateway-policy@{}", self.wit_version);
         if self.failed() {
             writeln!(f, "policy {} FAILED: it loads, but some hook calls fail (below)", self.name)?;
         } else if self.runs.is_empty() {
-            writeln!(f, "policy {} ok: compiles, implements {WORLD}, init accepted its config", self.name)?;
+            writeln!(f, "policy {} ok: compiles, implements {world}, init accepted its config", self.name)?;
         } else {
             writeln!(
                 f,
-                "policy {} ok: compiles, implements {WORLD}, init accepted its config, every hook call succeeded",
+                "policy {} ok: compiles, implements {world}, init accepted its config, every hook call succeeded",
                 self.name
             )?;
         }
@@ -513,6 +525,15 @@ impl fmt::Display for CheckReport {
         }
         writeln!(f, "  sha256    {}", self.digest)?;
         writeln!(f, "  hooks     {}", hook_list(self.hooks))?;
+        match self.wit_version {
+            WitVersion::V0_3 => writeln!(f, "  wit       {}", self.wit_version)?,
+            WitVersion::V0_2 => writeln!(
+                f,
+                "  wit       {} (older: its assign sees only the default upstream's links and answers one of \
+                 them; rebuild with a current opamp-policy crate to route across upstreams)",
+                self.wit_version
+            )?,
+        }
         let mode = match self.on_error {
             FailureMode::Open => "open (a failing call is skipped)",
             FailureMode::Closed => "closed (a failing call drops the message / refuses the agent)",
@@ -533,7 +554,7 @@ impl fmt::Display for CheckReport {
         }
         write!(
             f,
-            "\n  calls on synthetic messages, headers and link snapshots (time per call; peak memory: growth of the process's peak RSS):\n  {:<24} {:>6} {:>6} {:>10} {:>10} {:>10} {:>11}",
+            "\n  calls on synthetic messages, headers and upstream snapshots (time per call; peak memory: growth of the process's peak RSS):\n  {:<24} {:>6} {:>6} {:>10} {:>10} {:>10} {:>11}",
             "hook", "calls", "failed", "p50", "p99", "max", "peak memory"
         )?;
         for r in &self.runs {
@@ -583,6 +604,8 @@ mod tests {
             assert!(h.len() <= 10 && h.iter().map(|(n, v)| n.len() + v.len()).sum::<usize>() <= 2000);
         }
         assert!(inputs.to_server.iter().any(|(_, m)| m.len() > 60_000), "the big shape fits 1 MiB");
+        assert!(inputs.assign.iter().all(|(_, _, u)| u[0].name == crate::policy::DEFAULT_UPSTREAM), "default first");
+        assert!(inputs.assign.iter().any(|(_, _, u)| u.len() > 1), "a policy is shown more than one upstream");
         assert!(!inputs.to_agent.is_empty() && inputs.to_agent.iter().all(|(_, m)| m.len() <= 10_000));
         for (uid, m) in &inputs.to_server {
             let decoded = proto::AgentToServer::decode(m.clone()).unwrap();
@@ -602,6 +625,7 @@ mod tests {
             digest: String::new(),
             size: 0,
             hooks: Hooks::FILTER,
+            wit_version: WitVersion::V0_3,
             on_error: FailureMode::Open,
             load_time: Duration::ZERO,
             limits: CheckLimits {

@@ -15,10 +15,9 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use wasmtime::component::{HasSelf, Linker};
+use wasmtime::component::Linker;
 use wasmtime::{Cache, CacheConfig, Config, Engine};
 
-use super::bindings::GatewayPolicy;
 use super::error::{one_line, PolicyError};
 use super::pool::Refiller;
 use super::sandbox::HostState;
@@ -105,8 +104,7 @@ impl PolicyEngine {
         // The denying WASI context (see `sandbox`) backs these: Rust's std
         // for wasm32-wasip2 imports them even when a policy never uses them.
         super::sandbox::add_wasi_to_linker(&mut linker).map_err(|e| engine_err("wasi", e))?;
-        GatewayPolicy::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)
-            .map_err(|e| engine_err("host interface", e))?;
+        super::versions::add_to_linker(&mut linker).map_err(|e| engine_err("host interface", e))?;
 
         // Without the ticker no deadline would fire, and without the refill
         // thread no failed instance would be replaced: refuse to start.

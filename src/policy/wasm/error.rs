@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
-use super::bindings::WORLD;
+use super::bindings::WORLDS;
 
 /// A policy that cannot be loaded. Every variant that concerns a file names
 /// it, so the log line alone tells the operator what to fix.
@@ -27,7 +27,7 @@ pub enum PolicyError {
     Config { path: PathBuf, reason: String },
     #[error("{}: not a valid WebAssembly component: {reason}", path.display())]
     Compile { path: PathBuf, reason: String },
-    #[error("{}: does not implement the policy world {WORLD}: {reason}", path.display())]
+    #[error("{}: does not implement the policy world {WORLDS}: {reason}", path.display())]
     Interface { path: PathBuf, reason: String },
     #[error("{}: init failed: {reason}", path.display())]
     Init { path: PathBuf, reason: String },

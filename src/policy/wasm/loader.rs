@@ -21,12 +21,12 @@ use std::time::{Duration, Instant};
 use sha2::{Digest, Sha256};
 use wasmtime::component::Component;
 
-use super::bindings::{GatewayPolicyPre, PACKAGE_PREFIX, VERSION};
+use super::bindings::{WitVersion, PACKAGE_PREFIX};
 use super::engine::{Budget, PolicyEngine};
 use super::error::{one_line, PolicyError};
 use super::policy::WasmPolicy;
 use super::pool::{InitFailure, InstancePool};
-use super::sandbox::HostState;
+use super::versions::Pre;
 use crate::policy::config::{BreakerOverrides, PoliciesConfig};
 use crate::policy::{FailureMode, HookError};
 
@@ -221,7 +221,7 @@ pub(crate) fn compile(
     engine: &PolicyEngine,
     source: Source,
     cfg: &PoliciesConfig,
-    compiled: Option<GatewayPolicyPre<HostState>>,
+    compiled: Option<Pre>,
 ) -> Result<WasmPolicy, PolicyError> {
     let Source { files, wasm, digest, config_text, config_digest, settings } = source;
     let path = files.wasm.clone();
@@ -231,21 +231,27 @@ pub(crate) fn compile(
         None => {
             let component = Component::new(&engine.engine, &wasm)
                 .map_err(|e| PolicyError::Compile { path: path.clone(), reason: one_line(&format!("{e:#}")) })?;
-            let interface = |e: wasmtime::Error| {
-                let reason = match built_against(&engine.engine, &component) {
-                    Some(v) => format!(
-                        "it was built against opamp-gateway:policy@{v}, this gateway implements @{VERSION}: \
-                         rebuild it with the matching opamp-policy crate"
-                    ),
-                    None => one_line(&format!("{e:#}")),
-                };
-                PolicyError::Interface { path: path.clone(), reason }
+            let interface = |reason: String| PolicyError::Interface { path: path.clone(), reason };
+            let wasmtime_err = |e: wasmtime::Error| interface(one_line(&format!("{e:#}")));
+            // The version the component names decides the bindings; one it
+            // does not name (another package altogether) is type-checked
+            // against the current world, whose error says what is missing.
+            let version = match built_against(&engine.engine, &component) {
+                None => WitVersion::ALL[0],
+                Some(v) => WitVersion::parse(&v).ok_or_else(|| {
+                    interface(format!(
+                        "it was built against opamp-gateway:policy@{v}, this gateway loads {}: rebuild it \
+                         with a current opamp-policy crate",
+                        WitVersion::supported()
+                    ))
+                })?,
             };
-            let pre = engine.linker.instantiate_pre(&component).map_err(interface)?;
-            GatewayPolicyPre::new(pre).map_err(interface)?
+            let pre = engine.linker.instantiate_pre(&component).map_err(wasmtime_err)?;
+            Pre::new(version, pre).map_err(wasmtime_err)?
         }
     };
     let compiled = started.elapsed();
+    let version = pre.version();
 
     let mut budget = Budget::from_config(cfg);
     if let Some(t) = settings.call_timeout {
@@ -282,20 +288,20 @@ pub(crate) fn compile(
         failure_mode: settings.on_error,
         quarantine: settings.quarantine.over(&cfg.quarantine),
         hooks,
+        version,
         pool,
     })
 }
 
-/// The `opamp-gateway:policy` version a component names, when it is not the
-/// one we implement: the likely reason it does not type-check, and the one
-/// an operator can act on.
+/// The `opamp-gateway:policy` version a component names: the one its
+/// `policy` export names, else any other of the package's interfaces.
 fn built_against(engine: &wasmtime::Engine, component: &Component) -> Option<String> {
     let ty = component.component_type();
-    let mut names = ty.imports(engine).map(|(n, _)| n).chain(ty.exports(engine).map(|(n, _)| n));
-    names.find_map(|n| {
-        let (_, version) = n.strip_prefix(PACKAGE_PREFIX)?.split_once('@')?;
-        (version != VERSION).then(|| version.to_owned())
-    })
+    let names: Vec<&str> = ty.exports(engine).map(|(n, _)| n).chain(ty.imports(engine).map(|(n, _)| n)).collect();
+    // (interface, version) of every interface of the package.
+    let ours: Vec<(&str, &str)> =
+        names.iter().filter_map(|n| n.strip_prefix(PACKAGE_PREFIX)?.split_once('@')).collect();
+    ours.iter().find(|(interface, _)| *interface == "policy").or(ours.first()).map(|(_, v)| (*v).to_owned())
 }
 
 /// Loads directories, reusing what did not change since the last commit.

@@ -9,18 +9,8 @@
 use bytes::Bytes;
 use wasmtime::component::Resource;
 
-use super::bindings::opamp_gateway::policy::types::{FieldValue, HostMessage};
 use super::sandbox::HostState;
 pub(crate) use crate::protocol::wire::{last, walk, Wire};
-
-fn to_value(w: Wire<'_>) -> FieldValue {
-    match w {
-        Wire::Varint(v) => FieldValue::Varint(v),
-        Wire::Fixed64(v) => FieldValue::Fixed64(v),
-        Wire::Fixed32(v) => FieldValue::Fixed32(v),
-        Wire::Bytes(b) => FieldValue::Bytes(b.to_vec()),
-    }
-}
 
 /// What a `Resource<MessageHandle>` points at in the store's table.
 // The generated bindings re-export it (`with:` in bindings.rs).
@@ -29,50 +19,59 @@ pub struct MessageHandle {
     pub bytes: Bytes,
 }
 
+// The `message` methods, for every WIT version (`host_imports!` in
+// bindings.rs turns a `Wire` into that version's `field-value` with `to`).
+
 fn handle<'a>(state: &'a HostState, r: &Resource<MessageHandle>) -> wasmtime::Result<&'a Bytes> {
     Ok(&state.table.get(r)?.bytes)
 }
 
-impl HostMessage for HostState {
-    fn len(&mut self, r: Resource<MessageHandle>) -> wasmtime::Result<u32> {
-        Ok(u32::try_from(handle(self, &r)?.len()).unwrap_or(u32::MAX))
-    }
-
-    fn bytes(&mut self, r: Resource<MessageHandle>) -> wasmtime::Result<Vec<u8>> {
-        Ok(handle(self, &r)?.to_vec())
-    }
-
-    fn has(&mut self, r: Resource<MessageHandle>, number: u32) -> wasmtime::Result<bool> {
-        let mut found = false;
-        let _ = walk(handle(self, &r)?, |n, _| {
-            found = n == number;
-            !found
-        });
-        Ok(found)
-    }
-
-    fn field(&mut self, r: Resource<MessageHandle>, number: u32) -> wasmtime::Result<Option<FieldValue>> {
-        Ok(last(handle(self, &r)?, number).map(to_value))
-    }
-
-    fn fields(&mut self, r: Resource<MessageHandle>, number: u32) -> wasmtime::Result<Vec<FieldValue>> {
-        let mut out = Vec::new();
-        let _ = walk(handle(self, &r)?, |n, v| {
-            if n == number {
-                out.push(to_value(v));
-            }
-            true
-        });
-        Ok(out)
-    }
-
-    fn drop(&mut self, r: Resource<MessageHandle>) -> wasmtime::Result<()> {
-        self.table.delete(r)?;
-        Ok(())
-    }
+pub(crate) fn len(state: &HostState, r: &Resource<MessageHandle>) -> wasmtime::Result<u32> {
+    Ok(u32::try_from(handle(state, r)?.len()).unwrap_or(u32::MAX))
 }
 
-impl super::bindings::opamp_gateway::policy::types::Host for HostState {}
+pub(crate) fn bytes(state: &HostState, r: &Resource<MessageHandle>) -> wasmtime::Result<Vec<u8>> {
+    Ok(handle(state, r)?.to_vec())
+}
+
+pub(crate) fn has(state: &HostState, r: &Resource<MessageHandle>, number: u32) -> wasmtime::Result<bool> {
+    let mut found = false;
+    let _ = walk(handle(state, r)?, |n, _| {
+        found = n == number;
+        !found
+    });
+    Ok(found)
+}
+
+pub(crate) fn field<T>(
+    state: &HostState,
+    r: &Resource<MessageHandle>,
+    number: u32,
+    to: fn(Wire<'_>) -> T,
+) -> wasmtime::Result<Option<T>> {
+    Ok(last(handle(state, r)?, number).map(to))
+}
+
+pub(crate) fn fields<T>(
+    state: &HostState,
+    r: &Resource<MessageHandle>,
+    number: u32,
+    to: fn(Wire<'_>) -> T,
+) -> wasmtime::Result<Vec<T>> {
+    let mut out = Vec::new();
+    let _ = walk(handle(state, r)?, |n, v| {
+        if n == number {
+            out.push(to(v));
+        }
+        true
+    });
+    Ok(out)
+}
+
+pub(crate) fn delete(state: &mut HostState, r: Resource<MessageHandle>) -> wasmtime::Result<()> {
+    state.table.delete(r)?;
+    Ok(())
+}
 
 #[cfg(test)]
 mod tests {

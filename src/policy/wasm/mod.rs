@@ -3,7 +3,8 @@
 //!
 //! | file          | concept                                                        |
 //! |---------------|----------------------------------------------------------------|
-//! | `bindings`    | `bindgen!` of the world `opamp-gateway:policy/gateway-policy`  |
+//! | `bindings`    | `bindgen!` of each WIT version (0.3.0, 0.2.0), host imports    |
+//! | `versions`    | a component/instance of either version, 0.2.0 → 0.3.0 types    |
 //! | `engine`      | the wasmtime engine, compile cache, epoch ticker, budgets      |
 //! | `deadline`    | per-call deadlines charged in the thread's CPU time            |
 //! | `sandbox`     | per-store host state: denying WASI, memory limiter, `host.log` |
@@ -37,9 +38,11 @@ mod pool;
 #[cfg(feature = "wasm")]
 mod sandbox;
 #[cfg(feature = "wasm")]
+mod versions;
+#[cfg(feature = "wasm")]
 mod watcher;
 
-pub use bindings::WORLD;
+pub use bindings::{WitVersion, WORLD};
 #[cfg(feature = "wasm")]
 pub use check::{check, CheckReport};
 pub use error::PolicyError;

@@ -9,12 +9,15 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use super::bindings::opamp_gateway::policy::types as wit;
+use super::bindings::v2::opamp_gateway::policy::types as wit2;
+use super::bindings::v3::opamp_gateway::policy::types as wit;
+use super::bindings::WitVersion;
 use super::message::{MessageHandle, Wire};
 use super::pool::InstancePool;
+use super::versions::Bindings;
 use crate::policy::verdict::{self, check_header, check_replacement};
 use crate::policy::{
-    AssignInput, BreakerConfig, Direction, FailureMode, HeaderList, HookError, Hooks, Policy, Transport, Verdict,
+    AssignInput, BreakerConfig, Direction, FailureMode, HeaderList, HookError, Hooks, Policy, Route, Transport, Verdict,
 };
 
 /// One policy component, ready to be called from any thread.
@@ -28,6 +31,8 @@ pub struct WasmPolicy {
     /// Its own breaker settings, when its YAML has `quarantine_*` keys.
     pub(crate) quarantine: Option<BreakerConfig>,
     pub(crate) hooks: Hooks,
+    /// The WIT version its component targets.
+    pub(crate) version: WitVersion,
     pub(crate) pool: InstancePool,
 }
 
@@ -43,6 +48,11 @@ impl WasmPolicy {
 
     pub fn config_path(&self) -> Option<&std::path::Path> {
         self.config_path.as_deref()
+    }
+
+    /// The `opamp-gateway:policy` version its component was built against.
+    pub fn wit_version(&self) -> WitVersion {
+        self.version
     }
 
     /// Idle pooled instances (diagnostics, tests).
@@ -63,6 +73,7 @@ impl std::fmt::Debug for WasmPolicy {
             .field("name", &self.name)
             .field("digest", &self.digest)
             .field("hooks", &self.hooks)
+            .field("version", &self.version)
             .field("failure_mode", &self.failure_mode)
             .finish_non_exhaustive()
     }
@@ -85,25 +96,56 @@ impl Policy for WasmPolicy {
         self.quarantine
     }
 
-    fn assign(&self, input: &AssignInput<'_>) -> Result<Option<u32>, HookError> {
-        let arg = wit::AssignInput {
-            headers: input.headers.to_vec(),
-            remote_address: input.remote_addr.to_owned(),
-            transport: match input.transport {
-                Transport::WebSocket => wit::Transport::Websocket,
-                Transport::Http => wit::Transport::Http,
-            },
-            links: input
-                .links
-                .iter()
-                .map(|l| wit::Link { index: l.index, load: l.load, connected: l.connected })
-                .collect(),
+    fn assign(&self, input: &AssignInput<'_>) -> Result<Option<Route>, HookError> {
+        let transport = match input.transport {
+            Transport::WebSocket => wit::Transport::Websocket,
+            Transport::Http => wit::Transport::Http,
         };
-        self.pool.call(|store, b| b.opamp_gateway_policy_policy().call_assign(store, &arg))
+        self.pool.call(|store, b| match b {
+            // 0.2.0 sees the default upstream only, and answers one of its links.
+            Bindings::V2(b) => {
+                let arg = wit2::AssignInput {
+                    headers: input.headers.to_vec(),
+                    remote_address: input.remote_addr.to_owned(),
+                    transport: transport.into(),
+                    links: input
+                        .links()
+                        .iter()
+                        .map(|l| wit2::Link { index: l.index, load: l.load, connected: l.connected })
+                        .collect(),
+                };
+                let link = b.opamp_gateway_policy_policy().call_assign(store, &arg)?;
+                Ok(link.map(Route::default_link))
+            }
+            Bindings::V3(b) => {
+                let arg = wit::AssignInput {
+                    headers: input.headers.to_vec(),
+                    remote_address: input.remote_addr.to_owned(),
+                    transport,
+                    upstreams: input
+                        .upstreams
+                        .iter()
+                        .map(|u| wit::Upstream {
+                            name: u.name.clone(),
+                            links: u
+                                .links
+                                .iter()
+                                .map(|l| wit::Link { index: l.index, load: l.load, connected: l.connected })
+                                .collect(),
+                        })
+                        .collect(),
+                };
+                let route = b.opamp_gateway_policy_policy().call_assign(store, &arg)?;
+                Ok(route.map(|r| Route { upstream: Some(r.upstream), link: r.link }))
+            }
+        })
     }
 
     fn forward_headers(&self, headers: HeaderList) -> Result<HeaderList, HookError> {
-        let out = self.pool.call(|store, b| b.opamp_gateway_policy_policy().call_forward_headers(store, &headers))?;
+        let out = self.pool.call(|store, b| match b {
+            Bindings::V2(b) => b.opamp_gateway_policy_policy().call_forward_headers(store, &headers),
+            Bindings::V3(b) => b.opamp_gateway_policy_policy().call_forward_headers(store, &headers),
+        })?;
         out.into_iter().map(check_header).collect()
     }
 
@@ -115,7 +157,15 @@ impl Policy for WasmPolicy {
         let verdict = self.pool.call(|store, b| {
             let handle = store.data_mut().table.push(MessageHandle { bytes: message.clone() })?;
             let borrowed = wasmtime::component::Resource::new_borrow(handle.rep());
-            let verdict = b.opamp_gateway_policy_policy().call_filter(&mut *store, direction, uid, borrowed)?;
+            let verdict = match b {
+                Bindings::V2(b) => {
+                    let p = b.opamp_gateway_policy_policy();
+                    p.call_filter(&mut *store, direction.into(), uid, borrowed)?.into()
+                }
+                Bindings::V3(b) => {
+                    b.opamp_gateway_policy_policy().call_filter(&mut *store, direction, uid, borrowed)?
+                }
+            };
             store.data_mut().table.delete(handle)?;
             Ok(verdict)
         })?;

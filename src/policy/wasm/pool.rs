@@ -24,17 +24,17 @@ use std::time::Duration;
 use parking_lot::{Condvar, Mutex};
 use wasmtime::{Store, Trap};
 
-use super::bindings::opamp_gateway::policy::types::Hooks as WitHooks;
-use super::bindings::{GatewayPolicy, GatewayPolicyPre};
+use super::bindings::v3::opamp_gateway::policy::types::Hooks as WitHooks;
 use super::engine::{Budget, PolicyEngine, TickerLease};
 use super::error::PolicyError;
 use super::sandbox::{GuestLog, HostState};
+use super::versions::{Bindings, Pre};
 use crate::policy::{HookError, Hooks};
 
 /// One live instance and the store it lives in.
 pub(crate) struct Instance {
     pub store: Store<HostState>,
-    pub bindings: GatewayPolicy,
+    pub bindings: Bindings,
 }
 
 pub(crate) struct InstancePool {
@@ -43,7 +43,7 @@ pub(crate) struct InstancePool {
 
 struct PoolInner {
     name: Arc<str>,
-    pre: GatewayPolicyPre<HostState>,
+    pre: Pre,
     engine: PolicyEngine,
     config_text: String,
     memory_limit: u64,
@@ -92,7 +92,7 @@ impl InstancePool {
     /// other instances are made on the refill thread.
     pub(crate) fn new(
         name: Arc<str>,
-        pre: GatewayPolicyPre<HostState>,
+        pre: Pre,
         engine: PolicyEngine,
         config_text: String,
         budget: Budget,
@@ -122,7 +122,7 @@ impl InstancePool {
     }
 
     /// The compiled, type-checked component (cheap to clone).
-    pub(crate) fn pre(&self) -> GatewayPolicyPre<HostState> {
+    pub(crate) fn pre(&self) -> Pre {
         self.inner.pre.clone()
     }
 
@@ -140,7 +140,7 @@ impl InstancePool {
     /// failed instance is discarded (and replaced off the message path).
     pub(crate) fn call<R>(
         &self,
-        f: impl FnOnce(&mut Store<HostState>, &GatewayPolicy) -> wasmtime::Result<R>,
+        f: impl FnOnce(&mut Store<HostState>, &Bindings) -> wasmtime::Result<R>,
     ) -> Result<R, HookError> {
         // A host function may panic under a guest's control: wasmtime-wasi's
         // synchronous bindings bridge some WASI calls (stdio streams, poll)
@@ -199,7 +199,12 @@ impl PoolInner {
             Ok(b) => b,
             Err(e) => return Err(InitFailure::Failed(classify(e, store.data_mut()))),
         };
-        let answer = bindings.opamp_gateway_policy_policy().call_init(&mut store, &self.config_text);
+        let answer = match &bindings {
+            Bindings::V2(b) => {
+                b.opamp_gateway_policy_policy().call_init(&mut store, &self.config_text).map(|r| r.map(WitHooks::from))
+            }
+            Bindings::V3(b) => b.opamp_gateway_policy_policy().call_init(&mut store, &self.config_text),
+        };
         match answer {
             Ok(Ok(hooks)) => {
                 store.data_mut().log_output();
@@ -267,7 +272,7 @@ impl PoolInner {
 
     fn call_inner<R>(
         self: &Arc<Self>,
-        f: impl FnOnce(&mut Store<HostState>, &GatewayPolicy) -> wasmtime::Result<R>,
+        f: impl FnOnce(&mut Store<HostState>, &Bindings) -> wasmtime::Result<R>,
     ) -> Result<R, HookError> {
         let mut taken = self.take()?;
         let inst = taken.inst.as_mut().expect("taken holds its instance until given back");

@@ -38,7 +38,6 @@ use wasmtime_wasi::p2::{DynInputStream, DynOutputStream, DynPollable};
 use wasmtime_wasi::p2::{OutputStream, Pollable, StreamError, StreamResult};
 use wasmtime_wasi::{HostMonotonicClock, HostWallClock, WasiCtx, WasiCtxView, WasiView};
 
-use super::bindings::opamp_gateway::policy::host::{self, Level};
 use super::deadline::CallClock;
 use crate::policy::throttle::Throttle;
 use crate::telemetry::metrics as m;
@@ -169,8 +168,20 @@ impl WasiView for HostState {
     }
 }
 
-impl host::Host for HostState {
-    fn log(&mut self, level: Level, mut message: String) -> wasmtime::Result<()> {
+/// `host.level`, the same in every WIT version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum GuestLevel {
+    Trace,
+    Debug,
+    Info,
+    Warn,
+    Error,
+}
+
+impl HostState {
+    /// `host.log` (every WIT version's import calls this).
+    pub(crate) fn guest_log(&mut self, level: GuestLevel, mut message: String) {
+        use GuestLevel as Level;
         self.logs_this_call += 1;
         if self.logs_this_call > LOG_LINES_PER_CALL {
             // Counted as suppressed; warned about once per interval, or a
@@ -184,7 +195,7 @@ impl host::Host for HostState {
                     "policy log lines beyond {LOG_LINES_PER_CALL} in one call dropped"
                 );
             }
-            return Ok(());
+            return;
         }
         truncate(&mut message, LOG_LINE_CAP);
         // The guest SDK reports panics here instead of on stderr; keep the
@@ -194,7 +205,7 @@ impl host::Host for HostState {
             self.output.append(b"\n");
         }
         if !self.guest.admit() {
-            return Ok(());
+            return;
         }
         let policy = &*self.policy;
         match level {
@@ -204,7 +215,6 @@ impl host::Host for HostState {
             Level::Warn => tracing::warn!(target: "opamp_gateway::policy::guest", policy, "{message}"),
             Level::Error => tracing::error!(target: "opamp_gateway::policy::guest", policy, "{message}"),
         }
-        Ok(())
     }
 }
 
