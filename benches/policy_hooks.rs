@@ -29,7 +29,9 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use hdrhistogram::Histogram;
-use opamp_gateway::policy::{AssignInput, Direction, LinkInfo, PolicySet, Transport, UpstreamInfo, DEFAULT_UPSTREAM};
+use opamp_gateway::policy::{
+    AssignInput, Direction, LinkInfo, PolicySet, SessionEvent, Transport, UpstreamInfo, DEFAULT_UPSTREAM,
+};
 use opamp_gateway::protocol::proto::{
     AgentConfigFile, AgentConfigMap, AgentToServer, ComponentHealth, EffectiveConfig, PackageAvailable,
     PackagesAvailable, ServerToAgent,
@@ -170,6 +172,10 @@ fn main() {
     let (_d4, block) = policy_support::runtime(&[("block_packages", "block", None)]);
     let (_d6, router) =
         policy_support::runtime(&[("upstream_router", "router", Some("route: [acme=green]\ncanary: green=10\n"))]);
+    // WIT 0.3.0's admit, lifecycle and shared state.
+    let (_d7, allowlist) = policy_support::runtime(&[("source_allowlist", "sources", Some("allow: [10.0.0.0/8]\n"))]);
+    let (_d8, quota) = policy_support::runtime(&[("tenant_quota", "quota", Some("max_agents: 1000000\n"))]);
+    let (_d9, beats) = policy_support::runtime(&[("heartbeat_limiter", "beats", Some("min_interval: 1h\n"))]);
     let (_d5, chain) = policy_support::runtime(&[
         ("header_allowlist", "1-allow", Some("allow: [authorization, x-tenant]\n")),
         ("redact_secrets", "2-redact", None),
@@ -188,12 +194,24 @@ fn main() {
         chain.policies().snapshot(),
         router.policies().snapshot(),
     );
+    let (allowlist, quota, beats) =
+        (allowlist.policies().snapshot(), quota.policies().snapshot(), beats.policies().snapshot());
     let links: Vec<LinkInfo> = (0..3).map(|i| LinkInfo { index: i, load: 10 * i, connected: true }).collect();
     let green: Vec<LinkInfo> = (0..2).map(|i| LinkInfo { index: i, load: 5 * i, connected: true }).collect();
     let upstreams = [UpstreamInfo { name: DEFAULT_UPSTREAM.into(), links }];
     let two_upstreams = [upstreams[0].clone(), UpstreamInfo { name: "green".into(), links: green }];
     let hs = headers();
     let (hb, cfg, s_plain, s_pkgs) = (heartbeat(), with_config(), server(false), server(true));
+    // Only uid, sequence number and capabilities: what heartbeat_limiter drops.
+    let beat = Bytes::from(
+        AgentToServer {
+            instance_uid: Bytes::from_static(UID),
+            sequence_num: 8,
+            capabilities: 0x3f,
+            ..Default::default()
+        }
+        .encode_to_vec(),
+    );
 
     for pass in ["no metrics recorder", "Prometheus recorder installed (as in the gateway)"] {
         if pass.starts_with("Prometheus") {
@@ -226,6 +244,37 @@ fn main() {
                 upstreams: &two_upstreams,
             };
             std::hint::black_box(router.assign(&input).unwrap());
+        });
+        let input = |remote| AssignInput {
+            headers: &hs,
+            remote_addr: remote,
+            transport: Transport::WebSocket,
+            upstreams: &upstreams,
+        };
+        measure(cases, "source_allowlist: admit, allowed", iters, || {
+            std::hint::black_box(allowlist.admit(&input("10.1.2.3:4567")).unwrap());
+        });
+        measure(cases, "source_allowlist: admit, rejected (403)", iters, || {
+            std::hint::black_box(allowlist.admit(&input("192.0.2.1:4567")).unwrap());
+        });
+        // One agent in and out: state-add up in admit, down in on-disconnect.
+        let event = SessionEvent {
+            session: 1,
+            uid: None,
+            headers: hs.clone(),
+            remote_addr: "10.1.2.3:4567".into(),
+            transport: Transport::WebSocket,
+            upstream: DEFAULT_UPSTREAM.into(),
+        };
+        measure(cases, "tenant_quota: admit + on-disconnect (state)", iters, || {
+            let (admitted, _) = quota.admit(&input("10.1.2.3:4567")).unwrap();
+            quota.lifecycle(&event, Some("peer"), &admitted);
+        });
+        measure(cases, "heartbeat_limiter: filter, status passes", iters, || {
+            std::hint::black_box(beats.filter(Direction::AgentToServer, UID, cfg.clone()));
+        });
+        measure(cases, "heartbeat_limiter: filter, heartbeat dropped", iters, || {
+            std::hint::black_box(beats.filter(Direction::AgentToServer, UID, beat.clone()));
         });
         measure(cases, "redact_secrets: filter, heartbeat", iters, || {
             std::hint::black_box(redact.filter(Direction::AgentToServer, UID, hb.clone()));

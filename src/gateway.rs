@@ -189,7 +189,9 @@ impl Gateway {
         };
         let listen_addr = listener.local_addr();
         let tls = listener.is_tls();
-        let ds = Arc::new(Downstream::new(
+        let capture = crate::telemetry::capture::Capture::start(config.telemetry.capture.settings())
+            .map_err(|e| ConfigError::field("telemetry.capture.path", e.to_string()))?;
+        let ds = Downstream::new(
             relay.clone(),
             DownstreamSettings {
                 path: l.path.clone(),
@@ -207,7 +209,8 @@ impl Gateway {
                 gateways: downstream::trust::GatewayTrust::from_config(&l.downstream_gateways, &l.credential_headers),
             },
             agents_shutdown.clone(),
-        ));
+        );
+        let ds = Arc::new(ds.with_capture(capture));
 
         // The last fallible step; its own task stops with the links.
         let metrics_addr = match (&config.telemetry.metrics.endpoint, metrics) {

@@ -55,6 +55,23 @@ enum PolicyCommand {
         #[arg(long, default_value_t = opamp_gateway::policy::wasm::CheckReport::DEFAULT_CALLS)]
         calls: usize,
     },
+    /// Run a policy offline over `telemetry.capture` files and print what
+    /// it would have done: a verdict summary by hook, then each message it
+    /// would drop, replace or close on. `--config` as for `check`.
+    Replay {
+        /// The component (`<name>.wasm`).
+        wasm: PathBuf,
+        /// Capture files, oldest first (e.g. capture.jsonl.1 capture.jsonl).
+        #[arg(required = true)]
+        captures: Vec<PathBuf>,
+        /// A gateway config: its `policies:` limits and its upstreams (what
+        /// `assign` and `admit` are shown).
+        #[arg(long)]
+        gateway_config: Option<PathBuf>,
+        /// Changed messages listed at most.
+        #[arg(long, default_value_t = 50)]
+        show: usize,
+    },
 }
 
 fn main() -> ExitCode {
@@ -84,6 +101,9 @@ fn main() -> ExitCode {
         Command::Demo(args) => runtime().and_then(|rt| rt.block_on(demo::run(args))),
         Command::Policy(PolicyCommand::Check { wasm, gateway_config, calls }) => {
             policy_check(gateway_config, &wasm, cli.config, calls)
+        }
+        Command::Policy(PolicyCommand::Replay { wasm, captures, gateway_config, show }) => {
+            policy_replay(gateway_config, &wasm, cli.config, &captures, show)
         }
     };
     match result {
@@ -142,6 +162,34 @@ fn policy_check(
             failures.join("\n  ")
         );
     }
+    Ok(())
+}
+
+/// `policy replay`: the gateway config (if given) supplies the limits and
+/// the upstreams `assign` sees (every link connected, idle).
+fn policy_replay(
+    config: Option<PathBuf>,
+    wasm: &std::path::Path,
+    policy_config: Option<PathBuf>,
+    captures: &[PathBuf],
+    show: usize,
+) -> anyhow::Result<()> {
+    use opamp_gateway::policy::{LinkInfo, UpstreamInfo};
+    let c = match config {
+        Some(path) => Config::load(&path)?,
+        None => Config::new("ws://127.0.0.1:4320/v1/opamp"), // only its defaults are read
+    };
+    let limits = c.policies.for_relay(c.server.max_message_size.as_usize(), c.listener.max_message_size.as_usize());
+    let upstreams: Vec<_> = c
+        .upstream_list()
+        .into_iter()
+        .map(|(name, server, _)| UpstreamInfo {
+            name: name.to_owned(),
+            links: (0..server.connections as u32).map(|index| LinkInfo { index, load: 0, connected: true }).collect(),
+        })
+        .collect();
+    let report = opamp_gateway::policy::replay::replay(wasm, policy_config.as_deref(), &limits, &upstreams, captures)?;
+    print!("{}", report.display(show));
     Ok(())
 }
 

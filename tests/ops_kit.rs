@@ -1,12 +1,13 @@
 //! The operations kit in `examples/` (issue 12), exercised for real: every
-//! example config passes `opamp-gateway check`, the alert rules pass
-//! `promtool check rules`, a real Prometheus scrapes a running gateway, the
-//! dashboard and the alerts query only metrics the gateway exports, the
-//! deployment files are consistent, and secrets never reach the logs.
+//! example config passes `opamp-gateway check`, and the mTLS, DMZ-pair and
+//! policies examples run; the alert rules pass `promtool check rules`; a
+//! real Prometheus scrapes a running gateway and evaluates the rules; the
+//! dashboard and the alerts query only metrics the gateway exports; the
+//! deployment files are consistent; secrets never reach the logs.
 //!
-//! Tools that come from Debian packages (`promtool`, `prometheus`,
-//! `systemd-analyze`) are installed by `scripts/test`; a test whose tool is
-//! missing says so and passes.
+//! `promtool` and `prometheus` come from Debian's `prometheus` package,
+//! which `scripts/test` installs; `systemd-analyze` is used where systemd is
+//! installed. A test whose tool is missing says so and passes.
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
@@ -315,6 +316,7 @@ async fn a_real_prometheus_scrapes_the_gateway_with_the_documented_labels() {
         "opampgateway_link_agents".to_owned(),
         latency("upstream"),
         latency("downstream"),
+        "opampgateway_upstream_agents".to_owned(),
     ];
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     let found = loop {
@@ -332,7 +334,7 @@ async fn a_real_prometheus_scrapes_the_gateway_with_the_documented_labels() {
         assert!(tokio::time::Instant::now() < deadline, "prometheus never stored {missing:?}: {found:?}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
-    let [connections, handshakes, links, up_latency, down_latency] = &found[..] else { unreachable!() };
+    let [connections, handshakes, links, up_latency, down_latency, upstreams] = &found[..] else { unreachable!() };
     for s in connections {
         assert_eq!(label(s, "job"), "opamp-gateway", "{s:?}");
         assert_eq!(label(s, "instance"), gw.metrics.to_string(), "{s:?}");
@@ -352,14 +354,34 @@ async fn a_real_prometheus_scrapes_the_gateway_with_the_documented_labels() {
         handshakes.iter().any(|s| label(s, "status") == "101" && label(s, "transport") == "websocket"),
         "{handshakes:?}"
     );
-    assert!(links.iter().all(|s| !label(s, "link").is_empty()), "{links:?}");
+    // `server` is the upstream named `default`.
+    assert!(links.iter().all(|s| !label(s, "link").is_empty() && label(s, "upstream") == "default"), "{links:?}");
+    assert!(upstreams.iter().any(|s| label(s, "upstream") == "default"), "{upstreams:?}");
     for s in up_latency.iter().chain(down_latency) {
         assert!(!label(s, "le").is_empty(), "{s:?}");
     }
-    // The alert rules loaded against real series.
-    let rules = api(prom, "/api/v1/rules").await.expect("rules API answers");
-    let groups = rules["data"]["groups"].as_array().expect("rule groups");
-    assert!(groups.iter().any(|g| g["name"] == "opamp-gateway"), "{rules}");
+    // The alert rules, loaded and evaluated against the real series: each
+    // reports its health once evaluated (`ok`, or `err` with the error).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let rules = api(prom, "/api/v1/rules").await.expect("rules API answers");
+        let all: Vec<&serde_json::Value> = rules["data"]["groups"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|g| g["name"] == "opamp-gateway")
+            .flat_map(|g| g["rules"].as_array().into_iter().flatten())
+            .collect();
+        let failed: Vec<String> = all.iter().filter(|r| r["health"] == "err").map(|r| r.to_string()).collect();
+        assert!(failed.is_empty(), "rules fail on real series:\n{}", failed.join("\n"));
+        if !all.is_empty() && all.iter().all(|r| r["health"] == "ok") {
+            // None fires on a healthy gateway.
+            assert!(all.iter().all(|r| r["state"] == "inactive"), "{all:#?}");
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "rules never evaluated: {rules}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 
     child.kill().await.unwrap();
     drop(agent);
@@ -384,8 +406,9 @@ async fn spawn_logged(yaml: &str, env: &[(&str, &str)]) -> (tokio::process::Chil
     (child, [field("listener="), field("metrics=")], dir)
 }
 
-/// One plain-HTTP poll carrying `authorization`; the status answered.
-async fn http_poll(gateway: SocketAddr, authorization: &str) -> u16 {
+/// One plain-HTTP poll carrying `authorization`, after `preface` (a PROXY
+/// protocol header, or nothing); the status answered, 0 if none.
+async fn http_poll(gateway: SocketAddr, preface: &str, authorization: &str) -> u16 {
     use prost::Message;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let msg = opamp_gateway::protocol::proto::AgentToServer {
@@ -400,10 +423,11 @@ async fn http_poll(gateway: SocketAddr, authorization: &str) -> u16 {
          Authorization: {authorization}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()
     );
-    tcp.write_all(head.as_bytes()).await.unwrap();
-    tcp.write_all(&body).await.unwrap();
+    tcp.write_all(format!("{preface}{head}").as_bytes()).await.unwrap();
+    // A connection refused mid-request may be reset: what was read decides.
+    let _ = tcp.write_all(&body).await;
     let mut raw = Vec::new();
-    tokio::time::timeout(T, tcp.read_to_end(&mut raw)).await.expect("answered in time").unwrap();
+    let _ = tokio::time::timeout(T, tcp.read_to_end(&mut raw)).await.expect("answered in time");
     String::from_utf8_lossy(&raw).split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0)
 }
 
@@ -440,8 +464,8 @@ async fn traffic_logged_at_trace(logs: &str, env: &[(&str, &str)]) -> String {
     let bad =
         SimAgent::connect(AgentOptions::new(&url).header("Authorization", format!("Secret-Key {WRONG_SECRET}"))).await;
     assert!(bad.is_err(), "a wrong key is refused");
-    assert_eq!(http_poll(listener, &format!("Secret-Key {AGENT_SECRET}")).await, 200);
-    assert_eq!(http_poll(listener, &format!("Secret-Key {WRONG_SECRET}")).await, 401);
+    assert_eq!(http_poll(listener, "", &format!("Secret-Key {AGENT_SECRET}")).await, 200);
+    assert_eq!(http_poll(listener, "", &format!("Secret-Key {WRONG_SECRET}")).await, 401);
     let s = server.state();
     assert!(s.connects_accepted >= 2 && s.connects_rejected >= 2, "{s:?}");
     // The secrets were really in use: the links sent them.
@@ -531,12 +555,9 @@ async fn the_kubernetes_manifests_agree_with_the_gateway_config() {
     std::fs::write(&gateway_yaml, kind("ConfigMap")["data"]["gateway.yaml"].as_str().unwrap()).unwrap();
     let (ok, out) = check(&gateway_yaml).await;
     assert!(ok, "the ConfigMap's gateway.yaml fails `check`:\n{out}");
-    let config = opamp_gateway::config::Config::from_yaml(&{
-        let mut t = std::fs::read_to_string(&gateway_yaml).unwrap();
-        t = t.replace("${env:OPAMP_SECRET_KEY}", "x");
-        t
-    })
-    .unwrap();
+    // Its settings, as the gateway reads them (the secret is not needed here).
+    let text = std::fs::read_to_string(&gateway_yaml).unwrap().replace("${env:OPAMP_SECRET_KEY}", "x");
+    let config = opamp_gateway::config::Config::from_yaml(&text).unwrap();
     let admin_port: i64 = config.telemetry.metrics.endpoint.unwrap().rsplit_once(':').unwrap().1.parse().unwrap();
     let agent_port: i64 = config.listener.endpoint.rsplit_once(':').unwrap().1.parse().unwrap();
 
@@ -581,4 +602,251 @@ fn the_dockerfile_is_multi_stage_and_non_root() {
     let volume = lines.iter().find(|l| l.starts_with("VOLUME ")).expect("a VOLUME line");
     assert!(volume.contains("policies.d") && volume.contains("/var/cache/opamp-gateway"), "{volume}");
     assert!(lines.iter().any(|l| l.contains("--bin opamp-gateway")));
+}
+
+/// A test CA issuing certificates (rcgen).
+struct Ca(rcgen::CertifiedIssuer<'static, rcgen::KeyPair>);
+
+impl Ca {
+    fn new(name: &str) -> Self {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params.distinguished_name.push(rcgen::DnType::CommonName, name);
+        Ca(rcgen::CertifiedIssuer::self_signed(params, rcgen::KeyPair::generate().unwrap()).unwrap())
+    }
+
+    /// `(cert PEM, key PEM)` for `name`, for a server or a client.
+    fn leaf(&self, name: &str, client: bool) -> (String, String) {
+        use rcgen::ExtendedKeyUsagePurpose::{ClientAuth, ServerAuth};
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(vec![name.to_owned()]).unwrap();
+        params.extended_key_usages = vec![if client { ClientAuth } else { ServerAuth }];
+        (params.signed_by(&key, &self.0).unwrap().pem(), key.serialize_pem())
+    }
+}
+
+/// `examples/config/mtls.yaml` as shipped, its certificate paths pointed at
+/// generated files, its server at a TLS reference server: the links dial
+/// through the private CA with the client certificate, and only agents with
+/// a certificate from the agents' CA get in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_mtls_example_runs_with_real_certificates() {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let dir = tempfile::tempdir().unwrap();
+    let file = |name: &str, text: &str| std::fs::write(dir.path().join(name), text).unwrap();
+    let (upstream_ca, listener_ca, agents_ca) = (Ca::new("upstream CA"), Ca::new("listener CA"), Ca::new("agents CA"));
+    file("upstream-ca.pem", &upstream_ca.0.pem());
+    let (cert, key) = upstream_ca.leaf("gateway", true);
+    file("gateway-client.pem", &cert);
+    file("gateway-client.key", &key);
+    let (cert, key) = listener_ca.leaf("localhost", false);
+    file("listener.pem", &cert);
+    file("listener.key", &key);
+    file("agents-ca.pem", &agents_ca.0.pem());
+
+    let (cert, key) = upstream_ca.leaf("localhost", false);
+    let server = ReferenceServer::start(ReferenceServerConfig {
+        tls: Some((cert.into_bytes(), key.into_bytes())),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let mut yaml = std::fs::read_to_string(repo("examples/config/mtls.yaml")).unwrap();
+    for (from, to) in [
+        ("/etc/opamp-gateway/tls/".to_owned(), format!("{}/", dir.path().display())),
+        (
+            "wss://opamp.internal.example.com:443/v1/opamp".to_owned(),
+            format!("wss://localhost:{}/v1/opamp", server.addr().port()),
+        ),
+        ("endpoint: 0.0.0.0:4320".to_owned(), "endpoint: 127.0.0.1:0".to_owned()),
+        ("endpoint: 127.0.0.1:8888".to_owned(), "endpoint: 127.0.0.1:0".to_owned()),
+    ] {
+        assert!(yaml.contains(&from), "mtls.yaml no longer has {from:?}: update this test");
+        yaml = yaml.replace(&from, &to);
+    }
+    let (mut child, [listener, metrics], _dir) = spawn_logged(&yaml, &EXAMPLE_ENV).await;
+    let mut stderr = child.stderr.take().unwrap();
+    tokio::spawn(async move { tokio::io::copy(&mut stderr, &mut tokio::io::sink()).await });
+    wait_for_links(metrics, 3).await;
+
+    let agent_tls = |with_cert: bool| {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(CertificateDer::from_pem_slice(listener_ca.0.pem().as_bytes()).unwrap()).unwrap();
+        let builder = rustls::ClientConfig::builder_with_provider(opamp_gateway::tls::provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots);
+        let config = if with_cert {
+            let (cert, key) = agents_ca.leaf("agent-1", true);
+            builder
+                .with_client_auth_cert(
+                    vec![CertificateDer::from_pem_slice(cert.as_bytes()).unwrap()],
+                    PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap(),
+                )
+                .unwrap()
+        } else {
+            builder.with_no_client_auth()
+        };
+        let mut o = AgentOptions::new(format!("wss://localhost:{}/v1/opamp", listener.port()));
+        o.tls = Some(std::sync::Arc::new(config));
+        o
+    };
+    let mut agent = SimAgent::connect(agent_tls(true)).await.expect("an agent with a certificate is admitted");
+    agent.send(agent.status_report()).await.unwrap();
+    agent.recv(T).await.unwrap();
+    let uid = agent.uid().as_bytes().clone();
+    server.wait_until(T, |s| s.agent(&uid).is_some()).await.expect("the agent reached the server");
+    assert!(SimAgent::connect(agent_tls(false)).await.is_err(), "an agent without a certificate got in");
+    drop(agent);
+}
+
+/// `text` with each `(from, to)` replaced; `from` must be there, so an
+/// example edited out from under its test fails loudly.
+fn rewrite(mut text: String, name: &str, pairs: &[(String, String)]) -> String {
+    for (from, to) in pairs {
+        assert!(text.contains(from.as_str()), "{name} no longer has {from:?}: update this test");
+        text = text.replace(from.as_str(), to);
+    }
+    text
+}
+
+/// Reads and discards a child's stderr, so a chatty one never blocks on it.
+fn discard_stderr(child: &mut tokio::process::Child) {
+    let mut stderr = child.stderr.take().unwrap();
+    tokio::spawn(async move { tokio::io::copy(&mut stderr, &mut tokio::io::sink()).await });
+}
+
+/// `examples/config/dmz-lower.yaml` and `dmz-upper.yaml` as a running
+/// chain: agents → lower gateway → (wss, shared token) → upper gateway →
+/// server. The upper one admits the lower one's forwarded handshakes only
+/// because the token matches.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dmz_pair_relays_agents_through_both_gateways() {
+    let dir = tempfile::tempdir().unwrap();
+    let tls_dir = format!("{}/", dir.path().display());
+    let ca = Ca::new("dmz CA");
+    std::fs::write(dir.path().join("dmz-ca.pem"), ca.0.pem()).unwrap();
+    let (cert, key) = ca.leaf("localhost", false);
+    std::fs::write(dir.path().join("dmz-gateway.pem"), cert).unwrap();
+    std::fs::write(dir.path().join("dmz-gateway.key"), key).unwrap();
+    let server = ReferenceServer::start(ReferenceServerConfig::default()).await.unwrap();
+    let loopback = |s: &str| (s.to_owned(), "endpoint: 127.0.0.1:0".to_owned());
+
+    let upper = rewrite(
+        std::fs::read_to_string(repo("examples/config/dmz-upper.yaml")).unwrap(),
+        "dmz-upper.yaml",
+        &[
+            ("wss://opamp.example.com/v1/opamp".into(), server.url()),
+            ("/etc/opamp-gateway/tls/".into(), tls_dir.clone()),
+            loopback("endpoint: 0.0.0.0:4320"),
+            loopback("endpoint: 127.0.0.1:8888"),
+        ],
+    );
+    let (mut upper, [upper_listener, upper_metrics], _d1) = spawn_logged(&upper, &EXAMPLE_ENV).await;
+    discard_stderr(&mut upper);
+    wait_for_links(upper_metrics, 4).await;
+
+    let lower = rewrite(
+        std::fs::read_to_string(repo("examples/config/dmz-lower.yaml")).unwrap(),
+        "dmz-lower.yaml",
+        &[
+            (
+                "wss://opamp-gw.dmz.example.com:4320/v1/opamp".into(),
+                format!("wss://localhost:{}/v1/opamp", upper_listener.port()),
+            ),
+            ("/etc/opamp-gateway/tls/".into(), tls_dir),
+            loopback("endpoint: 0.0.0.0:4320"),
+            loopback("endpoint: 127.0.0.1:8888"),
+        ],
+    );
+    let (mut lower, [lower_listener, lower_metrics], _d2) = spawn_logged(&lower, &EXAMPLE_ENV).await;
+    discard_stderr(&mut lower);
+    wait_for_links(lower_metrics, 2).await;
+
+    // More agents than the lower gateway has links: its links carry several
+    // uids each, which the upper one allows only to a trusted gateway.
+    let mut agents = Vec::new();
+    for _ in 0..4 {
+        let url = format!("ws://{lower_listener}/v1/opamp");
+        let mut a = SimAgent::connect(AgentOptions::new(url)).await.expect("admitted through both gateways");
+        a.send(a.status_report()).await.unwrap();
+        a.recv(T).await.unwrap();
+        agents.push(a);
+    }
+    let uids: Vec<Vec<u8>> = agents.iter().map(|a| a.uid().as_bytes().to_vec()).collect();
+    server.wait_until(T, |s| uids.iter().all(|u| s.agent(u).is_some())).await.expect("every agent reached the server");
+    // The server saw the upper gateway's links only, with its own header.
+    let s = server.state();
+    assert!(s.connections.iter().all(|c| c.header("authorization") == Some("Secret-Key example-secret")), "{s:?}");
+}
+
+/// `examples/config/policies.yaml` running: with `required: true`, a gateway
+/// whose policies folder holds no policy keeps `/readyz` at 503 (a load
+/// balancer leaves it out) while its links are up and `/livez` answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_policies_example_is_not_ready_without_its_policies() {
+    let dir = tempfile::tempdir().unwrap();
+    let policies = dir.path().join("policies.d");
+    std::fs::create_dir(&policies).unwrap();
+    let server = ReferenceServer::start(ReferenceServerConfig::default()).await.unwrap();
+    let yaml = rewrite(
+        std::fs::read_to_string(repo("examples/config/policies.yaml")).unwrap(),
+        "policies.yaml",
+        &[
+            ("wss://opamp.example.com/v1/opamp".into(), server.url()),
+            ("endpoint: 0.0.0.0:4320".into(), "endpoint: 127.0.0.1:0".into()),
+            ("endpoint: 127.0.0.1:8888".into(), "endpoint: 127.0.0.1:0".into()),
+            ("/etc/opamp-gateway/policies.d".into(), policies.display().to_string()),
+            ("/var/cache/opamp-gateway".into(), dir.path().join("cache").display().to_string()),
+        ],
+    );
+    let (mut gw, [_, metrics], _d) = spawn_logged(&yaml, &EXAMPLE_ENV).await;
+    discard_stderr(&mut gw);
+    wait_for_links(metrics, 3).await;
+    let get = |path: &'static str| async move { opamp_gateway::sim::http_get(metrics, path).await.unwrap().0 };
+    assert_eq!(get("/livez").await, 200);
+    assert_eq!(get("/healthz").await, 200);
+    assert_eq!(get("/readyz").await, 503, "ready with no policy although policies.required is true");
+}
+
+/// `examples/config/ha-member.yaml` running behind a (simulated) load
+/// balancer: connections start with a PROXY header whose source is the
+/// agent's address, which the server then sees; a connection without one
+/// (something bypassing the balancer) is refused; SIGTERM turns `/readyz`
+/// 503 at once while the drain delay runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ha_member_example_takes_agents_through_a_proxy_header() {
+    let server = ReferenceServer::start(ReferenceServerConfig::default()).await.unwrap();
+    let yaml = rewrite(
+        std::fs::read_to_string(repo("examples/config/ha-member.yaml")).unwrap(),
+        "ha-member.yaml",
+        &[
+            ("wss://opamp.example.com/v1/opamp".into(), server.url()),
+            ("endpoint: 0.0.0.0:4320".into(), "endpoint: 127.0.0.1:0".into()),
+            ("endpoint: 0.0.0.0:8888".into(), "endpoint: 127.0.0.1:0".into()),
+        ],
+    );
+    let (mut gw, [listener, metrics], _d) = spawn_logged(&yaml, &EXAMPLE_ENV).await;
+    discard_stderr(&mut gw);
+    wait_for_links(metrics, 3).await;
+    let get = |path: &'static str| async move { opamp_gateway::sim::http_get(metrics, path).await.unwrap().0 };
+    assert_eq!(get("/readyz").await, 200);
+
+    let proxy = format!("PROXY TCP4 203.0.113.7 {} 40001 {}\r\n", listener.ip(), listener.port());
+    assert_eq!(http_poll(listener, &proxy, "Secret-Key any").await, 200);
+    let seen = server.state().connect_requests.last().cloned().expect("a connect request").1;
+    assert_eq!(seen.remote_address, "203.0.113.7:40001");
+    assert_eq!(http_poll(listener, "", "Secret-Key any").await, 0, "a connection without a PROXY header got in");
+
+    let pid = gw.id().unwrap().to_string();
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().await.unwrap().success());
+    // `/readyz` says so at once; `listener.drain_delay` (10s) keeps the
+    // listener open meanwhile. Polled: the signal is handled asynchronously.
+    let deadline = tokio::time::Instant::now() + T;
+    while get("/readyz").await != 503 {
+        assert!(tokio::time::Instant::now() < deadline, "/readyz still 200 after SIGTERM");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(http_poll(listener, &proxy, "Secret-Key any").await, 200, "agents refused during the drain delay");
 }

@@ -17,6 +17,9 @@ use opamp_gateway::sim::server::{ConnectMode, ReferenceServer, ReferenceServerCo
 use opamp_gateway::Gateway;
 use policy_support::{applied, atomic_write, install, wait_for};
 
+#[path = "support/gateway_process.rs"]
+mod gateway_process;
+
 const T: Duration = Duration::from_secs(10);
 
 fn compat_fixture() -> std::path::PathBuf {
@@ -149,4 +152,72 @@ async fn dropping_the_router_in_moves_a_tenant_live_and_a_0_2_component_keeps_wo
         round_trip(a).await;
         assert_eq!(goodbyes(&s.blue, a), 0, "a refused move leaves the agent where it was");
     }
+}
+
+/// The value of the sample of `name` whose labels include every `labels` pair.
+fn sample(body: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    body.lines().filter(|l| !l.starts_with('#')).find_map(|line| {
+        let (series, value) = line.rsplit_once(' ')?;
+        let rest = series.strip_prefix(name)?;
+        let all = labels.iter().all(|(k, v)| rest.contains(&format!("{k}=\"{v}\"")));
+        (rest.starts_with('{') && all).then(|| value.parse().ok()).flatten()
+    })
+}
+
+/// The binary, as operators run it: named upstreams in `/healthz`, agents
+/// per upstream and migrations in `/metrics`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_reports_upstreams_in_health_and_metrics() {
+    let blue = ReferenceServer::start(ReferenceServerConfig::default()).await.unwrap();
+    let green = ReferenceServer::start(ReferenceServerConfig::default()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    install(dir.path(), "upstream_router", "router", Some("header: x-tenant\nroute: [acme=green]\n"));
+    let cache = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("policy-cache");
+    let yaml = format!(
+        "server:\n  endpoint: {}\n  connections: 1\nupstreams:\n  green:\n    endpoint: {}\n    connections: 2\n\
+         listener:\n  endpoint: 127.0.0.1:0\ntelemetry:\n  metrics:\n    endpoint: 127.0.0.1:0\n\
+         policies:\n  directory: {}\n  watch: true\n  cache_dir: {}\n",
+        blue.url(),
+        green.url(),
+        dir.path().display(),
+        cache.display()
+    );
+    let gw = gateway_process::GatewayProcess::spawn(&yaml).await;
+    let get = |path: &'static str| async move { opamp_gateway::sim::http_get(gw.metrics, path).await.unwrap().1 };
+    let healthy = "1/1 upstream links connected\nupstream green: 2/2 links connected\n";
+    let deadline = tokio::time::Instant::now() + T;
+    while get("/healthz").await != healthy {
+        assert!(tokio::time::Instant::now() < deadline, "links never came up: {:?}", get("/healthz").await);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let url = format!("ws://{}/v1/opamp", gw.listener);
+    let mut a = SimAgent::connect(AgentOptions::new(url).header("X-Tenant", "acme")).await.unwrap();
+    round_trip(&mut a).await;
+    assert!(green.state().agent(a.uid().as_bytes()).is_some());
+    let body = get("/metrics").await;
+    assert_eq!(sample(&body, "opampgateway_upstream_agents", &[("upstream", "green")]), Some(1.0), "{body}");
+    assert_eq!(sample(&body, "opampgateway_upstream_agents", &[("upstream", "default")]), Some(0.0));
+    assert_eq!(
+        sample(&body, "opampgateway_link_agents", &[("upstream", "green"), ("link", "upstream-1")]),
+        Some(0.0),
+        "links are numbered within their upstream"
+    );
+    assert!(sample(&body, "opampgateway_upstream_reconnects_total", &[("upstream", "green"), ("outcome", "success")])
+        .is_some_and(|n| n >= 2.0));
+
+    // The route is removed: the agent goes back to the default upstream.
+    atomic_write(&dir.path().join("router.yaml"), b"header: x-tenant\nroute: [initech=green]\n");
+    let deadline = tokio::time::Instant::now() + T;
+    loop {
+        let body = get("/metrics").await;
+        let moved =
+            sample(&body, "opampgateway_upstream_migrations_total", &[("upstream", "default"), ("outcome", "moved")]);
+        if moved == Some(1.0) {
+            assert_eq!(sample(&body, "opampgateway_upstream_agents", &[("upstream", "default")]), Some(1.0));
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no migration counted:\n{body}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    round_trip(&mut a).await;
 }

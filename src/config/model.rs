@@ -738,6 +738,77 @@ pub struct TelemetryConfig {
     pub metrics: MetricsConfig,
     /// `format: text|json` and `level`; see [`crate::telemetry::logs`].
     pub logs: crate::telemetry::LogsConfig,
+    /// Relayed messages to a file, for `policy replay`; off by default.
+    pub capture: CaptureConfig,
+}
+
+/// `telemetry.capture`; the file format is in [`crate::telemetry::capture`].
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CaptureConfig {
+    pub enabled: bool,
+    /// The current file; rotated ones are `<path>.1`, `<path>.2`, ...
+    pub path: Option<PathBuf>,
+    /// Size cap of each file (and of payload bytes waiting for the writer).
+    pub max_bytes: ByteSize,
+    /// Files kept, the current one included.
+    pub max_files: usize,
+    /// Records waiting for the writer at most; more are dropped, counted.
+    pub queue: usize,
+    /// Header values of connect records are written as `<redacted>`...
+    pub redact_headers: bool,
+    /// ...except these headers' (names, case-insensitive).
+    pub keep_headers: Vec<String>,
+}
+
+impl Default for CaptureConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            path: None,
+            max_bytes: ByteSize::mib(64),
+            max_files: 3,
+            queue: 4096,
+            redact_headers: true,
+            keep_headers: ["user-agent", "content-type", "content-encoding", "accept-encoding"].map(Into::into).into(),
+        }
+    }
+}
+
+impl CaptureConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        const P: &str = "telemetry.capture";
+        if self.enabled && self.path.is_none() {
+            return Err(ConfigError::field(
+                format!("{P}.path"),
+                "needed when enabled, e.g. /var/lib/opamp-gateway/capture.jsonl",
+            ));
+        }
+        if self.max_bytes.0 < 4096 {
+            return Err(ConfigError::field(
+                format!("{P}.max_bytes"),
+                format!("at least 4KiB, e.g. 64MiB; got {}", self.max_bytes),
+            ));
+        }
+        for (n, field) in [(self.max_files, "max_files"), (self.queue, "queue")] {
+            if n == 0 {
+                return Err(ConfigError::field(format!("{P}.{field}"), "must be at least 1"));
+            }
+        }
+        Ok(())
+    }
+
+    /// What the writer needs; `None` when capture is off.
+    pub fn settings(&self) -> Option<crate::telemetry::capture::CaptureSettings> {
+        Some(crate::telemetry::capture::CaptureSettings {
+            path: self.path.clone().filter(|_| self.enabled)?,
+            max_bytes: self.max_bytes.0,
+            max_files: self.max_files,
+            queue: self.queue,
+            redact_headers: self.redact_headers,
+            keep_headers: self.keep_headers.iter().map(|h| h.to_ascii_lowercase()).collect(),
+        })
+    }
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -841,6 +912,7 @@ impl Config {
                 )
             })?;
         }
+        self.telemetry.capture.validate()?;
         self.policies.validate().map_err(|(field, why)| ConfigError::field(format!("policies.{field}"), why))?;
         Ok(())
     }

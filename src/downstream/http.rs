@@ -34,9 +34,11 @@ use tokio::time::Instant;
 
 use super::headers::{forwarded_headers, list_elements};
 use super::respond::{plain, refuse, Body};
+use super::session::upstream_name;
 use super::trust::PeerCertificate;
 use super::uid_guard::Refusal;
 use super::{pipeline, Downstream};
+use crate::policy::lifecycle::SessionTicket;
 use crate::policy::Transport;
 use crate::protocol::{compose, framing, handshake, AgentFrame, InstanceUid};
 use crate::relay::{
@@ -65,6 +67,8 @@ pub(crate) struct HttpAgent {
     /// concurrent polls of one agent from taking each other's replies.
     inbox: tokio::sync::Mutex<mpsc::Receiver<Inbound>>,
     state: Mutex<AgentState>,
+    /// The policies' `on-disconnect` when it is released.
+    lifecycle: Mutex<SessionTicket>,
 }
 
 struct AgentState {
@@ -190,6 +194,7 @@ pub(crate) async fn handle(ds: Arc<Downstream>, req: Request<Incoming>, remote: 
     let lease = agent.lease();
     let received = Instant::now();
     pipeline::resend_returned(&lease, &agent.shared).await;
+    pipeline::capture_up(&ds, &parsed, Transport::Http);
     match pipeline::upstream_frame(&ds.relay, &parsed, None).await {
         Ok(Some(frame)) => pipeline::send_up(&lease, &agent.shared, frame, received, held).await,
         Ok(None) => {}
@@ -256,8 +261,13 @@ async fn admitted(
     }
     let request = AdmitRequest { headers, remote_addr: remote.to_string(), transport: Transport::Http };
     let started = Instant::now();
-    let admission = ds.relay.admit(&request).await;
+    // `admit` is asked when the agent is new, not when it re-authenticates.
+    let admission = match &existing {
+        Some(a) if !a.shared.closing().is_cancelled() => ds.relay.admit(&request).await,
+        _ => ds.relay.admit_new(&request).await,
+    };
     metrics::histogram!(m::HANDSHAKE_SECONDS).record(started.elapsed().as_secs_f64());
+    pipeline::capture_connect(ds, &request, admission.is_ok());
     let admission = match admission {
         Ok(a) => a,
         Err(e) => {
@@ -275,6 +285,7 @@ async fn admitted(
     };
     metrics::counter!(m::HANDSHAKES, "outcome" => "accepted", "status" => "200", "transport" => "http").increment(1);
     let now = Instant::now();
+    let ticket = admission.ticket;
     let mut state = AgentState {
         lease: Arc::new(admission.lease),
         authenticated: now,
@@ -306,11 +317,13 @@ async fn admitted(
             }
             let (shared, inbox) =
                 AgentShared::new(ds.next_id(), ds.settings.http.queue_size, ds.relay.settings.failover_queue, identity);
+            let upstream = upstream_name(&ds.relay, &state.lease);
             let agent = Arc::new(HttpAgent {
                 uid: uid.clone(),
                 shared,
                 inbox: tokio::sync::Mutex::new(inbox),
                 state: Mutex::new(state),
+                lifecycle: Mutex::new(SessionTicket::default()),
             });
             // Decided under the map lock; counted after it is released.
             let claimed = {
@@ -331,6 +344,10 @@ async fn admitted(
                     },
                 }
             };
+            // Registered: its session begins (a ticket dropped on the paths
+            // above tells the policies it never got one).
+            let session = ticket.start(agent.shared.id, Some(uid.as_bytes().clone()), upstream);
+            *agent.lifecycle.lock() = session;
             if let Claimed::TookOver(old) = claimed {
                 old.close(CloseReason::Superseded);
                 metrics::counter!(m::UID_TAKEOVERS).increment(1);
@@ -361,6 +378,7 @@ async fn next_reply(ds: &Downstream, agent: &HttpAgent) -> Bytes {
             Ok(Some(msg)) => msg,
             _ => return agent.empty_reply(),
         };
+        pipeline::capture_down(ds, &msg.frame, Transport::Http);
         match pipeline::downstream_frame(&ds.relay, &agent.shared, &msg).await {
             Ok(Some(frame)) => {
                 pipeline::delivered(frame.len(), msg.received);
@@ -389,6 +407,8 @@ async fn release(ds: &Downstream, agent: &Arc<HttpAgent>, said_goodbye: bool) {
         pipeline::report_gone(&lease, &agent.uid).await;
     }
     let reason = if said_goodbye { CloseReason::Peer } else { CloseReason::Dead };
+    let upstream = upstream_name(&ds.relay, &agent.lease());
+    std::mem::take(&mut *agent.lifecycle.lock()).end(reason.as_str(), None, Some(upstream));
     metrics::counter!(m::AGENTS_CLOSED, "reason" => reason.as_str(), "transport" => "http").increment(1);
 }
 

@@ -80,6 +80,8 @@ pub struct Downstream {
     pub(crate) sessions: TaskTracker,
     /// Agents using the plain-HTTP transport.
     pub(crate) http: http::HttpAgents,
+    /// `telemetry.capture` (off unless [`Downstream::with_capture`]).
+    pub(crate) capture: crate::telemetry::capture::Capture,
     next_agent_id: AtomicU64,
 }
 
@@ -92,8 +94,14 @@ impl Downstream {
             shutdown,
             sessions: TaskTracker::new(),
             http: http::HttpAgents::default(),
+            capture: Default::default(),
             next_agent_id: AtomicU64::new(1),
         }
+    }
+
+    /// Records relayed messages and connects to `capture`.
+    pub(crate) fn with_capture(self, capture: crate::telemetry::capture::Capture) -> Self {
+        Self { capture, ..self }
     }
 
     fn next_id(&self) -> u64 {

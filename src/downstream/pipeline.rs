@@ -13,10 +13,11 @@ use std::sync::Arc;
 use bytes::Bytes;
 use tokio::time::Instant;
 
-use crate::policy::{Direction, FilterOutcome};
+use super::Downstream;
+use crate::policy::{Direction, FilterOutcome, Transport};
 use crate::protocol::wire::{self, Wire};
 use crate::protocol::{compose, framing, AgentFrame, InstanceUid};
-use crate::relay::{AgentShared, CloseReason, Held, Inbound, LinkLease, Outbound, Relay};
+use crate::relay::{AdmitRequest, AgentShared, CloseReason, Held, Inbound, LinkLease, Outbound, Relay};
 use crate::telemetry::metrics as m;
 
 /// Runs the agent→server filter phase. `frame` is what the agent sent if it
@@ -155,6 +156,40 @@ pub(crate) async fn report_gone(lease: &LinkLease, uid: &InstanceUid) {
     } else {
         metrics::counter!(m::MESSAGES_DROPPED, "direction" => m::UPSTREAM, "reason" => "synthesized_disconnect")
             .increment(1);
+    }
+}
+
+/// `telemetry.capture`: what an agent sent, before any policy ran.
+pub(crate) fn capture_up(ds: &Downstream, parsed: &AgentFrame, transport: Transport) {
+    if ds.capture.is_enabled() {
+        let uid = parsed.uid.as_deref().unwrap_or_default();
+        ds.capture.message(Direction::AgentToServer.as_str(), transport_name(transport), uid, &parsed.payload);
+    }
+}
+
+/// `telemetry.capture`: what the server sent an agent (`frame` with its
+/// header), before any policy ran.
+pub(crate) fn capture_down(ds: &Downstream, frame: &Bytes, transport: Transport) {
+    if ds.capture.is_enabled() {
+        let payload = framing::payload(frame).unwrap_or_default();
+        let uid = match wire::last(&payload, wire::field::INSTANCE_UID) {
+            Some(Wire::Bytes(u)) => u,
+            _ => &[],
+        };
+        ds.capture.message(Direction::ServerToAgent.as_str(), transport_name(transport), uid, &payload);
+    }
+}
+
+/// `telemetry.capture`: a connect handshake's headers (as the server is
+/// shown them) and outcome.
+pub(crate) fn capture_connect(ds: &Downstream, admit: &AdmitRequest, accepted: bool) {
+    ds.capture.connect(transport_name(admit.transport), &admit.remote_addr, &admit.headers, accepted);
+}
+
+fn transport_name(t: Transport) -> &'static str {
+    match t {
+        Transport::WebSocket => "websocket",
+        Transport::Http => "http",
     }
 }
 

@@ -27,14 +27,34 @@ pub(crate) fn refuse(ds: &Downstream, e: AdmitError, remote: SocketAddr, transpo
     metrics::counter!(m::HANDSHAKES, "outcome" => e.outcome(), "status" => status.as_str().to_owned(), "transport" => t)
         .increment(1);
     log_refusal(&REFUSALS, &e, status, remote, t);
+    if let AdmitError::PolicyRejected(rejection) = e {
+        return rejected_by_policy(status, rejection);
+    }
     let mut r = plain(status, e.to_string());
     match &e {
         AdmitError::Rejected(result) => copy_headers(r.headers_mut(), &result.response_headers),
+        AdmitError::PolicyRejected(_) => unreachable!("answered above"),
         // A 502 (unreadable connectResult) is the server's fault too: ask the
         // agent to back off rather than retry at once.
         AdmitError::NoUpstream | AdmitError::Timeout | AdmitError::BadResult(_) | AdmitError::PolicyRefused(_) => {
             let secs = ds.settings.retry_after.as_secs().max(1).to_string();
             r.headers_mut().insert(RETRY_AFTER, HeaderValue::from_str(&secs).expect("digits"));
+        }
+    }
+    r
+}
+
+/// A policy's `admit` rejection, as it asked (status, headers, body:
+/// checked by the policy chain).
+fn rejected_by_policy(status: StatusCode, rejection: crate::policy::Rejection) -> Response<Body> {
+    let mut r = Response::builder()
+        .status(status)
+        .header(http::header::CONTENT_TYPE, "text/plain; charset=utf-8")
+        .body(Body::new(Bytes::from(rejection.body)))
+        .expect("static response parts are valid");
+    for (k, v) in rejection.headers {
+        if let (Ok(k), Ok(v)) = (HeaderName::from_bytes(k.as_bytes()), HeaderValue::from_str(&v)) {
+            r.headers_mut().append(k, v);
         }
     }
     r

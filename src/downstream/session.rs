@@ -26,6 +26,7 @@ use tokio_tungstenite::WebSocketStream;
 
 use super::log_every::{LogEvery, REFUSAL_LOG_EVERY};
 use super::{pipeline, uid_guard, Downstream};
+use crate::policy::lifecycle::SessionTicket;
 use crate::protocol::compose::{self, ErrorKind};
 use crate::protocol::AgentFrame;
 use crate::relay::{
@@ -67,6 +68,8 @@ pub struct Session {
     failover: Option<Failover>,
     /// Listed with the rebalancer while the session lives.
     _movable: Movable,
+    /// The policies' `on-disconnect` when the session ends.
+    lifecycle: SessionTicket,
 }
 
 /// Failed planned moves, one line per kind (rejected by the server, or
@@ -102,6 +105,7 @@ impl Session {
     pub fn new(ds: Arc<Downstream>, admission: Admission, admit: AdmitRequest, identity: Identity) -> Self {
         let (agent, inbox) =
             AgentShared::new(ds.next_id(), ds.relay.settings.agent_queue, ds.relay.settings.failover_queue, identity);
+        let lifecycle = admission.ticket.start(agent.id, None, upstream_name(&ds.relay, &admission.lease));
         let link_state = watch_link(&admission.lease);
         let budget_open = ds.relay.budget.watch();
         agent.set_link(admission.lease.index());
@@ -121,6 +125,7 @@ impl Session {
             waiting: None,
             failover: None,
             _movable: movable,
+            lifecycle,
         }
     }
 
@@ -143,6 +148,9 @@ impl Session {
             let frame = CloseFrame { code: CloseCode::from(reason.close_code()), reason: reason.as_str().into() };
             let _ = tokio::time::timeout(write_timeout, ws.close(Some(frame))).await;
         }
+        let uid = self.uids.first().map(|u| u.as_bytes().clone());
+        let upstream = upstream_name(&self.ds.relay, &self.lease);
+        std::mem::take(&mut self.lifecycle).end(reason.as_str(), uid, Some(upstream));
         self.release().await;
         gauge.decrement(1.0);
         metrics::counter!(m::AGENTS_CLOSED, "reason" => reason.as_str(), "transport" => "websocket").increment(1);
@@ -231,6 +239,7 @@ impl Session {
             return self.agent.offer(answer);
         }
 
+        pipeline::capture_up(&self.ds, &parsed, crate::policy::Transport::WebSocket);
         if let Some(frame) = pipeline::upstream_frame(&self.ds.relay, &parsed, Some(frame)).await? {
             pipeline::send_up(&self.lease, &self.agent, frame, received, held).await;
         }
@@ -279,6 +288,7 @@ impl Session {
 
     /// A server message for this agent.
     async fn deliver<S: AgentIo>(&mut self, ws: &mut WebSocketStream<S>, msg: Inbound) -> Result<(), CloseReason> {
+        pipeline::capture_down(&self.ds, &msg.frame, crate::policy::Transport::WebSocket);
         let Some(frame) = pipeline::downstream_frame(&self.ds.relay, &self.agent, &msg).await? else {
             return Ok(());
         };
@@ -482,6 +492,11 @@ impl Session {
                 .increment(left as u64);
         }
     }
+}
+
+/// The name of the upstream `lease` is on, as policies know it.
+pub(super) fn upstream_name(relay: &Relay, lease: &LinkLease) -> String {
+    relay.links.upstreams().get(lease.link().upstream).map_or_else(String::new, |u| u.name.to_string())
 }
 
 /// Watches the lease's link for a loss. A link lost between the admission

@@ -43,8 +43,9 @@ pub(super) async fn upgrade(ds: Arc<Downstream>, mut req: Request<Incoming>, rem
     };
     let peer_cert = req.extensions().get::<PeerCertificate>().cloned();
     let started = Instant::now();
-    let admission = ds.relay.admit(&admit).await;
+    let admission = ds.relay.admit_new(&admit).await;
     metrics::histogram!(m::HANDSHAKE_SECONDS).record(started.elapsed().as_secs_f64());
+    super::pipeline::capture_connect(&ds, &admit, admission.is_ok());
     let admission = match admission {
         Ok(a) => a,
         Err(e) => return refuse(&ds, e, remote, Transport::WebSocket),

@@ -25,11 +25,12 @@
 //!     log_lines: 50          # guest log/stdout lines per policy per log_interval
 //!     log_interval: 10s
 //!     max_module_size: 134217728  # bytes per .wasm; bigger is refused unread
+//!     state_bytes: 1048576   # shared state store per policy (keys + values)
 //! ```
 //!
 //! A policy's `<name>.yaml` may override `on_error`, `call_timeout`,
-//! `memory_limit` and the `quarantine_*` settings for that policy (see
-//! `docs/policies.md`).
+//! `memory_limit` and the `quarantine_*` settings for that policy, and set
+//! `mode: shadow` and `state: reset` (see `docs/policies.md`).
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -225,6 +226,9 @@ pub struct PolicyLimits {
     /// Largest policy module (`.wasm`) loaded, in bytes: a bigger file is
     /// refused, unread, and the serving set keeps serving.
     pub max_module_size: u64,
+    /// Bytes (keys + values) each policy's shared state store may hold
+    /// (WIT 0.3.0 `host.state-*`); a write beyond is refused with `full`.
+    pub state_bytes: usize,
     /// Largest replacement message per direction (agent→server,
     /// server→agent): the receiving side's `max_message_size`, filled in by
     /// [`PoliciesConfig::for_relay`]; not configurable here.
@@ -241,6 +245,7 @@ impl Default for PolicyLimits {
             log_interval: Duration::from_secs(10),
             // componentize-py's components are about 40 MB.
             max_module_size: 128 << 20,
+            state_bytes: 1 << 20,
             max_replacement: [64 << 20; 2],
         }
     }

@@ -2,9 +2,11 @@
 //!
 //! | phase             | when                                      | default (no policy)                  |
 //! |-------------------|-------------------------------------------|--------------------------------------|
+//! | `admit`           | an agent connects, before the handshake   | allow                                |
 //! | `assign`          | an agent connects: which upstream, link   | default upstream, least-connections  |
 //! | `forward-headers` | building the connect handshake            | forward every header                 |
 //! | `filter`          | every message, in announced directions    | forward unchanged                    |
+//! | `on-connect`, `on-disconnect` | a session starts / ends (after the fact, off the relay's path) | nothing |
 //!
 //! A [`Policy`] may implement any subset. Policies are applied as an ordered
 //! chain ([`PolicySet`]); the relay only ever sees the chain, through
@@ -24,6 +26,8 @@
 //!   `set-field` never touches it, headers are valid HTTP);
 //! - `throttle`: rate limits on a policy's log lines;
 //! - `health`: whether the policy directory is being served as configured;
+//! - `state`: the per-policy shared store and clock of WIT 0.3.0;
+//! - `lifecycle`: session events queued to a worker, dropped when it lags;
 //! - [`config`], [`runtime`]: loading, watching and swapping the set;
 //! - [`wasm`]: the WebAssembly host (cargo feature `wasm`, on by default).
 
@@ -31,8 +35,13 @@ pub(crate) mod breaker;
 pub mod config;
 pub(crate) mod gate;
 pub(crate) mod health;
+pub(crate) mod lifecycle;
+/// `policy replay`: a policy over a `telemetry.capture` file, offline.
+#[cfg(feature = "wasm")]
+pub mod replay;
 pub mod runtime;
 pub(crate) mod set;
+pub(crate) mod state;
 pub(crate) mod throttle;
 #[cfg(fuzzing)]
 pub mod verdict;
@@ -46,7 +55,8 @@ use bytes::Bytes;
 pub use config::{BreakerConfig, PoliciesConfig, PolicyLimits};
 pub use gate::Gate;
 pub use health::PolicyHealth;
-pub use set::{AssignDecision, Containment, FilterOutcome, Policies, PolicySet, Refused};
+pub use lifecycle::{AdmitTicket, Lifecycle};
+pub use set::{AdmitOutcome, AssignDecision, Containment, FilterOutcome, Policies, PolicySet, Refused};
 
 /// Header list as `(name, value)` pairs, names lower-case, in request order.
 pub type HeaderList = Vec<(String, String)>;
@@ -149,6 +159,51 @@ pub enum Verdict {
     Close,
 }
 
+/// Largest `admit` rejection body, bytes.
+pub const MAX_REJECTION_BODY: usize = 1024;
+
+/// An `admit` refusal: the HTTP answer the agent gets instead of a session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    /// 400-599, never 401 (checked by the chain).
+    pub status: u16,
+    pub headers: HeaderList,
+    pub body: String,
+}
+
+/// An `admit` answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AdmitVerdict {
+    Allow,
+    Reject(Rejection),
+}
+
+/// One agent session, as `on-connect` and `on-disconnect` see it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionEvent {
+    /// 0 for `not-admitted`.
+    pub session: u64,
+    pub uid: Option<Bytes>,
+    pub headers: HeaderList,
+    pub remote_addr: String,
+    pub transport: Transport,
+    /// Empty for `not-admitted`.
+    pub upstream: String,
+}
+
+/// The `on-disconnect` reason of an agent a policy admitted that never got
+/// a session.
+pub const NOT_ADMITTED: &str = "not-admitted";
+
+/// Whether a policy's verdicts are applied (`mode:` in its YAML).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Mode {
+    #[default]
+    Enforce,
+    /// Called as usual; verdicts only counted and logged at debug.
+    Shadow,
+}
+
 /// What a policy failure means for the traffic it was judging.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -210,6 +265,16 @@ pub trait Policy: Send + Sync + 'static {
         None
     }
 
+    /// `Shadow`: called as usual, its verdicts are counted, never applied.
+    fn mode(&self) -> Mode {
+        Mode::Enforce
+    }
+
+    /// Before the handshake, with what `assign` sees.
+    fn admit(&self, _input: &AssignInput<'_>) -> Result<AdmitVerdict, HookError> {
+        Ok(AdmitVerdict::Allow)
+    }
+
     /// `Ok(None)`: no opinion (the next policy, then the default upstream's
     /// least-loaded link, decides).
     fn assign(&self, _input: &AssignInput<'_>) -> Result<Option<Route>, HookError> {
@@ -224,6 +289,16 @@ pub trait Policy: Send + Sync + 'static {
     fn filter(&self, _dir: Direction, _uid: &[u8], _message: &Bytes) -> Result<Verdict, HookError> {
         Ok(Verdict::Forward)
     }
+
+    /// A session started (called on the lifecycle worker).
+    fn on_connect(&self, _event: &SessionEvent) -> Result<(), HookError> {
+        Ok(())
+    }
+
+    /// A session ended, or an admitted agent got none ([`NOT_ADMITTED`]).
+    fn on_disconnect(&self, _event: &SessionEvent, _reason: &str) -> Result<(), HookError> {
+        Ok(())
+    }
 }
 
 /// The phases a policy implements. `filter` is announced per direction, so
@@ -234,12 +309,21 @@ pub struct Hooks {
     pub forward_headers: bool,
     pub filter_agent_to_server: bool,
     pub filter_server_to_agent: bool,
+    pub admit: bool,
+    /// `on-connect` and `on-disconnect`.
+    pub lifecycle: bool,
 }
 
 impl Hooks {
     /// `filter` in both directions.
-    pub const FILTER: Hooks =
-        Hooks { assign: false, forward_headers: false, filter_agent_to_server: true, filter_server_to_agent: true };
+    pub const FILTER: Hooks = Hooks {
+        assign: false,
+        forward_headers: false,
+        filter_agent_to_server: true,
+        filter_server_to_agent: true,
+        admit: false,
+        lifecycle: false,
+    };
 
     /// Whether `filter` is to be called for messages travelling `dir`.
     pub fn filters(&self, dir: Direction) -> bool {
@@ -256,6 +340,8 @@ impl Hooks {
             (self.forward_headers, "forward-headers"),
             (self.filter_agent_to_server, "filter-agent-to-server"),
             (self.filter_server_to_agent, "filter-server-to-agent"),
+            (self.admit, "admit"),
+            (self.lifecycle, "lifecycle"),
         ]
         .into_iter()
         .filter_map(|(on, name)| on.then_some(name))

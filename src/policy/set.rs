@@ -7,6 +7,12 @@
 //! - `forward-headers`: each policy transforms the previous one's output.
 //! - `filter`: each policy that announced the message's direction sees the
 //!   previous one's output; `Drop` and `Close` stop the chain.
+//! - `admit`: the first rejection wins (an invalid one is a failure).
+//! - `on-connect`/`on-disconnect`: see `lifecycle`.
+//!
+//! A `mode: shadow` policy is called as usual but its verdicts are only
+//! counted (`opampgateway_policy_shadow_verdicts_total`) and logged at
+//! debug; its failures never block anything (always fail-open).
 //!
 //! A failing policy is skipped (fail-open) or blocks the traffic it judged
 //! (fail-closed), per its [`FailureMode`]. Nothing here can panic the relay.
@@ -39,8 +45,13 @@ use bytes::Bytes;
 use super::breaker::{Admit, Breaker, Clock, SystemClock};
 use super::config::{BreakerConfig, PoliciesConfig, PolicyLimits};
 use super::gate::{Gate, Turn};
+use super::lifecycle::{AdmitTicket, Job, Lifecycle};
 use super::throttle::Throttle;
-use super::{AssignInput, Direction, FailureMode, HeaderList, HookError, Hooks, Policy, Route, Verdict};
+use super::verdict::check_header;
+use super::{
+    AdmitVerdict, AssignInput, Direction, FailureMode, HeaderList, HookError, Hooks, Mode, Policy, Rejection, Route,
+    SessionEvent, Verdict, MAX_REJECTION_BODY,
+};
 use crate::telemetry::metrics as m;
 
 /// What a set needs besides its policies: breaker defaults, answer caps,
@@ -105,7 +116,9 @@ struct Entry {
     hooks: Hooks,
     guard: Arc<Guard>,
     /// Indexed by [`Hook`].
-    instruments: [OnceLock<Instruments>; 3],
+    instruments: [OnceLock<Instruments>; 6],
+    /// `mode: shadow`.
+    shadow: bool,
 }
 
 /// Per-policy state that outlives a set while the policy is reused.
@@ -138,6 +151,9 @@ enum Hook {
     Assign = 0,
     ForwardHeaders = 1,
     Filter = 2,
+    Admit = 3,
+    OnConnect = 4,
+    OnDisconnect = 5,
 }
 
 impl Hook {
@@ -146,13 +162,30 @@ impl Hook {
             Hook::Assign => "assign",
             Hook::ForwardHeaders => "forward_headers",
             Hook::Filter => "filter",
+            Hook::Admit => "admit",
+            Hook::OnConnect => "on_connect",
+            Hook::OnDisconnect => "on_disconnect",
         }
     }
 }
 
 impl Entry {
     fn new(policy: Arc<dyn Policy>, c: &Containment) -> Self {
-        Self { hooks: policy.hooks(), guard: Guard::new(policy.as_ref(), c), policy, instruments: Default::default() }
+        Self {
+            hooks: policy.hooks(),
+            guard: Guard::new(policy.as_ref(), c),
+            shadow: policy.mode() == Mode::Shadow,
+            policy,
+            instruments: Default::default(),
+        }
+    }
+
+    /// Counts (and logs at debug) a shadow policy's verdict.
+    fn shadowed(&self, hook: Hook, verdict: &'static str) {
+        let name = self.policy.name();
+        metrics::counter!(m::POLICY_SHADOW_VERDICTS, "policy" => name.to_owned(), "hook" => hook.label(), "verdict" => verdict)
+            .increment(1);
+        tracing::debug!(policy = name, hook = hook.label(), verdict, "shadow verdict (not applied)");
     }
 
     fn instruments(&self, hook: Hook) -> &Instruments {
@@ -198,9 +231,19 @@ impl Entry {
 /// for the duration of one decision, so a swap never changes the rules under
 /// an in-flight call.
 pub struct Policies {
-    current: ArcSwap<PolicySet>,
+    current: Arc<ArcSwap<PolicySet>>,
     containment: Containment,
     gate: Gate,
+    lifecycle: Arc<Lifecycle>,
+}
+
+/// Outcome of the `admit` phase.
+#[derive(Debug)]
+pub struct AdmitOutcome {
+    /// Hand it to the session (or drop it: the agent got none).
+    pub ticket: AdmitTicket,
+    /// A policy refused the agent with this answer.
+    pub rejection: Option<Rejection>,
 }
 
 /// Outcome of the `assign` phase.
@@ -316,7 +359,15 @@ impl PolicySet {
 
     fn assign_in(&self, input: &AssignInput<'_>, shed: bool) -> Result<AssignDecision, Refused> {
         for e in self.policies.iter().filter(|e| e.hooks.assign) {
-            match e.call(Hook::Assign, shed, |p| p.assign(input)) {
+            let answer = e.call(Hook::Assign, shed, |p| p.assign(input));
+            if e.shadow {
+                match answer {
+                    Ok(answer) => e.shadowed(Hook::Assign, if answer.is_some() { "route" } else { "none" }),
+                    Err(error) => fail(e, Hook::Assign.label(), error)?,
+                }
+                continue;
+            }
+            match answer {
                 Ok(None) => {}
                 Ok(Some(route)) => match resolve(input, &route) {
                     Ok(decision) => return Ok(decision),
@@ -355,6 +406,9 @@ impl PolicySet {
             let limits = &self.limits;
             let call = |p: &dyn Policy| p.forward_headers(input).and_then(|h| check_headers(h, limits));
             match e.call(Hook::ForwardHeaders, shed, call) {
+                Ok(out) if e.shadow => {
+                    e.shadowed(Hook::ForwardHeaders, if out == headers { "unchanged" } else { "changed" })
+                }
                 Ok(out) => headers = out,
                 Err(error) => fail(e, Hook::ForwardHeaders.label(), error)?,
             }
@@ -373,6 +427,7 @@ impl PolicySet {
         let max = self.limits.max_replacement[dir_index(dir)];
         for e in self.filter_chains[dir_index(dir)].iter().map(|&i| &self.policies[i]) {
             match e.call(Hook::Filter, shed, |p| p.filter(dir, uid, &current).and_then(|v| check_size(v, max, dir))) {
+                Ok(v) if e.shadow => e.shadowed(Hook::Filter, verdict_label(&v)),
                 Ok(Verdict::Forward) => {}
                 Ok(Verdict::Replace(bytes)) => current = bytes,
                 Ok(Verdict::Drop) => return FilterOutcome::Drop,
@@ -386,6 +441,124 @@ impl PolicySet {
         }
         FilterOutcome::Forward(current)
     }
+
+    /// The `admit` phase: the first valid rejection wins. Returns the names
+    /// of the `admit` + `lifecycle` policies that allowed the agent (they
+    /// will hear of its session), and the rejection, if any.
+    pub fn admit(&self, input: &AssignInput<'_>) -> Result<(Vec<Arc<str>>, Option<Rejection>), Refused> {
+        self.admit_in(input, false)
+    }
+
+    fn admit_in(&self, input: &AssignInput<'_>, shed: bool) -> Result<(Vec<Arc<str>>, Option<Rejection>), Refused> {
+        let mut admitted = Vec::new();
+        for e in self.policies.iter().filter(|e| e.hooks.admit) {
+            let answer = e.call(Hook::Admit, shed, |p| p.admit(input).and_then(check_admit));
+            let name = e.policy.name();
+            match answer {
+                Ok(AdmitVerdict::Allow) => {
+                    if e.shadow {
+                        e.shadowed(Hook::Admit, "allow");
+                    } else {
+                        metrics::counter!(m::POLICY_ADMISSIONS, "policy" => name.to_owned(), "verdict" => "allow", "status" => "")
+                            .increment(1);
+                    }
+                    if e.hooks.lifecycle {
+                        admitted.push(Arc::from(name));
+                    }
+                }
+                Ok(AdmitVerdict::Reject(r)) if e.shadow => {
+                    e.shadowed(Hook::Admit, "reject");
+                    tracing::debug!(
+                        policy = name,
+                        status = r.status,
+                        remote = input.remote_addr,
+                        "shadow admit rejection"
+                    );
+                }
+                Ok(AdmitVerdict::Reject(r)) => {
+                    metrics::counter!(m::POLICY_ADMISSIONS, "policy" => name.to_owned(), "verdict" => "reject", "status" => r.status.to_string())
+                        .increment(1);
+                    return Ok((admitted, Some(r)));
+                }
+                Err(error) => fail(e, Hook::Admit.label(), error)?,
+            }
+        }
+        Ok((admitted, None))
+    }
+
+    /// Whether some policy wants lifecycle events.
+    pub fn has_lifecycle(&self) -> bool {
+        self.policies.iter().any(|e| e.hooks.lifecycle)
+    }
+
+    /// Calls `on-connect`/`on-disconnect` of the policies `job` is for (on
+    /// the lifecycle worker).
+    pub(crate) fn deliver(&self, job: &Job) {
+        self.lifecycle(&job.event, job.reason.as_deref(), &job.admitted);
+    }
+
+    /// `on-connect` (`reason` `None`) or `on-disconnect` for `event`, to
+    /// the `lifecycle` policies: those that announce `admit` only when named
+    /// in `admitted` (the names [`PolicySet::admit`] returned). Failures are
+    /// counted and logged, nothing more.
+    pub fn lifecycle(&self, event: &SessionEvent, reason: Option<&str>, admitted: &[Arc<str>]) {
+        for e in self.policies.iter().filter(|e| e.hooks.lifecycle) {
+            let name = e.policy.name();
+            let allowed = admitted.iter().any(|a| &**a == name);
+            let not_admitted = reason == Some(super::NOT_ADMITTED);
+            if (e.hooks.admit || not_admitted) && !allowed {
+                continue;
+            }
+            let (hook, out) = match reason {
+                None => (Hook::OnConnect, e.call(Hook::OnConnect, false, |p| p.on_connect(event))),
+                Some(r) => (Hook::OnDisconnect, e.call(Hook::OnDisconnect, false, |p| p.on_disconnect(event, r))),
+            };
+            if let Err(error) = out {
+                // Nothing to block: a closed policy's `Err` is moot here.
+                let _ = fail(e, hook.label(), error);
+            }
+        }
+    }
+}
+
+fn verdict_label(v: &Verdict) -> &'static str {
+    match v {
+        Verdict::Forward => "forward",
+        Verdict::Drop => "drop",
+        Verdict::Replace(_) => "replace",
+        Verdict::Close => "close",
+    }
+}
+
+/// Response headers a rejection may not set: the gateway frames the answer.
+const FRAMING_HEADERS: [&str; 7] =
+    ["connection", "content-length", "content-type", "transfer-encoding", "upgrade", "keep-alive", "te"];
+
+/// A rejection the gateway can send: 4xx/5xx but not 401, valid headers
+/// that do not touch framing, a short body.
+fn check_admit(v: AdmitVerdict) -> Result<AdmitVerdict, HookError> {
+    let AdmitVerdict::Reject(r) = v else { return Ok(v) };
+    if !(400..=599).contains(&r.status) || r.status == 401 {
+        return Err(HookError::Invalid(format!(
+            "admit rejected with status {}: expected 400-599, not 401 (authentication is the server's)",
+            r.status
+        )));
+    }
+    if r.body.len() > MAX_REJECTION_BODY {
+        return Err(HookError::Invalid(format!(
+            "a {}-byte rejection body, more than {MAX_REJECTION_BODY}",
+            r.body.len()
+        )));
+    }
+    let mut headers = Vec::with_capacity(r.headers.len());
+    for h in r.headers {
+        let (name, value) = check_header(h)?;
+        if FRAMING_HEADERS.contains(&name.to_ascii_lowercase().as_str()) {
+            return Err(HookError::Invalid(format!("a rejection may not set the `{name}` header")));
+        }
+        headers.push((name, value));
+    }
+    Ok(AdmitVerdict::Reject(Rejection { headers, ..r }))
 }
 
 /// A `forward-headers` answer within `policies.limits`.
@@ -438,8 +611,8 @@ fn fail(e: &Entry, hook: &'static str, error: HookError) -> Result<(), Refused> 
         }
     }
     match p.failure_mode() {
-        FailureMode::Open => Ok(()),
-        FailureMode::Closed => Err(Refused { policy: p.name().to_owned(), hook, error }),
+        FailureMode::Closed if !e.shadow => Err(Refused { policy: p.name().to_owned(), hook, error }),
+        _ => Ok(()),
     }
 }
 
@@ -451,7 +624,9 @@ impl Policies {
     pub fn with_containment(set: PolicySet, containment: Containment) -> Self {
         let set = set.adopt(&containment, &PolicySet::default());
         let gate = Gate::new(containment.concurrency, containment.queue);
-        Self { current: ArcSwap::from_pointee(set), containment, gate }
+        let current = Arc::new(ArcSwap::from_pointee(set));
+        let lifecycle = Lifecycle::new(&current);
+        Self { current, containment, gate, lifecycle }
     }
 
     /// The limit the relay's calls go through.
@@ -477,6 +652,32 @@ impl Policies {
         let shed = matches!(turn, Turn::Shed);
         let decision = set.assign_in(input, shed)?;
         Ok((decision, set.forward_headers_in(headers, shed)?))
+    }
+
+    /// The `admit` phase in a turn of the [`Gate`]. `headers`: the agent's,
+    /// kept for the lifecycle events.
+    pub async fn admission(&self, set: &PolicySet, input: &AssignInput<'_>) -> Result<AdmitOutcome, Refused> {
+        if !set.policies.iter().any(|e| e.hooks.admit || e.hooks.lifecycle) {
+            return Ok(AdmitOutcome { ticket: AdmitTicket::none(), rejection: None });
+        }
+        let (admitted, rejection) = if set.policies.iter().any(|e| e.hooks.admit) {
+            let turn = self.gate.enter().await;
+            set.admit_in(input, matches!(turn, Turn::Shed))?
+        } else {
+            (Vec::new(), None)
+        };
+        let ticket = if set.has_lifecycle() {
+            AdmitTicket::new(
+                self.lifecycle.clone(),
+                admitted,
+                input.headers.to_vec(),
+                input.remote_addr.to_owned(),
+                input.transport,
+            )
+        } else {
+            AdmitTicket::none()
+        };
+        Ok(AdmitOutcome { ticket, rejection })
     }
 
     /// No policies: the plain relay.

@@ -10,7 +10,7 @@ use tokio::time::Instant;
 use super::links::{LinkLease, Outbound};
 use super::pending::NoResult;
 use super::Relay;
-use crate::policy::{AssignDecision, AssignInput, HeaderList, Refused, Transport};
+use crate::policy::{AdmitTicket, AssignDecision, AssignInput, HeaderList, Refused, Rejection, Transport};
 use crate::protocol::handshake::{ConnectRequest, ConnectResult};
 
 /// Everything the server is told about a connecting agent.
@@ -29,6 +29,8 @@ pub struct AdmitRequest {
 pub struct Admission {
     pub lease: LinkLease,
     pub response_headers: BTreeMap<String, String>,
+    /// The `admit` phase's ticket for lifecycle events (empty after a move).
+    pub ticket: AdmitTicket,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -45,6 +47,9 @@ pub(crate) enum AdmitError {
     BadResult(String),
     #[error(transparent)]
     PolicyRefused(#[from] Refused),
+    /// A policy's `admit` refused the agent; the server was not asked.
+    #[error("policy rejected the agent with status {}", .0.status)]
+    PolicyRejected(Rejection),
 }
 
 impl AdmitError {
@@ -56,6 +61,7 @@ impl AdmitError {
             AdmitError::Rejected(_) => "rejected",
             AdmitError::BadResult(_) => "bad_result",
             AdmitError::PolicyRefused(_) => "policy_refused",
+            AdmitError::PolicyRejected(_) => "policy_rejected",
         }
     }
 
@@ -66,6 +72,7 @@ impl AdmitError {
             AdmitError::Timeout => 504,
             AdmitError::BadResult(_) => 502,
             AdmitError::Rejected(r) => r.reject_status(),
+            AdmitError::PolicyRejected(r) => r.status,
         }
     }
 }
@@ -92,11 +99,47 @@ pub(crate) enum MoveKind {
 }
 
 impl Relay {
+    /// A new agent's admission: the policies' `admit` phase, then [`admit`].
+    /// Moves and failovers call [`admit`] alone: `admit` is asked once per
+    /// session. A rejected agent costs the server nothing.
+    ///
+    /// [`admit`]: Relay::admit
+    pub(crate) async fn admit_new(&self, req: &AdmitRequest) -> Result<Admission, AdmitError> {
+        let set = self.policies.snapshot();
+        if set.is_empty() {
+            return self.admit(req).await;
+        }
+        let upstreams = self.links.snapshot();
+        let input = AssignInput {
+            headers: &req.headers,
+            remote_addr: &req.remote_addr,
+            transport: req.transport,
+            upstreams: &upstreams,
+        };
+        let outcome = self.policies.admission(&set, &input).await?;
+        if let Some(rejection) = outcome.rejection {
+            return Err(AdmitError::PolicyRejected(rejection)); // the ticket tells who allowed it
+        }
+        let mut admission = self.admit(req).await?;
+        admission.ticket = outcome.ticket;
+        Ok(admission)
+    }
+
     pub(crate) async fn admit(&self, req: &AdmitRequest) -> Result<Admission, AdmitError> {
         let deadline = Instant::now() + self.settings.auth_timeout;
-        let (decision, headers) = self.apply_policies(req).await?;
-        let (upstream, preferred) = self.target(decision);
-        self.handshake(req, upstream, preferred, &headers, deadline).await
+        let mut asked = 0;
+        loop {
+            let (decision, headers) = self.apply_policies(req).await?;
+            let (upstream, preferred) = self.target(decision);
+            asked += 1;
+            match self.handshake(req, upstream, preferred, &headers, deadline).await {
+                // The chain chose from link states that changed under it
+                // (the upstream it named went down meanwhile): it may choose
+                // otherwise now. Without policies there is nothing to ask.
+                Err(AdmitError::NoUpstream) if asked < 3 && !self.policies.snapshot().is_empty() => continue,
+                other => return other,
+            }
+        }
     }
 
     /// A planned move off link `from`: asks the policy chain again and hands
@@ -193,7 +236,8 @@ impl Relay {
             match tokio::time::timeout_at(deadline, answer).await {
                 Err(_) => return Err(AdmitError::Timeout),
                 Ok(Ok(Ok(result))) if result.accept => {
-                    return Ok(Admission { lease, response_headers: result.response_headers });
+                    let response_headers = result.response_headers;
+                    return Ok(Admission { lease, response_headers, ticket: AdmitTicket::none() });
                 }
                 Ok(Ok(Ok(result))) => return Err(AdmitError::Rejected(result)),
                 Ok(Ok(Err(NoResult::Unreadable(why)))) => return Err(AdmitError::BadResult(why)),

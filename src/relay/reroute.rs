@@ -2,6 +2,9 @@
 //! WebSocket agent is asked again where it goes (`assign`), and those whose
 //! answer names another upstream (or another named link) move there, at
 //! `server.rebalance.max_moves_per_second`, without being disconnected.
+//! The same pass runs when a link comes up (an upstream may be back): a
+//! router that sent its agents elsewhere while their upstream was away
+//! (the failover asks the chain too) sends them home.
 //!
 //! The pass only evaluates the chain and decides who is asked; each session
 //! moves itself with the same planned move the rebalancer uses
@@ -29,11 +32,14 @@ const TICK: Duration = Duration::from_millis(250);
 /// a runtime worker for long.
 const CHUNK: usize = 256;
 
-/// The reroute task: a pass whenever the policy set changes or
-/// [`Relay::reroute`] is notified; runs until `shutdown` is cancelled.
+/// The reroute task: a pass whenever the policy set changes, a link comes
+/// up, or [`Relay::reroute`] is notified; runs until `shutdown` is
+/// cancelled.
 pub(crate) async fn run(relay: Arc<Relay>, max_moves_per_second: u32, shutdown: CancellationToken) {
     let budget = (f64::from(max_moves_per_second) * TICK.as_secs_f64()).ceil().max(1.0) as usize;
     let mut seen = relay.policies.snapshot();
+    let mut ups = relay.links.link_ups();
+    let mut link_up = false;
     let mut due: VecDeque<Arc<AgentShared>> = VecDeque::new();
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -41,14 +47,23 @@ pub(crate) async fn run(relay: Arc<Relay>, max_moves_per_second: u32, shutdown: 
         let asked = tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = relay.reroute.notified() => true,
+            Ok(()) = ups.changed() => {
+                // Links come up in bursts (a server restart): one pass at
+                // the next tick covers them all.
+                link_up = true;
+                continue;
+            }
             _ = tick.tick() => false,
         };
         let current = relay.policies.snapshot();
-        if asked || !Arc::ptr_eq(&current, &seen) {
+        if asked || std::mem::take(&mut link_up) || !Arc::ptr_eq(&current, &seen) {
             seen = current;
             due = pass(&relay, &seen).await;
             if !due.is_empty() {
-                tracing::info!(agents = due.len(), "policy reload changed where agents route; moving them");
+                tracing::info!(
+                    agents = due.len(),
+                    "where agents route changed (policy reload, or a link came up); moving them"
+                );
             }
         }
         ask(&mut due, budget);
@@ -69,6 +84,9 @@ fn ask(due: &mut VecDeque<Arc<AgentShared>>, budget: usize) {
 
 /// Every session whose route under `set` differs from where it is.
 async fn pass(relay: &Relay, set: &PolicySet) -> VecDeque<Arc<AgentShared>> {
+    if set.is_empty() && relay.links.upstreams().len() < 2 {
+        return VecDeque::new(); // the plain relay: everyone is where it goes
+    }
     let sessions = relay.movable.all();
     let upstreams = relay.links.snapshot();
     let mut due = VecDeque::new();

@@ -97,6 +97,23 @@ pub const POLICY_GATE_WAITS: &str = "opampgateway_policy_gate_waits_total";
 /// Counter: policy chains not run because `policies.queue` callers were
 /// already waiting (each policy's `on_error` applied, kind `overloaded`).
 pub const POLICY_SHED: &str = "opampgateway_policy_shed_total";
+/// Counter: `admit` answers, by `policy`, `verdict` (allow|reject) and
+/// `status` (the rejection's HTTP status; empty for allow).
+pub const POLICY_ADMISSIONS: &str = "opampgateway_policy_admissions_total";
+/// Counter: verdicts of `mode: shadow` policies (counted, never applied), by
+/// `policy`, `hook` and `verdict`.
+pub const POLICY_SHADOW_VERDICTS: &str = "opampgateway_policy_shadow_verdicts_total";
+/// Counter: `on-connect`/`on-disconnect` events dropped because the
+/// lifecycle worker's queue was full.
+pub const POLICY_LIFECYCLE_DROPPED: &str = "opampgateway_policy_lifecycle_dropped_total";
+
+/// Counter: records written by `telemetry.capture`, by `kind`
+/// (connect|message).
+pub const CAPTURE_RECORDS: &str = "opampgateway_capture_records_total";
+/// Counter: capture records not written, by `reason`: `queue_full` (the
+/// writer fell behind; the relay never waits for it), `too_large` (over
+/// `telemetry.capture.max_bytes`), `write_error`.
+pub const CAPTURE_DROPPED: &str = "opampgateway_capture_records_dropped_total";
 
 pub const UPSTREAM: &str = "upstream";
 pub const DOWNSTREAM: &str = "downstream";

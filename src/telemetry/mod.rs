@@ -2,12 +2,15 @@
 //! other module of the crate, so every layer can record into it. The HTTP
 //! endpoints that serve them live in `admin`.
 //!
+//! - [`capture`]: `telemetry.capture`, relayed messages recorded to a file
+//!   for `policy replay`.
 //! - [`logs`]: `telemetry.logs`, the log format and level (text or JSON).
 //! - [`metrics`]: every metric name, in one place.
 //! - [`naming`]: `telemetry.metrics.naming: otelcol`, a recorder layer that
 //!   exports the reference's four instruments under the collector's names.
 //! - [`recorder`]: installs the process-wide Prometheus recorder.
 
+pub mod capture;
 pub mod logs;
 pub mod metrics;
 pub mod naming;

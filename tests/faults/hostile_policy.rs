@@ -79,7 +79,7 @@ async fn hostile_answers_are_contained_counted_and_logged() {
     let mut a = SimAgent::connect(o).await.expect("admitted by the default choice");
     support::round_trip(&mut a).await;
     wait_metric(&g, "opampgateway_policy_invalid_assign_total", &["policy=\"hostile\""], 1.0).await;
-    assert!(!log_lines(&["WARN", "hostile", "assign named a link that does not exist"]).is_empty());
+    assert!(!log_lines(&["WARN", "hostile", "assign named an upstream or link that does not exist"]).is_empty());
 
     support::round_trip(&mut bystander).await;
     assert_eq!(metric(&g, "opampgateway_policy_quarantines_total", &["policy=\"hostile\""]).await, 0.0);

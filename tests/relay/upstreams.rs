@@ -14,8 +14,9 @@ use opamp_gateway::Gateway;
 
 use crate::common::{config, eventually, round_trip, round_trip_past_moves, T};
 
-/// Sends `x-tenant: acme` to the `green` upstream while switched on; no
-/// opinion otherwise (the default upstream).
+/// Sends `x-tenant: acme` to the `green` upstream while switched on and
+/// green has a link up (as the router example does); no opinion otherwise
+/// (the default upstream).
 struct TenantRoute {
     on: AtomicBool,
 }
@@ -29,7 +30,8 @@ impl Policy for TenantRoute {
     }
     fn assign(&self, input: &AssignInput<'_>) -> Result<Option<Route>, HookError> {
         let acme = input.headers.iter().any(|(n, v)| n == "x-tenant" && v == "acme");
-        Ok((acme && self.on.load(Ordering::Relaxed)).then(|| Route::upstream("green")))
+        let green_up = input.upstreams.iter().any(|u| u.name == "green" && u.links.iter().any(|l| l.connected));
+        Ok((acme && green_up && self.on.load(Ordering::Relaxed)).then(|| Route::upstream("green")))
     }
 }
 
@@ -168,18 +170,57 @@ async fn a_rejection_by_the_new_server_leaves_the_agent_where_it_was() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_upstream_with_no_link_up_refuses_what_is_routed_to_it() {
+async fn agents_sent_home_while_their_upstream_was_away_return_when_it_is_back() {
     let s = setup(true).await;
+    let mut acme = agents(&s.gateway, "acme", 3).await;
+    assert_eq!(upstream_loads(&s.gateway), [0, 3]);
     s.green.set_accepting(false);
     s.green.drop_connections();
-    let view = s.gateway.inspect();
-    eventually("green's links are down", || view.link_states()[3..].iter().all(|l| !l.connected)).await;
-    let refused = SimAgent::connect(AgentOptions::new(s.gateway.agent_url()).header("x-tenant", "acme")).await;
+    eventually("acme failed over to the default upstream", || upstream_loads(&s.gateway) == [3, 0]).await;
+    for a in &mut acme {
+        round_trip_past_moves(a).await;
+    }
+    s.green.set_accepting(true);
+    eventually("acme is back on green", || upstream_loads(&s.gateway) == [0, 3]).await;
+    for a in &mut acme {
+        round_trip_past_moves(a).await;
+        assert_eq!(s.gateway.inspect().route_upstream(a.uid().as_bytes()).as_deref(), Some("green"));
+    }
+    s.blue
+        .wait_until(T, |st| acme.iter().all(|a| st.agent(a.uid().as_bytes()).is_some_and(|r| r.disconnected == 1)))
+        .await
+        .expect("blue was told each agent went home");
+}
+
+/// Sends every agent to green, up or not.
+struct AllToGreen;
+
+impl Policy for AllToGreen {
+    fn name(&self) -> &str {
+        "all-to-green"
+    }
+    fn hooks(&self) -> Hooks {
+        Hooks { assign: true, ..Hooks::default() }
+    }
+    fn assign(&self, _: &AssignInput<'_>) -> Result<Option<Route>, HookError> {
+        Ok(Some(Route::upstream("green")))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_with_no_link_up_refuses_what_is_routed_to_it() {
+    let blue = ReferenceServer::start(ReferenceServerConfig::default()).await.expect("blue starts");
+    let mut cfg = config(&blue.url());
+    // Nothing listens there: green never connects.
+    cfg.upstreams.insert("green".into(), green_config("ws://127.0.0.1:9/v1/opamp"));
+    let gateway = Gateway::builder(cfg).policy(Arc::new(AllToGreen)).start().await.expect("gateway starts");
+    assert!(gateway.wait_for_links(3, T).await);
+    let refused = SimAgent::connect(AgentOptions::new(gateway.agent_url())).await;
     match refused {
         Err(e) => assert!(e.to_string().contains("503"), "{e}"),
         Ok(_) => panic!("an agent routed to a down upstream must not go elsewhere"),
     }
-    agents(&s.gateway, "globex", 1).await; // the default upstream still serves
+    assert!(blue.state().connect_requests.is_empty(), "the default upstream was not asked");
 }
 
 #[test]

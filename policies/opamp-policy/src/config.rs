@@ -16,14 +16,16 @@
 //!
 //! Anything else (nested mappings, multi-line scalars, anchors) is an error
 //! naming the line, so a config is never half-understood. The gateway's own
-//! keys (`on_error`, `call_timeout`, `memory_limit`, `quarantine_*`) are
+//! keys (`on_error`, `mode`, `state`, `call_timeout`, `memory_limit`, `quarantine_*`) are
 //! parsed like any other; [`Config::expect_keys`] ignores them.
 
 use std::fmt;
 
 /// Top-level keys read by the gateway itself, not by the policy.
-pub const GATEWAY_KEYS: [&str; 8] = [
+pub const GATEWAY_KEYS: [&str; 10] = [
     "on_error",
+    "mode",
+    "state",
     "call_timeout",
     "memory_limit",
     "quarantine_after",

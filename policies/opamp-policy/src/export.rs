@@ -10,12 +10,16 @@
 
 use std::sync::OnceLock;
 
-use crate::{Assign, Filter, ForwardHeaders};
-use crate::{AssignInput, Direction, Directions, Headers, Hooks, Message, Policy, Route, Verdict};
+use crate::{Admit, Assign, Filter, ForwardHeaders, Lifecycle};
+use crate::{
+    AdmitVerdict, AssignInput, Direction, Directions, Headers, Hooks, Message, Policy, Route, SessionEvent, Verdict,
+};
 
 pub type AssignFn<P> = fn(&P, &AssignInput) -> Option<Route>;
 pub type ForwardHeadersFn<P> = fn(&P, Headers) -> Headers;
 pub type FilterFn<P> = fn(&P, Direction, &[u8], &Message) -> Verdict;
+pub type AdmitFn<P> = fn(&P, &AssignInput) -> AdmitVerdict;
+pub type LifecycleFns<P> = (fn(&P, &SessionEvent), fn(&P, &SessionEvent, &str));
 
 /// The hook implementations of one policy type: `None` where it does not
 /// implement the hook's trait.
@@ -23,6 +27,8 @@ pub struct Implemented<P> {
     pub assign: Option<AssignFn<P>>,
     pub forward_headers: Option<ForwardHeadersFn<P>>,
     pub filter: Option<(Directions, FilterFn<P>)>,
+    pub admit: Option<AdmitFn<P>>,
+    pub lifecycle: Option<LifecycleFns<P>>,
 }
 
 impl<P> Implemented<P> {
@@ -38,6 +44,12 @@ impl<P> Implemented<P> {
         if let Some((directions, _)) = &self.filter {
             hooks = hooks.union(directions.hooks());
         }
+        if self.admit.is_some() {
+            hooks = hooks.union(Hooks::ADMIT);
+        }
+        if self.lifecycle.is_some() {
+            hooks = hooks.union(Hooks::LIFECYCLE);
+        }
         hooks
     }
 }
@@ -49,6 +61,8 @@ pub trait Unimplemented<P> {
     const ASSIGN: Option<AssignFn<P>> = None;
     const FORWARD_HEADERS: Option<ForwardHeadersFn<P>> = None;
     const FILTER: Option<(Directions, FilterFn<P>)> = None;
+    const ADMIT: Option<AdmitFn<P>> = None;
+    const LIFECYCLE: Option<LifecycleFns<P>> = None;
 }
 
 impl<P> Unimplemented<P> for Probe<P> {}
@@ -63,6 +77,15 @@ impl<P: ForwardHeaders> Probe<P> {
 
 impl<P: Filter> Probe<P> {
     pub const FILTER: Option<(Directions, FilterFn<P>)> = Some((P::DIRECTIONS, <P as Filter>::filter));
+}
+
+impl<P: Admit> Probe<P> {
+    pub const ADMIT: Option<AdmitFn<P>> = Some(<P as Admit>::admit);
+}
+
+impl<P: Lifecycle> Probe<P> {
+    pub const LIFECYCLE: Option<LifecycleFns<P>> =
+        Some((<P as Lifecycle>::on_connect, <P as Lifecycle>::on_disconnect));
 }
 
 /// The exported policy: the instance's value once `init` built it, and the
@@ -108,6 +131,25 @@ impl<P: Policy> Exported<P> {
             _ => Verdict::Forward,
         }
     }
+
+    pub fn admit(&self, input: &AssignInput) -> AdmitVerdict {
+        match (self.hooks.admit, self.policy.get()) {
+            (Some(hook), Some(policy)) => hook(policy, input),
+            _ => AdmitVerdict::Allow,
+        }
+    }
+
+    pub fn on_connect(&self, event: &SessionEvent) {
+        if let (Some((hook, _)), Some(policy)) = (self.hooks.lifecycle, self.policy.get()) {
+            hook(policy, event)
+        }
+    }
+
+    pub fn on_disconnect(&self, event: &SessionEvent, reason: &str) {
+        if let (Some((_, hook)), Some(policy)) = (self.hooks.lifecycle, self.policy.get()) {
+            hook(policy, event, reason)
+        }
+    }
 }
 
 /// The [`Implemented`] hooks of a concrete policy type.
@@ -121,6 +163,8 @@ macro_rules! __implemented {
             assign: <$crate::__export::Probe<$policy>>::ASSIGN,
             forward_headers: <$crate::__export::Probe<$policy>>::FORWARD_HEADERS,
             filter: <$crate::__export::Probe<$policy>>::FILTER,
+            admit: <$crate::__export::Probe<$policy>>::ADMIT,
+            lifecycle: <$crate::__export::Probe<$policy>>::LIFECYCLE,
         }
     }};
 }
@@ -150,9 +194,9 @@ macro_rules! hooks_of {
 /// Exports a policy type as the component's `policy` interface. Use it once,
 /// at the crate root.
 ///
-/// `init` announces exactly the hooks whose traits ([`Assign`],
-/// [`ForwardHeaders`], [`Filter`] with its [`Filter::DIRECTIONS`]) the type
-/// implements. A type that implements none of them does not compile:
+/// `init` announces exactly the hooks whose traits ([`Admit`], [`Assign`],
+/// [`ForwardHeaders`], [`Filter`] with its [`Filter::DIRECTIONS`],
+/// [`Lifecycle`]) the type implements. A type that implements none of them does not compile:
 ///
 /// ```compile_fail
 /// struct Idle;
@@ -170,7 +214,8 @@ macro_rules! export_policy {
         const _: () = ::std::assert!(
             !$crate::hooks_of!($policy).is_empty(),
             "export_policy!: this type implements no hook; implement at least one of \
-             opamp_policy::Assign, opamp_policy::ForwardHeaders and opamp_policy::Filter"
+             opamp_policy::Admit, opamp_policy::Assign, opamp_policy::ForwardHeaders, \
+             opamp_policy::Filter and opamp_policy::Lifecycle"
         );
 
         #[cfg(target_arch = "wasm32")]
@@ -202,6 +247,18 @@ macro_rules! export_policy {
                 message: &$crate::Message,
             ) -> $crate::Verdict {
                 __OPAMP_POLICY.filter(direction, &uid, message)
+            }
+
+            fn admit(input: $crate::AssignInput) -> $crate::AdmitVerdict {
+                __OPAMP_POLICY.admit(&input)
+            }
+
+            fn on_connect(event: $crate::SessionEvent) {
+                __OPAMP_POLICY.on_connect(&event)
+            }
+
+            fn on_disconnect(event: $crate::SessionEvent, reason: ::std::string::String) {
+                __OPAMP_POLICY.on_disconnect(&event, &reason)
             }
         }
 

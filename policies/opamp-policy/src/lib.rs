@@ -2,7 +2,7 @@
 //!
 //! A policy is a `cdylib` crate built for `wasm32-wasip2`. It implements
 //! [`Policy`] (built from its config), one trait per hook it takes part in
-//! ([`Assign`], [`ForwardHeaders`], [`Filter`]), and exports itself with
+//! ([`Admit`], [`Assign`], [`ForwardHeaders`], [`Filter`], [`Lifecycle`]), and exports itself with
 //! [`export_policy!`], which announces exactly the hooks implemented:
 //!
 //! ```
@@ -36,6 +36,9 @@
 //!   keeping every other byte as it was): the `opamp-wire` crate, the
 //!   same scanner the gateway runs.
 //! - [`log`](mod@log): the gateway's logger (`opamp_policy::info!(...)`).
+//! - [`state`](mod@state): the store shared by the policy's instances
+//!   (get/set with TTL, atomic counters) and the gateway's clock; an
+//!   in-memory stand-in in host-side unit tests.
 //!
 //! The WIT this implements is `wit/policy.wit` in the gateway repository
 //! (`opamp-gateway:policy@0.3.0`, world `gateway-policy`). [`Assign`] sees
@@ -59,9 +62,10 @@ mod host;
 pub mod log;
 mod policy;
 pub mod route;
+pub mod state;
 pub mod wire;
 
-pub use policy::{Assign, Directions, Filter, ForwardHeaders, Policy};
+pub use policy::{Admit, Assign, Directions, Filter, ForwardHeaders, Lifecycle, Policy};
 
 /// Bindings generated from the WIT. Most policies only need the re-exports
 /// at the crate root.
@@ -99,8 +103,10 @@ pub mod fields {
 #[doc(hidden)]
 pub use wit_bindgen as __rt;
 
+pub use bindings::opamp_gateway::policy::host::StateError;
 pub use bindings::opamp_gateway::policy::types::{
-    AssignInput, Direction, FieldEdit, FieldValue, Hooks, Link, Route, Transport, Upstream, Verdict,
+    AdmitVerdict, AssignInput, Direction, FieldEdit, FieldValue, Hooks, Link, Rejection, Route, SessionEvent,
+    Transport, Upstream, Verdict,
 };
 pub use route::DEFAULT_UPSTREAM;
 
@@ -165,6 +171,13 @@ impl Verdict {
     /// Forward the message without top-level field `number`.
     pub fn remove_field(number: u32) -> Verdict {
         Verdict::SetField(FieldEdit { number, value: None })
+    }
+}
+
+impl AdmitVerdict {
+    /// Refuse the agent with `status` and a short text `body`.
+    pub fn reject(status: u16, body: impl Into<String>) -> AdmitVerdict {
+        AdmitVerdict::Reject(Rejection { status, headers: Vec::new(), body: body.into() })
     }
 }
 

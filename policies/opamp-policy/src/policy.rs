@@ -3,20 +3,44 @@
 //! announces exactly the hooks whose traits the type implements, so a hook
 //! cannot be written and then silently never called.
 
-use crate::{AssignInput, Direction, Headers, Hooks, Message, Route, Verdict};
+use crate::{AdmitVerdict, AssignInput, Direction, Headers, Hooks, Message, Route, SessionEvent, Verdict};
 
 /// A policy, built from its config. Implement it, then at least one of
-/// [`Assign`], [`ForwardHeaders`] and [`Filter`].
+/// [`Admit`], [`Assign`], [`ForwardHeaders`], [`Filter`] and [`Lifecycle`].
 ///
 /// One value is built per instance, and the gateway keeps a few instances
 /// per policy (one per relay thread) and replaces one whenever a call fails.
 /// Treat the value as read-only configuration: state kept in it is neither
-/// shared between instances nor guaranteed to survive.
+/// shared between instances nor guaranteed to survive. State shared by all
+/// instances goes in the gateway's store: [`state`](mod@crate::state).
 pub trait Policy: Sized + Send + Sync + 'static {
     /// Builds the policy from the text of its `<name>.yaml` (empty if there
     /// is none). An `Err` refuses the policy at load, with your message in
     /// the gateway's log.
     fn new(config: &str) -> Result<Self, String>;
+}
+
+/// The `admit` hook: lets a connecting agent in, or answers it with an
+/// HTTP rejection, before the gateway asks the server anything.
+pub trait Admit: Policy {
+    /// [`AdmitVerdict::Allow`], or [`AdmitVerdict::reject`] with a status
+    /// of 400-599 (not 401: authentication is the server's), and a body of
+    /// at most 1 KiB. Asked once per session (not again after a move). An
+    /// agent you allow gets exactly one [`Lifecycle::on_disconnect`] (if you
+    /// implement it), `not-admitted` when it never got a session.
+    fn admit(&self, input: &AssignInput) -> AdmitVerdict;
+}
+
+/// The `on-connect` / `on-disconnect` notifications (flag `lifecycle`):
+/// called after the fact on a gateway worker, never blocking the relay.
+/// Events may be dropped when the gateway is behind: keep counters with a
+/// TTL. Both methods default to doing nothing; implement what you need.
+pub trait Lifecycle: Policy {
+    /// A session started.
+    fn on_connect(&self, _event: &SessionEvent) {}
+    /// A session ended; `reason` is a close-reason label (`peer`,
+    /// `keepalive_timeout`, `shutdown`, ...) or `not-admitted`.
+    fn on_disconnect(&self, _event: &SessionEvent, _reason: &str) {}
 }
 
 /// The `assign` hook: picks the upstream (and optionally its link) for a

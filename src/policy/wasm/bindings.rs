@@ -84,13 +84,14 @@ impl std::fmt::Display for WitVersion {
     }
 }
 
-/// Implements one version's `host` and `types.message` imports on
+/// Implements one version's `host.log` and `types.message` imports on
 /// [`HostState`](super::sandbox::HostState), through the version-free logic
-/// in `sandbox` and `message`. The WIT of those interfaces is the same in
-/// every version; only the generated types differ.
+/// in `sandbox` and `message`. The WIT of those is the same in every
+/// version; only the generated types differ. The rest of `host` (the state
+/// store and clock, 0.3.0 only) is implemented per version below.
 #[cfg(feature = "wasm")]
 macro_rules! host_imports {
-    ($v:ident) => {
+    ($v:ident, { $($extra:tt)* }) => {
         const _: () = {
             use wasmtime::component::Resource;
 
@@ -119,6 +120,8 @@ macro_rules! host_imports {
                     self.guest_log(level, message);
                     Ok(())
                 }
+
+                $($extra)*
             }
 
             impl types::Host for HostState {}
@@ -156,9 +159,52 @@ macro_rules! host_imports {
 }
 
 #[cfg(feature = "wasm")]
-host_imports!(v2);
+host_imports!(v2, {});
+
+// 0.3.0's state store and clock (see `crate::policy::state`).
 #[cfg(feature = "wasm")]
-host_imports!(v3);
+host_imports!(v3, {
+    fn state_get(&mut self, key: String) -> wasmtime::Result<Option<Vec<u8>>> {
+        Ok(self.state.get(&key))
+    }
+
+    fn state_set(
+        &mut self,
+        key: String,
+        value: Vec<u8>,
+        ttl_ms: Option<u64>,
+    ) -> wasmtime::Result<Result<(), host::StateError>> {
+        Ok(self.state.set(&key, value, ttl_ms).map_err(state_error))
+    }
+
+    fn state_add(
+        &mut self,
+        key: String,
+        delta: i64,
+        ttl_ms: Option<u64>,
+    ) -> wasmtime::Result<Result<i64, host::StateError>> {
+        Ok(self.state.add(&key, delta, ttl_ms).map_err(state_error))
+    }
+
+    fn state_delete(&mut self, key: String) -> wasmtime::Result<()> {
+        self.state.delete(&key);
+        Ok(())
+    }
+
+    fn now_ms(&mut self) -> wasmtime::Result<u64> {
+        Ok(crate::policy::state::now_ms())
+    }
+});
+
+#[cfg(feature = "wasm")]
+fn state_error(e: crate::policy::state::StateError) -> v3::opamp_gateway::policy::host::StateError {
+    use crate::policy::state::StateError;
+    use v3::opamp_gateway::policy::host;
+    match e {
+        StateError::Full => host::StateError::Full,
+        StateError::NotACounter => host::StateError::NotACounter,
+    }
+}
 
 #[cfg(test)]
 mod tests {

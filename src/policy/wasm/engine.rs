@@ -22,6 +22,7 @@ use super::error::{one_line, PolicyError};
 use super::pool::Refiller;
 use super::sandbox::HostState;
 use crate::policy::config::PoliciesConfig;
+use crate::policy::state::StateStores;
 
 /// Epoch tick period: the granularity of every deadline.
 pub(crate) const TICK: Duration = Duration::from_millis(1);
@@ -68,6 +69,8 @@ pub(crate) struct PolicyEngine {
     pub ticker: Arc<EpochTicker>,
     /// Makes instances off the message path (see `pool`).
     pub refiller: Arc<Refiller>,
+    /// Each policy's shared state store, by name, across reloads.
+    pub states: Arc<StateStores>,
 }
 
 impl PolicyEngine {
@@ -110,7 +113,7 @@ impl PolicyEngine {
         // thread no failed instance would be replaced: refuse to start.
         let ticker = Arc::new(EpochTicker::start(engine.clone())?);
         let refiller = Arc::new(Refiller::start()?);
-        Ok(Self { engine, linker: Arc::new(linker), ticker, refiller })
+        Ok(Self { engine, linker: Arc::new(linker), ticker, refiller, states: Arc::default() })
     }
 }
 

@@ -28,7 +28,7 @@ use super::policy::WasmPolicy;
 use super::pool::{InitFailure, InstancePool};
 use super::versions::Pre;
 use crate::policy::config::{BreakerOverrides, PoliciesConfig};
-use crate::policy::{FailureMode, HookError};
+use crate::policy::{FailureMode, HookError, Mode};
 
 /// The files of one policy.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -102,6 +102,10 @@ pub(crate) struct Settings {
     pub memory_limit: Option<u64>,
     /// `quarantine_*` keys, over `policies.quarantine`.
     pub quarantine: BreakerOverrides,
+    /// `mode: shadow`: verdicts counted, never applied.
+    pub mode: Mode,
+    /// `state: reset`: a fresh state store at each load (default `keep`).
+    pub reset_state: bool,
 }
 
 pub(crate) fn parse_settings(path: &Path, text: &str) -> Result<Settings, PolicyError> {
@@ -134,6 +138,20 @@ pub(crate) fn parse_settings(path: &Path, text: &str) -> Result<Settings, Policy
             .filter(|n| *n >= 1 << 16)
             .ok_or_else(|| bad(format!("memory_limit must be a number of bytes >= 65536, not {}", show(v))))?;
         s.memory_limit = Some(n);
+    }
+    if let Some(v) = map.get("mode") {
+        s.mode = match v.as_str() {
+            Some("enforce") => Mode::Enforce,
+            Some("shadow") => Mode::Shadow,
+            _ => return Err(bad(format!("mode must be `enforce` or `shadow`, not {}", show(v)))),
+        };
+    }
+    if let Some(v) = map.get("state") {
+        s.reset_state = match v.as_str() {
+            Some("keep") => false,
+            Some("reset") => true,
+            _ => return Err(bad(format!("state must be `keep` or `reset`, not {}", show(v)))),
+        };
     }
     s.quarantine = BreakerOverrides::parse(&map).map_err(bad)?;
     Ok(s)
@@ -261,18 +279,20 @@ pub(crate) fn compile(
         budget.memory_limit = m;
     }
     let name: Arc<str> = files.name.as_str().into();
-    let (pool, hooks) = InstancePool::new(name.clone(), pre, engine.clone(), config_text, budget).map_err(|e| {
-        let reason = match e {
-            InitFailure::Failed(HookError::Timeout) => {
-                format!("did not finish within init_timeout ({})", humantime::format_duration(budget.init_timeout))
-            }
-            InitFailure::Failed(HookError::Memory) => {
-                format!("exceeded its memory limit ({} bytes)", budget.memory_limit)
-            }
-            other => other.to_string(),
-        };
-        PolicyError::Init { path: path.clone(), reason }
-    })?;
+    let state = engine.states.store(&name, cfg.limits.state_bytes, settings.reset_state);
+    let (pool, hooks) =
+        InstancePool::new(name.clone(), pre, engine.clone(), config_text, budget, state).map_err(|e| {
+            let reason = match e {
+                InitFailure::Failed(HookError::Timeout) => {
+                    format!("did not finish within init_timeout ({})", humantime::format_duration(budget.init_timeout))
+                }
+                InitFailure::Failed(HookError::Memory) => {
+                    format!("exceeded its memory limit ({} bytes)", budget.memory_limit)
+                }
+                other => other.to_string(),
+            };
+            PolicyError::Init { path: path.clone(), reason }
+        })?;
     tracing::debug!(
         policy = &*name,
         compile_ms = compiled.as_secs_f64() * 1e3,
@@ -289,6 +309,7 @@ pub(crate) fn compile(
         quarantine: settings.quarantine.over(&cfg.quarantine),
         hooks,
         version,
+        mode: settings.mode,
         pool,
     })
 }

@@ -17,7 +17,8 @@ use super::pool::InstancePool;
 use super::versions::Bindings;
 use crate::policy::verdict::{self, check_header, check_replacement};
 use crate::policy::{
-    AssignInput, BreakerConfig, Direction, FailureMode, HeaderList, HookError, Hooks, Policy, Route, Transport, Verdict,
+    AdmitVerdict, AssignInput, BreakerConfig, Direction, FailureMode, HeaderList, HookError, Hooks, Mode, Policy,
+    Rejection, Route, SessionEvent, Transport, Verdict,
 };
 
 /// One policy component, ready to be called from any thread.
@@ -33,6 +34,8 @@ pub struct WasmPolicy {
     pub(crate) hooks: Hooks,
     /// The WIT version its component targets.
     pub(crate) version: WitVersion,
+    /// `mode:` in its YAML.
+    pub(crate) mode: Mode,
     pub(crate) pool: InstancePool,
 }
 
@@ -96,11 +99,43 @@ impl Policy for WasmPolicy {
         self.quarantine
     }
 
+    fn mode(&self) -> Mode {
+        self.mode
+    }
+
+    fn admit(&self, input: &AssignInput<'_>) -> Result<AdmitVerdict, HookError> {
+        let arg = assign_input(input);
+        let verdict = self.pool.call(|store, b| match b {
+            // 0.2.0 has no `admit`; never announced, never called.
+            Bindings::V2(_) => Ok(wit::AdmitVerdict::Allow),
+            Bindings::V3(b) => b.opamp_gateway_policy_policy().call_admit(store, &arg),
+        })?;
+        Ok(match verdict {
+            wit::AdmitVerdict::Allow => AdmitVerdict::Allow,
+            wit::AdmitVerdict::Reject(r) => {
+                AdmitVerdict::Reject(Rejection { status: r.status, headers: r.headers, body: r.body })
+            }
+        })
+    }
+
+    fn on_connect(&self, event: &SessionEvent) -> Result<(), HookError> {
+        let arg = session_event(event);
+        self.pool.call(|store, b| match b {
+            Bindings::V2(_) => Ok(()),
+            Bindings::V3(b) => b.opamp_gateway_policy_policy().call_on_connect(store, &arg),
+        })
+    }
+
+    fn on_disconnect(&self, event: &SessionEvent, reason: &str) -> Result<(), HookError> {
+        let arg = session_event(event);
+        self.pool.call(|store, b| match b {
+            Bindings::V2(_) => Ok(()),
+            Bindings::V3(b) => b.opamp_gateway_policy_policy().call_on_disconnect(store, &arg, reason),
+        })
+    }
+
     fn assign(&self, input: &AssignInput<'_>) -> Result<Option<Route>, HookError> {
-        let transport = match input.transport {
-            Transport::WebSocket => wit::Transport::Websocket,
-            Transport::Http => wit::Transport::Http,
-        };
+        let transport = wit_transport(input.transport);
         self.pool.call(|store, b| match b {
             // 0.2.0 sees the default upstream only, and answers one of its links.
             Bindings::V2(b) => {
@@ -118,23 +153,7 @@ impl Policy for WasmPolicy {
                 Ok(link.map(Route::default_link))
             }
             Bindings::V3(b) => {
-                let arg = wit::AssignInput {
-                    headers: input.headers.to_vec(),
-                    remote_address: input.remote_addr.to_owned(),
-                    transport,
-                    upstreams: input
-                        .upstreams
-                        .iter()
-                        .map(|u| wit::Upstream {
-                            name: u.name.clone(),
-                            links: u
-                                .links
-                                .iter()
-                                .map(|l| wit::Link { index: l.index, load: l.load, connected: l.connected })
-                                .collect(),
-                        })
-                        .collect(),
-                };
+                let arg = assign_input(input);
                 let route = b.opamp_gateway_policy_policy().call_assign(store, &arg)?;
                 Ok(route.map(|r| Route { upstream: Some(r.upstream), link: r.link }))
             }
@@ -176,6 +195,45 @@ impl Policy for WasmPolicy {
             wit::Verdict::Replace(bytes) => Verdict::Replace(check_replacement(message, bytes)?),
             wit::Verdict::SetField(edit) => Verdict::Replace(apply_edit(message, edit)?),
         })
+    }
+}
+
+fn wit_transport(t: Transport) -> wit::Transport {
+    match t {
+        Transport::WebSocket => wit::Transport::Websocket,
+        Transport::Http => wit::Transport::Http,
+    }
+}
+
+/// What `assign` and `admit` (0.3.0) see.
+fn assign_input(input: &AssignInput<'_>) -> wit::AssignInput {
+    wit::AssignInput {
+        headers: input.headers.to_vec(),
+        remote_address: input.remote_addr.to_owned(),
+        transport: wit_transport(input.transport),
+        upstreams: input
+            .upstreams
+            .iter()
+            .map(|u| wit::Upstream {
+                name: u.name.clone(),
+                links: u
+                    .links
+                    .iter()
+                    .map(|l| wit::Link { index: l.index, load: l.load, connected: l.connected })
+                    .collect(),
+            })
+            .collect(),
+    }
+}
+
+fn session_event(e: &SessionEvent) -> wit::SessionEvent {
+    wit::SessionEvent {
+        session: e.session,
+        uid: e.uid.as_ref().map(|u| u.to_vec()),
+        headers: e.headers.clone(),
+        remote_address: e.remote_addr.clone(),
+        transport: wit_transport(e.transport),
+        upstream: e.upstream.clone(),
     }
 }
 

@@ -29,6 +29,7 @@ use super::engine::{Budget, PolicyEngine, TickerLease};
 use super::error::PolicyError;
 use super::sandbox::{GuestLog, HostState};
 use super::versions::{Bindings, Pre};
+use crate::policy::state::StateStore;
 use crate::policy::{HookError, Hooks};
 
 /// One live instance and the store it lives in.
@@ -53,6 +54,8 @@ struct PoolInner {
     init_timeout: Duration,
     /// The log budget all instances share.
     guest: Arc<GuestLog>,
+    /// The policy's shared state store (WIT 0.3.0 `host.state-*`).
+    state: Arc<StateStore>,
     slots: Mutex<Slots>,
     /// Signalled when an instance is returned or made, or a refill failed.
     ready: Condvar,
@@ -96,6 +99,7 @@ impl InstancePool {
         engine: PolicyEngine,
         config_text: String,
         budget: Budget,
+        state: Arc<StateStore>,
     ) -> Result<(Self, Hooks), InitFailure> {
         let inner = Arc::new(PoolInner {
             name: name.clone(),
@@ -108,6 +112,7 @@ impl InstancePool {
             call_timeout: budget.call_timeout,
             init_timeout: budget.init_timeout,
             guest: GuestLog::new(name.clone(), budget.log_lines, budget.log_interval),
+            state,
             slots: Mutex::new(Slots { idle: Vec::new(), live: 0, failed_refills: 0, last_refill_error: String::new() }),
             ready: Condvar::new(),
         });
@@ -190,7 +195,8 @@ impl Drop for Taken<'_> {
 impl PoolInner {
     /// A new instance, initialised with the policy's config.
     fn instantiate(&self) -> Result<(Instance, Hooks), InitFailure> {
-        let mut store = Store::new(&self.engine.engine, HostState::new(self.guest.clone(), self.memory_limit));
+        let mut store =
+            Store::new(&self.engine.engine, HostState::new(self.guest.clone(), self.state.clone(), self.memory_limit));
         store.limiter(|s| &mut s.limiter);
         store.epoch_deadline_callback(|mut s| Ok(s.data_mut().clock.on_tick()));
         store.data_mut().begin_call(self.init_timeout);
@@ -338,6 +344,8 @@ fn convert_hooks(h: WitHooks) -> Hooks {
         forward_headers: h.contains(WitHooks::FORWARD_HEADERS),
         filter_agent_to_server: h.contains(WitHooks::FILTER_AGENT_TO_SERVER),
         filter_server_to_agent: h.contains(WitHooks::FILTER_SERVER_TO_AGENT),
+        admit: h.contains(WitHooks::ADMIT),
+        lifecycle: h.contains(WitHooks::LIFECYCLE),
     }
 }
 

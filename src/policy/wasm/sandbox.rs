@@ -39,6 +39,7 @@ use wasmtime_wasi::p2::{OutputStream, Pollable, StreamError, StreamResult};
 use wasmtime_wasi::{HostMonotonicClock, HostWallClock, WasiCtx, WasiCtxView, WasiView};
 
 use super::deadline::CallClock;
+use crate::policy::state::StateStore;
 use crate::policy::throttle::Throttle;
 use crate::telemetry::metrics as m;
 
@@ -60,10 +61,12 @@ pub(crate) struct HostState {
     logs_this_call: u32,
     /// The current call's deadline (see `deadline`).
     pub clock: CallClock,
+    /// The policy's shared state store (see `crate::policy::state`).
+    pub state: Arc<StateStore>,
 }
 
 impl HostState {
-    pub(crate) fn new(guest: Arc<GuestLog>, memory_limit: u64) -> Self {
+    pub(crate) fn new(guest: Arc<GuestLog>, state: Arc<StateStore>, memory_limit: u64) -> Self {
         let output = OutputBuffer::default();
         let mut b = WasiCtx::builder();
         b.stdout(output.clone())
@@ -82,6 +85,7 @@ impl HostState {
             output,
             logs_this_call: 0,
             clock: CallClock::default(),
+            state,
         }
     }
 
