@@ -15,7 +15,8 @@ mod demo;
 #[derive(Parser)]
 #[command(version, about = "A programmable OpAMP gateway", long_about = None)]
 struct Cli {
-    /// Config file (YAML). For `policy check`, the policy's own config.
+    /// Config file (YAML). For `policy check` and `policy replay`, the
+    /// policy's own config.
     #[arg(long, short, global = true, env = "OPAMP_GATEWAY_CONFIG")]
     config: Option<PathBuf>,
     #[command(subcommand)]

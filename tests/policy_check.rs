@@ -41,12 +41,15 @@ fn misbehaving(dir: &Path, name: &str, yaml: &str) -> std::path::PathBuf {
 #[test]
 fn example_policies_pass_with_figures_per_hook() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("policies/examples");
-    let cases: [(&str, &[&str]); 5] = [
+    let cases: [(&str, &[&str]); 8] = [
         ("header_allowlist", &["forward-headers"]),
         ("redact_secrets", &["filter-agent-to-server"]),
         ("block_packages", &["filter-server-to-agent"]),
         ("tenant_affinity", &["assign"]),
         ("upstream_router", &["assign"]),
+        ("source_allowlist", &["admit"]),
+        ("tenant_quota", &["admit", "lifecycle"]),
+        ("heartbeat_limiter", &["filter-agent-to-server", "lifecycle"]),
     ];
     for (name, hooks) in cases {
         let yaml = root.join(name).join(format!("{name}.yaml"));

@@ -32,7 +32,9 @@ fn templates() -> PathBuf {
 
 /// Runs `cmd`, failing the test with `what`, its output and how to fix it.
 fn run(mut cmd: Command, what: &str) {
-    let out = cmd.output().unwrap_or_else(|e| panic!("{what}: could not start {cmd:?}: {e}"));
+    let out = cmd.output().unwrap_or_else(|e| {
+        panic!("{what}: could not start {cmd:?}: {e}. Install the toolchains with `policies/templates/install.sh`.")
+    });
     assert!(
         out.status.success(),
         "{what} failed ({}):\n{}\n{}\nInstall the toolchains with `policies/templates/install.sh` \

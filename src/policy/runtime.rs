@@ -337,6 +337,7 @@ fn announce(old: &[Arc<WasmPolicy>], new: &[Arc<WasmPolicy>]) {
             sha256 = p.digest(),
             hooks = %hook_list(p.hooks()),
             on_error = ?p.failure_mode(),
+            mode = ?p.mode(),
             file = %p.wasm_path().display(),
             reused,
             "policy loaded"

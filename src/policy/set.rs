@@ -1060,4 +1060,141 @@ mod tests {
         assert_eq!(set.filter(Direction::AgentToServer, &[], m.clone()), FilterOutcome::Forward(m.clone()));
         assert_eq!(set.filter(Direction::ServerToAgent, &[], m), FilterOutcome::Drop);
     }
+
+    /// Admits (or rejects with `reject`), records its lifecycle events, and
+    /// drops every message; `shadow` in shadow mode.
+    struct Gatekeeper {
+        name: &'static str,
+        reject: Option<u16>,
+        admit: bool,
+        shadow: bool,
+        seen: parking_lot::Mutex<std::sync::mpsc::Sender<String>>,
+    }
+
+    impl Policy for Gatekeeper {
+        fn name(&self) -> &str {
+            self.name
+        }
+        fn hooks(&self) -> Hooks {
+            Hooks { admit: self.admit, lifecycle: true, ..Hooks::FILTER }
+        }
+        fn mode(&self) -> Mode {
+            if self.shadow {
+                Mode::Shadow
+            } else {
+                Mode::Enforce
+            }
+        }
+        fn admit(&self, _: &AssignInput<'_>) -> Result<AdmitVerdict, HookError> {
+            Ok(match self.reject {
+                None => AdmitVerdict::Allow,
+                Some(status) => AdmitVerdict::Reject(Rejection { status, headers: vec![], body: "no".into() }),
+            })
+        }
+        fn filter(&self, _: Direction, _: &[u8], _: &Bytes) -> Result<Verdict, HookError> {
+            Ok(Verdict::Drop)
+        }
+        fn on_connect(&self, e: &SessionEvent) -> Result<(), HookError> {
+            let _ = self.seen.lock().send(format!("{} connect {} {}", self.name, e.session, e.upstream));
+            Ok(())
+        }
+        fn on_disconnect(&self, e: &SessionEvent, reason: &str) -> Result<(), HookError> {
+            let uid = e.uid.as_ref().map_or(0, |u| u[0]);
+            let _ = self.seen.lock().send(format!("{} disconnect {} {reason} {uid}", self.name, e.session));
+            Ok(())
+        }
+    }
+
+    type Seen = std::sync::mpsc::Receiver<String>;
+
+    fn gatekeepers(specs: &[(&'static str, bool, Option<u16>, bool)]) -> (Policies, Seen) {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let policies = specs
+            .iter()
+            .map(|&(name, admit, reject, shadow)| {
+                Arc::new(Gatekeeper { name, admit, reject, shadow, seen: parking_lot::Mutex::new(tx.clone()) })
+                    as Arc<dyn Policy>
+            })
+            .collect();
+        (Policies::new(PolicySet::new(policies)), rx)
+    }
+
+    /// The next `n` events, in delivery order.
+    fn events(rx: &Seen, n: usize) -> Vec<String> {
+        (0..n).map(|_| rx.recv_timeout(std::time::Duration::from_secs(10)).expect("an event")).collect()
+    }
+
+    fn no_upstreams() -> AssignInput<'static> {
+        AssignInput { headers: &[], remote_addr: "192.0.2.1:1", transport: Transport::WebSocket, upstreams: &[] }
+    }
+
+    #[tokio::test]
+    async fn lifecycle_events_pair_with_admit() {
+        // a: admits; b: lifecycle only; c: rejects 429 (d is never asked).
+        let (p, rx) = gatekeepers(&[
+            ("a", true, None, false),
+            ("b", false, None, false),
+            ("c", true, Some(429), false),
+            ("d", true, None, false),
+        ]);
+        let out = p.admission(&p.snapshot(), &no_upstreams()).await.unwrap();
+        assert_eq!(out.rejection.map(|r| r.status), Some(429));
+        drop(out.ticket);
+        // Only `a` allowed it, so only `a` hears it never got a session.
+        assert_eq!(events(&rx, 1), ["a disconnect 0 not-admitted 0"]);
+
+        let (p, rx) = gatekeepers(&[("a", true, None, false), ("b", false, None, false)]);
+        let out = p.admission(&p.snapshot(), &no_upstreams()).await.unwrap();
+        assert!(out.rejection.is_none());
+        let session = out.ticket.start(7, None, "default".into());
+        session.end("peer", Some(Bytes::from_static(&[9; 16])), Some("green".into()));
+        assert_eq!(
+            events(&rx, 4),
+            ["a connect 7 default", "b connect 7 default", "a disconnect 7 peer 9", "b disconnect 7 peer 9"]
+        );
+    }
+
+    #[tokio::test]
+    async fn shadow_verdicts_are_not_applied() {
+        // A shadow rejection lets the agent in and, having rejected it, the
+        // shadow policy is told nothing of its session.
+        let (p, rx) = gatekeepers(&[("s", true, Some(403), true), ("a", true, None, false)]);
+        let set = p.snapshot();
+        let out = p.admission(&set, &no_upstreams()).await.unwrap();
+        assert!(out.rejection.is_none());
+        out.ticket.start(1, None, "default".into()).end("peer", None, None);
+        assert_eq!(events(&rx, 2), ["a connect 1 default", "a disconnect 1 peer 0"]);
+        // Its `drop` is counted, not applied; the enforcing one's is.
+        let (p, _rx) = gatekeepers(&[("s", false, None, true)]);
+        let m = Bytes::from_static(b"12");
+        assert_eq!(p.snapshot().filter(Direction::AgentToServer, &[], m.clone()), FilterOutcome::Forward(m.clone()));
+        let (p, _rx) = gatekeepers(&[("e", false, None, false)]);
+        assert_eq!(p.snapshot().filter(Direction::AgentToServer, &[], m), FilterOutcome::Drop);
+    }
+
+    #[test]
+    fn rejections_are_checked() {
+        let reject = |status, headers: &[(&str, &str)], body: &str| {
+            let headers = headers.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+            check_admit(AdmitVerdict::Reject(Rejection { status, headers, body: body.into() }))
+        };
+        assert!(reject(429, &[("Retry-After", "5")], "slow down").is_ok());
+        assert_eq!(
+            reject(403, &[("X-Why", "net")], "").unwrap(),
+            AdmitVerdict::Reject(Rejection {
+                status: 403,
+                headers: vec![("x-why".into(), "net".into())],
+                body: "".into()
+            }),
+            "names are lower-cased"
+        );
+        for bad in [reject(401, &[], ""), reject(200, &[], ""), reject(302, &[], ""), reject(600, &[], "")] {
+            assert!(matches!(bad, Err(HookError::Invalid(_))), "{bad:?}");
+        }
+        assert!(reject(400, &[], &"x".repeat(MAX_REJECTION_BODY)).is_ok());
+        assert!(reject(400, &[], &"x".repeat(MAX_REJECTION_BODY + 1)).is_err());
+        assert!(reject(400, &[("Content-Length", "1")], "").is_err());
+        assert!(reject(400, &[("bad name", "1")], "").is_err());
+        assert!(check_admit(AdmitVerdict::Allow).is_ok());
+    }
 }

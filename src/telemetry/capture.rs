@@ -381,7 +381,12 @@ impl Writer {
                     std::fs::rename(numbered(i), numbered(i + 1))?;
                 }
             }
-            std::fs::rename(path, numbered(1))?;
+            // Deleted under us (an operator cleaning up): start afresh.
+            if let Err(e) = std::fs::rename(path, numbered(1)) {
+                if e.kind() != io::ErrorKind::NotFound {
+                    return Err(e);
+                }
+            }
         }
         let file = OpenOptions::new().create(true).write(true).truncate(true).open(path)?;
         self.file = BufWriter::new(file);
@@ -459,6 +464,19 @@ mod tests {
         }
         static BIG: [u8; 400] = [7; 400];
         assert!(!w.write(&w.encode(message(&BIG))).unwrap(), "a record over max_bytes is refused");
+    }
+
+    #[test]
+    fn a_file_deleted_under_the_writer_is_started_afresh() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = settings(dir.path(), 400, 2);
+        let mut w = Writer::open(s.clone()).unwrap();
+        std::fs::remove_file(&s.path).unwrap();
+        for _ in 0..10 {
+            assert!(w.write(&w.encode(message(b"0123456789"))).unwrap());
+        }
+        w.flush();
+        assert!(matches!(read(&s.path).unwrap()[0], CaptureRecord::Start { .. }));
     }
 
     #[test]

@@ -97,26 +97,27 @@ def package_names(packages: bytes) -> List[str]:
     return names
 
 
-class Policy(exports.Policy):
-    def __init__(self) -> None:
-        self.block: List[str] = []
+# The instance's state lives at module level: componentize-py makes a new
+# `Policy` object for each call, so attributes set in `init` would be lost.
+BLOCK: List[str] = []
 
+
+class Policy(exports.Policy):
     def init(self, config: str) -> types.Hooks:
-        self.block = parse_config(config)
-        host.log(host.Level.INFO, f"blocking packages {self.block}")
+        BLOCK[:] = parse_config(config)
+        host.log(host.Level.INFO, f"blocking packages {BLOCK}")
         return types.Hooks.FILTER_AGENT_TO_SERVER | types.Hooks.FILTER_SERVER_TO_AGENT
 
     def filter(self, direction: types.Direction, uid: bytes, message: types.Message) -> types.Verdict:
         number = PACKAGES_AVAILABLE if direction == types.Direction.SERVER_TO_AGENT else PACKAGE_STATUSES
         value = message.field(number)
-        host.log(host.Level.WARN, f"DEBUG dir={direction!r} number={number} value={value!r} block={self.block}")
         if not isinstance(value, types.FieldValue_Bytes):
             return types.Verdict_Forward()
         try:
             names = package_names(value.value)
         except (ValueError, IndexError):
             return types.Verdict_Forward()  # not ours to judge: the server will
-        blocked = [n for n in names if n in self.block]
+        blocked = [n for n in names if n in BLOCK]
         if blocked:
             host.log(host.Level.DEBUG, f"dropped a message naming {blocked}")
             return types.Verdict_Drop()

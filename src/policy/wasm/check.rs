@@ -28,8 +28,8 @@ use super::policy::WasmPolicy;
 use crate::policy::config::{BreakerConfig, PoliciesConfig};
 use crate::policy::set::Containment;
 use crate::policy::{
-    AssignInput, Direction, FailureMode, FilterOutcome, HeaderList, HookError, Hooks, LinkInfo, Policy, PolicySet,
-    Route, Transport, UpstreamInfo, Verdict,
+    AdmitVerdict, AssignInput, Direction, FailureMode, FilterOutcome, HeaderList, HookError, Hooks, LinkInfo, Policy,
+    PolicySet, Route, SessionEvent, Transport, UpstreamInfo, Verdict,
 };
 use crate::protocol::proto;
 
@@ -233,6 +233,19 @@ impl Policy for Probe {
         *self.last.lock() = Some(out.clone());
         out
     }
+    fn admit(&self, input: &AssignInput<'_>) -> Result<AdmitVerdict, HookError> {
+        self.inner.admit(input)
+    }
+    fn on_connect(&self, event: &SessionEvent) -> Result<(), HookError> {
+        let out = self.inner.on_connect(event);
+        *self.last.lock() = Some(out.clone().map(|()| Verdict::Forward));
+        out
+    }
+    fn on_disconnect(&self, event: &SessionEvent, reason: &str) -> Result<(), HookError> {
+        let out = self.inner.on_disconnect(event, reason);
+        *self.last.lock() = Some(out.clone().map(|()| Verdict::Forward));
+        out
+    }
 }
 
 /// Calls each announced hook `calls` times; see [`HookRun`].
@@ -252,6 +265,38 @@ fn exercise(policy: &Arc<WasmPolicy>, cfg: &PoliciesConfig, calls: usize) -> Vec
             let (headers, transport, upstreams) = &inputs.assign[i % inputs.assign.len()];
             let input = AssignInput { headers, remote_addr: "192.0.2.17:53124", transport: *transport, upstreams };
             set.assign(&input).map(drop).map_err(|r| r.error)
+        }));
+    }
+    if hooks.admit {
+        runs.push(run("admit", calls, |i| {
+            let (headers, transport, upstreams) = &inputs.assign[i % inputs.assign.len()];
+            let input = AssignInput { headers, remote_addr: "192.0.2.17:53124", transport: *transport, upstreams };
+            set.admit(&input).map(drop).map_err(|r| r.error)
+        }));
+    }
+    if hooks.lifecycle {
+        // One session per call: on-connect, then on-disconnect. Failures
+        // are only counted by the chain; the probe keeps the last answer.
+        let admitted: Vec<Arc<str>> = hooks.admit.then(|| Arc::from(policy.name())).into_iter().collect();
+        runs.push(run("lifecycle", calls, |i| {
+            let (headers, transport, _) = &inputs.assign[i % inputs.assign.len()];
+            let event = SessionEvent {
+                session: i as u64 + 1,
+                uid: Some(Bytes::from_static(&[0x42; 16])),
+                headers: headers.clone(),
+                remote_addr: "192.0.2.17:53124".into(),
+                transport: *transport,
+                upstream: crate::policy::DEFAULT_UPSTREAM.into(),
+            };
+            set.lifecycle(&event, None, &admitted);
+            if let Some(Err(e)) = probe.take() {
+                return Err(e);
+            }
+            set.lifecycle(&event, Some("peer"), &admitted);
+            match probe.take() {
+                Some(Err(e)) => Err(e),
+                _ => Ok(()),
+            }
         }));
     }
     if hooks.forward_headers {

@@ -421,7 +421,19 @@ mod tests {
         assert_eq!(s.on_error, FailureMode::Closed);
         assert_eq!(s.call_timeout, Some(Duration::from_millis(20)));
         assert_eq!(s.memory_limit, Some(1 << 20));
-        for bad in ["on_error: maybe", "call_timeout: soon", "memory_limit: 12", "- a list", "a: [unclosed"] {
+        let s = parse_settings(p, "mode: shadow\nstate: reset\n").unwrap();
+        assert_eq!((s.mode, s.reset_state), (Mode::Shadow, true));
+        let s = parse_settings(p, "mode: enforce\nstate: keep\n").unwrap();
+        assert_eq!((s.mode, s.reset_state), (Mode::Enforce, false));
+        for bad in [
+            "on_error: maybe",
+            "call_timeout: soon",
+            "memory_limit: 12",
+            "- a list",
+            "a: [unclosed",
+            "mode: dry",
+            "state: wipe",
+        ] {
             let e = parse_settings(p, bad).unwrap_err();
             assert!(matches!(e, PolicyError::Config { .. }), "{bad}: {e}");
         }

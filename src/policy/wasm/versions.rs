@@ -128,6 +128,8 @@ mod tests {
             new::Hooks::ASSIGN | new::Hooks::FORWARD_HEADERS | new::Hooks::FILTER_AGENT_TO_SERVER
         );
         assert_eq!(new::Hooks::from(old::Hooks::FILTER_SERVER_TO_AGENT), new::Hooks::FILTER_SERVER_TO_AGENT);
+        // A 0.2.0 component cannot announce 0.3.0's hooks: never asked to admit or told of sessions.
+        assert!(!new::Hooks::from(old::Hooks::all()).intersects(new::Hooks::ADMIT | new::Hooks::LIFECYCLE));
         let edit = old::Verdict::SetField(old::FieldEdit { number: 5, value: Some(old::FieldValue::Fixed32(7)) });
         assert!(matches!(
             new::Verdict::from(edit),
