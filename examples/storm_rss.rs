@@ -6,7 +6,10 @@
 //! ```text
 //! cargo build --release --bin opamp-gateway --example storm_rss
 //! target/release/examples/storm_rss [--agents 2000] [--bin target/release/opamp-gateway] [--wrap heaptrack]
+//!     [--listener max_handshaking=64]...
 //! ```
+//!
+//! `--listener key=value` (repeatable) adds a `listener.` setting.
 //!
 //! The reference server and the agents run in this process; the gateway
 //! runs as its own (or under `--wrap`, e.g. heaptrack), so its RSS is its
@@ -29,10 +32,11 @@ struct Args {
     agents: usize,
     bin: String,
     wrap: Option<String>,
+    listener: Vec<(String, String)>,
 }
 
 fn args() -> anyhow::Result<Args> {
-    let mut a = Args { agents: 2000, bin: "target/release/opamp-gateway".into(), wrap: None };
+    let mut a = Args { agents: 2000, bin: "target/release/opamp-gateway".into(), wrap: None, listener: Vec::new() };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let value = it.next().with_context(|| format!("{flag} needs a value"))?;
@@ -40,6 +44,10 @@ fn args() -> anyhow::Result<Args> {
             "--agents" => a.agents = value.parse()?,
             "--bin" => a.bin = value,
             "--wrap" => a.wrap = Some(value),
+            "--listener" => {
+                let (k, v) = value.split_once('=').context("--listener expects key=value")?;
+                a.listener.push((k.into(), v.into()));
+            }
             _ => anyhow::bail!("unknown flag {flag}"),
         }
     }
@@ -73,8 +81,9 @@ async fn main() -> anyhow::Result<()> {
     let a = args()?;
     let server = ReferenceServer::start(ReferenceServerConfig::default()).await?;
     let dir = tempfile::tempdir()?;
+    let extra: String = a.listener.iter().map(|(k, v)| format!("  {k}: {v}\n")).collect();
     let yaml = format!(
-        "server:\n  endpoint: {}\nlistener:\n  endpoint: 127.0.0.1:0\n  max_handshaking_per_source: 100000\n\
+        "server:\n  endpoint: {}\nlistener:\n  endpoint: 127.0.0.1:0\n  max_handshaking_per_source: 100000\n{extra}\
          policies:\n  directory: {}\n",
         server.url(),
         dir.path().join("none").display()

@@ -12,8 +12,6 @@ use std::process::Command;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper_util::rt::TokioIo;
 use opamp_gateway::config::Config;
 use opamp_gateway::protocol::proto::{
     AgentToServer, CustomMessage, PackageAvailable, PackagesAvailable, ServerToAgent,
@@ -64,20 +62,12 @@ fn is_message(r: &CaptureRecord, dir: &str, uid: &[u8]) -> bool {
     matches!(r, CaptureRecord::Message { direction, uid: u, .. } if direction == dir && *u == capture::hex(uid))
 }
 
-/// One plain-HTTP poll.
+#[path = "support/http_poll.rs"]
+mod http_poll;
+
+/// One plain-HTTP poll, answered with 200.
 async fn post(g: &Gateway, headers: &[(&str, &str)], msg: &AgentToServer) -> ServerToAgent {
-    let tcp = tokio::net::TcpStream::connect(g.listen_addr()).await.unwrap();
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await.unwrap();
-    tokio::spawn(conn);
-    let mut req =
-        http::Request::post("/v1/opamp").header("host", "gateway").header("content-type", "application/x-protobuf");
-    for (k, v) in headers {
-        req = req.header(*k, *v);
-    }
-    let body = Full::new(Bytes::from(msg.encode_to_vec()));
-    let resp = tokio::time::timeout(T, sender.send_request(req.body(body).unwrap())).await.unwrap().unwrap();
-    assert_eq!(resp.status(), 200);
-    ServerToAgent::decode(resp.into_body().collect().await.unwrap().to_bytes()).unwrap()
+    http_poll::post(g.listen_addr(), headers, msg).await.message()
 }
 
 fn offer() -> ServerToAgent {

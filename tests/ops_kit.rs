@@ -604,26 +604,9 @@ fn the_dockerfile_is_multi_stage_and_non_root() {
     assert!(lines.iter().any(|l| l.contains("--bin opamp-gateway")));
 }
 
-/// A test CA issuing certificates (rcgen).
-struct Ca(rcgen::CertifiedIssuer<'static, rcgen::KeyPair>);
-
-impl Ca {
-    fn new(name: &str) -> Self {
-        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        params.distinguished_name.push(rcgen::DnType::CommonName, name);
-        Ca(rcgen::CertifiedIssuer::self_signed(params, rcgen::KeyPair::generate().unwrap()).unwrap())
-    }
-
-    /// `(cert PEM, key PEM)` for `name`, for a server or a client.
-    fn leaf(&self, name: &str, client: bool) -> (String, String) {
-        use rcgen::ExtendedKeyUsagePurpose::{ClientAuth, ServerAuth};
-        let key = rcgen::KeyPair::generate().unwrap();
-        let mut params = rcgen::CertificateParams::new(vec![name.to_owned()]).unwrap();
-        params.extended_key_usages = vec![if client { ClientAuth } else { ServerAuth }];
-        (params.signed_by(&key, &self.0).unwrap().pem(), key.serialize_pem())
-    }
-}
+#[path = "support/test_ca.rs"]
+mod test_ca;
+use test_ca::Ca;
 
 /// `examples/config/mtls.yaml` as shipped, its certificate paths pointed at
 /// generated files, its server at a TLS reference server: the links dial
@@ -636,14 +619,14 @@ async fn the_mtls_example_runs_with_real_certificates() {
     let dir = tempfile::tempdir().unwrap();
     let file = |name: &str, text: &str| std::fs::write(dir.path().join(name), text).unwrap();
     let (upstream_ca, listener_ca, agents_ca) = (Ca::new("upstream CA"), Ca::new("listener CA"), Ca::new("agents CA"));
-    file("upstream-ca.pem", &upstream_ca.0.pem());
+    file("upstream-ca.pem", &upstream_ca.pem());
     let (cert, key) = upstream_ca.leaf("gateway", true);
     file("gateway-client.pem", &cert);
     file("gateway-client.key", &key);
     let (cert, key) = listener_ca.leaf("localhost", false);
     file("listener.pem", &cert);
     file("listener.key", &key);
-    file("agents-ca.pem", &agents_ca.0.pem());
+    file("agents-ca.pem", &agents_ca.pem());
 
     let (cert, key) = upstream_ca.leaf("localhost", false);
     let server = ReferenceServer::start(ReferenceServerConfig {
@@ -672,7 +655,7 @@ async fn the_mtls_example_runs_with_real_certificates() {
 
     let agent_tls = |with_cert: bool| {
         let mut roots = rustls::RootCertStore::empty();
-        roots.add(CertificateDer::from_pem_slice(listener_ca.0.pem().as_bytes()).unwrap()).unwrap();
+        roots.add(CertificateDer::from_pem_slice(listener_ca.pem().as_bytes()).unwrap()).unwrap();
         let builder = rustls::ClientConfig::builder_with_provider(opamp_gateway::tls::provider())
             .with_safe_default_protocol_versions()
             .unwrap()
@@ -726,7 +709,7 @@ async fn the_dmz_pair_relays_agents_through_both_gateways() {
     let dir = tempfile::tempdir().unwrap();
     let tls_dir = format!("{}/", dir.path().display());
     let ca = Ca::new("dmz CA");
-    std::fs::write(dir.path().join("dmz-ca.pem"), ca.0.pem()).unwrap();
+    std::fs::write(dir.path().join("dmz-ca.pem"), ca.pem()).unwrap();
     let (cert, key) = ca.leaf("localhost", false);
     std::fs::write(dir.path().join("dmz-gateway.pem"), cert).unwrap();
     std::fs::write(dir.path().join("dmz-gateway.key"), key).unwrap();

@@ -14,20 +14,16 @@ mod observe;
 #[path = "policy_support/mod.rs"]
 mod policy_support;
 
-use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper_util::rt::TokioIo;
 use opamp_gateway::config::Config;
 use opamp_gateway::protocol::proto::{AgentDisconnect, AgentToServer, ComponentHealth};
 use opamp_gateway::sim::agent::{AgentError, AgentOptions, SimAgent};
 use opamp_gateway::sim::server::{ReferenceServer, ReferenceServerConfig};
 use opamp_gateway::Gateway;
 use policy_support::{applied, atomic_write, install, wait_for};
-use prost::Message;
 
 const T: Duration = Duration::from_secs(20);
 const KEY: (&str, &str) = ("authorization", "Secret-Key k");
@@ -90,28 +86,9 @@ async fn wait_metric(name: &str, labels: &[&str], at_least: f64) {
     assert!(reached.is_ok(), "{name}{labels:?} stayed at {} (< {at_least})", metric(name, labels));
 }
 
-struct Reply {
-    status: u16,
-    headers: http::HeaderMap,
-    body: Bytes,
-}
-
-/// One OpAMP-over-HTTP poll.
-async fn post(addr: SocketAddr, headers: &[(&str, &str)], msg: &AgentToServer) -> Reply {
-    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await.unwrap();
-    tokio::spawn(conn);
-    let mut req =
-        http::Request::post("/v1/opamp").header("host", "gateway").header("content-type", "application/x-protobuf");
-    for (k, v) in headers {
-        req = req.header(*k, *v);
-    }
-    let body = Full::new(Bytes::from(msg.encode_to_vec()));
-    let resp = tokio::time::timeout(T, sender.send_request(req.body(body).unwrap())).await.expect("answered").unwrap();
-    let status = resp.status().as_u16();
-    let headers = resp.headers().clone();
-    Reply { status, headers, body: resp.into_body().collect().await.unwrap().to_bytes() }
-}
+#[path = "support/http_poll.rs"]
+mod http_poll;
+use http_poll::post;
 
 fn hello(uid: u8) -> AgentToServer {
     AgentToServer { instance_uid: Bytes::from(vec![uid; 16]), capabilities: 1, ..Default::default() }

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use opamp_gateway::config::{Config, ServerConfig};
 use opamp_gateway::policy::runtime::ReloadOutcome;
-use opamp_gateway::sim::agent::{is_full_state_request, AgentOptions, SimAgent};
+use opamp_gateway::sim::agent::{AgentOptions, SimAgent};
 use opamp_gateway::sim::server::{ConnectMode, ReferenceServer, ReferenceServerConfig};
 use opamp_gateway::Gateway;
 use policy_support::{applied, atomic_write, install, wait_for};
@@ -63,15 +63,8 @@ async fn agent(g: &Gateway, tenant: &str) -> SimAgent {
 
 /// A status report and its reply, past any full-state request a move sent.
 async fn round_trip(a: &mut SimAgent) {
-    let report = a.status_report();
-    a.send(report).await.expect("the agent is still connected");
-    loop {
-        let reply = a.recv(T).await.expect("the agent is answered");
-        assert_eq!(&reply.instance_uid, a.uid().as_bytes());
-        if !is_full_state_request(&reply) {
-            return;
-        }
-    }
+    let reply = a.answered(T).await.expect("the agent is still connected and answered");
+    assert_eq!(&reply.instance_uid, a.uid().as_bytes());
 }
 
 fn upstream_loads(g: &Gateway) -> Vec<u32> {

@@ -412,6 +412,10 @@ pub struct ListenerConfig {
     /// Sockets one source (IPv4 address, IPv6 /64) may hold that are not yet
     /// agents (no request admitted yet); beyond it, 429 with `Retry-After`.
     pub max_handshaking_per_source: usize,
+    /// Connections in their TLS/HTTP phase (not yet agents) at once, over
+    /// all sources; more wait, unread, for a turn. Bounds what a connect
+    /// storm allocates at once (request buffers, TLS state).
+    pub max_handshaking: usize,
     /// Every connection starts with a PROXY protocol header (v1 or v2, from
     /// a TCP load balancer); its source address is the agent's address. A
     /// connection without a valid one within `header_timeout` is closed.
@@ -558,6 +562,7 @@ impl Default for ListenerConfig {
             tls_handshake_timeout: Duration::from_secs(10),
             max_connections: super::default_max_connections(),
             max_handshaking_per_source: 1024,
+            max_handshaking: 256,
             proxy_protocol: false,
             shutdown_timeout: Duration::from_secs(10),
             drain_delay: Duration::ZERO,
@@ -856,6 +861,7 @@ impl Config {
         for (n, field) in [
             (l.max_connections, "listener.max_connections"),
             (l.max_handshaking_per_source, "listener.max_handshaking_per_source"),
+            (l.max_handshaking, "listener.max_handshaking"),
         ] {
             if n == 0 {
                 return Err(ConfigError::field(field, "must be at least 1"));

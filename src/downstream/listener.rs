@@ -41,6 +41,7 @@ pub(crate) struct ListenerLimits {
     pub tls_handshake_timeout: Duration,
     pub max_connections: usize,
     pub max_handshaking_per_source: usize,
+    pub max_handshaking: usize,
     pub proxy_protocol: bool,
 }
 
@@ -52,6 +53,7 @@ impl ListenerLimits {
             tls_handshake_timeout: l.tls_handshake_timeout,
             max_connections: l.max_connections,
             max_handshaking_per_source: l.max_handshaking_per_source,
+            max_handshaking: l.max_handshaking,
             proxy_protocol: l.proxy_protocol,
         }
     }
@@ -139,7 +141,7 @@ impl Listener {
     /// separately, through `Downstream::shutdown`).
     pub(crate) fn serve(self, ds: Arc<Downstream>) -> JoinHandle<()> {
         let s = self.settings;
-        let limits = Arc::new(Limits::new(s.max_connections, s.max_handshaking_per_source));
+        let limits = Arc::new(Limits::new(s.max_connections, s.max_handshaking_per_source, s.max_handshaking));
         let timeouts = conn::Timeouts { header: s.header_timeout, idle: s.idle_timeout };
         tracing::info!(
             max_connections = s.max_connections,
@@ -205,7 +207,13 @@ impl Listener {
                             }
                         }
                     };
-                    let admitted = Admitted { permit, source };
+                    // A turn before TLS and the request: a storm's sockets
+                    // wait here, unread, instead of all allocating at once.
+                    let turn = tokio::select! {
+                        t = limits.turn() => t,
+                        _ = conn_ds.shutdown.cancelled() => return,
+                    };
+                    let admitted = Admitted { permit, source, turn: Some(turn) };
                     let secured = tokio::select! {
                         s = secure(tcp, remote, tls, tls_timeout, &limits) => s,
                         _ = conn_ds.shutdown.cancelled() => None,

@@ -84,11 +84,13 @@ pub(super) async fn upgrade(ds: Arc<Downstream>, mut req: Request<Incoming>, rem
 }
 
 /// Small buffers: an idle agent should cost kilobytes, not the 128 KiB
-/// tungstenite reserves by default. Large messages still grow them on demand.
+/// tungstenite reserves by default. The read buffer lives as long as the
+/// agent; 2 KiB holds a heartbeat or a status report in one read, and a
+/// larger frame grows it to the frame's size (read 2 KiB per syscall).
 fn ws_config(ds: &Downstream) -> WebSocketConfig {
     let max = ds.settings.max_message_size;
     WebSocketConfig::default()
-        .read_buffer_size(4 * 1024)
+        .read_buffer_size(2 * 1024)
         .write_buffer_size(0)
         .max_message_size(Some(max))
         .max_frame_size(Some(max))

@@ -10,7 +10,9 @@ use tokio::time::Instant;
 use super::links::{LinkLease, Outbound};
 use super::pending::NoResult;
 use super::Relay;
-use crate::policy::{AdmitTicket, AssignDecision, AssignInput, HeaderList, Refused, Rejection, Transport};
+use crate::policy::{
+    AdmitTicket, AssignDecision, AssignInput, HeaderList, Refused, Rejection, Transport, UpstreamInfo,
+};
 use crate::protocol::handshake::{ConnectRequest, ConnectResult};
 
 /// Everything the server is told about a connecting agent.
@@ -21,6 +23,13 @@ pub struct AdmitRequest {
     pub headers: HeaderList,
     pub remote_addr: String,
     pub transport: Transport,
+}
+
+impl AdmitRequest {
+    /// What the `admit` and `assign` phases are shown of this agent.
+    pub(crate) fn assign_input<'a>(&'a self, upstreams: &'a [UpstreamInfo]) -> AssignInput<'a> {
+        AssignInput { headers: &self.headers, remote_addr: &self.remote_addr, transport: self.transport, upstreams }
+    }
 }
 
 /// An accepted agent: its link, and headers the server wants sent back.
@@ -110,12 +119,7 @@ impl Relay {
             return self.admit(req).await;
         }
         let upstreams = self.links.snapshot();
-        let input = AssignInput {
-            headers: &req.headers,
-            remote_addr: &req.remote_addr,
-            transport: req.transport,
-            upstreams: &upstreams,
-        };
+        let input = req.assign_input(&upstreams);
         let outcome = self.policies.admission(&set, &input).await?;
         if let Some(rejection) = outcome.rejection {
             return Err(AdmitError::PolicyRejected(rejection)); // the ticket tells who allowed it
@@ -258,12 +262,7 @@ impl Relay {
             return Ok((AssignDecision::Default, req.headers.clone()));
         }
         let upstreams = self.links.snapshot();
-        let input = AssignInput {
-            headers: &req.headers,
-            remote_addr: &req.remote_addr,
-            transport: req.transport,
-            upstreams: &upstreams,
-        };
+        let input = req.assign_input(&upstreams);
         self.policies.admit(&set, &input, req.headers.clone()).await
     }
 }

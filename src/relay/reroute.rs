@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::agent::AgentShared;
 use super::{AdmitRequest, Relay};
-use crate::policy::{AssignDecision, AssignInput, PolicySet};
+use crate::policy::{AssignDecision, PolicySet};
 
 /// How often the policy set is compared with the last one seen, and the
 /// unit of the move budget.
@@ -114,9 +114,7 @@ fn elsewhere(
     let Some(here) = relay.links.upstream_of(link) else {
         return false; // no lease yet
     };
-    let input =
-        AssignInput { headers: &req.headers, remote_addr: &req.remote_addr, transport: req.transport, upstreams };
-    match set.assign(&input) {
+    match set.assign(&req.assign_input(upstreams)) {
         Ok(AssignDecision::Default) => here != 0,
         Ok(AssignDecision::Route { upstream, link: named }) => {
             upstream != here || named.and_then(|l| relay.links.slot_of(upstream, l)).is_some_and(|slot| slot != link)

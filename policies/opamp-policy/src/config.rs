@@ -201,6 +201,30 @@ impl Config {
         }
     }
 
+    /// A duration setting in milliseconds: a whole number with a unit, `ms`,
+    /// `s`, `m` or `h` (`500ms`, `30s`, `12h`); zero is refused.
+    pub fn millis(&self, key: &str) -> Result<Option<u64>, ConfigError> {
+        let Some(text) = self.str(key)? else { return Ok(None) };
+        let parsed = text.find(|c: char| !c.is_ascii_digit()).and_then(|split| {
+            let (n, unit) = text.split_at(split);
+            let per = match unit.trim() {
+                "ms" => 1,
+                "s" => 1000,
+                "m" => 60_000,
+                "h" => 3_600_000,
+                _ => return None,
+            };
+            n.parse::<u64>().ok()?.checked_mul(per).filter(|ms| *ms > 0)
+        });
+        match parsed {
+            Some(ms) => Ok(Some(ms)),
+            None => Err(ConfigError {
+                line: None,
+                message: format!("`{key}` must be a duration like `500ms`, `30s` or `12h`, not `{text}`"),
+            }),
+        }
+    }
+
     /// A list setting; a single scalar counts as a one-item list.
     pub fn list(&self, key: &str) -> Option<Vec<String>> {
         match self.get(key)? {
@@ -230,6 +254,18 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn durations_read_as_milliseconds() {
+        let c = Config::parse("a: 500ms\nb: 30s\nc: 12h\nd: 0s\ne: 5\nf: 1d\n").unwrap();
+        assert_eq!(c.millis("a").unwrap(), Some(500));
+        assert_eq!(c.millis("b").unwrap(), Some(30_000));
+        assert_eq!(c.millis("c").unwrap(), Some(43_200_000));
+        assert_eq!(c.millis("missing").unwrap(), None);
+        for bad in ["d", "e", "f"] {
+            assert!(c.millis(bad).unwrap_err().to_string().contains(&format!("`{bad}`")), "{bad}");
+        }
+    }
 
     #[test]
     fn parses_the_supported_subset() {

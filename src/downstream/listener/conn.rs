@@ -53,8 +53,10 @@ const AGENT: u64 = 3;
 struct Phase {
     state: AtomicU64,
     changed: Notify,
-    /// Returned when the connection becomes an agent.
-    source: Mutex<Option<SourceSlot>>,
+    /// The source slot, returned when the connection becomes an agent, and
+    /// the turn (`max_handshaking`), returned at its first answer: a refused
+    /// keep-alive socket must not keep others waiting.
+    connecting: Mutex<(Option<SourceSlot>, Option<OwnedSemaphorePermit>)>,
 }
 
 impl Phase {
@@ -81,9 +83,13 @@ impl Phase {
     /// server admitted an agent here, so the socket stops counting against
     /// its source's share of connections still connecting.
     fn answered(&self, status: http::StatusCode) {
-        if status == http::StatusCode::SWITCHING_PROTOCOLS || status.is_success() {
-            self.source.lock().take();
-        }
+        let returned = {
+            let mut connecting = self.connecting.lock();
+            let turn = connecting.1.take();
+            let admitted = status == http::StatusCode::SWITCHING_PROTOCOLS || status.is_success();
+            (turn, admitted.then(|| connecting.0.take()))
+        };
+        drop(returned); // outside the lock: the slot takes a lock of its own
         self.set(if status == http::StatusCode::SWITCHING_PROTOCOLS { AGENT } else { IDLE });
     }
 }
@@ -151,9 +157,9 @@ pub(super) async fn serve(
     let start = Instant::now();
     let shutdown = ds.shutdown.clone();
     let (mut draining, mut closing) = (false, false);
-    let Admitted { permit, source } = admitted;
-    let phase =
-        Arc::new(Phase { state: AtomicU64::new(HEAD), changed: Notify::new(), source: Mutex::new(Some(source)) });
+    let Admitted { permit, source, turn } = admitted;
+    let connecting = Mutex::new((Some(source), turn));
+    let phase = Arc::new(Phase { state: AtomicU64::new(HEAD), changed: Notify::new(), connecting });
     let io = Tracked { io, phase: phase.clone(), _permit: permit };
     let on_request = phase.clone();
     let service = service_fn(move |mut req| {

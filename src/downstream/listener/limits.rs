@@ -1,6 +1,9 @@
 //! The listener's socket budget: every open agent socket holds a permit, and
 //! one source may hold only so many sockets that are not agents yet. What is
 //! refused is answered (plain HTTP), counted and logged (rate-limited).
+//! Sockets that are not agents yet also take turns (`max_handshaking`): a
+//! connect storm waits in the kernel's buffers instead of allocating request
+//! buffers and TLS state for every socket at once, which the allocator keeps.
 
 use std::collections::HashMap;
 use std::io;
@@ -62,10 +65,15 @@ impl Refusal {
     }
 }
 
-/// A socket's share of the budget, held for the socket's whole life.
+/// Counter: connections that waited for a turn (`listener.max_handshaking`).
+pub(crate) const HANDSHAKE_WAITS: &str = "opampgateway_listener_handshake_waits_total";
+
+/// A socket's share of the budget, held for the socket's whole life; the
+/// source slot and the turn only until it becomes an agent.
 pub(super) struct Admitted {
     pub permit: OwnedSemaphorePermit,
     pub source: SourceSlot,
+    pub turn: Option<OwnedSemaphorePermit>,
 }
 
 pub(super) struct Limits {
@@ -73,16 +81,18 @@ pub(super) struct Limits {
     max_connections: usize,
     sources: Arc<Sources>,
     answering: Arc<Semaphore>,
+    turns: Arc<Semaphore>,
     log: LogEvery<Refusal>,
 }
 
 impl Limits {
-    pub(super) fn new(max_connections: usize, max_handshaking_per_source: usize) -> Self {
+    pub(super) fn new(max_connections: usize, max_handshaking_per_source: usize, max_handshaking: usize) -> Self {
         Self {
             budget: Arc::new(Semaphore::new(max_connections)),
             max_connections,
             sources: Arc::new(Sources { max: max_handshaking_per_source, counts: Mutex::default() }),
             answering: Arc::new(Semaphore::new(ANSWERING)),
+            turns: Arc::new(Semaphore::new(max_handshaking)),
             log: LogEvery::new(LOG_EVERY),
         }
     }
@@ -90,7 +100,17 @@ impl Limits {
     /// A newly accepted socket's permit and source slot, if both are free.
     pub(super) fn admit(&self, ip: IpAddr) -> Result<Admitted, Refusal> {
         let source = self.source(ip)?;
-        Ok(Admitted { permit: self.permit()?, source })
+        Ok(Admitted { permit: self.permit()?, source, turn: None })
+    }
+
+    /// A turn in the TLS/HTTP phase; waits (counted) while
+    /// `max_handshaking` sockets have theirs.
+    pub(super) async fn turn(&self) -> OwnedSemaphorePermit {
+        if let Ok(turn) = self.turns.clone().try_acquire_owned() {
+            return turn;
+        }
+        metrics::counter!(HANDSHAKE_WAITS).increment(1);
+        self.turns.clone().acquire_owned().await.expect("the turn semaphore is never closed")
     }
 
     /// The budget share alone: behind a PROXY header the source is known
@@ -213,7 +233,7 @@ mod tests {
 
     #[test]
     fn per_source_slots_are_returned() {
-        let limits = Limits::new(10, 2);
+        let limits = Limits::new(10, 2, 10);
         let ip: IpAddr = "192.0.2.1".parse().unwrap();
         let a = limits.admit(ip).unwrap();
         let _b = limits.admit(ip).unwrap();
@@ -225,7 +245,7 @@ mod tests {
 
     #[test]
     fn budget_permits_are_returned() {
-        let limits = Limits::new(1, 10);
+        let limits = Limits::new(1, 10, 10);
         let a = limits.admit("192.0.2.1".parse().unwrap()).unwrap();
         assert_eq!(limits.admit("192.0.2.2".parse().unwrap()).err(), Some(Refusal::MaxConnections));
         drop(a);

@@ -158,28 +158,11 @@ impl HeartbeatLimiter {
     }
 }
 
-/// `500ms`, `30s`, `10m`, `1h`.
-fn parse_ms(text: &str) -> Option<u64> {
-    let split = text.find(|c: char| !c.is_ascii_digit())?;
-    let (n, unit) = text.split_at(split);
-    let n: u64 = n.parse().ok()?;
-    let per = match unit.trim() {
-        "ms" => 1,
-        "s" => 1000,
-        "m" => 60_000,
-        "h" => 3_600_000,
-        _ => return None,
-    };
-    n.checked_mul(per).filter(|ms| *ms > 0)
-}
-
 impl Policy for HeartbeatLimiter {
     fn new(config: &str) -> Result<Self, String> {
         let config = Config::parse(config)?;
         config.expect_keys(&["min_interval"])?;
-        let text = config.str("min_interval")?.ok_or("`min_interval` is required (e.g. `30s`)")?;
-        let min_interval_ms =
-            parse_ms(text).ok_or_else(|| format!("`min_interval` must be a duration like `30s`, not `{text}`"))?;
+        let min_interval_ms = config.millis("min_interval")?.ok_or("`min_interval` is required (e.g. `30s`)")?;
         let ttl_ms = min_interval_ms.saturating_mul(10).max(3_600_000);
         Ok(Self { min_interval_ms, ttl_ms })
     }

@@ -69,27 +69,9 @@ impl Policy for TenantQuota {
             "reject" => true,
             other => return Err(format!("`missing` must be `allow` or `reject`, not `{other}`")),
         };
-        let slot_ttl_ms = match config.str("slot_ttl")? {
-            None => 24 * 3600 * 1000,
-            Some(t) => parse_ms(t).ok_or_else(|| format!("`slot_ttl` must be a duration like `12h`, not `{t}`"))?,
-        };
+        let slot_ttl_ms = config.millis("slot_ttl")?.unwrap_or(24 * 3600 * 1000);
         Ok(Self { header, max_agents, reject_missing, slot_ttl_ms })
     }
-}
-
-/// `500ms`, `30s`, `10m`, `12h`.
-fn parse_ms(text: &str) -> Option<u64> {
-    let split = text.find(|c: char| !c.is_ascii_digit())?;
-    let (n, unit) = text.split_at(split);
-    let n: u64 = n.parse().ok()?;
-    let per = match unit.trim() {
-        "ms" => 1,
-        "s" => 1000,
-        "m" => 60_000,
-        "h" => 3_600_000,
-        _ => return None,
-    };
-    n.checked_mul(per).filter(|ms| *ms > 0)
 }
 
 impl Admit for TenantQuota {
