@@ -19,7 +19,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
 use opamp_gateway::downstream::session::Session;
-use opamp_gateway::policy::Transport;
+use opamp_gateway::policy::{AdmitTicket, Transport};
 use opamp_gateway::relay::{Admission, AdmitRequest, Credential, Identity, Role};
 use opamp_gateway_fuzz::{runtime, Core, MAX_MESSAGE};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -82,7 +82,7 @@ async fn run(role: Role, wire: Vec<u8>, server: Vec<(usize, Bytes)>) {
     let admit =
         AdmitRequest { headers: Vec::new(), remote_addr: "192.0.2.1:4000".into(), transport: Transport::WebSocket };
     let identity = Identity { credential: Credential::none(), role };
-    let admission = Admission { lease, response_headers: BTreeMap::new() };
+    let admission = Admission { lease, response_headers: BTreeMap::new(), ticket: AdmitTicket::none() };
     let session = tokio::spawn(Session::new(core.ds.clone(), admission, admit, identity).run(ws));
 
     let (mut rd, mut wr) = tokio::io::split(client);
