@@ -122,3 +122,30 @@ fn elsewhere(
         Err(_) => false,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::relay::agent::MoveState;
+    use crate::relay::identity::{Credential, Identity};
+    use crate::relay::CloseReason;
+
+    fn agent(id: u64) -> Arc<AgentShared> {
+        AgentShared::new(id, 1, 1, Identity::agent(Credential::none())).0
+    }
+
+    #[test]
+    fn moves_are_asked_within_the_budget_and_closing_agents_cost_none() {
+        let agents: Vec<_> = (0..5).map(agent).collect();
+        agents[0].close(CloseReason::Peer);
+        let mut due: VecDeque<_> = agents.iter().cloned().collect();
+        ask(&mut due, 2);
+        let asked: Vec<_> = agents.iter().map(|a| a.move_state() == MoveState::Requested).collect();
+        assert_eq!(asked, [false, true, true, false, false], "the closing one is skipped, two are asked");
+        assert_eq!(due.len(), 2, "the rest wait for the next tick");
+        ask(&mut due, 2);
+        assert!(due.is_empty());
+        assert!(agents[1..].iter().all(|a| a.move_state() == MoveState::Requested));
+        assert_eq!(agents[1].move_kind(), crate::relay::MoveKind::Reroute);
+    }
+}
