@@ -413,8 +413,9 @@ pub struct ListenerConfig {
     /// agents (no request admitted yet); beyond it, 429 with `Retry-After`.
     pub max_handshaking_per_source: usize,
     /// Connections in their TLS/HTTP phase (not yet agents) at once, over
-    /// all sources; more wait, unread, for a turn. Bounds what a connect
-    /// storm allocates at once (request buffers, TLS state).
+    /// all sources (one source: at most half); more wait, unread, for a
+    /// turn. Bounds what a connect storm allocates at once (request
+    /// buffers, TLS state).
     pub max_handshaking: usize,
     /// Every connection starts with a PROXY protocol header (v1 or v2, from
     /// a TCP load balancer); its source address is the agent's address. A
@@ -562,7 +563,7 @@ impl Default for ListenerConfig {
             tls_handshake_timeout: Duration::from_secs(10),
             max_connections: super::default_max_connections(),
             max_handshaking_per_source: 1024,
-            max_handshaking: 256,
+            max_handshaking: 64,
             proxy_protocol: false,
             shutdown_timeout: Duration::from_secs(10),
             drain_delay: Duration::ZERO,

@@ -254,3 +254,13 @@ fn server_headers_are_checked_once_and_parsed_in_order() {
     let e = err("server:\n  endpoint: ws://h/x\n  headers:\n    X-A: \"new\\nline\"\n");
     assert!(e.starts_with("server.headers.X-A:") && e.contains("visible ASCII"), "{e}");
 }
+
+#[test]
+fn max_handshaking_defaults_to_64_and_must_be_positive() {
+    let c = Config::from_yaml("server:\n  endpoint: ws://h/x\n").unwrap();
+    assert_eq!(c.listener.max_handshaking, 64);
+    let c = Config::from_yaml("server:\n  endpoint: ws://h/x\nlistener:\n  max_handshaking: 256\n").unwrap();
+    assert_eq!(c.listener.max_handshaking, 256);
+    let e = err("server:\n  endpoint: ws://h/x\nlistener:\n  max_handshaking: 0\n");
+    assert!(e.starts_with("listener.max_handshaking:") && e.contains("at least 1"), "{e}");
+}

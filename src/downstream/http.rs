@@ -29,7 +29,6 @@ use http::{HeaderValue, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use parking_lot::Mutex;
-use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::headers::{forwarded_headers, list_elements};
@@ -41,9 +40,8 @@ use super::{pipeline, Downstream};
 use crate::policy::lifecycle::SessionTicket;
 use crate::policy::Transport;
 use crate::protocol::{compose, framing, handshake, AgentFrame, InstanceUid};
-use crate::relay::{
-    budget, AdmitError, AdmitRequest, AgentShared, Claimed, CloseReason, Held, Identity, Inbound, LinkLease,
-};
+use crate::relay::agent::Inbox;
+use crate::relay::{budget, AdmitError, AdmitRequest, AgentShared, Claimed, CloseReason, Held, Identity, LinkLease};
 use crate::telemetry::metrics as m;
 
 pub(crate) const PROTOBUF: &str = "application/x-protobuf";
@@ -65,7 +63,7 @@ pub(crate) struct HttpAgent {
     shared: Arc<AgentShared>,
     /// Server messages waiting for the next poll. The async lock also keeps
     /// concurrent polls of one agent from taking each other's replies.
-    inbox: tokio::sync::Mutex<mpsc::Receiver<Inbound>>,
+    inbox: tokio::sync::Mutex<Inbox>,
     state: Mutex<AgentState>,
     /// The policies' `on-disconnect` when it is released.
     lifecycle: Mutex<SessionTicket>,

@@ -210,7 +210,7 @@ impl Listener {
                     // A turn before TLS and the request: a storm's sockets
                     // wait here, unread, instead of all allocating at once.
                     let turn = tokio::select! {
-                        t = limits.turn() => t,
+                        t = limits.turn(remote.ip()) => t,
                         _ = conn_ds.shutdown.cancelled() => return,
                     };
                     let admitted = Admitted { permit, source, turn: Some(turn) };

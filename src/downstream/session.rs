@@ -16,7 +16,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError, ProtocolError};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -29,6 +29,7 @@ use super::{pipeline, uid_guard, Downstream};
 use crate::policy::lifecycle::SessionTicket;
 use crate::protocol::compose::{self, ErrorKind};
 use crate::protocol::AgentFrame;
+use crate::relay::agent::Inbox;
 use crate::relay::{
     budget, Admission, AdmitError, AdmitRequest, AgentShared, CloseReason, Held, Identity, Inbound, LinkLease,
     LinkState, MoveKind, Relay,
@@ -45,7 +46,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> AgentIo for T {}
 pub struct Session {
     ds: Arc<Downstream>,
     agent: Arc<AgentShared>,
-    inbox: mpsc::Receiver<Inbound>,
+    inbox: Inbox,
     lease: LinkLease,
     link_state: watch::Receiver<LinkState>,
     /// Kept to re-run the handshake on another link (shared with the
@@ -151,7 +152,7 @@ impl Session {
         let uid = self.uids.first().map(|u| u.as_bytes().clone());
         let upstream = upstream_name(&self.ds.relay, &self.lease);
         std::mem::take(&mut self.lifecycle).end(reason.as_str(), uid, Some(upstream));
-        self.release().await;
+        Box::pin(self.release()).await;
         gauge.decrement(1.0);
         metrics::counter!(m::AGENTS_CLOSED, "reason" => reason.as_str(), "transport" => "websocket").increment(1);
         tracing::debug!(agent = self.agent.id, reason = reason.as_str(), "agent session ended");
@@ -173,17 +174,19 @@ impl Session {
                 _ = agent.closing().cancelled() => Err(agent.close_reason()),
                 _ = shutdown.cancelled() => Err(CloseReason::Shutdown),
                 _ = self.link_state.changed() => self.on_link_change(),
+                // Rare branches are boxed: an await's state is part of every
+                // idle session's task, sized by its largest branch.
                 admitted = run_failover(&mut self.failover) => {
                     self.failover = None;
-                    self.on_failover(admitted).await
+                    Box::pin(self.on_failover(admitted)).await
                 }
-                _ = agent.returned_ready() => self.resend_returned().await,
+                _ = agent.returned_ready() => Box::pin(self.resend_returned()).await,
                 _ = agent.move_requested() => Box::pin(self.planned_move()).await,
                 Some(msg) = self.inbox.recv() => self.deliver(ws, msg).await,
-                held = wait_room(&mut self.waiting), if self.waiting.is_some() => self.on_room(held).await,
+                held = wait_room(&mut self.waiting), if self.waiting.is_some() => Box::pin(self.on_room(held)).await,
                 Ok(()) = self.budget_open.changed() => Ok(()), // `reading` is re-evaluated
                 msg = ws.next(), if reading => self.on_agent_message(msg).await,
-                _ = ping.tick() => self.keepalive(ws).await,
+                _ = ping.tick() => Box::pin(self.keepalive(ws)).await,
             };
             if let Err(reason) = step {
                 return reason;

@@ -2,11 +2,11 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU8, Ordering};
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
 use parking_lot::Mutex;
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -107,7 +107,12 @@ impl CloseReason {
 #[derive(Debug)]
 pub(crate) struct AgentShared {
     pub id: u64,
-    queue: mpsc::Sender<Inbound>,
+    /// Server messages waiting for the agent, read through its [`Inbox`]. A
+    /// deque, not a channel: an idle agent's queue costs nothing until its first
+    /// message and a few slots after (a channel block is 32 slots).
+    queue: Mutex<Queue>,
+    queue_cap: usize,
+    queued: Notify,
     closing: CancellationToken,
     /// Set once: the first reason wins, atomically.
     reason: OnceLock<CloseReason>,
@@ -136,6 +141,42 @@ pub(crate) struct AgentShared {
     move_requested: Notify,
 }
 
+#[derive(Debug)]
+struct Queue {
+    items: VecDeque<Inbound>,
+    /// False once the [`Inbox`] is gone (the session ended).
+    open: bool,
+}
+
+/// The receiving end of an agent's queue, held by its session.
+#[derive(Debug)]
+pub(crate) struct Inbox(Arc<AgentShared>);
+
+impl Inbox {
+    /// The next queued message, waiting for one. Cancel-safe: a message is
+    /// taken only when returned.
+    pub(crate) async fn recv(&mut self) -> Option<Inbound> {
+        loop {
+            if let Some(msg) = self.0.queue.lock().items.pop_front() {
+                return Some(msg);
+            }
+            // A message queued since the check left a permit: no lost wake-up.
+            self.0.queued.notified().await;
+        }
+    }
+}
+
+impl Drop for Inbox {
+    fn drop(&mut self) {
+        let left = {
+            let mut q = self.0.queue.lock();
+            q.open = false;
+            std::mem::take(&mut q.items)
+        };
+        drop(left); // outside the lock
+    }
+}
+
 /// Where an agent stands with the rebalancer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
@@ -155,16 +196,12 @@ pub(crate) const NO_LINK: u32 = u32::MAX;
 impl AgentShared {
     /// `queue_size` server messages may wait for the agent; `failover_queue`
     /// of its own messages may wait for a link.
-    pub(crate) fn new(
-        id: u64,
-        queue_size: usize,
-        failover_queue: usize,
-        identity: Identity,
-    ) -> (std::sync::Arc<Self>, mpsc::Receiver<Inbound>) {
-        let (queue, rx) = mpsc::channel(queue_size);
+    pub(crate) fn new(id: u64, queue_size: usize, failover_queue: usize, identity: Identity) -> (Arc<Self>, Inbox) {
         let shared = Self {
             id,
-            queue,
+            queue: Mutex::new(Queue { items: VecDeque::new(), open: true }),
+            queue_cap: queue_size.max(1),
+            queued: Notify::new(),
             closing: CancellationToken::new(),
             reason: OnceLock::new(),
             returned: Mutex::new(VecDeque::new()),
@@ -180,21 +217,27 @@ impl AgentShared {
             move_kind: AtomicU8::new(0),
             move_requested: Notify::new(),
         };
-        (std::sync::Arc::new(shared), rx)
+        let shared = Arc::new(shared);
+        (shared.clone(), Inbox(shared))
     }
 
     /// Queues a server message without waiting: a full queue means this
     /// agent is too slow, and waiting would stall every agent on the link.
     pub(crate) fn offer(&self, msg: Inbound) -> Result<(), CloseReason> {
-        match self.queue.try_send(msg) {
-            Ok(()) => Ok(()),
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                self.close(CloseReason::SlowConsumer);
-                Err(CloseReason::SlowConsumer)
+        {
+            let mut q = self.queue.lock();
+            if !q.open {
+                return Err(CloseReason::Peer); // the session already ended; its routes are about to go
             }
-            // The session already ended; its routes are about to go.
-            Err(mpsc::error::TrySendError::Closed(_)) => Err(CloseReason::Peer),
+            if q.items.len() < self.queue_cap {
+                q.items.push_back(msg);
+                drop(q);
+                self.queued.notify_one();
+                return Ok(());
+            }
         }
+        self.close(CloseReason::SlowConsumer);
+        Err(CloseReason::SlowConsumer)
     }
 
     /// Asks the session to close; the first reason wins.
@@ -374,6 +417,23 @@ mod tests {
         assert!(reasons.contains(&winner));
         agent.close(CloseReason::Peer);
         assert_eq!(agent.close_reason(), winner, "later reasons never overwrite the first");
+    }
+
+    #[tokio::test]
+    async fn the_queue_is_bounded_ordered_and_closed_with_its_inbox() {
+        let msg =
+            |n: u8| Inbound { frame: Bytes::from(vec![n]), link: 0, has_capabilities: false, received: Instant::now() };
+        let (agent, mut inbox) = AgentShared::new(1, 2, 1, Identity::agent(Credential::none()));
+        agent.offer(msg(1)).unwrap();
+        agent.offer(msg(2)).unwrap();
+        assert_eq!(inbox.recv().await.unwrap().frame[0], 1);
+        agent.offer(msg(3)).unwrap();
+        assert_eq!(agent.offer(msg(4)), Err(CloseReason::SlowConsumer), "a full queue closes the agent");
+        assert_eq!(agent.close_reason(), CloseReason::SlowConsumer);
+        assert_eq!(inbox.recv().await.unwrap().frame[0], 2);
+        assert_eq!(inbox.recv().await.unwrap().frame[0], 3);
+        drop(inbox);
+        assert_eq!(agent.offer(msg(5)), Err(CloseReason::Peer), "no session: nothing is queued");
     }
 
     #[test]

@@ -18,6 +18,9 @@ pub const MESSAGE_LATENCY: &str = "opampgateway_message_latency_seconds";
 /// Sockets the listener turns away before a request (`refused`) also carry a
 /// `reason`: the setting that decided (`max_connections`, `header_timeout`...).
 pub const HANDSHAKES: &str = "opampgateway_handshakes_total";
+/// Counter: sockets that waited for a turn in the TLS/HTTP phase
+/// (`listener.max_handshaking`, or their source's share of it).
+pub const LISTENER_HANDSHAKE_WAITS: &str = "opampgateway_listener_handshake_waits_total";
 /// Histogram (seconds): connect handshake round trip to the server.
 pub const HANDSHAKE_SECONDS: &str = "opampgateway_handshake_seconds";
 /// Gauge: agents assigned to each upstream link, by `upstream` and `link`.

@@ -30,7 +30,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::{Notify, OwnedSemaphorePermit};
 use tokio::time::Instant;
 
-use super::limits::{Admitted, Limits, Refusal, SourceSlot};
+use super::limits::{Admitted, Limits, Refusal, SourceSlot, Turn};
 use crate::downstream::trust::PeerCertificate;
 use crate::downstream::{router, Downstream};
 use crate::tls::BoxedIo;
@@ -56,7 +56,7 @@ struct Phase {
     /// The source slot, returned when the connection becomes an agent, and
     /// the turn (`max_handshaking`), returned at its first answer: a refused
     /// keep-alive socket must not keep others waiting.
-    connecting: Mutex<(Option<SourceSlot>, Option<OwnedSemaphorePermit>)>,
+    connecting: Mutex<(Option<SourceSlot>, Option<Turn>)>,
 }
 
 impl Phase {
@@ -232,5 +232,29 @@ pub(super) async fn serve(
                 _ => None,
             };
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures_util::FutureExt;
+
+    #[tokio::test]
+    async fn the_turn_goes_back_at_the_first_answer_the_source_slot_when_admitted() {
+        let limits = Limits::new(10, 1, 1);
+        let ip = "192.0.2.1".parse().unwrap();
+        let source = limits.source(ip).unwrap();
+        let turn = limits.turn(ip).await;
+        let phase = Phase {
+            state: AtomicU64::new(HEAD),
+            changed: Notify::new(),
+            connecting: Mutex::new((Some(source), Some(turn))),
+        };
+        phase.answered(http::StatusCode::UNAUTHORIZED);
+        assert!(limits.turn(ip).now_or_never().is_some(), "a refused socket keeps no one waiting");
+        assert!(limits.source(ip).is_err(), "but still counts as connecting from its source");
+        phase.answered(http::StatusCode::SWITCHING_PROTOCOLS);
+        assert!(limits.source(ip).is_ok(), "an agent no longer counts against its source");
     }
 }

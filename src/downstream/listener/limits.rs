@@ -4,6 +4,10 @@
 //! Sockets that are not agents yet also take turns (`max_handshaking`): a
 //! connect storm waits in the kernel's buffers instead of allocating request
 //! buffers and TLS state for every socket at once, which the allocator keeps.
+//! One source gets at most half of the turns (at least one), and its sockets
+//! queue for its own share first: a slow client trickling requests from one
+//! address (slowloris) cannot hold every turn, while a fleet behind one
+//! address (a load balancer without PROXY headers) still gets half.
 
 use std::collections::HashMap;
 use std::io;
@@ -65,15 +69,56 @@ impl Refusal {
     }
 }
 
-/// Counter: connections that waited for a turn (`listener.max_handshaking`).
-pub(crate) const HANDSHAKE_WAITS: &str = "opampgateway_listener_handshake_waits_total";
-
 /// A socket's share of the budget, held for the socket's whole life; the
 /// source slot and the turn only until it becomes an agent.
 pub(super) struct Admitted {
     pub permit: OwnedSemaphorePermit,
     pub source: SourceSlot,
-    pub turn: Option<OwnedSemaphorePermit>,
+    pub turn: Option<Turn>,
+}
+
+/// A socket's turn in the TLS/HTTP phase: its source's share and one of the
+/// gateway-wide turns. Dropped at the socket's first answer.
+pub(super) struct Turn {
+    _global: OwnedSemaphorePermit,
+    source: Option<OwnedSemaphorePermit>,
+    key: IpAddr,
+    shares: Arc<Shares>,
+}
+
+impl Drop for Turn {
+    fn drop(&mut self) {
+        drop(self.source.take());
+        self.shares.forget_idle(self.key);
+    }
+}
+
+/// Each source's share of the turns.
+struct Shares {
+    per_source: usize,
+    sources: Mutex<HashMap<IpAddr, Arc<Semaphore>>>,
+}
+
+/// Sources remembered before the idle ones are swept: a wait cancelled
+/// (at shutdown) leaves its source behind.
+const SHARES_SWEEP: usize = 1024;
+
+impl Shares {
+    fn of(&self, key: IpAddr) -> Arc<Semaphore> {
+        let mut sources = self.sources.lock();
+        if sources.len() >= SHARES_SWEEP {
+            sources.retain(|_, s| Arc::strong_count(s) > 1);
+        }
+        sources.entry(key).or_insert_with(|| Arc::new(Semaphore::new(self.per_source))).clone()
+    }
+
+    /// Forgets a source no socket holds or waits for a share of.
+    fn forget_idle(&self, key: IpAddr) {
+        let mut sources = self.sources.lock();
+        if sources.get(&key).is_some_and(|s| Arc::strong_count(s) == 1) {
+            sources.remove(&key);
+        }
+    }
 }
 
 pub(super) struct Limits {
@@ -82,6 +127,7 @@ pub(super) struct Limits {
     sources: Arc<Sources>,
     answering: Arc<Semaphore>,
     turns: Arc<Semaphore>,
+    shares: Arc<Shares>,
     log: LogEvery<Refusal>,
 }
 
@@ -93,6 +139,7 @@ impl Limits {
             sources: Arc::new(Sources { max: max_handshaking_per_source, counts: Mutex::default() }),
             answering: Arc::new(Semaphore::new(ANSWERING)),
             turns: Arc::new(Semaphore::new(max_handshaking)),
+            shares: Arc::new(Shares { per_source: (max_handshaking / 2).max(1), sources: Mutex::default() }),
             log: LogEvery::new(LOG_EVERY),
         }
     }
@@ -103,14 +150,25 @@ impl Limits {
         Ok(Admitted { permit: self.permit()?, source, turn: None })
     }
 
-    /// A turn in the TLS/HTTP phase; waits (counted) while
-    /// `max_handshaking` sockets have theirs.
-    pub(super) async fn turn(&self) -> OwnedSemaphorePermit {
-        if let Ok(turn) = self.turns.clone().try_acquire_owned() {
-            return turn;
-        }
-        metrics::counter!(HANDSHAKE_WAITS).increment(1);
-        self.turns.clone().acquire_owned().await.expect("the turn semaphore is never closed")
+    /// A turn in the TLS/HTTP phase for a socket from `ip`: first a share
+    /// of its source's, then a gateway-wide one. Waits (counted once) while
+    /// either is taken.
+    pub(super) async fn turn(&self, ip: IpAddr) -> Turn {
+        let key = source_key(ip);
+        let share = self.shares.of(key);
+        let (source, global) = match (share.clone().try_acquire_owned(), self.turns.clone().try_acquire_owned()) {
+            (Ok(source), Ok(global)) => (source, global),
+            (source, _) => {
+                metrics::counter!(m::LISTENER_HANDSHAKE_WAITS).increment(1);
+                let source = match source {
+                    Ok(s) => s,
+                    Err(_) => share.acquire_owned().await.expect("a share semaphore is never closed"),
+                };
+                let global = self.turns.clone().acquire_owned().await.expect("the turn semaphore is never closed");
+                (source, global)
+            }
+        };
+        Turn { _global: global, source: Some(source), key, shares: self.shares.clone() }
     }
 
     /// The budget share alone: behind a PROXY header the source is known
@@ -253,6 +311,31 @@ mod tests {
         let counts = limits.sources.counts.lock();
         assert_eq!(counts.get(&"192.0.2.2".parse().unwrap()), Some(&1), "the refusal returned its source slot");
         assert_eq!(counts.len(), 1, "a source with no connecting socket is forgotten");
+    }
+
+    #[tokio::test]
+    async fn sockets_take_turns_beyond_max_handshaking() {
+        use futures_util::FutureExt;
+        let limits = Limits::new(10, 10, 1);
+        let ip = "192.0.2.1".parse().unwrap();
+        let first = limits.turn(ip).await;
+        assert!(limits.turn("192.0.2.2".parse().unwrap()).now_or_never().is_none(), "a second socket waits");
+        drop(first);
+        assert!(limits.turn(ip).now_or_never().is_some(), "a returned turn goes to the next socket");
+        assert!(!limits.shares.sources.lock().contains_key(&ip), "a source with no turn is forgotten");
+    }
+
+    #[tokio::test]
+    async fn one_source_cannot_hold_every_turn() {
+        use futures_util::FutureExt;
+        let limits = Limits::new(100, 100, 16);
+        let slow: IpAddr = "192.0.2.66".parse().unwrap();
+        let held: Vec<_> = (0..8).map(|_| limits.turn(slow).now_or_never().expect("its share")).collect();
+        assert!(limits.turn(slow).now_or_never().is_none(), "a source's ninth socket waits: half of 16");
+        let others: Vec<_> = (1..=8u8)
+            .map(|i| limits.turn(IpAddr::from([198, 51, 100, i])).now_or_never().expect("other sources get turns"))
+            .collect();
+        assert_eq!(held.len() + others.len(), 16);
     }
 
     #[test]
