@@ -67,7 +67,17 @@ impl Lifecycle {
         let sender = tx.as_ref().expect("set above");
         match sender.try_send(job) {
             Ok(()) => {}
-            Err(TrySendError::Full(_)) => metrics::counter!(m::POLICY_LIFECYCLE_DROPPED).increment(1),
+            Err(TrySendError::Full(_)) => {
+                metrics::counter!(m::POLICY_LIFECYCLE_DROPPED).increment(1);
+                static LOGGED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+                if !LOGGED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                    tracing::warn!(
+                        queue = QUEUE,
+                        "policy lifecycle events dropped: the queue is full \
+                         (further drops: opampgateway_policy_lifecycle_dropped_total only)"
+                    );
+                }
+            }
             Err(TrySendError::Disconnected(_)) => {
                 *tx = None;
                 metrics::counter!(m::POLICY_LIFECYCLE_DROPPED).increment(1);

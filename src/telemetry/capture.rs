@@ -177,8 +177,24 @@ impl Queue {
     }
 }
 
+/// Counts a record not written; the first of each reason is logged (the
+/// counter carries the rest).
 fn dropped(reason: &'static str) {
     metrics::counter!(m::CAPTURE_DROPPED, "reason" => reason).increment(1);
+    static LOGGED: parking_lot::Mutex<Vec<&str>> = parking_lot::const_mutex(Vec::new());
+    let first = {
+        let mut seen = LOGGED.lock();
+        !seen.contains(&reason) && {
+            seen.push(reason);
+            true
+        }
+    };
+    if first {
+        tracing::warn!(
+            reason,
+            "capture record dropped (further drops: opampgateway_capture_records_dropped_total only)"
+        );
+    }
 }
 
 /// One line of a capture file, as written and as read back.
@@ -420,6 +436,34 @@ mod tests {
         let ts = SystemTime::now();
         let uid = Bytes::from_static(&[0xab; 16]);
         Pending::Message { ts, direction: "agent_to_server", transport: "websocket", uid, payload: payload.into() }
+    }
+
+    #[test]
+    fn records_that_do_not_fit_are_dropped_and_counted() {
+        use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+        let dir = tempfile::tempdir().unwrap();
+        let s = CaptureSettings { queue: 1, ..settings(dir.path(), 16, 1) };
+        let recorder = DebuggingRecorder::new();
+        let snapshotter = recorder.snapshotter();
+        let (capture, _rx) = Capture::queue(&s); // no writer: nothing drains
+        metrics::with_local_recorder(&recorder, || {
+            let q = capture.0.as_ref().unwrap();
+            q.offer(message(b"more than sixteen bytes"));
+            q.offer(message(b"fits"));
+            q.offer(message(b"full"));
+        });
+        let counts: Vec<(String, u64)> = snapshotter
+            .snapshot()
+            .into_vec()
+            .into_iter()
+            .filter(|(k, ..)| k.key().name() == m::CAPTURE_DROPPED)
+            .map(|(k, _, _, v)| {
+                let reason = k.key().labels().next().unwrap().value().to_owned();
+                (reason, if let DebugValue::Counter(n) = v { n } else { 0 })
+            })
+            .collect();
+        assert!(counts.contains(&("too_large".into(), 1)), "{counts:?}");
+        assert!(counts.contains(&("queue_full".into(), 1)), "{counts:?}");
     }
 
     #[test]
