@@ -14,16 +14,17 @@
 //! The reference server and the agents run in this process; the gateway
 //! runs as its own, so its RSS is its own (sampled from /proc every 5 ms).
 
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use bytes::Bytes;
 use opamp_gateway::protocol::proto::{AgentToServer, CustomMessage};
-use opamp_gateway::sim::agent::{AgentOptions, SimAgent};
+use opamp_gateway::sim::agent::AgentOptions;
 use opamp_gateway::sim::server::{ReferenceServer, ReferenceServerConfig};
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::Command;
+
+#[path = "support/gateway_child.rs"]
+mod gateway_child;
+use gateway_child::GatewayChild;
 
 struct Args {
     budget: String,
@@ -59,13 +60,6 @@ fn args() -> anyhow::Result<Args> {
     Ok(a)
 }
 
-fn status_kib(pid: u32, key: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with(key)).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()))
-        .unwrap_or(0)
-}
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let a = args()?;
@@ -84,50 +78,17 @@ async fn main() -> anyhow::Result<()> {
     );
     let path = dir.path().join("gateway.yaml");
     std::fs::write(&path, yaml)?;
-    let mut child = Command::new(&a.bin)
-        .arg("--config")
-        .arg(&path)
-        .env("OPAMP_GATEWAY_LOG", "error")
-        .stdout(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .with_context(|| format!("starting {}", a.bin))?;
-    let pid = child.id().context("gateway pid")?;
-    let mut lines = BufReader::new(child.stdout.take().context("stdout")?).lines();
-    let ready = tokio::time::timeout(Duration::from_secs(30), lines.next_line()).await??.context("gateway exited")?;
-    let listener = ready.split_whitespace().find_map(|w| w.strip_prefix("listener=")).context("ready line")?;
-    let url = format!("ws://{listener}/v1/opamp");
+    let gw = GatewayChild::start(&a.bin, None, &path).await?;
 
     let mut agents = Vec::new();
     for _ in 0..a.agents {
-        // 503 until the gateway's links are up.
-        let mut tries = 0;
-        let mut agent = loop {
-            match SimAgent::connect(AgentOptions::new(url.clone())).await {
-                Ok(agent) => break agent,
-                Err(_) if tries < 100 => {
-                    tries += 1;
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-                Err(e) => return Err(e.into()),
-            }
-        };
+        let mut agent = gw.first_agent(|| AgentOptions::new(gw.url.clone())).await?;
         agent.send(agent.status_report()).await?;
         agent.recv(Duration::from_secs(10)).await?;
         agents.push(agent);
     }
-    let idle = status_kib(pid, "VmRSS:");
-
-    let peak = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(idle));
-    let sampler = {
-        let peak = peak.clone();
-        tokio::spawn(async move {
-            loop {
-                peak.fetch_max(status_kib(pid, "VmRSS:"), std::sync::atomic::Ordering::Relaxed);
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-        })
-    };
+    let idle = gw.status_kib("VmRSS:");
+    let sampler = gw.sample_peak(idle);
     let data = Bytes::from(vec![0x5a; a.mib << 20]);
     if a.pause_ms > 0 {
         server.set_reading(false);
@@ -166,9 +127,9 @@ async fn main() -> anyhow::Result<()> {
     for s in senders {
         s.await?;
     }
-    sampler.abort();
-    let peak = peak.load(std::sync::atomic::Ordering::Relaxed).max(status_kib(pid, "VmHWM:"));
-    let after = status_kib(pid, "VmRSS:");
+    let peak = sampler.peak().max(gw.status_kib("VmHWM:"));
+    drop(sampler);
+    let after = gw.status_kib("VmRSS:");
     println!(
         "budget={} agents={} message={}MiB messages/agent={} pause={}ms | gateway RSS MiB: idle {:.0}, peak {:.0}, after {:.0} | {:.1}s",
         a.budget,

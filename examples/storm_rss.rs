@@ -17,16 +17,15 @@
 //! VmHWM). Allocators: `--bin` another build, or `LD_PRELOAD` set for
 //! this command (it is inherited).
 
-use std::process::Stdio;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use opamp_gateway::sim::agent::{AgentOptions, SimAgent};
 use opamp_gateway::sim::server::{ReferenceServer, ReferenceServerConfig};
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::Command;
+
+#[path = "support/gateway_child.rs"]
+mod gateway_child;
+use gateway_child::GatewayChild;
 
 struct Args {
     agents: usize,
@@ -54,28 +53,6 @@ fn args() -> anyhow::Result<Args> {
     Ok(a)
 }
 
-fn status_kib(pid: u32, key: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with(key)).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()))
-        .unwrap_or(0)
-}
-
-/// The pid whose RSS counts: the gateway itself, also under a wrapper that
-/// execs it or runs it as its child.
-fn gateway_pid(pid: u32) -> u32 {
-    let comm = |p: u32| std::fs::read_to_string(format!("/proc/{p}/comm")).unwrap_or_default();
-    if comm(pid).trim() == "opamp-gateway" {
-        return pid;
-    }
-    let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
-    children
-        .split_whitespace()
-        .filter_map(|c| c.parse().ok())
-        .find(|&c| comm(c).trim() == "opamp-gateway")
-        .unwrap_or(pid)
-}
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let a = args()?;
@@ -90,59 +67,13 @@ async fn main() -> anyhow::Result<()> {
     );
     let path = dir.path().join("gateway.yaml");
     std::fs::write(&path, yaml)?;
-    let mut cmd = match &a.wrap {
-        Some(w) => {
-            let mut c = Command::new(w);
-            c.arg(&a.bin);
-            c
-        }
-        None => Command::new(&a.bin),
-    };
-    let mut child = cmd
-        .arg("--config")
-        .arg(&path)
-        .env("OPAMP_GATEWAY_LOG", "error")
-        .stdout(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .with_context(|| format!("starting {}", a.bin))?;
-    let mut lines = BufReader::new(child.stdout.take().context("stdout")?).lines();
-    let ready = loop {
-        let line =
-            tokio::time::timeout(Duration::from_secs(60), lines.next_line()).await??.context("gateway exited")?;
-        if line.contains("listener=") {
-            break line;
-        }
-    };
-    let pid = gateway_pid(child.id().context("gateway pid")?);
-    let listener = ready.split_whitespace().find_map(|w| w.strip_prefix("listener=")).context("ready line")?;
-    let url = format!("ws://{listener}/v1/opamp");
-    // The links are up once one agent is admitted (503 before).
-    let mut tries = 0;
-    let first = loop {
-        match SimAgent::connect(AgentOptions::new(url.clone())).await {
-            Ok(agent) => break agent,
-            Err(_) if tries < 200 => {
-                tries += 1;
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            Err(e) => return Err(e.into()),
-        }
-    };
-    drop(first);
+    let gw = GatewayChild::start(&a.bin, a.wrap.as_deref(), &path).await?;
+    let url = gw.url.clone();
+    drop(gw.first_agent(|| AgentOptions::new(url.clone())).await?);
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let idle = status_kib(pid, "VmRSS:");
+    let idle = gw.status_kib("VmRSS:");
 
-    let peak = Arc::new(AtomicU64::new(idle));
-    let sampler = {
-        let peak = peak.clone();
-        tokio::spawn(async move {
-            loop {
-                peak.fetch_max(status_kib(pid, "VmRSS:"), Ordering::Relaxed);
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-        })
-    };
+    let sampler = gw.sample_peak(idle);
     let started = Instant::now();
     let tasks: Vec<_> = (0..a.agents)
         .map(|i| {
@@ -167,9 +98,9 @@ async fn main() -> anyhow::Result<()> {
     }
     let storm = started.elapsed();
     tokio::time::sleep(Duration::from_secs(2)).await;
-    sampler.abort();
-    let peak = peak.load(Ordering::Relaxed).max(status_kib(pid, "VmHWM:"));
-    let settled = status_kib(pid, "VmRSS:");
+    let peak = sampler.peak().max(gw.status_kib("VmHWM:"));
+    drop(sampler);
+    let settled = gw.status_kib("VmRSS:");
     let n = agents.len().max(1) as f64;
     println!(
         "agents={} errors={errors} storm={:.2}s | gateway RSS KiB: idle {idle}, peak {peak}, 2s later {settled} \
