@@ -211,6 +211,11 @@ impl Gateway {
             agents_shutdown.clone(),
         );
         let ds = Arc::new(ds.with_capture(capture));
+        ds.sessions.spawn({
+            let relay = relay.clone();
+            let shutdown = agents_shutdown.clone();
+            async move { relay.movable.close_all_on(shutdown).await }
+        });
 
         // The last fallible step; its own task stops with the links.
         let metrics_addr = match (&config.telemetry.metrics.endpoint, metrics) {

@@ -120,6 +120,59 @@ pub(crate) fn proc_status_kib(pid: u32, key: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// `pid` and its descendants (nginx's master and its worker).
+pub(crate) fn process_tree(pid: u32) -> Vec<u32> {
+    let mut out = vec![pid];
+    let mut i = 0;
+    while let Some(&p) = out.get(i) {
+        let tasks = std::fs::read_dir(format!("/proc/{p}/task")).into_iter().flatten().flatten();
+        for t in tasks {
+            let children = std::fs::read_to_string(t.path().join("children")).unwrap_or_default();
+            out.extend(children.split_whitespace().filter_map(|c| c.parse::<u32>().ok()));
+        }
+        i += 1;
+    }
+    out
+}
+
+/// User + system CPU seconds of `pid` and its descendants.
+pub(crate) fn tree_cpu_seconds(pid: u32) -> f64 {
+    process_tree(pid).into_iter().map(cpu_seconds).sum()
+}
+
+/// System calls made by a process tree while it runs, counted by
+/// `perf stat` on the `raw_syscalls:sys_enter` tracepoint (a counter, not a
+/// trace: it costs the process little). `None` without perf or permission.
+pub(crate) struct SyscallCounter {
+    child: Child,
+}
+
+impl SyscallCounter {
+    pub(crate) async fn start(pid: u32) -> Option<Self> {
+        let pids: Vec<String> = process_tree(pid).iter().map(u32::to_string).collect();
+        let child = Command::new("perf")
+            .args(["stat", "-x,", "-e", "raw_syscalls:sys_enter", "-p", &pids.join(",")])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .ok()?;
+        // perf attaches in a few milliseconds; give it that before the run.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        Some(Self { child })
+    }
+
+    /// Stops counting (SIGINT, as perf expects) and returns the count.
+    pub(crate) async fn stop(mut self) -> Option<u64> {
+        let pid = self.child.id()?;
+        let _ = Command::new("kill").args(["-INT", &pid.to_string()]).status().await;
+        let mut err = String::new();
+        self.child.stderr.take()?.read_to_string(&mut err).await.ok()?;
+        let _ = self.child.wait().await;
+        err.lines().find(|l| l.contains("raw_syscalls:sys_enter"))?.split(',').next()?.trim().parse().ok()
+    }
+}
+
 pub(crate) fn cpu_seconds(pid: u32) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     // Fields after the command name (which may contain spaces) in parentheses.

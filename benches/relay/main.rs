@@ -20,9 +20,7 @@ mod suite;
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
     let quick = args.iter().any(|a| a == "--quick");
-    let only_policies = args.iter().any(|a| a == "--only-policies");
-    // The issue-17 containment phase alone (hostile policies under load).
-    let only_containment = args.iter().any(|a| a == "--only-containment");
+    let only = suite::Only::from_args(&args)?;
     let out = args
         .iter()
         .position(|a| a == "--out")
@@ -44,7 +42,7 @@ fn main() -> anyhow::Result<()> {
         return rt.block_on(soak::run(duration, &out));
     }
     let hooks = args.iter().position(|a| a == "--hooks").and_then(|i| args.get(i + 1)).map(std::path::PathBuf::from);
-    let mut report = rt.block_on(suite::run(suite::Scale::new(quick, only_policies, only_containment)))?;
+    let mut report = rt.block_on(suite::run(suite::Scale::new(quick, only)))?;
     if let Some(hooks) = hooks {
         report.hook_costs(&hooks);
     }

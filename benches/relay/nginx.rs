@@ -51,7 +51,18 @@ impl Nginx {
         format!("ws://127.0.0.1:{}/v1/opamp", self.port)
     }
 
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id().unwrap_or(0)
+    }
+
+    /// A fast shutdown (SIGTERM) lets the master stop its worker; a SIGKILL
+    /// would leave the worker running, holding the bench's stdout open.
     pub(crate) async fn stop(mut self) {
-        let _ = self.child.kill().await;
+        if let Some(pid) = self.child.id() {
+            let _ = Command::new("kill").args(["-TERM", &pid.to_string()]).status().await;
+        }
+        if tokio::time::timeout(Duration::from_secs(10), self.child.wait()).await.is_err() {
+            let _ = self.child.kill().await;
+        }
     }
 }

@@ -77,6 +77,8 @@ impl Report {
             "saturated_rtt_us": {"p50": us(&s.rtt, 0.5), "p99": us(&s.rtt, 0.99)},
             "saturated_errors": s.errors,
             "connect_errors": f.connect_errors,
+            "cpu_us_per_msg": f.cost.as_ref().map(|c| c.cpu_us_per_msg),
+            "syscalls_per_msg": f.cost.as_ref().and_then(|c| c.syscalls_per_msg),
         });
         self.paths.push((name.into(), v));
     }
@@ -105,6 +107,25 @@ impl Report {
             "within 2×",
             format!("{tg:.0} vs {td:.0} round trips/s ({:.2}×)", td / tg.max(1.0)),
             tg * 2.0 >= td,
+        );
+    }
+
+    /// Issue 13 point 2: the gateway batches its link side, so at the same
+    /// paced rate it should spend no more CPU per message than nginx's 1:1.
+    pub(crate) fn cpu_against_nginx(&mut self) {
+        let cpu = |p: &str| self.path_value(p, "/cpu_us_per_msg");
+        let (Some(g), Some(n)) = (cpu("gateway"), cpu("nginx")) else { return };
+        let sys = |p: &str| self.path_value(p, "/syscalls_per_msg").map(|v| format!("{v:.1}")).unwrap_or("?".into());
+        let rate = self.path_value("gateway", "/achieved_rate").unwrap_or(0.0);
+        self.bar(
+            "CPU per relayed message, paced (gateway vs nginx)",
+            "≤ nginx (aim: half)",
+            format!(
+                "{g:.1} vs {n:.1} µs at {rate:.0} round trips/s ({} vs {} syscalls per message)",
+                sys("gateway"),
+                sys("nginx")
+            ),
+            g <= n,
         );
     }
 
@@ -317,18 +338,20 @@ impl Report {
         if !self.paths.is_empty() {
             let _ = writeln!(
             s,
-            "\n## Latency and throughput, side by side\n\nRound trip = agent sends a heartbeat, the server answers, the agent receives it (one message each way). Paced: {} agents offering {} msg/s for {} s. Flat out: {} agents, each sending as soon as it has its answer.\n",
+            "\n## Latency and throughput, side by side\n\nRound trip = agent sends a heartbeat, the server answers, the agent receives it (one message each way). Paced: {} agents offering {} msg/s for {} s. Flat out: {} agents, each sending as soon as it has its answer. CPU per message: the proxy process's user + system time (nginx: master and worker) over the paced run, per relayed message (a round trip relays two); the direct path has no proxy. System calls per message: `perf stat -e raw_syscalls:sys_enter` on the proxy over a second paced run of up to 4 s.\n",
             sc["latency_agents"], sc["latency_rate"], sc["phase_seconds"], sc["saturate_agents"]
         );
-            let _ = writeln!(s, "| path | paced rate | RTT p50 | RTT p99 | RTT p99.9 | flat-out round trips/s | errors |\n|---|---|---|---|---|---|---|");
+            let _ = writeln!(s, "| path | paced rate | RTT p50 | RTT p99 | RTT p99.9 | CPU per message | syscalls per message | flat-out round trips/s | errors |\n|---|---|---|---|---|---|---|---|---|");
             for (name, v) in &self.paths {
                 let _ = writeln!(
                     s,
-                    "| {name} | {:.0}/s | {} µs | {} µs | {} µs | {:.0} | {} |",
+                    "| {name} | {:.0}/s | {} µs | {} µs | {} µs | {} | {} | {:.0} | {} |",
                     v["achieved_rate"].as_f64().unwrap_or(0.0),
                     v["rtt_us"]["p50"],
                     v["rtt_us"]["p99"],
                     v["rtt_us"]["p999"],
+                    v["cpu_us_per_msg"].as_f64().map(|c| format!("{c:.1} µs")).unwrap_or("–".into()),
+                    v["syscalls_per_msg"].as_f64().map(|c| format!("{c:.1}")).unwrap_or("–".into()),
                     v["saturated_round_trips_per_s"].as_f64().unwrap_or(0.0),
                     v["paced_errors"].as_u64().unwrap_or(0)
                         + v["saturated_errors"].as_u64().unwrap_or(0)

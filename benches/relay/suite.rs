@@ -7,7 +7,7 @@ use opamp_gateway::sim::server::{ReferenceServer, ReferenceServerConfig};
 use serde_json::json;
 
 use crate::containment;
-use crate::gateway_proc::GatewayProc;
+use crate::gateway_proc::{self, GatewayProc, SyscallCounter};
 use crate::load::{self, Run};
 use crate::nginx::{self, Nginx};
 use crate::policies;
@@ -26,16 +26,51 @@ pub(crate) struct Scale {
     pub swaps: usize,
     /// Interleaved none/with rounds in the policy phase.
     pub policy_rounds: usize,
-    /// Only the policy phase (for working on policy overhead).
-    pub only_policies: bool,
     /// Length of each stage (before, during, after) of the containment phase.
     pub containment_stage: Duration,
-    /// Only the containment phase (`--only-containment`).
-    pub only_containment: bool,
+    /// Which phases run.
+    pub only: Only,
+}
+
+/// `--only-…`: one group of phases, for working on one figure.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum Only {
+    /// The whole suite.
+    All,
+    /// `--only-paths`: direct, nginx and gateway side by side (latency,
+    /// throughput, CPU and syscalls per message).
+    Paths,
+    /// `--only-policies`: the policy throughput phase and hot swaps.
+    Policies,
+    /// `--only-containment`: hostile policies under load (issue 17).
+    Containment,
+}
+
+impl Only {
+    pub(crate) fn from_args(args: &[String]) -> anyhow::Result<Self> {
+        let picked: Vec<Self> = args
+            .iter()
+            .filter_map(|a| match a.as_str() {
+                "--only-paths" => Some(Self::Paths),
+                "--only-policies" => Some(Self::Policies),
+                "--only-containment" => Some(Self::Containment),
+                _ => None,
+            })
+            .collect();
+        match picked.as_slice() {
+            [] => Ok(Self::All),
+            [one] => Ok(*one),
+            _ => anyhow::bail!("pick at most one of --only-paths, --only-policies, --only-containment"),
+        }
+    }
+
+    fn runs(self, phase: Self) -> bool {
+        self == Self::All || self == phase
+    }
 }
 
 impl Scale {
-    pub(crate) fn new(quick: bool, only_policies: bool, only_containment: bool) -> Self {
+    pub(crate) fn new(quick: bool, only: Only) -> Self {
         if quick {
             Self {
                 quick,
@@ -49,9 +84,8 @@ impl Scale {
                 growth_rate: 1000.0,
                 swaps: 5,
                 policy_rounds: 1,
-                only_policies,
                 containment_stage: Duration::from_secs(5),
-                only_containment,
+                only,
             }
         } else {
             Self {
@@ -66,9 +100,8 @@ impl Scale {
                 growth_rate: 5000.0,
                 swaps: 20,
                 policy_rounds: 3,
-                only_policies,
                 containment_stage: Duration::from_secs(10),
-                only_containment,
+                only,
             }
         }
     }
@@ -81,12 +114,12 @@ pub(crate) async fn run(scale: Scale) -> anyhow::Result<Report> {
     let server = ReferenceServer::start(ReferenceServerConfig::default()).await?;
     let upstream = server.url();
 
-    if !scale.only_policies && !scale.only_containment {
+    if scale.only.runs(Only::Paths) {
         relay_phases(&mut report, &server, &scale).await?;
     }
 
     // 4. Policies: throughput with the four examples vs none, and hot swaps.
-    let examples = if scale.only_containment { None } else { Some(policies::prepare()?) };
+    let examples = if scale.only.runs(Only::Policies) { Some(policies::prepare()?) } else { None };
     match examples {
         None => {}
         Some(None) => {
@@ -118,7 +151,7 @@ pub(crate) async fn run(scale: Scale) -> anyhow::Result<Report> {
     }
 
     // 5. Containment (issue 17): hostile policies hot-loaded under load.
-    if !scale.only_policies {
+    if scale.only.runs(Only::Containment) {
         match containment::fixture() {
             Some(fixture) => {
                 let cases = containment::run(&server, &scale, &fixture).await?;
@@ -136,12 +169,12 @@ async fn relay_phases(report: &mut Report, server: &ReferenceServer, scale: &Sca
     let upstream = server.url();
     // 1. Direct and nginx baselines: same load generator, same server.
     eprintln!("[bench] direct baseline");
-    let direct = path_figures(&upstream, scale).await;
+    let direct = path_figures(&upstream, None, scale).await;
     report.path("direct", &direct);
     if nginx::binary().is_some() {
         eprintln!("[bench] nginx baseline");
         let ng = Nginx::start(server.addr().port()).await?;
-        let figures = path_figures(&ng.url(), scale).await;
+        let figures = path_figures(&ng.url(), Some(ng.pid()), scale).await;
         report.path("nginx", &figures);
         ng.stop().await;
     } else {
@@ -152,10 +185,14 @@ async fn relay_phases(report: &mut Report, server: &ReferenceServer, scale: &Sca
     eprintln!("[bench] gateway");
     let gw = GatewayProc::start(&upstream, LINKS, None).await?;
     wait_links(server, LINKS).await;
-    let gateway = path_figures(&gw.url(), scale).await;
+    let gateway = path_figures(&gw.url(), Some(gw.pid()), scale).await;
     report.path("gateway", &gateway);
     report.added_latency(&direct, &gateway);
+    report.cpu_against_nginx();
     gw.stop().await;
+    if scale.only == Only::Paths {
+        return Ok(());
+    }
 
     // 3. Memory per idle agent, and cost growth, each on a fresh gateway.
     let mut points: Vec<usize> = scale.memory_points.iter().chain(&scale.growth).copied().collect();
@@ -258,14 +295,25 @@ async fn flat_out(
     Ok(out)
 }
 
-/// Latency at a fixed rate, and throughput flat out, over one path.
+/// Latency at a fixed rate, and throughput flat out, over one path; with the
+/// proxy's process, its CPU and system calls per relayed message at that rate.
 pub(crate) struct PathFigures {
     pub paced: Run,
     pub saturated: Run,
     pub connect_errors: usize,
+    pub cost: Option<PacedCost>,
 }
 
-async fn path_figures(url: &str, scale: &Scale) -> PathFigures {
+/// What a proxy process spends per relayed message (a round trip relays
+/// two) at the paced rate: CPU (utime + stime of the whole process tree) over
+/// the paced run, and system calls over a second paced run with `perf stat`
+/// attached (kept apart so the counter does not weigh on the CPU figure).
+pub(crate) struct PacedCost {
+    pub cpu_us_per_msg: f64,
+    pub syscalls_per_msg: Option<f64>,
+}
+
+async fn path_figures(url: &str, proxy_pid: Option<u32>, scale: &Scale) -> PathFigures {
     let storm = load::storm(url, scale.latency_agents, 256, &[]).await;
     let connect_errors = storm.errors;
     let mut agents = storm.agents;
@@ -273,12 +321,25 @@ async fn path_figures(url: &str, scale: &Scale) -> PathFigures {
     let warm = load::drive(rest, Some(scale.latency_rate), Duration::from_secs(1)).await;
     let mut everyone = agents;
     everyone.extend(warm.agents);
+    let cpu0 = proxy_pid.map(gateway_proc::tree_cpu_seconds);
     let paced = load::drive(everyone, Some(scale.latency_rate), scale.phase).await;
+    let per_msg = |n: f64, run: &Run| n / (2 * run.round_trips).max(1) as f64;
+    let mut cost = proxy_pid.zip(cpu0).map(|(pid, cpu0)| PacedCost {
+        cpu_us_per_msg: per_msg((gateway_proc::tree_cpu_seconds(pid) - cpu0) * 1e6, &paced),
+        syscalls_per_msg: None,
+    });
     let mut all = paced.agents;
+    if let (Some(pid), Some(cost)) = (proxy_pid, cost.as_mut()) {
+        if let Some(counter) = SyscallCounter::start(pid).await {
+            let counted = load::drive(all, Some(scale.latency_rate), scale.phase.min(Duration::from_secs(4))).await;
+            cost.syscalls_per_msg = counter.stop().await.map(|n| per_msg(n as f64, &counted));
+            all = counted.agents;
+        }
+    }
     let rest = all.split_off(scale.saturate_agents.min(all.len()));
     drop(rest);
     let saturated = load::drive(all, None, scale.phase).await;
-    PathFigures { paced: Run { agents: Vec::new(), ..paced }, saturated, connect_errors }
+    PathFigures { paced: Run { agents: Vec::new(), ..paced }, saturated, connect_errors, cost }
 }
 
 pub(crate) async fn wait_links(server: &ReferenceServer, n: usize) {

@@ -30,6 +30,8 @@ use crate::policy::lifecycle::SessionTicket;
 use crate::protocol::compose::{self, ErrorKind};
 use crate::protocol::AgentFrame;
 use crate::relay::agent::Inbox;
+use crate::relay::deadline;
+use crate::relay::doorbell::Rings;
 use crate::relay::{
     budget, Admission, AdmitError, AdmitRequest, AgentShared, CloseReason, Held, Identity, Inbound, LinkLease,
     LinkState, MoveKind, Relay,
@@ -165,14 +167,20 @@ impl Session {
     async fn pump<S: AgentIo>(&mut self, ws: &mut WebSocketStream<S>) -> CloseReason {
         let keepalive = self.ds.settings.keepalive;
         let mut ping = tokio::time::interval_at(Instant::now() + keepalive, keepalive);
-        let shutdown = self.ds.shutdown.clone();
+        // Shutdown reaches a running session as a close on its doorbell
+        // (`Relay::close_sessions`); one that registered after that sweep
+        // sees the token here.
+        if self.ds.shutdown.is_cancelled() {
+            self.agent.close(CloseReason::Shutdown);
+        }
         let agent = self.agent.clone();
         loop {
             let reading = self.reading();
+            // The budget's signal matters only while it keeps us from reading.
+            let budget_closed = !reading && self.waiting.is_none();
             let step = tokio::select! {
                 biased;
-                _ = agent.closing().cancelled() => Err(agent.close_reason()),
-                _ = shutdown.cancelled() => Err(CloseReason::Shutdown),
+                rings = agent.rung() => self.on_rings(ws, rings).await,
                 _ = self.link_state.changed() => self.on_link_change(),
                 // Rare branches are boxed: an await's state is part of every
                 // idle session's task, sized by its largest branch.
@@ -180,11 +188,8 @@ impl Session {
                     self.failover = None;
                     Box::pin(self.on_failover(admitted)).await
                 }
-                _ = agent.returned_ready() => Box::pin(self.resend_returned()).await,
-                _ = agent.move_requested() => Box::pin(self.planned_move()).await,
-                Some(msg) = self.inbox.recv() => self.deliver(ws, msg).await,
                 held = wait_room(&mut self.waiting), if self.waiting.is_some() => Box::pin(self.on_room(held)).await,
-                Ok(()) = self.budget_open.changed() => Ok(()), // `reading` is re-evaluated
+                Ok(()) = self.budget_open.changed(), if budget_closed => Ok(()), // `reading` is re-evaluated
                 msg = ws.next(), if reading => self.on_agent_message(msg).await,
                 _ = ping.tick() => Box::pin(self.keepalive(ws)).await,
             };
@@ -192,6 +197,26 @@ impl Session {
                 return reason;
             }
         }
+    }
+
+    /// What woke the session, in order: a close wins; then frames a dead
+    /// link returned, a requested move, and the agent's queued messages.
+    async fn on_rings<S: AgentIo>(&mut self, ws: &mut WebSocketStream<S>, rings: Rings) -> Result<(), CloseReason> {
+        if rings.contains(Rings::CLOSING) {
+            return Err(self.agent.close_reason());
+        }
+        if rings.contains(Rings::RETURNED) {
+            Box::pin(self.resend_returned()).await?;
+        }
+        if rings.contains(Rings::MOVE) {
+            Box::pin(self.planned_move()).await?;
+        }
+        if rings.contains(Rings::QUEUED) {
+            while let Some(msg) = self.inbox.try_recv() {
+                self.deliver(ws, msg).await?;
+            }
+        }
+        Ok(())
     }
 
     /// Whether to read the socket now: not while a message waits for room in
@@ -296,7 +321,7 @@ impl Session {
             return Ok(());
         };
         let len = frame.len();
-        match tokio::time::timeout(self.ds.settings.write_timeout, ws.send(Message::Binary(frame))).await {
+        match deadline::within(self.ds.settings.write_timeout, ws.send(Message::Binary(frame))).await {
             Ok(Ok(())) => {
                 pipeline::delivered(len, msg.received);
                 Ok(())
@@ -314,7 +339,7 @@ impl Session {
         } else if self.last_seen.elapsed() > keepalive * 2 {
             return Err(CloseReason::Dead);
         }
-        match tokio::time::timeout(self.ds.settings.write_timeout, ws.send(Message::Ping(Bytes::new()))).await {
+        match deadline::within(self.ds.settings.write_timeout, ws.send(Message::Ping(Bytes::new()))).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(_)) => Err(CloseReason::Peer),
             Err(_) => Err(CloseReason::WriteTimeout),

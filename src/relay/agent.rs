@@ -6,12 +6,12 @@ use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
 use parking_lot::Mutex;
-use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::admission::MoveKind;
 use super::budget::Held;
+use super::doorbell::{Doorbell, Rings};
 use super::identity::Identity;
 use crate::telemetry::metrics as m;
 
@@ -112,7 +112,9 @@ pub(crate) struct AgentShared {
     /// message and a few slots after (a channel block is 32 slots).
     queue: Mutex<Queue>,
     queue_cap: usize,
-    queued: Notify,
+    /// Wakes the session: a message queued, close asked, frames returned,
+    /// move asked.
+    doorbell: Doorbell,
     closing: CancellationToken,
     /// Set once: the first reason wins, atomically.
     reason: OnceLock<CloseReason>,
@@ -125,7 +127,6 @@ pub(crate) struct AgentShared {
     returned_cap: usize,
     /// Whether the first overflow was logged (once per agent).
     overflow_logged: AtomicBool,
-    returned_ready: Notify,
     capabilities_sent: AtomicBool,
     first_reply_sent: AtomicBool,
     /// Uids the server assigned this agent (routed here before first use).
@@ -138,7 +139,6 @@ pub(crate) struct AgentShared {
     move_state: AtomicU8,
     /// What the pending request is for: 0 rebalance, 1 reroute.
     move_kind: AtomicU8,
-    move_requested: Notify,
 }
 
 #[derive(Debug)]
@@ -160,9 +160,14 @@ impl Inbox {
             if let Some(msg) = self.0.queue.lock().items.pop_front() {
                 return Some(msg);
             }
-            // A message queued since the check left a permit: no lost wake-up.
-            self.0.queued.notified().await;
+            // A message queued since the check left its ring: no lost wake-up.
+            self.0.doorbell.wait(Rings::QUEUED).await;
         }
+    }
+
+    /// The next queued message, if any, without waiting.
+    pub(crate) fn try_recv(&mut self) -> Option<Inbound> {
+        self.0.queue.lock().items.pop_front()
     }
 }
 
@@ -201,13 +206,12 @@ impl AgentShared {
             id,
             queue: Mutex::new(Queue { items: VecDeque::new(), open: true }),
             queue_cap: queue_size.max(1),
-            queued: Notify::new(),
+            doorbell: Doorbell::default(),
             closing: CancellationToken::new(),
             reason: OnceLock::new(),
             returned: Mutex::new(VecDeque::new()),
             returned_cap: failover_queue.max(1),
             overflow_logged: AtomicBool::new(false),
-            returned_ready: Notify::new(),
             capabilities_sent: AtomicBool::new(false),
             first_reply_sent: AtomicBool::new(false),
             aliases: Mutex::new(Vec::new()),
@@ -215,7 +219,6 @@ impl AgentShared {
             link: AtomicU32::new(NO_LINK),
             move_state: AtomicU8::new(MoveState::Idle as u8),
             move_kind: AtomicU8::new(0),
-            move_requested: Notify::new(),
         };
         let shared = Arc::new(shared);
         (shared.clone(), Inbox(shared))
@@ -232,7 +235,7 @@ impl AgentShared {
             if q.items.len() < self.queue_cap {
                 q.items.push_back(msg);
                 drop(q);
-                self.queued.notify_one();
+                self.doorbell.ring(Rings::QUEUED);
                 return Ok(());
             }
         }
@@ -244,6 +247,7 @@ impl AgentShared {
     pub(crate) fn close(&self, reason: CloseReason) {
         if self.reason.set(reason).is_ok() {
             self.closing.cancel();
+            self.doorbell.ring(Rings::CLOSING);
         }
     }
 
@@ -277,12 +281,13 @@ impl AgentShared {
                 );
             }
         }
-        self.returned_ready.notify_one();
+        self.doorbell.ring(Rings::RETURNED);
     }
 
-    /// Resolves when frames have been handed back.
-    pub(crate) async fn returned_ready(&self) {
-        self.returned_ready.notified().await
+    /// Resolves with why the session was woken (see [`Rings`]), taking
+    /// those rings; the session is its only waiter.
+    pub(crate) async fn rung(&self) -> Rings {
+        self.doorbell.wait(Rings::ALL).await
     }
 
     pub(crate) fn take_returned(&self) -> VecDeque<(Bytes, Held)> {
@@ -357,7 +362,7 @@ impl AgentShared {
             .is_ok();
         if asked {
             self.move_kind.store(kind as u8, Ordering::Release);
-            self.move_requested.notify_one();
+            self.doorbell.ring(Rings::MOVE);
         }
         asked
     }
@@ -368,11 +373,6 @@ impl AgentShared {
             0 => MoveKind::Rebalance,
             _ => MoveKind::Reroute,
         }
-    }
-
-    /// Resolves when the rebalancer asked for a move.
-    pub(crate) async fn move_requested(&self) {
-        self.move_requested.notified().await
     }
 
     /// Makes an agent that stayed eligible again (links changed).

@@ -5,6 +5,8 @@
 //!   can never drift) and their generations (bumped on every loss).
 //! - [`agent`]: what the core knows of one agent session: its queue, close
 //!   signal and frames handed back by a dead link.
+//! - [`doorbell`]: one lock-free wake-up per agent session, a bit per
+//!   reason (queued, closing, frames returned, move asked).
 //! - [`identity`]: who is on a connection (credential digest, agent or
 //!   trusted downstream gateway), for uid ownership.
 //! - [`routes`]: instance uid → agent, for server→agent messages, and the
@@ -16,6 +18,8 @@
 //!   server, wait), shared by first connects and migrations.
 //! - [`dispatch`]: what to do with one message from the server.
 //! - [`budget`]: the gateway-wide cap on agent message bytes in flight.
+//! - [`deadline`]: write deadlines that arm a timer only for a write that
+//!   does not complete at once (both edges' hot paths).
 //! - [`rebalance`]: moves agents off crowded links, without disconnecting
 //!   them, when loads drift apart (e.g. after links return).
 //! - [`rotation`]: retires links older than `server.max_link_age`, one at a
@@ -31,7 +35,9 @@
 pub(crate) mod admission;
 pub(crate) mod agent;
 pub(crate) mod budget;
+pub(crate) mod deadline;
 pub(crate) mod dispatch;
+pub(crate) mod doorbell;
 pub(crate) mod forwarded;
 pub(crate) mod identity;
 pub(crate) mod links;

@@ -16,7 +16,7 @@ use std::time::Duration;
 use parking_lot::Mutex;
 use tokio_util::sync::CancellationToken;
 
-use super::agent::{AgentShared, MoveState};
+use super::agent::{AgentShared, CloseReason, MoveState};
 use super::{AdmitRequest, Relay};
 use crate::telemetry::metrics as m;
 
@@ -55,6 +55,18 @@ impl Movable {
 
     pub(crate) fn unregister(&self, id: u64) {
         self.sessions.lock().remove(&id);
+    }
+
+    /// Closes every session once `shutdown` is cancelled: sessions wait on
+    /// their own doorbell, not on the gateway-wide token (whose waiter list
+    /// is a lock every session would take on every message). A session
+    /// registered after this sweep checks the token itself.
+    pub(crate) async fn close_all_on(&self, shutdown: CancellationToken) {
+        shutdown.cancelled().await;
+        let sessions: Vec<_> = self.sessions.lock().values().map(|e| e.0.clone()).collect();
+        for agent in sessions {
+            agent.close(CloseReason::Shutdown);
+        }
     }
 
     /// Agents that stayed put when asked (their assign policy chose their

@@ -25,6 +25,7 @@ use tokio_util::sync::CancellationToken;
 use super::backoff::Backoff;
 use super::dial::Dialer;
 use crate::config::BackoffConfig;
+use crate::relay::deadline;
 use crate::relay::dispatch::Dispatch;
 use crate::relay::{AgentShared, Held, Link, Outbound, Relay};
 use crate::telemetry::metrics as m;
@@ -226,6 +227,17 @@ impl LinkTask {
                     if n == 0 {
                         return End::Shutdown; // relay dropped: gateway is going away
                     }
+                    // Let the other sessions that are ready in this turn of
+                    // the scheduler queue theirs: one write for all of them.
+                    // Woken by the first sender, this task would otherwise
+                    // run next and write each frame on its own.
+                    if batch.len() < WRITE_BATCH {
+                        tokio::task::yield_now().await;
+                        while batch.len() < WRITE_BATCH {
+                            let Ok(out) = self.rx.try_recv() else { break };
+                            batch.push(out);
+                        }
+                    }
                     if let Err(why) = self.write_batch(sink, &mut batch, generation, write_timeout, recent).await {
                         return End::Lost(why);
                     }
@@ -308,7 +320,7 @@ impl LinkTask {
             }
             sink.flush().await
         };
-        match tokio::time::timeout(write_timeout, write).await {
+        match deadline::within(write_timeout, write).await {
             Ok(Ok(())) => {
                 let now = Instant::now();
                 let relayed = m::relayed(m::UPSTREAM);
