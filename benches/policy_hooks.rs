@@ -169,6 +169,12 @@ fn main() {
         policy_support::runtime(&[("header_allowlist", "allow", Some("allow: [authorization, x-tenant]\n"))]);
     let (_d2, affinity) = policy_support::runtime(&[("tenant_affinity", "affinity", None)]);
     let (_d3, redact) = policy_support::runtime(&[("redact_secrets", "redact", None)]);
+    // With its example YAML: `filter_agent_to_server: [effective_config]`.
+    let example = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("policies/examples/redact_secrets/redact_secrets.yaml"),
+    )
+    .expect("the example config");
+    let (_d10, redact_fields) = policy_support::runtime(&[("redact_secrets", "redact", Some(&example))]);
     let (_d4, block) = policy_support::runtime(&[("block_packages", "block", None)]);
     let (_d6, router) =
         policy_support::runtime(&[("upstream_router", "router", Some("route: [acme=green]\ncanary: green=10\n"))]);
@@ -196,6 +202,7 @@ fn main() {
     );
     let (allowlist, quota, beats) =
         (allowlist.policies().snapshot(), quota.policies().snapshot(), beats.policies().snapshot());
+    let redact_fields = redact_fields.policies().snapshot();
     let links: Vec<LinkInfo> = (0..3).map(|i| LinkInfo { index: i, load: 10 * i, connected: true }).collect();
     let green: Vec<LinkInfo> = (0..2).map(|i| LinkInfo { index: i, load: 5 * i, connected: true }).collect();
     let upstreams = [UpstreamInfo { name: DEFAULT_UPSTREAM.into(), links }];
@@ -278,6 +285,9 @@ fn main() {
         });
         measure(cases, "redact_secrets: filter, heartbeat", iters, || {
             std::hint::black_box(redact.filter(Direction::AgentToServer, UID, hb.clone()));
+        });
+        measure(cases, "redact_secrets + filter_agent_to_server: heartbeat (not called)", iters, || {
+            std::hint::black_box(redact_fields.filter(Direction::AgentToServer, UID, hb.clone()));
         });
         measure(cases, "redact_secrets: filter, effective config", iters, || {
             std::hint::black_box(redact.filter(Direction::AgentToServer, UID, cfg.clone()));

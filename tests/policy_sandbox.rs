@@ -248,3 +248,43 @@ fn install_helper_places_configs() {
     install(dir.path(), "block_packages", "x", Some("on_error: open\n"));
     assert!(dir.path().join("x.wasm").exists() && dir.path().join("x.yaml").exists());
 }
+
+#[tokio::test]
+async fn filter_fields_call_a_policy_only_for_messages_that_carry_them() {
+    let yaml = "call_timeout: 100ms\nfilter: drop\nfilter_agent_to_server: [effective_config]\n";
+    let (_d, rt, _p) = misbehave(Some(yaml));
+    let set = rt.policies().snapshot();
+    // A heartbeat (uid and sequence number only): the policy, which drops
+    // everything it sees, is not called.
+    assert_eq!(set.filter(Direction::AgentToServer, b"", message()), FilterOutcome::Forward(message()));
+    // With an effective config (field 6, empty): called, and its drop applies.
+    let mut with = message().to_vec();
+    with.extend_from_slice(&[0x32, 0]);
+    assert_eq!(set.filter(Direction::AgentToServer, b"", Bytes::from(with)), FilterOutcome::Drop);
+    // Once the keys are set, a direction left out is not filtered at all.
+    assert_eq!(set.filter(Direction::ServerToAgent, b"", message()), FilterOutcome::Forward(message()));
+
+    // The relay's path takes no turn of the gate for a message no policy
+    // wants: with every turn held, the heartbeat still passes at once, and
+    // a message with an effective config waits for a turn.
+    let policies = rt.policies();
+    let mut held = Vec::new();
+    while policies.gate().available() > 0 {
+        held.push(policies.gate().enter().await);
+    }
+    let passed = policies.filter(&set, Direction::AgentToServer, b"", message());
+    let passed = tokio::time::timeout(Duration::from_secs(5), passed).await;
+    assert_eq!(passed.expect("not held up by the gate"), FilterOutcome::Forward(message()));
+    let mut with = message().to_vec();
+    with.extend_from_slice(&[0x32, 0]);
+    let waits = policies.filter(&set, Direction::AgentToServer, b"", Bytes::from(with));
+    assert!(tokio::time::timeout(Duration::from_millis(200), waits).await.is_err(), "waits for the turn");
+    drop(held);
+
+    // A misspelt field is refused at load, naming the key and the field.
+    let dir = tempfile::tempdir().unwrap();
+    install(dir.path(), "fixture_misbehave", "m", Some("filter_server_to_agent: [packages_availble]\n"));
+    let err = PolicyRuntime::start(&config(dir.path(), false)).err().expect("the policy is refused");
+    let msg = err.to_string();
+    assert!(msg.contains("filter_server_to_agent") && msg.contains("packages_availble"), "{msg}");
+}

@@ -38,6 +38,10 @@ impl GatewayProc {
             "server:\n  endpoint: {upstream}\n  connections: {connections}\n  queue_size: 16384\n\
              listener:\n  endpoint: 127.0.0.1:0\n  queue_size: 256\npolicies:\n  directory: {policies}\n"
         );
+        // BENCH_POLICY_CONCURRENCY=N tries another `policies.concurrency`.
+        if let Ok(n) = std::env::var("BENCH_POLICY_CONCURRENCY") {
+            yaml.push_str(&format!("  concurrency: {n}\n"));
+        }
         if metrics {
             yaml.push_str("telemetry:\n  metrics:\n    endpoint: 127.0.0.1:0\n");
         }
@@ -135,9 +139,9 @@ pub(crate) fn process_tree(pid: u32) -> Vec<u32> {
     out
 }
 
-/// User + system CPU seconds of `pid` and its descendants.
-pub(crate) fn tree_cpu_seconds(pid: u32) -> f64 {
-    process_tree(pid).into_iter().map(cpu_seconds).sum()
+/// User and system CPU seconds of `pid` and its descendants.
+pub(crate) fn tree_cpu_split(pid: u32) -> (f64, f64) {
+    process_tree(pid).into_iter().map(cpu_split).fold((0.0, 0.0), |(u, s), (u1, s1)| (u + u1, s + s1))
 }
 
 /// System calls made by a process tree while it runs, counted by
@@ -174,13 +178,20 @@ impl SyscallCounter {
 }
 
 pub(crate) fn cpu_seconds(pid: u32) -> f64 {
+    let (user, system) = cpu_split(pid);
+    user + system
+}
+
+/// User and system CPU seconds consumed so far.
+pub(crate) fn cpu_split(pid: u32) -> (f64, f64) {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     // Fields after the command name (which may contain spaces) in parentheses.
     let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
     let f: Vec<&str> = rest.split_whitespace().collect();
     let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
     // utime and stime are fields 14 and 15 of the whole line: 11 and 12 here.
-    (ticks(11) + ticks(12)) / clock_ticks_per_second()
+    let hz = clock_ticks_per_second();
+    (ticks(11) / hz, ticks(12) / hz)
 }
 
 fn clock_ticks_per_second() -> f64 {

@@ -17,6 +17,11 @@ pub(crate) struct Storm {
     pub connect: Histogram<u64>,
 }
 
+/// Loopback source addresses the fleet connects from, agent `i` from
+/// `127.0.0.(1 + i % SOURCES)`: a fleet of 19,000 needs more than one
+/// address's ports, and real agents do not share one address.
+pub(crate) const SOURCES: u8 = 8;
+
 /// Connects `n` agents (at most `concurrency` handshakes in flight), each
 /// completing the handshake and a first status round trip. In header values,
 /// `{i}` becomes the agent's index (e.g. a tenant per agent).
@@ -28,6 +33,7 @@ pub(crate) async fn storm(url: &str, n: usize, concurrency: usize, headers: &[(S
             let gate = gate.clone();
             let mut opts = AgentOptions::new(url);
             opts.headers = headers.iter().map(|(k, v)| (k.clone(), v.replace("{i}", &i.to_string()))).collect();
+            opts.bind = Some(std::net::Ipv4Addr::new(127, 0, 0, 1 + (i % SOURCES as usize) as u8).into());
             tokio::spawn(async move {
                 let _permit = gate.acquire_owned().await.expect("semaphore open");
                 let t = Instant::now();

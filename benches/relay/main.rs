@@ -17,6 +17,18 @@ mod report;
 mod soak;
 mod suite;
 
+/// Sections of docs/BENCHMARKS.md written by hand (their commands are in
+/// them), kept when the suite rewrites the file.
+const HAND_MEASURED: [&str; 2] = ["storm-rss", "cpu-per-message"];
+
+/// The `<!-- name:begin -->` … `<!-- name:end -->` section of `text`.
+fn marked<'a>(text: &'a str, name: &str) -> Option<&'a str> {
+    let (begin, end) = (format!("<!-- {name}:begin -->"), format!("<!-- {name}:end -->"));
+    let b = text.find(&begin)?;
+    let e = text[b..].find(&end)? + b;
+    Some(&text[b..e + end.len()])
+}
+
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
     let quick = args.iter().any(|a| a == "--quick");
@@ -47,13 +59,27 @@ fn main() -> anyhow::Result<()> {
         report.hook_costs(&hooks);
     }
     report.finish();
-    // The full suite rewrites the file: keep the last soak's section.
-    let kept = std::fs::read_to_string(&out).ok().and_then(|t| soak::section(&t).map(str::to_owned));
+    // The full suite rewrites the file: keep the last soak's section, and
+    // the sections measured by hand (between `<!-- name:begin/end -->`).
+    let old = std::fs::read_to_string(&out).unwrap_or_default();
+    let kept = soak::section(&old).map(str::to_owned);
     report.write(&out)?;
+    let mut text = std::fs::read_to_string(&out)?;
     if let Some(kept) = kept {
-        let text = std::fs::read_to_string(&out)?;
-        std::fs::write(&out, soak::splice(&text, &kept))?;
+        text = soak::splice(&text, &kept);
     }
+    for name in HAND_MEASURED {
+        if let Some(section) = marked(&old, name) {
+            text = format!(
+                "{}
+
+{section}
+",
+                text.trim_end()
+            );
+        }
+    }
+    std::fs::write(&out, text)?;
     println!("wrote {} and {}", out.display(), out.with_file_name("benchmarks.json").display());
     Ok(())
 }

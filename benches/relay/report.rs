@@ -20,6 +20,8 @@ pub(crate) struct Row {
     pub per_agent_kib: f64,
     pub rate: f64,
     pub cpu_us_per_msg: f64,
+    /// The connect storm that brought the agents in, seconds.
+    pub storm_seconds: f64,
     pub errors: u64,
 }
 
@@ -78,6 +80,7 @@ impl Report {
             "saturated_errors": s.errors,
             "connect_errors": f.connect_errors,
             "cpu_us_per_msg": f.cost.as_ref().map(|c| c.cpu_us_per_msg),
+            "user_us_per_msg": f.cost.as_ref().map(|c| c.user_us_per_msg),
             "syscalls_per_msg": f.cost.as_ref().and_then(|c| c.syscalls_per_msg),
         });
         self.paths.push((name.into(), v));
@@ -157,22 +160,27 @@ impl Report {
         self.growth.push(row);
     }
 
-    pub(crate) fn policy_throughput(&mut self, none: &FlatOut, with: &FlatOut, names: Vec<String>) {
+    /// `paired`: each round's cost, percent (with vs none, run back to back).
+    pub(crate) fn policy_throughput(&mut self, none: &FlatOut, with: &FlatOut, paired: &[f64], names: Vec<String>) {
         let (a, b) = (none.rate(), with.rate());
-        let cost = (1.0 - b / a.max(1.0)) * 100.0;
+        let pooled = (1.0 - b / a.max(1.0)) * 100.0;
+        let mut sorted = paired.to_vec();
+        sorted.sort_by(f64::total_cmp);
+        let cost = sorted.get(sorted.len() / 2).copied().unwrap_or(pooled);
         let (cpu_a, cpu_b) = (none.cpu_us_per_msg(), with.cpu_us_per_msg());
         self.json.insert(
             "policies".into(),
             json!({"loaded": names, "rounds": none.rounds, "none_rps": a, "with_rps": b, "cost_percent": cost,
+                   "pooled_cost_percent": pooled, "round_costs_percent": paired,
                    "none_cpu_us_per_msg": cpu_a, "with_cpu_us_per_msg": cpu_b,
                    "connect_errors": none.connect_errors + with.connect_errors,
                    "failed_round_trips": none.errors + with.errors}),
         );
         self.bar(
-            "throughput cost of the 4 example policies",
-            "≤ 20 %",
-            format!("{cost:.1} % ({b:.0} vs {a:.0} round trips/s)"),
-            cost <= 20.0,
+            "throughput cost of the 4 example policies (median of paired rounds)",
+            "≤ 5 % (first round: ≤ 20 %)",
+            format!("{cost:.1} % (pooled: {b:.0} vs {a:.0} round trips/s, {pooled:.1} %)"),
+            cost <= 5.0,
         );
     }
 
@@ -188,16 +196,21 @@ impl Report {
             .as_array()
             .into_iter()
             .flatten()
-            .filter(|c| !c["case"].as_str().unwrap_or("").starts_with("baseline"))
+            // Example cases only: not the baseline, the gate alone or the
+            // designs not taken.
+            .filter(|c| {
+                let case = c["case"].as_str().unwrap_or("");
+                !["baseline", "gate:", "not taken"].iter().any(|p| case.starts_with(p))
+            })
             .max_by(|a, b| a["p99_us"].as_f64().unwrap_or(0.0).total_cmp(&b["p99_us"].as_f64().unwrap_or(0.0)))
             .cloned();
         if let Some(w) = worst {
             let p99 = w["p99_us"].as_f64().unwrap_or(f64::MAX);
             self.bar(
                 "policy hook call, p99 (worst example case)",
-                "≤ 5 µs",
+                "≤ 2 µs (first round: ≤ 5 µs)",
                 format!("{p99:.2} µs ({})", w["case"].as_str().unwrap_or("?")),
-                p99 <= 5.0,
+                p99 <= 2.0,
             );
         }
         self.json.insert("hook_costs".into(), doc);
@@ -296,7 +309,8 @@ impl Report {
             .growth
             .iter()
             .map(|r| json!({"agents": r.agents, "connected": r.connected, "rss_before_kib": r.rss_before_kib, "rss_kib": r.rss_kib,
-                            "per_agent_kib": r.per_agent_kib, "msg_rate": r.rate, "cpu_us_per_msg": r.cpu_us_per_msg, "errors": r.errors}))
+                            "per_agent_kib": r.per_agent_kib, "msg_rate": r.rate, "cpu_us_per_msg": r.cpu_us_per_msg,
+                            "storm_seconds": r.storm_seconds, "errors": r.errors}))
             .collect();
         self.json.insert("growth".into(), Value::Array(rows));
         let bars: Vec<Value> =
@@ -350,7 +364,10 @@ impl Report {
                     v["rtt_us"]["p50"],
                     v["rtt_us"]["p99"],
                     v["rtt_us"]["p999"],
-                    v["cpu_us_per_msg"].as_f64().map(|c| format!("{c:.1} µs")).unwrap_or("–".into()),
+                    v["cpu_us_per_msg"]
+                        .as_f64()
+                        .map(|c| format!("{c:.1} µs ({:.1} user)", v["user_us_per_msg"].as_f64().unwrap_or(0.0)))
+                        .unwrap_or("–".into()),
                     v["syscalls_per_msg"].as_f64().map(|c| format!("{c:.1}")).unwrap_or("–".into()),
                     v["saturated_round_trips_per_s"].as_f64().unwrap_or(0.0),
                     v["paced_errors"].as_u64().unwrap_or(0)
@@ -364,13 +381,14 @@ impl Report {
                 st["agents"], st["concurrency"], st["links"], st["seconds"].as_f64().unwrap_or(0.0), st["errors"], st["per_agent_ms"]["p50"], st["per_agent_ms"]["p99"]);
         }
         if !self.growth.is_empty() {
-            let _ = writeln!(s, "\n## How cost grows\n\nEach row is a fresh gateway: N agents connect, then the fleet offers {} msg/s for {} s. Memory is the gateway's RSS delta over its idle baseline, divided by N. CPU is the gateway's user+system time per relayed message (each round trip relays two).\n", sc["growth_rate"], sc["phase_seconds"]);
-            let _ = writeln!(s, "| agents | RSS idle → connected | per agent | achieved rate | CPU per message | errors |\n|---|---|---|---|---|---|");
+            let _ = writeln!(s, "\n## How cost grows\n\nEach row is a fresh gateway: N agents connect (512 at a time, from {} loopback addresses 127.0.0.x), then the fleet offers {} msg/s for {} s. Memory is the gateway's RSS delta over its idle baseline, divided by N. CPU is the gateway's user+system time per relayed message (each round trip relays two).\n", crate::load::SOURCES, sc["growth_rate"], sc["phase_seconds"]);
+            let _ = writeln!(s, "| agents | connect storm | RSS idle → connected | per agent | achieved rate | CPU per message | errors |\n|---|---|---|---|---|---|---|");
             for r in &self.growth {
                 let _ = writeln!(
                     s,
-                    "| {} | {:.1} → {:.1} MiB | {:.1} KiB | {:.0}/s | {:.1} µs | {} |",
+                    "| {} | {:.2} s | {:.1} → {:.1} MiB | {:.1} KiB | {:.0}/s | {:.1} µs | {} |",
                     r.agents,
+                    r.storm_seconds,
                     r.rss_before_kib as f64 / 1024.0,
                     r.rss_kib as f64 / 1024.0,
                     r.per_agent_kib,
@@ -379,15 +397,27 @@ impl Report {
                     r.errors
                 );
             }
+            if let Some((slope, base)) = self.growth_slope() {
+                let _ = writeln!(
+                    s,
+                    "\nLeast-squares fit of RSS against agents over these rows: **{slope:.1} KiB per agent** over a {:.1} MiB base, so 100,000 agents on one gateway would need about **{:.0} MiB** of RSS, and an open-file limit of at least 101,024 (a descriptor per agent plus `listener.max_connections`' reserve of 1,024).",
+                    base / 1024.0,
+                    (base + slope * 100_000.0) / 1024.0
+                );
+            }
         }
         if let Some(p) = self.json.get("policies") {
             let _ = writeln!(
                 s,
-                "\n## Policies\n\nLoaded: {}. Flat out, {} interleaved rounds on fresh gateways (none, then with, each round), the same agents and headers either way: {:.0} round trips/s with them vs {:.0} without, **{:.1} % cost**. Gateway CPU per relayed message: {:.1} µs with, {:.1} µs without. Connect errors: {}; failed round trips: {}. Per-call hook costs: next section.",
+                "\n## Policies\n\nLoaded: {}. Flat out, {} interleaved rounds on fresh gateways (none, then with, each round), the same agents and headers either way: {:.0} round trips/s with them vs {:.0} without over all rounds; per round {}, **median {:.1} % cost**. Gateway CPU per relayed message: {:.1} µs with, {:.1} µs without. Connect errors: {}; failed round trips: {}. Per-call hook costs: next section.",
                 p["loaded"],
                 p["rounds"],
                 p["with_rps"].as_f64().unwrap_or(0.0),
                 p["none_rps"].as_f64().unwrap_or(0.0),
+                p["round_costs_percent"]
+                    .as_array()
+                    .map(|r| r.iter().map(|c| format!("{:.1} %", c.as_f64().unwrap_or(0.0))).collect::<Vec<_>>().join(", "))
+                    .unwrap_or_default(),
                 p["cost_percent"].as_f64().unwrap_or(0.0),
                 p["with_cpu_us_per_msg"].as_f64().unwrap_or(0.0),
                 p["none_cpu_us_per_msg"].as_f64().unwrap_or(0.0),
@@ -427,6 +457,19 @@ impl Report {
             }
         }
         s
+    }
+
+    /// KiB per agent and base KiB, fitted over the growth rows' RSS.
+    fn growth_slope(&self) -> Option<(f64, f64)> {
+        let pts: Vec<(f64, f64)> = self.growth.iter().map(|r| (r.connected as f64, r.rss_kib as f64)).collect();
+        if pts.len() < 2 {
+            return None;
+        }
+        let n = pts.len() as f64;
+        let (mx, my) = (pts.iter().map(|p| p.0).sum::<f64>() / n, pts.iter().map(|p| p.1).sum::<f64>() / n);
+        let sxx: f64 = pts.iter().map(|p| (p.0 - mx).powi(2)).sum();
+        let sxy: f64 = pts.iter().map(|p| (p.0 - mx) * (p.1 - my)).sum();
+        (sxx > 0.0).then(|| (sxy / sxx, my - sxy / sxx * mx))
     }
 
     fn containment_markdown(&self, s: &mut String, c: &Value) {

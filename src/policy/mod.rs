@@ -22,6 +22,9 @@
 //!   answer may make the gateway do;
 //! - `breaker`: the per-policy circuit breaker (quarantine, half-open);
 //! - `gate`: how many policy calls run at once on the relay's workers;
+//! - [`filter_fields`]: the top-level fields a policy's `filter` is called
+//!   for (`filter_agent_to_server` / `filter_server_to_agent` in its YAML),
+//!   so heartbeats skip policies that never read them;
 //! - `verdict`: host-side checks of answers (`replace` keeps the uid,
 //!   `set-field` never touches it, headers are valid HTTP);
 //! - `throttle`: rate limits on a policy's log lines;
@@ -33,6 +36,7 @@
 
 pub(crate) mod breaker;
 pub mod config;
+pub mod filter_fields;
 pub(crate) mod gate;
 pub(crate) mod health;
 pub(crate) mod lifecycle;
@@ -288,6 +292,13 @@ pub trait Policy: Send + Sync + 'static {
     /// `message` is the bare protobuf (no WebSocket header).
     fn filter(&self, _dir: Direction, _uid: &[u8], _message: &Bytes) -> Result<Verdict, HookError> {
         Ok(Verdict::Forward)
+    }
+
+    /// The top-level fields (bit `n`: field `n`) a message travelling `dir`
+    /// must carry one of for [`filter`](Self::filter) to be called; `None`
+    /// (the default): every message. See [`filter_fields`].
+    fn filter_fields(&self, _dir: Direction) -> Option<filter_fields::FieldSet> {
+        None
     }
 
     /// A session started (called on the lifecycle worker).

@@ -44,6 +44,7 @@ use bytes::Bytes;
 
 use super::breaker::{Admit, Breaker, Clock, SystemClock};
 use super::config::{BreakerConfig, PoliciesConfig, PolicyLimits};
+use super::filter_fields;
 use super::gate::{Gate, Turn};
 use super::lifecycle::{AdmitTicket, Job, Lifecycle};
 use super::throttle::Throttle;
@@ -422,14 +423,38 @@ impl PolicySet {
         self.filter_in(dir, uid, message, false)
     }
 
+    /// Whether some policy's `filter` would be called for `message`: one
+    /// without `filter_fields`, or wanting one of its fields. If none
+    /// would, none replaces it either, so the answer holds for the chain.
+    fn calls_filter_for(&self, dir: Direction, message: &[u8]) -> bool {
+        let mut present = None;
+        self.filter_chains[dir_index(dir)].iter().map(|&i| &self.policies[i]).any(|e| {
+            match e.policy.filter_fields(dir) {
+                None => true,
+                Some(wanted) => *present.get_or_insert_with(|| filter_fields::present(message)) & wanted != 0,
+            }
+        })
+    }
+
     fn filter_in(&self, dir: Direction, uid: &[u8], message: Bytes, shed: bool) -> FilterOutcome {
         let mut current = message;
         let max = self.limits.max_replacement[dir_index(dir)];
+        // The message's top-level fields, scanned once (again after a
+        // replacement) and only if some policy declared `filter_fields`.
+        let mut present = None;
         for e in self.filter_chains[dir_index(dir)].iter().map(|&i| &self.policies[i]) {
+            if let Some(wanted) = e.policy.filter_fields(dir) {
+                if *present.get_or_insert_with(|| filter_fields::present(&current)) & wanted == 0 {
+                    continue;
+                }
+            }
             match e.call(Hook::Filter, shed, |p| p.filter(dir, uid, &current).and_then(|v| check_size(v, max, dir))) {
                 Ok(v) if e.shadow => e.shadowed(Hook::Filter, verdict_label(&v)),
                 Ok(Verdict::Forward) => {}
-                Ok(Verdict::Replace(bytes)) => current = bytes,
+                Ok(Verdict::Replace(bytes)) => {
+                    current = bytes;
+                    present = None;
+                }
                 Ok(Verdict::Drop) => return FilterOutcome::Drop,
                 Ok(Verdict::Close) => return FilterOutcome::Close,
                 Err(error) => {
@@ -635,7 +660,12 @@ impl Policies {
     }
 
     /// [`PolicySet::filter`] in a turn of the [`Gate`] (the relay's path).
+    /// A message no policy would be called for (see [`filter_fields`])
+    /// passes without taking a turn.
     pub async fn filter(&self, set: &PolicySet, dir: Direction, uid: &[u8], message: Bytes) -> FilterOutcome {
+        if !set.calls_filter_for(dir, &message) {
+            return FilterOutcome::Forward(message);
+        }
         let turn = self.gate.enter().await;
         set.filter_in(dir, uid, message, matches!(turn, Turn::Shed))
     }

@@ -49,6 +49,10 @@ pub struct AgentOptions {
     pub legacy_frames: bool,
     /// Client TLS for `wss://`; `None` trusts the webpki roots.
     pub tls: Option<Arc<rustls::ClientConfig>>,
+    /// Local address to connect from (e.g. one of several `127.0.0.x`, so
+    /// a large loopback fleet does not run out of ports or look like one
+    /// source); `None` lets the kernel choose.
+    pub bind: Option<std::net::IpAddr>,
 }
 
 impl AgentOptions {
@@ -71,6 +75,7 @@ impl Default for AgentOptions {
             uid: InstanceUid::from_uuid(uuid::Uuid::new_v4()),
             legacy_frames: false,
             tls: None,
+            bind: None,
         }
     }
 }
@@ -132,6 +137,20 @@ impl std::fmt::Debug for SimAgent {
     }
 }
 
+/// Connects to the first address of `host` in `local`'s family, from `local`.
+async fn connect_from(local: std::net::IpAddr, host: &str, port: u16) -> std::io::Result<TcpStream> {
+    let remote =
+        tokio::net::lookup_host((host, port)).await?.find(|a| a.is_ipv4() == local.is_ipv4()).ok_or_else(|| {
+            std::io::Error::new(
+                std::io::ErrorKind::AddrNotAvailable,
+                format!("{host} has no address in {local}'s family"),
+            )
+        })?;
+    let socket = if local.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+    socket.bind((local, 0).into())?;
+    socket.connect(remote).await
+}
+
 impl SimAgent {
     /// Dials the URL, does TLS if `wss://`, and upgrades with the headers.
     pub async fn connect(opts: AgentOptions) -> Result<SimAgent, AgentError> {
@@ -146,7 +165,10 @@ impl SimAgent {
         let host = host.trim_start_matches('[').trim_end_matches(']').to_owned();
         let port = uri.port_u16().unwrap_or(if secure { 443 } else { 80 });
 
-        let tcp = TcpStream::connect((host.as_str(), port)).await?;
+        let tcp = match opts.bind {
+            None => TcpStream::connect((host.as_str(), port)).await?,
+            Some(local) => connect_from(local, &host, port).await?,
+        };
         tcp.set_nodelay(true)?;
         let stream: Box<dyn Transport> = if secure {
             let config = opts.tls.clone().unwrap_or_else(default_tls);

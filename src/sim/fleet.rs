@@ -247,6 +247,7 @@ impl AgentRun {
             uid: self.uid.clone(),
             legacy_frames: false,
             tls: self.cfg.tls.clone(),
+            bind: None,
         };
         SimAgent::connect(opts).await.ok()
     }

@@ -28,6 +28,7 @@ use super::policy::WasmPolicy;
 use super::pool::{InitFailure, InstancePool};
 use super::versions::Pre;
 use crate::policy::config::{BreakerOverrides, PoliciesConfig};
+use crate::policy::filter_fields::FilterFields;
 use crate::policy::{FailureMode, HookError, Mode};
 
 /// The files of one policy.
@@ -106,6 +107,9 @@ pub(crate) struct Settings {
     pub mode: Mode,
     /// `state: reset`: a fresh state store at each load (default `keep`).
     pub reset_state: bool,
+    /// `filter_agent_to_server` / `filter_server_to_agent`: the messages
+    /// its `filter` is called for.
+    pub filter_fields: FilterFields,
 }
 
 pub(crate) fn parse_settings(path: &Path, text: &str) -> Result<Settings, PolicyError> {
@@ -153,6 +157,7 @@ pub(crate) fn parse_settings(path: &Path, text: &str) -> Result<Settings, Policy
             _ => return Err(bad(format!("state must be `keep` or `reset`, not {}", show(v)))),
         };
     }
+    s.filter_fields = FilterFields::parse(&map).map_err(bad)?;
     s.quarantine = BreakerOverrides::parse(&map).map_err(bad)?;
     Ok(s)
 }
@@ -310,6 +315,7 @@ pub(crate) fn compile(
         hooks,
         version,
         mode: settings.mode,
+        filter_fields: settings.filter_fields,
         pool,
     })
 }

@@ -15,6 +15,7 @@ use super::bindings::WitVersion;
 use super::message::{MessageHandle, Wire};
 use super::pool::InstancePool;
 use super::versions::Bindings;
+use crate::policy::filter_fields::{FieldSet, FilterFields};
 use crate::policy::verdict::{self, check_header, check_replacement};
 use crate::policy::{
     AdmitVerdict, AssignInput, BreakerConfig, Direction, FailureMode, HeaderList, HookError, Hooks, Mode, Policy,
@@ -36,6 +37,8 @@ pub struct WasmPolicy {
     pub(crate) version: WitVersion,
     /// `mode:` in its YAML.
     pub(crate) mode: Mode,
+    /// `filter_agent_to_server` / `filter_server_to_agent` in its YAML.
+    pub(crate) filter_fields: FilterFields,
     pub(crate) pool: InstancePool,
 }
 
@@ -166,6 +169,10 @@ impl Policy for WasmPolicy {
             Bindings::V3(b) => b.opamp_gateway_policy_policy().call_forward_headers(store, &headers),
         })?;
         out.into_iter().map(check_header).collect()
+    }
+
+    fn filter_fields(&self, dir: Direction) -> Option<FieldSet> {
+        self.filter_fields.wanted(dir)
     }
 
     fn filter(&self, dir: Direction, uid: &[u8], message: &Bytes) -> Result<Verdict, HookError> {
