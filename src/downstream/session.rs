@@ -168,7 +168,7 @@ impl Session {
         let keepalive = self.ds.settings.keepalive;
         let mut ping = tokio::time::interval_at(Instant::now() + keepalive, keepalive);
         // Shutdown reaches a running session as a close on its doorbell
-        // (`Relay::close_sessions`); one that registered after that sweep
+        // (`Movable::close_all_on`); one that registered after that sweep
         // sees the token here.
         if self.ds.shutdown.is_cancelled() {
             self.agent.close(CloseReason::Shutdown);

@@ -148,6 +148,11 @@ pub struct BreakerOverrides {
     pub max_backoff: Option<Duration>,
 }
 
+/// A YAML value as a config error quotes it (`on_error must be … not 3`).
+pub(crate) fn show_yaml(v: &serde_yaml_ng::Value) -> String {
+    serde_yaml_ng::to_string(v).map(|s| s.trim().to_owned()).unwrap_or_else(|_| "?".into())
+}
+
 impl BreakerOverrides {
     /// The reserved keys, as a policy's YAML spells them.
     pub const KEYS: [&'static str; 5] =
@@ -156,8 +161,7 @@ impl BreakerOverrides {
     /// Reads the keys from a policy's top-level mapping; `Err` says which
     /// key is wrong and what it expects.
     pub fn parse(map: &serde_yaml_ng::Mapping) -> Result<Self, String> {
-        let show =
-            |v: &serde_yaml_ng::Value| serde_yaml_ng::to_string(v).map(|s| s.trim().to_owned()).unwrap_or_default();
+        let show = show_yaml;
         let duration = |key: &str| -> Result<Option<Duration>, String> {
             map.get(key)
                 .map(|v| {

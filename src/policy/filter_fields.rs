@@ -15,6 +15,7 @@
 //! number instead). Flat keys, not a nested mapping: the policy SDK's config
 //! reader (which every policy runs over the same text) reads only flat keys.
 
+use super::config::show_yaml as show;
 use super::Direction;
 
 /// Bit `n` stands for top-level field `n` (1..=63).
@@ -65,7 +66,7 @@ impl FilterFields {
     /// The fields that make a message travelling `dir` worth a call;
     /// `None`: every message.
     pub fn wanted(&self, dir: Direction) -> Option<FieldSet> {
-        self.sets.map(|s| s[index(dir)])
+        self.sets.map(|s| s[dir.index()])
     }
 
     /// Reads the two keys from a policy's YAML (absent: every message).
@@ -78,7 +79,7 @@ impl FilterFields {
             let items = list
                 .as_sequence()
                 .ok_or_else(|| format!("{key} must be a list of field names or numbers, not {}", show(list)))?;
-            let set = &mut sets.get_or_insert([0; 2])[index(dir)];
+            let set = &mut sets.get_or_insert([0; 2])[dir.index()];
             for item in items {
                 let number = match (item.as_u64(), item.as_str()) {
                     (Some(n), _) if (1..64).contains(&n) => n as u32,
@@ -111,17 +112,6 @@ pub(crate) fn present(message: &[u8]) -> FieldSet {
         }
     }
     set
-}
-
-fn index(dir: Direction) -> usize {
-    match dir {
-        Direction::AgentToServer => 0,
-        Direction::ServerToAgent => 1,
-    }
-}
-
-fn show(v: &serde_yaml_ng::Value) -> String {
-    serde_yaml_ng::to_string(v).map(|s| s.trim().to_owned()).unwrap_or_else(|_| "?".into())
 }
 
 #[cfg(test)]

@@ -144,6 +144,14 @@ pub enum Direction {
 }
 
 impl Direction {
+    /// 0 or 1, for per-direction arrays.
+    pub(crate) fn index(self) -> usize {
+        match self {
+            Direction::AgentToServer => 0,
+            Direction::ServerToAgent => 1,
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Direction::AgentToServer => "agent_to_server",

@@ -44,7 +44,7 @@ use bytes::Bytes;
 
 use super::breaker::{Admit, Breaker, Clock, SystemClock};
 use super::config::{BreakerConfig, PoliciesConfig, PolicyLimits};
-use super::filter_fields;
+use super::filter_fields::{self, FieldSet};
 use super::gate::{Gate, Turn};
 use super::lifecycle::{AdmitTicket, Job, Lifecycle};
 use super::throttle::Throttle;
@@ -98,16 +98,9 @@ impl Containment {
 pub struct PolicySet {
     policies: Vec<Entry>,
     /// Positions in `policies` of the filters for each direction (indexed by
-    /// [`dir_index`]), so the per-message path visits only those.
+    /// [`Direction::index`]), so the per-message path visits only those.
     filter_chains: [Vec<usize>; 2],
     limits: PolicyLimits,
-}
-
-fn dir_index(dir: Direction) -> usize {
-    match dir {
-        Direction::AgentToServer => 0,
-        Direction::ServerToAgent => 1,
-    }
 }
 
 /// One policy of a set, with its metric handles.
@@ -351,7 +344,7 @@ impl PolicySet {
     /// True when some policy filters messages travelling `dir`; the relay
     /// skips the phase (and any copying for it) otherwise.
     pub fn filters(&self, dir: Direction) -> bool {
-        !self.filter_chains[dir_index(dir)].is_empty()
+        !self.filter_chains[dir.index()].is_empty()
     }
 
     pub fn assign(&self, input: &AssignInput<'_>) -> Result<AssignDecision, Refused> {
@@ -420,29 +413,34 @@ impl PolicySet {
     /// `message` is the bare protobuf. Only the policies that announced a
     /// filter for `dir` are called.
     pub fn filter(&self, dir: Direction, uid: &[u8], message: Bytes) -> FilterOutcome {
-        self.filter_in(dir, uid, message, false)
+        self.filter_in(dir, uid, message, false, None)
     }
 
     /// Whether some policy's `filter` would be called for `message`: one
     /// without `filter_fields`, or wanting one of its fields. If none
     /// would, none replaces it either, so the answer holds for the chain.
-    fn calls_filter_for(&self, dir: Direction, message: &[u8]) -> bool {
-        let mut present = None;
-        self.filter_chains[dir_index(dir)].iter().map(|&i| &self.policies[i]).any(|e| {
-            match e.policy.filter_fields(dir) {
-                None => true,
-                Some(wanted) => *present.get_or_insert_with(|| filter_fields::present(message)) & wanted != 0,
-            }
+    /// `present` keeps the field scan, if one was needed, for `filter_in`.
+    fn calls_filter_for(&self, dir: Direction, message: &[u8], present: &mut Option<FieldSet>) -> bool {
+        self.filter_chains[dir.index()].iter().map(|&i| &self.policies[i]).any(|e| match e.policy.filter_fields(dir) {
+            None => true,
+            Some(wanted) => *present.get_or_insert_with(|| filter_fields::present(message)) & wanted != 0,
         })
     }
 
-    fn filter_in(&self, dir: Direction, uid: &[u8], message: Bytes, shed: bool) -> FilterOutcome {
+    /// `present`: the message's top-level fields, if already scanned.
+    fn filter_in(
+        &self,
+        dir: Direction,
+        uid: &[u8],
+        message: Bytes,
+        shed: bool,
+        mut present: Option<FieldSet>,
+    ) -> FilterOutcome {
         let mut current = message;
-        let max = self.limits.max_replacement[dir_index(dir)];
-        // The message's top-level fields, scanned once (again after a
-        // replacement) and only if some policy declared `filter_fields`.
-        let mut present = None;
-        for e in self.filter_chains[dir_index(dir)].iter().map(|&i| &self.policies[i]) {
+        let max = self.limits.max_replacement[dir.index()];
+        // The fields are scanned at most once per message (again after a
+        // replacement), and only if some policy declared `filter_fields`.
+        for e in self.filter_chains[dir.index()].iter().map(|&i| &self.policies[i]) {
             if let Some(wanted) = e.policy.filter_fields(dir) {
                 if *present.get_or_insert_with(|| filter_fields::present(&current)) & wanted == 0 {
                     continue;
@@ -663,11 +661,12 @@ impl Policies {
     /// A message no policy would be called for (see [`filter_fields`])
     /// passes without taking a turn.
     pub async fn filter(&self, set: &PolicySet, dir: Direction, uid: &[u8], message: Bytes) -> FilterOutcome {
-        if !set.calls_filter_for(dir, &message) {
+        let mut present = None;
+        if !set.calls_filter_for(dir, &message, &mut present) {
             return FilterOutcome::Forward(message);
         }
         let turn = self.gate.enter().await;
-        set.filter_in(dir, uid, message, matches!(turn, Turn::Shed))
+        set.filter_in(dir, uid, message, matches!(turn, Turn::Shed), present)
     }
 
     /// The connect phases, `assign` then `forward-headers`, in one turn of

@@ -27,7 +27,7 @@ use super::error::{one_line, PolicyError};
 use super::policy::WasmPolicy;
 use super::pool::{InitFailure, InstancePool};
 use super::versions::Pre;
-use crate::policy::config::{BreakerOverrides, PoliciesConfig};
+use crate::policy::config::{show_yaml as show, BreakerOverrides, PoliciesConfig};
 use crate::policy::filter_fields::FilterFields;
 use crate::policy::{FailureMode, HookError, Mode};
 
@@ -160,10 +160,6 @@ pub(crate) fn parse_settings(path: &Path, text: &str) -> Result<Settings, Policy
     s.filter_fields = FilterFields::parse(&map).map_err(bad)?;
     s.quarantine = BreakerOverrides::parse(&map).map_err(bad)?;
     Ok(s)
-}
-
-fn show(v: &serde_yaml_ng::Value) -> String {
-    serde_yaml_ng::to_string(v).map(|s| s.trim().to_owned()).unwrap_or_else(|_| "?".into())
 }
 
 /// Hex sha256.
