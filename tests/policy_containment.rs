@@ -262,8 +262,9 @@ async fn a_spinning_call_holds_one_worker_and_the_rest_of_the_relay_flows() {
     let server = ReferenceServer::start(ReferenceServerConfig::default()).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     // Breaker off; a budget long enough that the call still spins while the
-    // test runs (it ends by itself afterwards).
-    let yaml = "quarantine_after: 0\nquarantine_rate: 0\ncall_timeout: 5s\n";
+    // test runs (it ends by itself afterwards). 5 s was once too short when
+    // the whole suite ran in parallel: the ten agents below took longer.
+    let yaml = "quarantine_after: 0\nquarantine_rate: 0\ncall_timeout: 15s\n";
     install(dir.path(), "fixture_misbehave", "hog_f", Some(yaml));
     let g = start(&server, dir.path(), |c| {
         c.policies.concurrency = Some(1);
