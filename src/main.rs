@@ -98,8 +98,9 @@ fn main() -> ExitCode {
     }
     let result = match cli.command.unwrap_or(Command::Run) {
         Command::Check => check(cli.config),
-        Command::Run => runtime().and_then(|rt| rt.block_on(run(cli.config))),
-        Command::Demo(args) => runtime().and_then(|rt| rt.block_on(demo::run(args))),
+        Command::Run => load(cli.config)
+            .and_then(|config| runtime(config.runtime.worker_threads).and_then(|rt| rt.block_on(run(config)))),
+        Command::Demo(args) => runtime(None).and_then(|rt| rt.block_on(demo::run(args))),
         Command::Policy(PolicyCommand::Check { wasm, gateway_config, calls }) => {
             policy_check(gateway_config, &wasm, cli.config, calls)
         }
@@ -116,8 +117,15 @@ fn main() -> ExitCode {
     }
 }
 
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")
+/// The multi-threaded runtime, with `runtime.worker_threads` workers if set.
+/// Multi-threaded even with one worker: a policy call that may block moves
+/// off it with `block_in_place`, which a current-thread runtime lacks.
+fn runtime(worker_threads: Option<usize>) -> anyhow::Result<tokio::runtime::Runtime> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = worker_threads {
+        builder.worker_threads(n);
+    }
+    builder.enable_all().build().context("starting the async runtime")
 }
 
 fn load(path: Option<PathBuf>) -> anyhow::Result<Config> {
@@ -194,13 +202,19 @@ fn policy_replay(
     Ok(())
 }
 
-async fn run(path: Option<PathBuf>) -> anyhow::Result<()> {
-    let config = load(path)?;
+async fn run(config: Config) -> anyhow::Result<()> {
+    if config.runtime.worker_threads == Some(1) {
+        tracing::info!(
+            "runtime.worker_threads is 1: a policy call runs on the only worker, so a slow policy \
+             delays every agent for up to its time budget (docs/policies.md#containment)"
+        );
+    }
     let handle = telemetry::install_recorder_with(config.telemetry.metrics.naming)?;
     let gateway = Gateway::start(&config, Some(handle)).await?;
     // One machine-readable line on stdout: scripts and tests wait for it.
     let metrics = gateway.metrics_addr().map(|a| a.to_string()).unwrap_or_else(|| "-".into());
-    println!("ready listener={} metrics={metrics}", gateway.listen_addr());
+    let workers = tokio::runtime::Handle::current().metrics().num_workers();
+    println!("ready listener={} metrics={metrics} workers={workers}", gateway.listen_addr());
     std::io::stdout().flush().ok();
     serve_until_signal(&gateway).await?;
     // `/readyz` is 503 from here; agents are still accepted for

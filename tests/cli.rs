@@ -36,6 +36,12 @@ async fn check_accepts_good_and_explains_bad_configs() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("server.connections: must be between 1 and 64"), "{err}");
 
+    let zero = write_config(&dir, "server:\n  endpoint: ws://h/v1/opamp\nruntime:\n  worker_threads: 0\n");
+    let out = Command::new(BIN).args(["check", "--config"]).arg(&zero).output().await.unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("runtime.worker_threads: expected a number of threads from 1 to 1024, got 0"), "{err}");
+
     let out = Command::new(BIN).arg("check").env_remove("OPAMP_GATEWAY_CONFIG").output().await.unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--config"));
@@ -48,6 +54,16 @@ impl GatewayProcess {
 
     async fn get(&self, path: &str) -> (u16, String) {
         opamp_gateway::sim::http_get(self.metrics, path).await.expect("admin server answers")
+    }
+
+    /// Until `/healthz` reports the 3 default links up: the gateway's own
+    /// readiness signal, polled (bounded).
+    async fn wait_links(&self) {
+        let deadline = tokio::time::Instant::now() + T;
+        while self.get("/healthz").await.1.trim() != "3/3 upstream links connected" {
+            assert!(tokio::time::Instant::now() < deadline, "links never came up");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     async fn metrics(&self) -> String {
@@ -78,12 +94,7 @@ async fn metrics_then_graceful_sigterm() {
         server.url()
     ))
     .await;
-    // Health is the gateway's own readiness signal; poll it (bounded).
-    let deadline = tokio::time::Instant::now() + T;
-    while gw.get("/healthz").await.1.trim() != "3/3 upstream links connected" {
-        assert!(tokio::time::Instant::now() < deadline, "links never came up");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    gw.wait_links().await;
     let mut agents = Vec::new();
     for _ in 0..3 {
         let mut a = SimAgent::connect(AgentOptions::new(gw.agent_url())).await.unwrap();
@@ -188,4 +199,24 @@ async fn sigterm_fails_readiness_then_drains_after_the_delay() {
     let status =
         tokio::time::timeout(Duration::from_secs(15), gw.child.wait()).await.expect("exits in bounded time").unwrap();
     assert!(status.success(), "exit status {status}");
+}
+
+/// `runtime.worker_threads` sizes the binary's runtime, and one worker relays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn worker_threads_sizes_the_runtime() {
+    let server = ReferenceServer::start(ReferenceServerConfig::default()).await.unwrap();
+    let yaml = |workers: &str| {
+        format!(
+            "server:\n  endpoint: {}\nlistener:\n  endpoint: 127.0.0.1:0\ntelemetry:\n  metrics:\n    endpoint: 127.0.0.1:0\n\
+             policies:\n  directory: /nonexistent/policies\n{workers}",
+            server.url()
+        )
+    };
+    for (workers, want) in [("runtime:\n  worker_threads: 1\n", 1), ("runtime:\n  worker_threads: 3\n", 3)] {
+        let gw = GatewayProcess::spawn(&yaml(workers)).await;
+        assert_eq!(gw.workers, want, "{workers}");
+        gw.wait_links().await;
+        let mut a = SimAgent::connect(AgentOptions::new(gw.agent_url())).await.unwrap();
+        round_trip(&mut a).await;
+    }
 }

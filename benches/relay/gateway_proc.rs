@@ -22,6 +22,15 @@ impl GatewayProc {
         Self::start_with(upstream, connections, policy_dir, false).await
     }
 
+    /// `start` with `runtime.worker_threads: n` (nginx here runs one worker
+    /// process; this is the gateway's like-for-like).
+    pub(crate) async fn start_with_workers(upstream: &str, connections: usize, n: usize) -> anyhow::Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let mut yaml = base_yaml(upstream, connections, &dir.path().join("none").display().to_string());
+        yaml.push_str(&format!("runtime:\n  worker_threads: {n}\n"));
+        Self::spawn(dir, &yaml).await
+    }
+
     /// `start`, with a `/metrics` endpoint when `metrics` (the containment
     /// phase reads the policy gauges from it).
     pub(crate) async fn start_with(
@@ -34,10 +43,7 @@ impl GatewayProc {
         let policies = policy_dir
             .map(|p| p.display().to_string())
             .unwrap_or_else(|| dir.path().join("none").display().to_string());
-        let mut yaml = format!(
-            "server:\n  endpoint: {upstream}\n  connections: {connections}\n  queue_size: 16384\n\
-             listener:\n  endpoint: 127.0.0.1:0\n  queue_size: 256\npolicies:\n  directory: {policies}\n"
-        );
+        let mut yaml = base_yaml(upstream, connections, &policies);
         // BENCH_POLICY_CONCURRENCY=N tries another `policies.concurrency`.
         if let Ok(n) = std::env::var("BENCH_POLICY_CONCURRENCY") {
             yaml.push_str(&format!("  concurrency: {n}\n"));
@@ -201,4 +207,13 @@ fn clock_ticks_per_second() -> f64 {
         .ok()
         .and_then(|o| String::from_utf8(o.stdout).ok()?.trim().parse().ok())
         .unwrap_or(100.0)
+}
+
+/// The benchmark's gateway config: deep queues, so back-pressure is not
+/// what is measured.
+fn base_yaml(upstream: &str, connections: usize, policies: &str) -> String {
+    format!(
+        "server:\n  endpoint: {upstream}\n  connections: {connections}\n  queue_size: 16384\n\
+         listener:\n  endpoint: 127.0.0.1:0\n  queue_size: 256\npolicies:\n  directory: {policies}\n"
+    )
 }

@@ -9,6 +9,7 @@
 //! Figures, not assertions: nothing here fails because a number is bad.
 
 mod containment;
+mod cpu_rounds;
 mod gateway_proc;
 mod load;
 mod nginx;

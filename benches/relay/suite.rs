@@ -7,6 +7,7 @@ use opamp_gateway::sim::server::{ReferenceServer, ReferenceServerConfig};
 use serde_json::json;
 
 use crate::containment;
+use crate::cpu_rounds;
 use crate::gateway_proc::{self, GatewayProc, SyscallCounter};
 use crate::load::{self, Run};
 use crate::nginx::{self, Nginx};
@@ -26,6 +27,10 @@ pub(crate) struct Scale {
     pub swaps: usize,
     /// Interleaved none/with rounds in the policy phase.
     pub policy_rounds: usize,
+    /// Interleaved rounds of the CPU comparison (nginx and the gateway).
+    pub cpu_rounds: usize,
+    /// Length of each proxy's paced run within a CPU round.
+    pub cpu_window: Duration,
     /// Length of each stage (before, during, after) of the containment phase.
     pub containment_stage: Duration,
     /// Which phases run.
@@ -84,6 +89,8 @@ impl Scale {
                 growth_rate: 1000.0,
                 swaps: 5,
                 policy_rounds: 1,
+                cpu_rounds: 3,
+                cpu_window: Duration::from_secs(2),
                 containment_stage: Duration::from_secs(5),
                 only,
             }
@@ -103,6 +110,8 @@ impl Scale {
                 growth_rate: 5000.0,
                 swaps: 20,
                 policy_rounds: 5,
+                cpu_rounds: 5,
+                cpu_window: Duration::from_secs(4),
                 containment_stage: Duration::from_secs(10),
                 only,
             }
@@ -174,6 +183,9 @@ pub(crate) async fn run(scale: Scale) -> anyhow::Result<Report> {
     Ok(report)
 }
 
+/// The paths table's row for the gateway with `runtime.worker_threads: 1`.
+const ONE_WORKER: &str = "gateway, 1 worker";
+
 /// Phases 1–3: the relay against its baselines, memory and cost growth.
 async fn relay_phases(report: &mut Report, server: &ReferenceServer, scale: &Scale) -> anyhow::Result<()> {
     let upstream = server.url();
@@ -198,8 +210,17 @@ async fn relay_phases(report: &mut Report, server: &ReferenceServer, scale: &Sca
     let gateway = path_figures(&gw.url(), Some(gw.pid()), scale).await;
     report.path("gateway", &gateway);
     report.added_latency(&direct, &gateway);
-    report.cpu_against_nginx();
     gw.stop().await;
+    // nginx runs one worker process: the like-for-like gateway has one
+    // worker thread (`runtime.worker_threads: 1`).
+    eprintln!("[bench] gateway, 1 worker thread");
+    let gw = GatewayProc::start_with_workers(&upstream, LINKS, 1).await?;
+    wait_links(server, LINKS).await;
+    report.path(ONE_WORKER, &path_figures(&gw.url(), Some(gw.pid()), scale).await);
+    gw.stop().await;
+    if nginx::binary().is_some() {
+        cpu_against_nginx(report, server, scale).await?;
+    }
     if scale.only == Only::Paths {
         return Ok(());
     }
@@ -357,6 +378,30 @@ async fn path_figures(url: &str, proxy_pid: Option<u32>, scale: &Scale) -> PathF
     drop(rest);
     let saturated = load::drive(all, None, scale.phase).await;
     PathFigures { paced: Run { agents: Vec::new(), ..paced }, saturated, connect_errors, cost }
+}
+
+/// The CPU bar: nginx, the gateway as shipped, and the gateway with one
+/// worker, all running at once, measured in interleaved rounds.
+async fn cpu_against_nginx(report: &mut Report, server: &ReferenceServer, scale: &Scale) -> anyhow::Result<()> {
+    eprintln!("[bench] CPU per message: nginx and the gateway in {} interleaved rounds", scale.cpu_rounds);
+    let upstream = server.url();
+    let ng = Nginx::start(server.addr().port()).await?;
+    let default = GatewayProc::start(&upstream, LINKS, None).await?;
+    let one = GatewayProc::start_with_workers(&upstream, LINKS, 1).await?;
+    wait_links(server, 2 * LINKS).await;
+    let proxies = [
+        cpu_rounds::Proxy { name: "nginx".into(), url: ng.url(), pid: ng.pid() },
+        cpu_rounds::Proxy { name: "gateway".into(), url: default.url(), pid: default.pid() },
+        cpu_rounds::Proxy { name: ONE_WORKER.into(), url: one.url(), pid: one.pid() },
+    ];
+    let rounds =
+        cpu_rounds::measure(&proxies, scale.latency_agents, scale.latency_rate, scale.cpu_window, scale.cpu_rounds)
+            .await;
+    report.cpu_rounds(&rounds);
+    one.stop().await;
+    default.stop().await;
+    ng.stop().await;
+    Ok(())
 }
 
 pub(crate) async fn wait_links(server: &ReferenceServer, n: usize) {

@@ -30,6 +30,9 @@ pub struct Config {
     pub telemetry: TelemetryConfig,
     #[serde(default)]
     pub policies: PoliciesConfig,
+    /// The binary's async runtime (an embedding application builds its own).
+    #[serde(default)]
+    pub runtime: RuntimeConfig,
     /// Where these settings sit in the file: `extensions.opampgateway.` in a
     /// collector config, else empty. Prefixes errors found after loading.
     #[serde(skip)]
@@ -46,6 +49,7 @@ impl Config {
             listener: ListenerConfig::default(),
             telemetry: TelemetryConfig::default(),
             policies: PoliciesConfig::default(),
+            runtime: RuntimeConfig::default(),
             key_prefix: String::new(),
         }
     }
@@ -738,6 +742,33 @@ impl ServerTlsConfig {
     }
 }
 
+/// `runtime`: read by the `opamp-gateway` binary when it starts.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RuntimeConfig {
+    /// Threads that run sessions, links and policy calls. Unset: one per
+    /// CPU (tokio's default, which also honours `TOKIO_WORKER_THREADS`).
+    /// Fewer workers wake each other less: at a paced load well within one
+    /// core, `1` spends about a seventh less CPU per message
+    /// (docs/BENCHMARKS.md), but a policy call then holds the only worker.
+    pub worker_threads: Option<usize>,
+}
+
+impl RuntimeConfig {
+    /// The most worker threads accepted: more than any machine's cores is a typo.
+    pub const MAX_WORKER_THREADS: usize = 1024;
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        match self.worker_threads {
+            Some(n) if n == 0 || n > Self::MAX_WORKER_THREADS => Err(ConfigError::field(
+                "runtime.worker_threads",
+                format!("expected a number of threads from 1 to {}, got {n}", Self::MAX_WORKER_THREADS),
+            )),
+            _ => Ok(()),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TelemetryConfig {
@@ -921,6 +952,7 @@ impl Config {
         }
         self.telemetry.capture.validate()?;
         self.policies.validate().map_err(|(field, why)| ConfigError::field(format!("policies.{field}"), why))?;
+        self.runtime.validate()?;
         Ok(())
     }
 

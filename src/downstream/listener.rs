@@ -21,6 +21,7 @@ use super::trust::PeerCertificate;
 use super::Downstream;
 use crate::config::{ListenEndpoint, ListenHost, ListenerConfig, ServerTlsConfig};
 use crate::tls::{self, BoxedIo, TlsError};
+pub(crate) use conn::Tracked;
 use limits::{Admitted, Limits, Refusal};
 
 #[derive(Debug, thiserror::Error)]

@@ -1,9 +1,9 @@
 //! One connected WebSocket agent.
 //!
-//! A single task owns the socket and selects over: the agent's frames, the
-//! agent's queue of server messages, its link's state (to fail over when the
-//! link dies), the failover itself, frames a dead link handed back, the
-//! rebalancer's request to move, keepalive, and shutdown. A failover is one
+//! A single task owns the socket and selects over: the agent's frames, its
+//! doorbell (server messages queued for it, its link's loss, frames a dead
+//! link handed back, the rebalancer's request to move, a close or shutdown),
+//! the failover itself, and keepalive. A failover is one
 //! more branch, not a detour: while the agent waits for a link (a server
 //! restart) its socket is still read and pinged, and what it sends waits in
 //! its bounded failover queue.
@@ -34,7 +34,7 @@ use crate::relay::deadline;
 use crate::relay::doorbell::Rings;
 use crate::relay::{
     budget, Admission, AdmitError, AdmitRequest, AgentShared, CloseReason, Held, Identity, Inbound, LinkLease,
-    LinkState, MoveKind, Relay,
+    MoveKind, Relay,
 };
 use crate::telemetry::metrics as m;
 
@@ -50,7 +50,6 @@ pub struct Session {
     agent: Arc<AgentShared>,
     inbox: Inbox,
     lease: LinkLease,
-    link_state: watch::Receiver<LinkState>,
     /// Kept to re-run the handshake on another link (shared with the
     /// relay's reroute pass, which asks the policies where it now goes).
     admit: Arc<AdmitRequest>,
@@ -109,17 +108,15 @@ impl Session {
         let (agent, inbox) =
             AgentShared::new(ds.next_id(), ds.relay.settings.agent_queue, ds.relay.settings.failover_queue, identity);
         let lifecycle = admission.ticket.start(agent.id, None, upstream_name(&ds.relay, &admission.lease));
-        let link_state = watch_link(&admission.lease);
         let budget_open = ds.relay.budget.watch();
         agent.set_link(admission.lease.index());
         let admit = Arc::new(admit);
         let movable = Movable::register(&ds.relay, &agent, &admit);
-        Self {
+        let session = Self {
             ds,
             agent,
             inbox,
             lease: admission.lease,
-            link_state,
             admit,
             uids: uid_guard::SpokenFor::default(),
             offending_uid: None,
@@ -129,7 +126,9 @@ impl Session {
             failover: None,
             _movable: movable,
             lifecycle,
-        }
+        };
+        session.check_link();
+        session
     }
 
     #[cfg_attr(not(fuzzing), allow(unreachable_pub))]
@@ -181,7 +180,6 @@ impl Session {
             let step = tokio::select! {
                 biased;
                 rings = agent.rung() => self.on_rings(ws, rings).await,
-                _ = self.link_state.changed() => self.on_link_change(),
                 // Rare branches are boxed: an await's state is part of every
                 // idle session's task, sized by its largest branch.
                 admitted = run_failover(&mut self.failover) => {
@@ -199,11 +197,15 @@ impl Session {
         }
     }
 
-    /// What woke the session, in order: a close wins; then frames a dead
-    /// link returned, a requested move, and the agent's queued messages.
+    /// What woke the session, in order: a close wins; then a lost link,
+    /// frames a dead link returned, a requested move, and the agent's queued
+    /// messages.
     async fn on_rings<S: AgentIo>(&mut self, ws: &mut WebSocketStream<S>, rings: Rings) -> Result<(), CloseReason> {
         if rings.contains(Rings::CLOSING) {
             return Err(self.agent.close_reason());
+        }
+        if rings.contains(Rings::LINK_LOST) {
+            self.on_link_change();
         }
         if rings.contains(Rings::RETURNED) {
             Box::pin(self.resend_returned()).await?;
@@ -221,8 +223,10 @@ impl Session {
 
     /// Whether to read the socket now: not while a message waits for room in
     /// the buffer budget, nor while the budget is closed (TCP back-pressure).
-    fn reading(&mut self) -> bool {
-        self.waiting.is_none() && *self.budget_open.borrow_and_update()
+    /// The budget's atomic mirror, not its channel (a lock per message);
+    /// the channel is awaited only while the budget is closed.
+    fn reading(&self) -> bool {
+        self.waiting.is_none() && self.ds.relay.budget.is_open()
     }
 
     /// A message from the agent: takes its share of the buffer budget, or
@@ -347,11 +351,18 @@ impl Session {
     }
 
     /// The link died: start the failover, unless it is running.
-    fn on_link_change(&mut self) -> Result<(), CloseReason> {
+    fn on_link_change(&mut self) {
         if self.lease.is_stale() && self.failover.is_none() {
             self.failover = Some(failover(self.ds.relay.clone(), self.admit.clone()));
         }
-        Ok(())
+    }
+
+    /// After the session listed itself with the rebalancer or took a new
+    /// lease: a link lost before that was swept without it, so the session
+    /// looks for itself (the other half of [`crate::relay::rebalance::Movable::link_lost`]'s
+    /// ordering argument).
+    fn check_link(&self) {
+        check_link(&self.agent, &self.lease);
     }
 
     /// The failover's outcome: the agent moves to its new link (and what it
@@ -467,7 +478,7 @@ impl Session {
     /// state, replay what waited.
     async fn adopted(&mut self) -> Result<(), CloseReason> {
         self.agent.set_link(self.lease.index());
-        self.link_state = watch_link(&self.lease);
+        self.check_link();
         self.request_full_state();
         self.resend_returned().await
     }
@@ -527,15 +538,13 @@ pub(super) fn upstream_name(relay: &Relay, lease: &LinkLease) -> String {
     relay.links.upstreams().get(lease.link().upstream).map_or_else(String::new, |u| u.name.to_string())
 }
 
-/// Watches the lease's link for a loss. A link lost between the admission
-/// and this subscription has already changed, so the loss is re-armed: the
-/// session's next turn migrates instead of sitting on a dead lease.
-fn watch_link(lease: &LinkLease) -> watch::Receiver<LinkState> {
-    let mut state = lease.link().subscribe();
+/// Rings the agent's `LINK_LOST` if its lease is already stale (the
+/// fence pairs with the one in `Movable::link_lost`).
+fn check_link(agent: &AgentShared, lease: &LinkLease) {
+    std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
     if lease.is_stale() {
-        state.mark_changed();
+        agent.ring_link_lost();
     }
-    state
 }
 
 /// Re-runs the handshake on a live link with the original headers. With
@@ -603,17 +612,40 @@ fn read_error_reason(e: &WsError) -> CloseReason {
 
 #[cfg(test)]
 mod tests {
+    use futures_util::FutureExt;
+
     use super::*;
 
-    #[test]
-    fn a_link_lost_before_the_session_watches_it_still_moves_the_session() {
+    #[tokio::test]
+    async fn a_link_lost_before_the_session_looks_still_moves_the_session() {
+        use crate::relay::rebalance::Movable;
         let (links, _rx) = crate::relay::links::Links::new(1, 8);
         links.get(0).unwrap().mark_connected();
         let live = links.lease(None).unwrap();
-        assert!(!watch_link(&live).has_changed().unwrap(), "a live link is quiet");
+        let (agent, _inbox) = AgentShared::new(1, 4, 4, Identity::agent(crate::relay::identity::Credential::none()));
+        agent.set_link(live.index());
+        check_link(&agent, &live);
+        let rung = |a: &AgentShared| a.rung().now_or_never();
+        assert_eq!(rung(&agent), None, "a live link is quiet");
+
+        // Lost and back before the session listed itself: no sweep saw it.
         links.get(0).unwrap().mark_lost();
-        links.get(0).unwrap().mark_connected(); // and back, before anyone looked
-        assert!(watch_link(&live).has_changed().unwrap(), "the loss is not missed");
+        links.get(0).unwrap().mark_connected();
+        check_link(&agent, &live);
+        assert_eq!(rung(&agent), Some(Rings::LINK_LOST), "the loss is not missed");
+
+        // Listed: the link task's sweep rings it.
+        let movable = Movable::default();
+        let admit = Arc::new(AdmitRequest {
+            headers: Vec::new(),
+            remote_addr: String::new(),
+            transport: crate::policy::Transport::WebSocket,
+        });
+        movable.register(&agent, &admit);
+        movable.link_lost(1);
+        assert_eq!(rung(&agent), None, "another link's loss is not this agent's");
+        movable.link_lost(0);
+        assert_eq!(rung(&agent), Some(Rings::LINK_LOST));
     }
 
     #[test]

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use http::header::{CONNECTION, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_KEY, SEC_WEBSOCKET_VERSION, UPGRADE};
 use http::{HeaderValue, Request, Response, StatusCode};
 use hyper::body::Incoming;
+use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
@@ -18,6 +19,7 @@ use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::WebSocketStream;
 
 use super::headers::forwarded_headers;
+use super::listener::Tracked;
 use super::respond::{copy_headers, plain, refuse, Body};
 use super::session::Session;
 use super::trust::PeerCertificate;
@@ -68,8 +70,10 @@ pub(super) async fn upgrade(ds: Arc<Downstream>, mut req: Request<Incoming>, rem
     ds.sessions.spawn(async move {
         match on_upgrade.await {
             Ok(upgraded) => {
-                let ws =
-                    WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(ws_config(&ds2))).await;
+                let Some(ws) = agent_socket(upgraded, ws_config(&ds2)).await else {
+                    tracing::error!(%remote, "the upgraded connection is not the listener's socket; closing it (a bug)");
+                    return;
+                };
                 // Decided only now that the server accepted these headers.
                 let identity = ds2.settings.gateways.identify(&admit.headers, peer_cert.as_ref());
                 if identity.is_gateway() {
@@ -81,6 +85,20 @@ pub(super) async fn upgrade(ds: Arc<Downstream>, mut req: Request<Incoming>, rem
         }
     });
     response
+}
+
+/// Takes the listener's socket back from hyper, so the session reads and
+/// writes it directly rather than through hyper's upgrade wrapper (two more
+/// layers, one of them dynamic, on every read and write). Bytes the agent
+/// sent behind its upgrade request, already read by hyper, come first.
+async fn agent_socket(upgraded: Upgraded, config: WebSocketConfig) -> Option<WebSocketStream<Tracked>> {
+    let parts = upgraded.downcast::<TokioIo<Tracked>>().ok()?;
+    let io = parts.io.into_inner();
+    Some(if parts.read_buf.is_empty() {
+        WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await
+    } else {
+        WebSocketStream::from_partially_read(io, parts.read_buf.to_vec(), Role::Server, Some(config)).await
+    })
 }
 
 /// Small buffers: an idle agent should cost kilobytes, not the 128 KiB

@@ -333,6 +333,11 @@ impl AgentShared {
         self.link.store(index, Ordering::Relaxed);
     }
 
+    /// Tells the session its link may be gone ([`super::rebalance::Movable::link_lost`]).
+    pub(crate) fn ring_link_lost(&self) {
+        self.doorbell.ring(Rings::LINK_LOST);
+    }
+
     pub(crate) fn move_state(&self) -> MoveState {
         match self.move_state.load(Ordering::Relaxed) {
             0 => MoveState::Idle,

@@ -1,10 +1,11 @@
 //! One wake-up signal per agent session, with a bit per reason.
 //!
-//! A session used to wait on five separate signals (its queue, its close,
-//! frames handed back, a move request, gateway shutdown), each a `Notify` or
-//! a cancellation token whose waiter is registered and removed under a
-//! mutex every time the session goes back to sleep: several lock round
-//! trips per relayed message, one of them on a gateway-wide lock. Here a
+//! A session used to wait on six separate signals (its queue, its close,
+//! frames handed back, a move request, its link's loss, gateway shutdown),
+//! each a `Notify`, a watch or a cancellation token whose waiter is
+//! registered and removed under a mutex every time the session goes back to
+//! sleep: several lock round trips per relayed message, two of them on locks
+//! every session of a link, or of the gateway, shares. Here a
 //! ring is an atomic `or` and a wake; a wait is an atomic `and` and a waker
 //! registration. No lock either way.
 
@@ -27,7 +28,9 @@ impl Rings {
     pub(crate) const RETURNED: Self = Self(1 << 2);
     /// The rebalancer or a reroute asked for a planned move.
     pub(crate) const MOVE: Self = Self(1 << 3);
-    pub(crate) const ALL: Self = Self(0b1111);
+    /// The session's link was lost (or may have been: the session checks).
+    pub(crate) const LINK_LOST: Self = Self(1 << 4);
+    pub(crate) const ALL: Self = Self(0b1_1111);
 
     pub(crate) fn contains(self, other: Self) -> bool {
         self.0 & other.0 == other.0

@@ -69,6 +69,19 @@ impl Movable {
         }
     }
 
+    /// Wakes the sessions on `link`, which its task has just marked lost, so
+    /// they fail over. A session that was not listed yet, or was moving onto
+    /// `link`, checks its lease after listing itself or setting its link
+    /// (`Session::check_link`): with a `SeqCst` fence on each side, between
+    /// the write and the read of (generation, link), either this sweep sees
+    /// the session on `link` or the session sees the new generation.
+    pub(crate) fn link_lost(&self, link: u32) {
+        std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
+        for a in self.sessions.lock().values().map(|e| &e.0).filter(|a| a.link() == link) {
+            a.ring_link_lost();
+        }
+    }
+
     /// Agents that stayed put when asked (their assign policy chose their
     /// link, or the handshake failed).
     pub(crate) fn staying(&self) -> usize {

@@ -146,6 +146,7 @@ impl LinkTask {
     fn lose(&mut self) {
         if self.link.state().connected {
             self.link.mark_lost();
+            self.relay.movable.link_lost(self.link.index);
         }
         self.relay.pending.fail_link(self.link.index);
         while let Ok(out) = self.rx.try_recv() {

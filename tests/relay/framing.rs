@@ -72,3 +72,46 @@ async fn an_agents_close_is_echoed() {
         other => panic!("expected the close echoed, got {other:?}"),
     }
 }
+
+/// An agent may send its first frame in the same TCP write as its upgrade
+/// request; hyper reads both, and the session must start from those bytes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frame_sent_behind_the_upgrade_request_is_relayed() {
+    use futures_util::StreamExt;
+    use opamp_gateway::protocol::proto::ServerToAgent;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio_tungstenite::tungstenite::protocol::Role;
+
+    let h = Harness::with(Default::default(), |c| c.server.connections = 1).await;
+    let uid = Bytes::from_static(&[9; 16]);
+    let payload = framing::encode(&AgentToServer { instance_uid: uid.clone(), sequence_num: 1, ..Default::default() });
+    assert!(payload.len() < 126, "one length byte");
+    let mask = [0x11u8, 0x22, 0x33, 0x44];
+    let mut bytes = b"GET /v1/opamp HTTP/1.1\r\nHost: localhost\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+        .to_vec();
+    bytes.extend([0x82, 0x80 | payload.len() as u8]);
+    bytes.extend(mask);
+    bytes.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+
+    let mut tcp = tokio::net::TcpStream::connect(h.gateway.listen_addr()).await.unwrap();
+    tcp.write_all(&bytes).await.unwrap();
+    // The 101, then whatever follows it is WebSocket.
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8];
+        tokio::time::timeout(T, tcp.read_exact(&mut byte)).await.expect("the 101 arrives").unwrap();
+        head.push(byte[0]);
+    }
+    assert!(head.starts_with(b"HTTP/1.1 101"), "{}", String::from_utf8_lossy(&head));
+    let mut ws = tokio_tungstenite::WebSocketStream::from_raw_socket(tcp, Role::Client, None).await;
+    let reply = loop {
+        match tokio::time::timeout(T, ws.next()).await.expect("the server's reply arrives") {
+            Some(Ok(Message::Binary(frame))) => break frame,
+            Some(Ok(_)) => continue,
+            other => panic!("expected the reply, got {other:?}"),
+        }
+    };
+    let reply = ServerToAgent::decode(framing::payload(&reply).unwrap()).unwrap();
+    assert_eq!(reply.instance_uid, uid, "the server answered the frame sent with the upgrade");
+}

@@ -1,5 +1,5 @@
 //! The real gateway binary as a child process, started on a YAML config and
-//! ready once it prints its `ready listener=… metrics=…` line (the signal
+//! ready once it prints its `ready listener=… metrics=… workers=…` line (the signal
 //! scripts wait for too). Killed when dropped.
 //!
 //! Included with `#[path = ".../support/gateway_process.rs"] mod gateway_process;`.
@@ -17,6 +17,9 @@ pub(crate) struct GatewayProcess {
     pub(crate) child: Child,
     pub(crate) listener: SocketAddr,
     pub(crate) metrics: SocketAddr,
+    /// The runtime's worker threads, as the binary reports them.
+    #[allow(dead_code)]
+    pub(crate) workers: usize,
     _dir: tempfile::TempDir,
 }
 
@@ -38,9 +41,13 @@ impl GatewayProcess {
         let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
         let ready = tokio::time::timeout(Duration::from_secs(20), lines.next_line());
         let line = ready.await.expect("ready in time").unwrap().expect("a ready line");
-        let field = |name: &str| -> SocketAddr {
-            line.split_whitespace().find_map(|w| w.strip_prefix(name)).unwrap().parse().unwrap()
-        };
-        Self { listener: field("listener="), metrics: field("metrics="), child, _dir: dir }
+        let field = |name: &str| line.split_whitespace().find_map(|w| w.strip_prefix(name)).unwrap().to_owned();
+        Self {
+            listener: field("listener=").parse().unwrap(),
+            metrics: field("metrics=").parse().unwrap(),
+            workers: field("workers=").parse().unwrap(),
+            child,
+            _dir: dir,
+        }
     }
 }

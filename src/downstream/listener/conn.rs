@@ -100,7 +100,9 @@ fn next(state: u64, phase: u64) -> u64 {
 
 /// The socket, holding the budget permit for as long as it is open (through
 /// a WebSocket session too), and telling the phase when a request begins.
-struct Tracked {
+/// hyper serves it as `TokioIo<Tracked>`; a WebSocket session takes it back
+/// from the upgrade with that type (`hyper::upgrade::Upgraded::downcast`).
+pub(crate) struct Tracked {
     io: BoxedIo,
     phase: Arc<Phase>,
     _permit: OwnedSemaphorePermit,
