@@ -15,6 +15,7 @@
 //! number instead). Flat keys, not a nested mapping: the policy SDK's config
 //! reader (which every policy runs over the same text) reads only flat keys.
 
+#[cfg(feature = "wasm")]
 use super::config::show_yaml as show;
 use super::Direction;
 
@@ -22,6 +23,7 @@ use super::Direction;
 pub type FieldSet = u64;
 
 /// Top-level fields of `AgentToServer`, by OpAMP field number.
+#[cfg(feature = "wasm")]
 const AGENT_TO_SERVER: &[(&str, u32)] = &[
     ("instance_uid", 1),
     ("sequence_num", 2),
@@ -41,6 +43,7 @@ const AGENT_TO_SERVER: &[(&str, u32)] = &[
 ];
 
 /// Top-level fields of `ServerToAgent`, by OpAMP field number.
+#[cfg(feature = "wasm")]
 const SERVER_TO_AGENT: &[(&str, u32)] = &[
     ("instance_uid", 1),
     ("error_response", 2),
@@ -70,7 +73,8 @@ impl FilterFields {
     }
 
     /// Reads the two keys from a policy's YAML (absent: every message).
-    /// Errors name the key and the expected form.
+    /// Errors name the key and the expected form. (Only the Wasm loader reads YAML.)
+    #[cfg(feature = "wasm")]
     pub(crate) fn parse(map: &serde_yaml_ng::Mapping) -> Result<Self, String> {
         let mut sets = None;
         for (dir, table) in [(Direction::AgentToServer, AGENT_TO_SERVER), (Direction::ServerToAgent, SERVER_TO_AGENT)] {

@@ -45,6 +45,8 @@ pub(crate) mod lifecycle;
 pub mod replay;
 pub mod runtime;
 pub(crate) mod set;
+/// The Wasm host's `host.state-*` store.
+#[cfg(feature = "wasm")]
 pub(crate) mod state;
 pub(crate) mod throttle;
 #[cfg(fuzzing)]
