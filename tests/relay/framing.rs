@@ -115,3 +115,37 @@ async fn a_frame_sent_behind_the_upgrade_request_is_relayed() {
     let reply = ServerToAgent::decode(framing::payload(&reply).unwrap()).unwrap();
     assert_eq!(reply.instance_uid, uid, "the server answered the frame sent with the upgrade");
 }
+
+/// A link reads at most 16 KiB per system call: a server message many
+/// times that size still reaches its agent whole, alongside small ones.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_message_larger_than_a_links_read_reaches_the_agent_whole() {
+    use opamp_gateway::protocol::proto::{AgentConfigFile, AgentConfigMap, AgentRemoteConfig, ServerToAgent};
+
+    let h = Harness::with(Default::default(), |c| c.server.connections = 1).await;
+    let mut a = h.agent().await;
+    round_trip(&mut a).await;
+    let body: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+    let config = AgentRemoteConfig {
+        config: Some(AgentConfigMap {
+            config_map: [(
+                "big.yaml".to_owned(),
+                AgentConfigFile { body: body.clone().into(), content_type: "text/yaml".into() },
+            )]
+            .into_iter()
+            .collect(),
+        }),
+        config_hash: Bytes::from_static(b"h1"),
+    };
+    let uid = a.uid().as_bytes().clone();
+    assert!(h.server.push(&uid, ServerToAgent { remote_config: Some(config), ..Default::default() }));
+    let got = loop {
+        let msg = a.recv(T).await.expect("the pushed config arrives");
+        if msg.remote_config.is_some() {
+            break msg;
+        }
+    };
+    let files = got.remote_config.unwrap().config.unwrap().config_map;
+    assert_eq!(files["big.yaml"].body.as_ref(), &body[..], "every byte, in order");
+    round_trip(&mut a).await; // and the link still relays
+}
