@@ -127,7 +127,7 @@ impl Session {
             _movable: movable,
             lifecycle,
         };
-        session.check_link();
+        check_link(&session.agent, &session.lease);
         session
     }
 
@@ -357,14 +357,6 @@ impl Session {
         }
     }
 
-    /// After the session listed itself with the rebalancer or took a new
-    /// lease: a link lost before that was swept without it, so the session
-    /// looks for itself (the other half of [`crate::relay::rebalance::Movable::link_lost`]'s
-    /// ordering argument).
-    fn check_link(&self) {
-        check_link(&self.agent, &self.lease);
-    }
-
     /// The failover's outcome: the agent moves to its new link (and what it
     /// sent meanwhile follows), or is closed.
     async fn on_failover(&mut self, admitted: Result<Admission, AdmitError>) -> Result<(), CloseReason> {
@@ -478,7 +470,7 @@ impl Session {
     /// state, replay what waited.
     async fn adopted(&mut self) -> Result<(), CloseReason> {
         self.agent.set_link(self.lease.index());
-        self.check_link();
+        check_link(&self.agent, &self.lease);
         self.request_full_state();
         self.resend_returned().await
     }
@@ -538,8 +530,11 @@ pub(super) fn upstream_name(relay: &Relay, lease: &LinkLease) -> String {
     relay.links.upstreams().get(lease.link().upstream).map_or_else(String::new, |u| u.name.to_string())
 }
 
-/// Rings the agent's `LINK_LOST` if its lease is already stale (the
-/// fence pairs with the one in `Movable::link_lost`).
+/// Rings the agent's `LINK_LOST` if its lease is already stale. Called
+/// after the session listed itself with the rebalancer or took a new lease:
+/// a link lost before that was swept without it, so it looks for itself
+/// (the other half of [`crate::relay::rebalance::Movable::link_lost`]'s
+/// ordering argument; the fences pair).
 fn check_link(agent: &AgentShared, lease: &LinkLease) {
     std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
     if lease.is_stale() {

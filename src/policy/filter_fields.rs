@@ -11,8 +11,8 @@
 //!
 //! Once either key is set, a direction without its key is not filtered at
 //! all. Numbers are the OpAMP field numbers of `AgentToServer` and
-//! `ServerToAgent`; a name the table below does not know is refused (use its
-//! number instead). Flat keys, not a nested mapping: the policy SDK's config
+//! `ServerToAgent`; names are proto/'s, and one it does not have is
+//! refused. Flat keys, not a nested mapping: the policy SDK's config
 //! reader (which every policy runs over the same text) reads only flat keys.
 
 #[cfg(feature = "wasm")]
@@ -22,41 +22,10 @@ use super::Direction;
 /// Bit `n` stands for top-level field `n` (1..=63).
 pub type FieldSet = u64;
 
-/// Top-level fields of `AgentToServer`, by OpAMP field number.
+// `AGENT_TO_SERVER` and `SERVER_TO_AGENT`: (name, number) of each
+// top-level field, generated from proto/ by build.rs.
 #[cfg(feature = "wasm")]
-const AGENT_TO_SERVER: &[(&str, u32)] = &[
-    ("instance_uid", 1),
-    ("sequence_num", 2),
-    ("agent_description", 3),
-    ("capabilities", 4),
-    ("health", 5),
-    ("effective_config", 6),
-    ("remote_config_status", 7),
-    ("package_statuses", 8),
-    ("agent_disconnect", 9),
-    ("flags", 10),
-    ("connection_settings_request", 11),
-    ("custom_capabilities", 12),
-    ("custom_message", 13),
-    ("available_components", 14),
-    ("connection_settings_status", 15),
-];
-
-/// Top-level fields of `ServerToAgent`, by OpAMP field number.
-#[cfg(feature = "wasm")]
-const SERVER_TO_AGENT: &[(&str, u32)] = &[
-    ("instance_uid", 1),
-    ("error_response", 2),
-    ("remote_config", 3),
-    ("connection_settings", 4),
-    ("packages_available", 5),
-    ("flags", 6),
-    ("capabilities", 7),
-    ("agent_identification", 8),
-    ("command", 9),
-    ("custom_capabilities", 10),
-    ("custom_message", 11),
-];
+include!(concat!(env!("OUT_DIR"), "/top_level_fields.rs"));
 
 /// Which messages a policy's `filter` is called for, per direction.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

@@ -72,7 +72,7 @@ impl Movable {
     /// Wakes the sessions on `link`, which its task has just marked lost, so
     /// they fail over. A session that was not listed yet, or was moving onto
     /// `link`, checks its lease after listing itself or setting its link
-    /// (`Session::check_link`): with a `SeqCst` fence on each side, between
+    /// (`session::check_link` in `downstream`): with a `SeqCst` fence on each side, between
     /// the write and the read of (generation, link), either this sweep sees
     /// the session on `link` or the session sees the new generation.
     pub(crate) fn link_lost(&self, link: u32) {
