@@ -224,8 +224,11 @@ async fn rotates_at_max_bytes_keeping_max_files() {
         a.send(AgentToServer { capabilities: n, custom_message: Some(custom), ..Default::default() }).await.unwrap();
         a.recv(T).await.unwrap();
     }
-    // The last message is in the current file once the writer caught up.
-    wait_for_records(&path, |r| r.iter().any(|r| has_capabilities(r, 30))).await;
+    // The writer caught up once the last message is written: in the current
+    // file, or in the rotated one if the reply behind it started a new file.
+    let rotated = dir.path().join("capture.jsonl.1");
+    let last = |r: &[CaptureRecord]| r.iter().any(|r| has_capabilities(r, 30));
+    wait_for_records(&path, |r| last(r) || capture::read(&rotated).is_ok_and(|r| last(&r))).await;
     let mut names: Vec<_> =
         std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
     names.sort();
