@@ -149,3 +149,51 @@ async fn a_server_message_larger_than_a_links_read_reaches_the_agent_whole() {
     assert_eq!(files["big.yaml"].body.as_ref(), &body[..], "every byte, in order");
     round_trip(&mut a).await; // and the link still relays
 }
+
+/// A burst of server messages far larger than the socket's buffer, to an
+/// agent reading as fast as it can, fills the socket many times over (partial
+/// writes, the agent's queue): every message arrives whole, once, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_larger_than_the_socket_buffer_arrives_whole_and_in_order() {
+    use opamp_gateway::protocol::proto::{CustomMessage, ServerToAgent};
+
+    const MESSAGES: usize = 400;
+    let h = Harness::with(Default::default(), |c| {
+        c.server.connections = 1;
+        // Room for the whole burst: this is about order, not slow consumers.
+        c.listener.queue_size = MESSAGES;
+    })
+    .await;
+    let mut a = h.agent().await;
+    round_trip(&mut a).await;
+    let uid = a.uid().as_bytes().clone();
+    // Sizes vary so frame boundaries fall everywhere in partial writes.
+    let message = |i: usize| ServerToAgent {
+        custom_message: Some(CustomMessage {
+            capability: "io.example.burst".into(),
+            r#type: i.to_string(),
+            data: Bytes::from(vec![(i % 251) as u8; 1_000 + (i * 7_919) % 60_000]),
+        }),
+        ..Default::default()
+    };
+    let reader = tokio::spawn(async move {
+        let mut seen = Vec::new();
+        while seen.len() < MESSAGES {
+            let msg = a.recv(T).await.expect("every pushed message arrives");
+            if let Some(m) = msg.custom_message {
+                seen.push(m);
+            }
+        }
+        (a, seen)
+    });
+    for i in 0..MESSAGES {
+        assert!(h.server.push(&uid, message(i)));
+    }
+    let (mut a, seen) = reader.await.unwrap();
+    for (i, m) in seen.iter().enumerate() {
+        let want = message(i).custom_message.unwrap();
+        assert_eq!(m.r#type, want.r#type, "message {i} arrived in its place");
+        assert_eq!(m.data, want.data, "message {i} arrived whole");
+    }
+    round_trip(&mut a).await; // and the agent's session is still up
+}
