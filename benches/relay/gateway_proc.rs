@@ -25,10 +25,23 @@ impl GatewayProc {
     /// `start` with `runtime.worker_threads: n` (nginx here runs one worker
     /// process; this is the gateway's like-for-like).
     pub(crate) async fn start_with_workers(upstream: &str, connections: usize, n: usize) -> anyhow::Result<Self> {
+        Self::start_build(&this_build(), upstream, connections, Some(n)).await
+    }
+
+    /// The gateway binary at `bin`, with no policies and `workers` threads
+    /// (its default when `None`): an A/B run's other build.
+    pub(crate) async fn start_build(
+        bin: &str,
+        upstream: &str,
+        connections: usize,
+        workers: Option<usize>,
+    ) -> anyhow::Result<Self> {
         let dir = tempfile::tempdir()?;
         let mut yaml = base_yaml(upstream, connections, &dir.path().join("none").display().to_string());
-        yaml.push_str(&format!("runtime:\n  worker_threads: {n}\n"));
-        Self::spawn(dir, &yaml).await
+        if let Some(n) = workers {
+            yaml.push_str(&format!("runtime:\n  worker_threads: {n}\n"));
+        }
+        Self::spawn_bin(bin, dir, &yaml).await
     }
 
     /// `start`, with a `/metrics` endpoint when `metrics` (the containment
@@ -60,10 +73,12 @@ impl GatewayProc {
     }
 
     async fn spawn(dir: tempfile::TempDir, yaml: &str) -> anyhow::Result<Self> {
+        Self::spawn_bin(&this_build(), dir, yaml).await
+    }
+
+    async fn spawn_bin(bin: &str, dir: tempfile::TempDir, yaml: &str) -> anyhow::Result<Self> {
         let path = dir.path().join("gateway.yaml");
         std::fs::write(&path, yaml)?;
-        // BENCH_GATEWAY_BIN runs another build (e.g. with another allocator).
-        let bin = std::env::var("BENCH_GATEWAY_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_opamp-gateway").into());
         let mut child = Command::new(bin)
             .arg("--config")
             .arg(&path)
@@ -216,4 +231,10 @@ fn base_yaml(upstream: &str, connections: usize, policies: &str) -> String {
         "server:\n  endpoint: {upstream}\n  connections: {connections}\n  queue_size: 16384\n\
          listener:\n  endpoint: 127.0.0.1:0\n  queue_size: 256\npolicies:\n  directory: {policies}\n"
     )
+}
+
+/// The build under test: this one, or BENCH_GATEWAY_BIN (e.g. with another
+/// allocator).
+fn this_build() -> String {
+    std::env::var("BENCH_GATEWAY_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_opamp-gateway").into())
 }

@@ -11,7 +11,7 @@ use crate::containment::{self, Case};
 use crate::cpu_rounds::Rounds;
 use crate::load::{Run, Storm};
 use crate::policies::SwapOutcome;
-use crate::suite::{machine, FlatOut, PathFigures, Scale};
+use crate::suite::{self, machine, FlatOut, PathFigures, Scale, ONE_WORKER};
 
 pub(crate) struct Row {
     pub agents: usize,
@@ -126,13 +126,10 @@ impl Report {
             let (ratios, median) = r.ratios(i, nginx);
             rows.push(json!({"proxy": name, "cpu_us_per_msg": r.median_cpu(i), "user_us_per_msg": r.median_user(i),
                              "rounds_cpu_us_per_msg": r.cpu[i], "ratio_to_nginx": median, "round_ratios": ratios}));
-            if i == nginx {
-                continue;
-            }
-            let what = if name == "gateway" {
-                "gateway as shipped (one worker thread per CPU) vs nginx (`worker_processes 1`)".to_owned()
-            } else {
-                "gateway with `runtime.worker_threads: 1` vs nginx (`worker_processes 1`)".to_owned()
+            let what = match name.as_str() {
+                "gateway" => "gateway as shipped (one worker thread per CPU) vs nginx (`worker_processes 1`)",
+                ONE_WORKER => "gateway with `runtime.worker_threads: 1` vs nginx (`worker_processes 1`)",
+                _ => continue, // nginx itself, or a baseline build (BENCH_BASELINE_BIN)
             };
             let rounds: Vec<String> = ratios.iter().map(|x| format!("{x:.2}")).collect();
             bars.push((
@@ -405,9 +402,11 @@ impl Report {
             }
         }
         if let Some(c) = self.json.get("cpu_rounds") {
+            let baseline = c["proxies"].as_array().into_iter().flatten().any(|p| p["proxy"] == suite::BASELINE);
             let _ = writeln!(
                 s,
-                "\nCPU per relayed message in interleaved rounds (the CPU bars): nginx, the gateway as shipped and the gateway with one worker thread run at once, each with its own {} connected agents; each round drives each fleet in turn for {} s at {} msg/s, the order rotating per round. A round's ratio compares runs seconds apart, so the machine's drift touches both; the bar is the median ratio. {} failed round trips.\n",
+                "\nCPU per relayed message in interleaved rounds (the CPU bars): nginx, the gateway as shipped and the gateway with one worker thread{} run at once, each with its own {} connected agents; each round drives each fleet in turn for {} s at {} msg/s, the order rotating per round. A round's ratio compares runs seconds apart, so the machine's drift touches both; the bar is the median ratio. {} failed round trips.\n",
+                if baseline { ", and the same two of another build (`BENCH_BASELINE_BIN`, rows `baseline`)," } else { "" },
                 sc["latency_agents"], c["window_seconds"], sc["latency_rate"], c["failed_round_trips"]
             );
             let _ = writeln!(s, "| proxy | median CPU per message | median user | per round (µs) | median ratio to nginx |\n|---|---|---|---|---|");

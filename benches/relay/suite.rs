@@ -49,6 +49,9 @@ pub(crate) enum Only {
     Policies,
     /// `--only-containment`: hostile policies under load (issue 17).
     Containment,
+    /// `--only-cpu`: just the interleaved CPU rounds against nginx (with
+    /// `BENCH_BASELINE_BIN`, an A/B of two builds).
+    Cpu,
 }
 
 impl Only {
@@ -59,13 +62,14 @@ impl Only {
                 "--only-paths" => Some(Self::Paths),
                 "--only-policies" => Some(Self::Policies),
                 "--only-containment" => Some(Self::Containment),
+                "--only-cpu" => Some(Self::Cpu),
                 _ => None,
             })
             .collect();
         match picked.as_slice() {
             [] => Ok(Self::All),
             [one] => Ok(*one),
-            _ => anyhow::bail!("pick at most one of --only-paths, --only-policies, --only-containment"),
+            _ => anyhow::bail!("pick at most one of --only-paths, --only-policies, --only-containment, --only-cpu"),
         }
     }
 
@@ -129,6 +133,10 @@ pub(crate) async fn run(scale: Scale) -> anyhow::Result<Report> {
     if scale.only.runs(Only::Paths) {
         relay_phases(&mut report, &server, &scale).await?;
     }
+    if scale.only == Only::Cpu {
+        anyhow::ensure!(nginx::binary().is_some(), "--only-cpu compares with nginx, which is not installed");
+        cpu_against_nginx(&mut report, &server, &scale).await?;
+    }
 
     // 4. Policies: throughput with the four examples vs none, and hot swaps.
     let examples = if scale.only.runs(Only::Policies) { Some(policies::prepare()?) } else { None };
@@ -184,7 +192,10 @@ pub(crate) async fn run(scale: Scale) -> anyhow::Result<Report> {
 }
 
 /// The paths table's row for the gateway with `runtime.worker_threads: 1`.
-const ONE_WORKER: &str = "gateway, 1 worker";
+pub(crate) const ONE_WORKER: &str = "gateway, 1 worker";
+/// The CPU rounds' rows for `BENCH_BASELINE_BIN`: reported, never bars.
+pub(crate) const BASELINE: &str = "baseline";
+pub(crate) const BASELINE_ONE_WORKER: &str = "baseline, 1 worker";
 
 /// Phases 1–3: the relay against its baselines, memory and cost growth.
 async fn relay_phases(report: &mut Report, server: &ReferenceServer, scale: &Scale) -> anyhow::Result<()> {
@@ -381,25 +392,36 @@ async fn path_figures(url: &str, proxy_pid: Option<u32>, scale: &Scale) -> PathF
 }
 
 /// The CPU bar: nginx, the gateway as shipped, and the gateway with one
-/// worker, all running at once, measured in interleaved rounds.
+/// worker, all running at once, measured in interleaved rounds. With
+/// `BENCH_BASELINE_BIN=<an opamp-gateway binary>`, that build runs beside
+/// them the same two ways (rows `baseline` and `baseline, 1 worker`): a
+/// change's before and after, measured seconds apart.
 async fn cpu_against_nginx(report: &mut Report, server: &ReferenceServer, scale: &Scale) -> anyhow::Result<()> {
     eprintln!("[bench] CPU per message: nginx and the gateway in {} interleaved rounds", scale.cpu_rounds);
     let upstream = server.url();
     let ng = Nginx::start(server.addr().port()).await?;
-    let default = GatewayProc::start(&upstream, LINKS, None).await?;
-    let one = GatewayProc::start_with_workers(&upstream, LINKS, 1).await?;
-    wait_links(server, 2 * LINKS).await;
-    let proxies = [
-        cpu_rounds::Proxy { name: "nginx".into(), url: ng.url(), pid: ng.pid() },
-        cpu_rounds::Proxy { name: "gateway".into(), url: default.url(), pid: default.pid() },
-        cpu_rounds::Proxy { name: ONE_WORKER.into(), url: one.url(), pid: one.pid() },
+    let mut gateways = vec![
+        ("gateway", GatewayProc::start(&upstream, LINKS, None).await?),
+        (ONE_WORKER, GatewayProc::start_with_workers(&upstream, LINKS, 1).await?),
     ];
+    if let Ok(bin) = std::env::var("BENCH_BASELINE_BIN") {
+        gateways.push((BASELINE, GatewayProc::start_build(&bin, &upstream, LINKS, None).await?));
+        gateways.push((BASELINE_ONE_WORKER, GatewayProc::start_build(&bin, &upstream, LINKS, Some(1)).await?));
+    }
+    wait_links(server, gateways.len() * LINKS).await;
+    let mut proxies = vec![cpu_rounds::Proxy { name: "nginx".into(), url: ng.url(), pid: ng.pid() }];
+    proxies.extend(gateways.iter().map(|(name, g)| cpu_rounds::Proxy {
+        name: (*name).into(),
+        url: g.url(),
+        pid: g.pid(),
+    }));
     let rounds =
         cpu_rounds::measure(&proxies, scale.latency_agents, scale.latency_rate, scale.cpu_window, scale.cpu_rounds)
             .await;
     report.cpu_rounds(&rounds);
-    one.stop().await;
-    default.stop().await;
+    for (_, g) in gateways {
+        g.stop().await;
+    }
     ng.stop().await;
     Ok(())
 }
