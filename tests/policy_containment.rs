@@ -303,12 +303,42 @@ async fn a_spinning_call_holds_one_worker_and_the_rest_of_the_relay_flows() {
     assert!(shed >= 10.0 * 4.0, "{shed}");
     assert!(log_lines(&["hog_f", "too many policy calls waiting"]).len() <= 2, "failure logs are rate-limited");
     assert!(g.policies().policies().snapshot().quarantined().is_empty(), "breaker off");
+    let handoffs = metric(&g, "opampgateway_policy_handoffs_total", "hog_f").await;
+    assert_eq!(handoffs, Some(1.0), "the spinning call gave up its worker, once");
 
     // The spin ends at its deadline; the hog's message is forwarded.
     assert_eq!(&hog.recv(Duration::from_secs(60)).await.unwrap().instance_uid, hog.uid().as_bytes());
     assert_eq!(gate.available(), 1);
     round_trip(&mut fleet[0]).await;
     g.shutdown().await;
+}
+
+/// A spinning call holds its worker, and tokio keeps some tasks on that
+/// worker alone: the one woken last (its LIFO slot, which no other worker
+/// may steal; in the relay, often the link writer a session just handed a
+/// frame) and the wake-ups it deferred. Once the call has run for a whole
+/// tick the worker is handed to another thread, so such a task runs within
+/// milliseconds, not at the call's deadline (3 s here).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_woken_just_before_a_spinning_call_runs_while_it_spins() {
+    let yaml = "quarantine_after: 0\nquarantine_rate: 0\ncall_timeout: 3s\n";
+    let (_dir, rt) = policy_support::runtime(&[("fixture_misbehave", "spin_lifo", Some(yaml))]);
+    let set = rt.policies().snapshot();
+    let (ran, woken_ran) = tokio::sync::oneshot::channel::<()>();
+    let caller = tokio::spawn(async move {
+        // Spawned from a worker: it goes to this worker's LIFO slot.
+        tokio::spawn(async move {
+            let _ = ran.send(());
+        });
+        // Then, in the same poll, a call that spins on this worker.
+        set.filter(opamp_gateway::policy::Direction::AgentToServer, b"spin", bytes::Bytes::new())
+    });
+    tokio::time::timeout(Duration::from_secs(2), woken_ran)
+        .await
+        .expect("the woken task ran while the call spun")
+        .unwrap();
+    let outcome = caller.await.unwrap();
+    assert!(matches!(outcome, opamp_gateway::policy::FilterOutcome::Forward(_)), "fail-open at the deadline");
 }
 
 /// Issues 17.3 and 15.6: an instance that hit its memory limit is dropped

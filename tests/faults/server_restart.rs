@@ -46,11 +46,23 @@ async fn an_outage_longer_than_the_failover_queue_drops_the_oldest_counted_and_l
         .await
         .expect("the newest message arrives");
     let record = server.state().agent(&uid).cloned().unwrap();
-    let arrived = record.messages - before;
     let dropped = metric(&g, DROPPED, &labels).await - dropped_before;
+    // Delivery is at least once: the frame from before the outage, replayed,
+    // may reach the server again. The links do not all fail at the same
+    // instant, so the agent can move to a second link that dies a moment
+    // later, having delivered the copy, and be handed it back once more.
+    // The server counts such a copy out of order (its sequence number is
+    // not new); the ten new messages come in order.
+    let copies = record.out_of_order;
+    assert!(copies <= 3, "only copies of the replayed frame are out of order ({copies}; 3 links)");
+    let arrived = record.messages - before - copies;
     assert!(arrived >= 3, "the three kept arrived ({arrived})");
-    assert!((10.0..=11.0).contains(&(arrived as f64 + dropped)), "{arrived} arrived, {dropped} dropped");
-    assert_eq!(record.out_of_order, 0);
+    // Ten new ones, each arrived or counted, plus the replayed copy when the
+    // queue dropped it.
+    assert!(
+        (10.0..=11.0).contains(&(arrived as f64 + dropped)),
+        "{arrived} new arrived, {dropped} dropped, {copies} copies"
+    );
     support::round_trip(&mut quiet).await;
     support::round_trip(&mut loud).await;
     g.shutdown().await;

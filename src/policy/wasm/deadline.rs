@@ -14,6 +14,10 @@
 //! time since that note reaches the budget. The CPU used before the first
 //! tick (at most one tick's worth) is not charged, so a runaway guest stops
 //! after between one budget and one budget plus two ticks of CPU time.
+//!
+//! The second tick is always looked at: a call still running then has run
+//! for a whole tick, far beyond any normal call, and [`CallClock::overran`]
+//! says so once, so the caller can stop holding up its thread's other work.
 
 use std::time::Duration;
 
@@ -27,6 +31,8 @@ pub(crate) struct CallClock {
     budget: Duration,
     /// The thread's CPU clock at the first tick of the current call.
     base: Option<Duration>,
+    /// Ticks seen during the current call.
+    ticks: u32,
 }
 
 impl CallClock {
@@ -35,17 +41,27 @@ impl CallClock {
     pub(crate) fn start(&mut self, budget: Duration) {
         self.budget = budget;
         self.base = None;
+        self.ticks = 0;
+    }
+
+    /// Whether the tick just seen is the one that finds the current call
+    /// still running a whole tick after the first: true once per call.
+    pub(crate) fn overran(&self) -> bool {
+        self.ticks == 2
     }
 
     /// The store's epoch-deadline callback: called on the guest's thread
     /// each time the epoch passes the deadline during a call.
     pub(crate) fn on_tick(&mut self) -> UpdateDeadline {
+        self.ticks = self.ticks.saturating_add(1);
         let now = thread_cpu_time();
         let used = match self.base {
-            None => {
+            None if !self.budget.is_zero() => {
                 self.base = Some(now);
-                Duration::ZERO
+                // Look again at the next tick (see `overran`).
+                return UpdateDeadline::Continue(1);
             }
+            None => Duration::ZERO,
             Some(base) => now.saturating_sub(base),
         };
         match self.budget.checked_sub(used) {
@@ -118,6 +134,21 @@ mod tests {
         }
         spin(Duration::from_millis(16));
         assert!(interrupts(&clock.on_tick()));
+    }
+
+    #[test]
+    fn a_call_alive_a_tick_after_its_first_is_reported_once() {
+        let mut clock = CallClock::default();
+        clock.start(Duration::from_secs(10));
+        assert!(matches!(clock.on_tick(), UpdateDeadline::Continue(1)), "the next tick is looked at");
+        assert!(!clock.overran(), "a tick may land in any call");
+        assert!(!interrupts(&clock.on_tick()));
+        assert!(clock.overran(), "still running a tick later");
+        assert!(!interrupts(&clock.on_tick()));
+        assert!(!clock.overran(), "reported once");
+        clock.start(Duration::from_secs(10));
+        clock.on_tick();
+        assert!(!clock.overran(), "a new call starts afresh");
     }
 
     #[test]

@@ -31,6 +31,7 @@ use super::sandbox::{GuestLog, HostState};
 use super::versions::{Bindings, Pre};
 use crate::policy::state::StateStore;
 use crate::policy::{HookError, Hooks};
+use crate::telemetry::metrics as m;
 
 /// One live instance and the store it lives in.
 pub(crate) struct Instance {
@@ -198,7 +199,15 @@ impl PoolInner {
         let mut store =
             Store::new(&self.engine.engine, HostState::new(self.guest.clone(), self.state.clone(), self.memory_limit));
         store.limiter(|s| &mut s.limiter);
-        store.epoch_deadline_callback(|mut s| Ok(s.data_mut().clock.on_tick()));
+        let name = self.name.clone();
+        store.epoch_deadline_callback(move |mut s| {
+            let clock = &mut s.data_mut().clock;
+            let update = clock.on_tick();
+            if clock.overran() && release_worker() {
+                metrics::counter!(m::POLICY_HANDOFFS, "policy" => name.to_string()).increment(1);
+            }
+            Ok(update)
+        });
         store.data_mut().begin_call(self.init_timeout);
         store.set_epoch_deadline(1);
         let bindings = match self.pre.instantiate(&mut store) {
@@ -302,12 +311,48 @@ impl PoolInner {
 /// another thread first. Elsewhere (plain threads, a current-thread
 /// runtime in tests) it just runs.
 fn off_runtime<R>(f: impl FnOnce() -> R) -> R {
-    use tokio::runtime::{Handle, RuntimeFlavor};
-    match Handle::try_current() {
-        Ok(h) if h.runtime_flavor() == RuntimeFlavor::MultiThread => tokio::task::block_in_place(f),
-        _ => f(),
+    if on_multi_thread_runtime() {
+        tokio::task::block_in_place(f)
+    } else {
+        f()
     }
 }
+
+fn on_multi_thread_runtime() -> bool {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    Handle::try_current().is_ok_and(|h| h.runtime_flavor() == RuntimeFlavor::MultiThread)
+}
+
+/// Called from inside a call that has run for a whole tick (a normal call
+/// takes microseconds) and may spin on to its deadline. Calls run inline on
+/// a tokio worker, and some of that worker's tasks cannot be taken by the
+/// others while it is busy: the one in its LIFO slot (woken last, often the
+/// link writer a session just handed a frame) and those whose wake-up it
+/// deferred (a link writer that yielded to batch its writes). Left there,
+/// every agent on that link would wait out the call. `block_in_place` wakes
+/// the deferred, queues the LIFO task where it can be stolen, and hands the
+/// worker to another thread; the call finishes on this one. It returns once
+/// a probe task has run, so a worker is awake to take or steal them (or
+/// after [`HANDOFF_WAIT`], the case of a runtime too busy to answer, whose
+/// workers are looking for work anyway).
+/// Returns whether it ran on a relay worker (elsewhere there is nothing to
+/// hand over: the refill thread, a current-thread runtime in tests).
+fn release_worker() -> bool {
+    if !on_multi_thread_runtime() {
+        return false;
+    }
+    tokio::task::block_in_place(|| {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        tokio::runtime::Handle::current().spawn(async move {
+            let _ = tx.send(());
+        });
+        let _ = rx.recv_timeout(HANDOFF_WAIT);
+    });
+    true
+}
+
+/// The longest [`release_worker`] waits for a worker to be awake.
+const HANDOFF_WAIT: Duration = Duration::from_millis(5);
 
 /// The thread that makes instances for every pool of an engine, so no
 /// `init` runs on a message's path. Stops when the engine is dropped.
