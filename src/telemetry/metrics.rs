@@ -100,9 +100,10 @@ pub const POLICY_GATE_WAITS: &str = "opampgateway_policy_gate_waits_total";
 /// Counter: policy chains not run because `policies.queue` callers were
 /// already waiting (each policy's `on_error` applied, kind `overloaded`).
 pub const POLICY_SHED: &str = "opampgateway_policy_shed_total";
-/// Counter: policy calls still running a whole epoch tick (1 ms) after
-/// their first, whose relay worker was then handed to another thread, by
-/// `policy`. Any count means a policy slow enough to notice.
+/// Counter: hook calls still running at their second epoch tick (1–2 ms of
+/// wall time), which then released their relay worker's other tasks and
+/// offered the worker to another thread, by `policy`. A policy slow enough
+/// to notice (or a host that preempted a call that long).
 pub const POLICY_HANDOFFS: &str = "opampgateway_policy_handoffs_total";
 /// Counter: `admit` answers, by `policy`, `verdict` (allow|reject) and
 /// `status` (the rejection's HTTP status; empty for allow).

@@ -33,15 +33,33 @@ pub(crate) struct CallClock {
     base: Option<Duration>,
     /// Ticks seen during the current call.
     ticks: u32,
+    /// The current call is a hook call, on the relay's path.
+    hook: bool,
 }
 
 impl CallClock {
     /// Arms the clock for one call. The caller sets the epoch deadline to
     /// one tick ahead.
-    pub(crate) fn start(&mut self, budget: Duration) {
+    pub(crate) fn start(&mut self, budget: Duration, hook: bool) {
         self.budget = budget;
         self.base = None;
         self.ticks = 0;
+        self.hook = hook;
+    }
+
+    pub(crate) fn is_hook_call(&self) -> bool {
+        self.hook
+    }
+
+    /// Takes `waited`, time the host spent off the guest's business during
+    /// the call (handing its worker over), out of the charge. The CPU clock
+    /// never counted it; the wall-clock fallback did.
+    pub(crate) fn exclude(&mut self, waited: Duration) {
+        if cfg!(not(unix)) {
+            if let Some(base) = &mut self.base {
+                *base += waited;
+            }
+        }
     }
 
     /// Whether the tick just seen is the one that finds the current call
@@ -114,7 +132,7 @@ mod tests {
     #[cfg(unix)] // the wall-clock fallback charges it by design
     fn time_off_the_cpu_is_not_charged() {
         let mut clock = CallClock::default();
-        clock.start(Duration::from_millis(20));
+        clock.start(Duration::from_millis(20), true);
         assert!(!interrupts(&clock.on_tick()));
         // Wall time passes, CPU time does not: as for a preempted thread.
         std::thread::sleep(Duration::from_millis(60));
@@ -124,7 +142,7 @@ mod tests {
     #[test]
     fn cpu_time_beyond_the_budget_interrupts() {
         let mut clock = CallClock::default();
-        clock.start(Duration::from_millis(20));
+        clock.start(Duration::from_millis(20), true);
         assert!(!interrupts(&clock.on_tick()));
         spin(Duration::from_millis(5));
         // 15 ms left at most: the next look is no later than that.
@@ -139,14 +157,14 @@ mod tests {
     #[test]
     fn a_call_alive_a_tick_after_its_first_is_reported_once() {
         let mut clock = CallClock::default();
-        clock.start(Duration::from_secs(10));
+        clock.start(Duration::from_secs(10), true);
         assert!(matches!(clock.on_tick(), UpdateDeadline::Continue(1)), "the next tick is looked at");
         assert!(!clock.overran(), "a tick may land in any call");
         assert!(!interrupts(&clock.on_tick()));
         assert!(clock.overran(), "still running a tick later");
         assert!(!interrupts(&clock.on_tick()));
         assert!(!clock.overran(), "reported once");
-        clock.start(Duration::from_secs(10));
+        clock.start(Duration::from_secs(10), true);
         clock.on_tick();
         assert!(!clock.overran(), "a new call starts afresh");
     }
@@ -154,11 +172,11 @@ mod tests {
     #[test]
     fn each_call_starts_afresh() {
         let mut clock = CallClock::default();
-        clock.start(Duration::from_millis(5));
+        clock.start(Duration::from_millis(5), true);
         clock.on_tick();
         spin(Duration::from_millis(6));
         assert!(interrupts(&clock.on_tick()));
-        clock.start(Duration::from_millis(5));
+        clock.start(Duration::from_millis(5), true);
         assert!(!interrupts(&clock.on_tick()));
     }
 }

@@ -22,7 +22,7 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use parking_lot::{Condvar, Mutex};
-use wasmtime::{Store, Trap};
+use wasmtime::{Store, Trap, UpdateDeadline};
 
 use super::bindings::v3::opamp_gateway::policy::types::Hooks as WitHooks;
 use super::engine::{Budget, PolicyEngine, TickerLease};
@@ -203,12 +203,17 @@ impl PoolInner {
         store.epoch_deadline_callback(move |mut s| {
             let clock = &mut s.data_mut().clock;
             let update = clock.on_tick();
-            if clock.overran() && release_worker() {
-                metrics::counter!(m::POLICY_HANDOFFS, "policy" => name.to_string()).increment(1);
+            // Not for `init` (never on the relay's path), nor a call this
+            // tick ends anyway.
+            if clock.overran() && clock.is_hook_call() && !matches!(update, UpdateDeadline::Interrupt) {
+                if let Some(waited) = release_worker() {
+                    clock.exclude(waited);
+                    metrics::counter!(m::POLICY_HANDOFFS, "policy" => name.to_string()).increment(1);
+                }
             }
             Ok(update)
         });
-        store.data_mut().begin_call(self.init_timeout);
+        store.data_mut().begin_call(self.init_timeout, false);
         store.set_epoch_deadline(1);
         let bindings = match self.pre.instantiate(&mut store) {
             Ok(b) => b,
@@ -291,7 +296,7 @@ impl PoolInner {
     ) -> Result<R, HookError> {
         let mut taken = self.take()?;
         let inst = taken.inst.as_mut().expect("taken holds its instance until given back");
-        inst.store.data_mut().begin_call(self.call_timeout);
+        inst.store.data_mut().begin_call(self.call_timeout, true);
         // One tick ahead: the clock is only read if a tick lands mid-call.
         inst.store.set_epoch_deadline(1);
         match f(&mut inst.store, &inst.bindings) {
@@ -323,32 +328,37 @@ fn on_multi_thread_runtime() -> bool {
     Handle::try_current().is_ok_and(|h| h.runtime_flavor() == RuntimeFlavor::MultiThread)
 }
 
-/// Called from inside a call that has run for a whole tick (a normal call
-/// takes microseconds) and may spin on to its deadline. Calls run inline on
-/// a tokio worker, and some of that worker's tasks cannot be taken by the
-/// others while it is busy: the one in its LIFO slot (woken last, often the
-/// link writer a session just handed a frame) and those whose wake-up it
-/// deferred (a link writer that yielded to batch its writes). Left there,
-/// every agent on that link would wait out the call. `block_in_place` wakes
-/// the deferred, queues the LIFO task where it can be stolen, and hands the
-/// worker to another thread; the call finishes on this one. It returns once
-/// a probe task has run, so a worker is awake to take or steal them (or
-/// after [`HANDOFF_WAIT`], the case of a runtime too busy to answer, whose
-/// workers are looking for work anyway).
-/// Returns whether it ran on a relay worker (elsewhere there is nothing to
-/// hand over: the refill thread, a current-thread runtime in tests).
-fn release_worker() -> bool {
+/// Called from inside a hook call still running a tick after its first
+/// (a normal call takes microseconds), which may spin on to its deadline.
+/// Calls run inline on a tokio worker, and some of that worker's tasks
+/// cannot be taken by the others while it is busy: the one in its LIFO slot
+/// (woken last, often the link writer a session just handed a frame) and
+/// those whose wake-up it deferred (a link writer that yielded to batch its
+/// writes). Left there, every agent on that link would wait out the call.
+/// `block_in_place` wakes the deferred, queues the LIFO task where it can
+/// be stolen, and offers the worker to another thread; the call finishes
+/// on this one. A probe task, spawned from here, wakes an idle worker; the
+/// wait for it to run gives the thread time to take the worker over (with
+/// one worker, the only way the relay keeps moving), up to [`HANDOFF_WAIT`]
+/// on a runtime too busy to answer, whose workers are looking for work
+/// anyway. Returns how long it waited, or `None` where there is no relay
+/// worker to release (the `policy check` command, a current-thread runtime)
+/// or tokio refused (a `LocalSet` on a runtime's `block_on` thread).
+fn release_worker() -> Option<Duration> {
     if !on_multi_thread_runtime() {
-        return false;
+        return None;
     }
-    tokio::task::block_in_place(|| {
-        let (tx, rx) = std::sync::mpsc::sync_channel(1);
-        tokio::runtime::Handle::current().spawn(async move {
-            let _ = tx.send(());
-        });
-        let _ = rx.recv_timeout(HANDOFF_WAIT);
+    let started = std::time::Instant::now();
+    let handed = std::panic::catch_unwind(|| {
+        tokio::task::block_in_place(|| {
+            let (tx, rx) = std::sync::mpsc::sync_channel(1);
+            tokio::runtime::Handle::current().spawn(async move {
+                let _ = tx.send(());
+            });
+            let _ = rx.recv_timeout(HANDOFF_WAIT);
+        })
     });
-    true
+    handed.ok().map(|()| started.elapsed())
 }
 
 /// The longest [`release_worker`] waits for a worker to be awake.

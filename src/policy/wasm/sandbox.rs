@@ -89,9 +89,10 @@ impl HostState {
         }
     }
 
-    /// Resets per-call state before a call with CPU-time `budget`.
-    pub(crate) fn begin_call(&mut self, budget: Duration) {
-        self.clock.start(budget);
+    /// Resets per-call state before a call with CPU-time `budget`; `hook`:
+    /// a hook call (on the relay's path), not `init`.
+    pub(crate) fn begin_call(&mut self, budget: Duration, hook: bool) {
+        self.clock.start(budget, hook);
         self.logs_this_call = 0;
         self.limiter.hit = false;
         self.output.clear();
