@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
+use opamp_gateway::downstream::express::SharedSocket;
 use opamp_gateway::downstream::session::Session;
 use opamp_gateway::policy::{AdmitTicket, Transport};
 use opamp_gateway::relay::{Admission, AdmitRequest, Credential, Identity, Role};
@@ -78,12 +79,16 @@ async fn run(role: Role, wire: Vec<u8>, server: Vec<(usize, Bytes)>) {
     let lease = core.lease().expect("a connected link");
     let (client, server_end) = tokio::io::duplex(64 * 1024);
     let config = WebSocketConfig::default().max_message_size(Some(MAX_MESSAGE)).max_frame_size(Some(MAX_MESSAGE));
-    let ws = WebSocketStream::from_raw_socket(server_end, WsRole::Server, Some(config)).await;
+    // Shared with the express lane, as in the gateway: server frames
+    // dispatched below may be written by it, between the session's writes.
+    let socket = SharedSocket::new(server_end);
+    let ws = WebSocketStream::from_raw_socket(socket.clone(), WsRole::Server, Some(config)).await;
     let admit =
         AdmitRequest { headers: Vec::new(), remote_addr: "192.0.2.1:4000".into(), transport: Transport::WebSocket };
     let identity = Identity { credential: Credential::none(), role };
     let admission = Admission { lease, response_headers: BTreeMap::new(), ticket: AdmitTicket::none() };
-    let session = tokio::spawn(Session::new(core.ds.clone(), admission, admit, identity).run(ws));
+    let session =
+        tokio::spawn(Session::new(core.ds.clone(), admission, admit, identity).with_express(socket).run(ws));
 
     let (mut rd, mut wr) = tokio::io::split(client);
     let reader = tokio::spawn(async move {

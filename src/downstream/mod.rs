@@ -7,6 +7,7 @@
 //! - [`websocket`]: the connect handshake → a WebSocket upgrade, or the
 //!   status the server (or our limits) chose; then the session task.
 //! - [`session`]: one task per connected WebSocket agent.
+//! - [`express`]: a link writes a reply straight to its agent's socket.
 //! - [`http`]: agents that poll with plain HTTP `POST`s.
 //! - [`respond`]: response builders both transports share (text answers,
 //!   refusals).
@@ -17,6 +18,10 @@
 //!   gateway or ordinary agent).
 //! - [`uid_guard`]: the one-uid-per-agent rule, applied to every message.
 
+#[cfg(fuzzing)]
+pub mod express;
+#[cfg(not(fuzzing))]
+pub(crate) mod express;
 pub(crate) mod headers;
 #[cfg(fuzzing)]
 pub mod http;

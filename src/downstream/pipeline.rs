@@ -98,6 +98,28 @@ pub(crate) async fn downstream_frame(
     agent: &AgentShared,
     msg: &Inbound,
 ) -> Result<Option<Bytes>, CloseReason> {
+    let frame = replayed_frame(relay, agent, msg);
+    let set = relay.policies.snapshot();
+    if !set.filters(Direction::ServerToAgent) {
+        return Ok(Some(frame));
+    }
+    let payload = framing::payload(&frame).unwrap_or_default();
+    // The message's own uid: on a chained gateway's link, or after the
+    // server assigned a new uid, it is not the connection's first.
+    let uid = match wire::last(&payload, wire::field::INSTANCE_UID) {
+        Some(Wire::Bytes(u)) => u,
+        _ => &[],
+    };
+    let outcome = relay.policies.filter(&set, Direction::ServerToAgent, uid, payload.clone()).await;
+    judged(outcome, Direction::ServerToAgent, &payload, || frame)
+}
+
+/// The part of [`downstream_frame`] before the filter phase, which the
+/// express lane runs alone (it is taken only with no filter to run): the
+/// link's custom capabilities replayed into the agent's first message, and
+/// `capabilities` on its first reply. Claims those firsts: call it only for
+/// a message that will be delivered.
+pub(crate) fn replayed_frame(relay: &Relay, agent: &AgentShared, msg: &Inbound) -> Bytes {
     let mut frame = msg.frame.clone();
     if msg.has_capabilities {
         agent.capabilities_delivered();
@@ -118,19 +140,7 @@ pub(crate) async fn downstream_frame(
             frame = compose::with_capabilities(&payload, caps);
         }
     }
-    let set = relay.policies.snapshot();
-    if !set.filters(Direction::ServerToAgent) {
-        return Ok(Some(frame));
-    }
-    let payload = framing::payload(&frame).unwrap_or_default();
-    // The message's own uid: on a chained gateway's link, or after the
-    // server assigned a new uid, it is not the connection's first.
-    let uid = match wire::last(&payload, wire::field::INSTANCE_UID) {
-        Some(Wire::Bytes(u)) => u,
-        _ => &[],
-    };
-    let outcome = relay.policies.filter(&set, Direction::ServerToAgent, uid, payload.clone()).await;
-    judged(outcome, Direction::ServerToAgent, &payload, || frame)
+    frame
 }
 
 /// How long the gateway's goodbye on an agent's behalf may wait for room.

@@ -7,7 +7,11 @@
 //! more branch, not a detour: while the agent waits for a link (a server
 //! restart) its socket is still read and pinged, and what it sends waits in
 //! its bounded failover queue.
-//! Nothing else writes to the socket, so there are no locks on the hot path.
+//! The session is the socket's only reader. Its links may write server
+//! messages to it directly, through the express lane ([`super::express`]),
+//! when nothing is queued ahead of them; otherwise the session writes them
+//! in turn, and it always writes what needs its filter phase, its pings and
+//! its close.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -24,6 +28,7 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
+use super::express::SharedSocket;
 use super::log_every::{LogEvery, REFUSAL_LOG_EVERY};
 use super::{pipeline, uid_guard, Downstream};
 use crate::policy::lifecycle::SessionTicket;
@@ -131,11 +136,24 @@ impl Session {
         session
     }
 
+    /// Lets the agent's links write server messages straight to `socket`,
+    /// the one under the session's WebSocket (see [`super::express`]).
+    /// Taken by value: the socket must close when the session and its lane
+    /// are gone, not linger in a handle held elsewhere.
+    #[cfg_attr(not(fuzzing), allow(unreachable_pub))]
+    pub fn with_express<S: AgentIo + 'static>(mut self, socket: SharedSocket<S>) -> Self {
+        self.inbox.open_express(socket.lane(self.ds.clone()));
+        self
+    }
+
     #[cfg_attr(not(fuzzing), allow(unreachable_pub))]
     pub async fn run<S: AgentIo>(mut self, mut ws: WebSocketStream<S>) {
         let gauge = metrics::gauge!(m::CONNECTIONS, "direction" => m::DOWNSTREAM, "transport" => "websocket");
         gauge.increment(1.0);
         let reason = self.pump(&mut ws).await;
+        // What follows (a parting message, the close) is the last thing
+        // the agent is sent: no server message may follow it.
+        self.inbox.close_express();
         if let Some(frame) = self.parting_message(reason) {
             // Best effort: the agent learns why before the close frame.
             let _ = tokio::time::timeout(self.ds.settings.write_timeout, ws.send(Message::Binary(frame))).await;
@@ -213,12 +231,26 @@ impl Session {
         if rings.contains(Rings::MOVE) {
             Box::pin(self.planned_move()).await?;
         }
+        if rings.contains(Rings::FLUSH) {
+            self.flush(ws).await?;
+        }
         if rings.contains(Rings::QUEUED) {
-            while let Some(msg) = self.inbox.try_recv() {
-                self.deliver(ws, msg).await?;
+            while let Some(msg) = self.inbox.take_to_write() {
+                let delivered = self.deliver(ws, msg).await;
+                self.inbox.written();
+                delivered?;
             }
         }
         Ok(())
+    }
+
+    /// Writes what the express lane left for the socket to take later.
+    async fn flush<S: AgentIo>(&mut self, ws: &mut WebSocketStream<S>) -> Result<(), CloseReason> {
+        match deadline::within(self.ds.settings.write_timeout, SinkExt::flush(ws)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(CloseReason::Peer),
+            Err(_) => Err(CloseReason::WriteTimeout),
+        }
     }
 
     /// Whether to read the socket now: not while a message waits for room in

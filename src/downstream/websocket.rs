@@ -18,6 +18,7 @@ use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::WebSocketStream;
 
+use super::express::SharedSocket;
 use super::headers::forwarded_headers;
 use super::listener::Tracked;
 use super::respond::{copy_headers, plain, refuse, Body};
@@ -70,7 +71,7 @@ pub(super) async fn upgrade(ds: Arc<Downstream>, mut req: Request<Incoming>, rem
     ds.sessions.spawn(async move {
         match on_upgrade.await {
             Ok(upgraded) => {
-                let Some(ws) = agent_socket(upgraded, ws_config(&ds2)).await else {
+                let Some((ws, socket)) = agent_socket(upgraded, ws_config(&ds2)).await else {
                     tracing::error!(%remote, "the upgraded connection is not the listener's socket; closing it (a bug)");
                     return;
                 };
@@ -79,7 +80,7 @@ pub(super) async fn upgrade(ds: Arc<Downstream>, mut req: Request<Incoming>, rem
                 if identity.is_gateway() {
                     tracing::info!(%remote, "downstream gateway connected");
                 }
-                Session::new(ds2, admission, admit, identity).run(ws).await;
+                Session::new(ds2, admission, admit, identity).with_express(socket).run(ws).await;
             }
             Err(e) => tracing::debug!(%remote, error = %e, "agent went away during the upgrade"),
         }
@@ -89,16 +90,22 @@ pub(super) async fn upgrade(ds: Arc<Downstream>, mut req: Request<Incoming>, rem
 
 /// Takes the listener's socket back from hyper, so the session reads and
 /// writes it directly rather than through hyper's upgrade wrapper (two more
-/// layers, one of them dynamic, on every read and write). Bytes the agent
-/// sent behind its upgrade request, already read by hyper, come first.
-async fn agent_socket(upgraded: Upgraded, config: WebSocketConfig) -> Option<WebSocketStream<Tracked>> {
+/// layers, one of them dynamic, on every read and write), and shares it
+/// with the agent's express lane. Bytes the agent sent behind its upgrade
+/// request, already read by hyper, come first.
+async fn agent_socket(
+    upgraded: Upgraded,
+    config: WebSocketConfig,
+) -> Option<(WebSocketStream<SharedSocket<Tracked>>, SharedSocket<Tracked>)> {
     let parts = upgraded.downcast::<TokioIo<Tracked>>().ok()?;
-    let io = parts.io.into_inner();
-    Some(if parts.read_buf.is_empty() {
+    let socket = SharedSocket::new(parts.io.into_inner());
+    let io = socket.clone();
+    let ws = if parts.read_buf.is_empty() {
         WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await
     } else {
         WebSocketStream::from_partially_read(io, parts.read_buf.to_vec(), Role::Server, Some(config)).await
-    })
+    };
+    Some((ws, socket))
 }
 
 /// Small buffers: an idle agent should cost kilobytes, not the 128 KiB

@@ -141,11 +141,37 @@ pub(crate) struct AgentShared {
     move_kind: AtomicU8,
 }
 
-#[derive(Debug)]
 struct Queue {
     items: VecDeque<Inbound>,
     /// False once the [`Inbox`] is gone (the session ended).
     open: bool,
+    /// The session took a message and has not finished writing it: a
+    /// message after it must not overtake it on the express lane.
+    in_flight: bool,
+    /// The express lane to the agent's socket, while the session has one.
+    express: Option<Box<dyn Express>>,
+}
+
+impl std::fmt::Debug for Queue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Queue")
+            .field("items", &self.items.len())
+            .field("open", &self.open)
+            .field("in_flight", &self.in_flight)
+            .field("express", &self.express.is_some())
+            .finish()
+    }
+}
+
+/// A way to write a server message straight to the agent's socket from the
+/// task that has it (the link), instead of queueing it and waking the
+/// session to write it: one task wake-up, and often a cross-thread one,
+/// less per message. Taken only when nothing is queued or being written
+/// before the message, so order is kept.
+pub(crate) trait Express: Send + Sync {
+    /// Delivers `msg` now, or gives it back to be queued (the lane is busy,
+    /// the message needs the session's filter phase, ...).
+    fn try_deliver(&self, agent: &AgentShared, msg: Inbound) -> Result<(), Inbound>;
 }
 
 /// The receiving end of an agent's queue, held by its session.
@@ -165,9 +191,30 @@ impl Inbox {
         }
     }
 
-    /// The next queued message, if any, without waiting.
-    pub(crate) fn try_recv(&mut self) -> Option<Inbound> {
-        self.0.queue.lock().items.pop_front()
+    /// The next queued message, if any, without waiting. The express lane
+    /// stays shut until [`Inbox::written`], so nothing overtakes it.
+    pub(crate) fn take_to_write(&mut self) -> Option<Inbound> {
+        let mut q = self.0.queue.lock();
+        let msg = q.items.pop_front();
+        q.in_flight = msg.is_some();
+        msg
+    }
+
+    /// The message from [`Inbox::take_to_write`] is written (or dropped).
+    pub(crate) fn written(&mut self) {
+        self.0.queue.lock().in_flight = false;
+    }
+
+    /// Opens the express lane (see [`Express`]).
+    pub(crate) fn open_express(&mut self, lane: Box<dyn Express>) {
+        self.0.queue.lock().express = Some(lane);
+    }
+
+    /// Shuts the express lane for good: the session is about to write its
+    /// last frames (a parting message, the close), which nothing may follow.
+    pub(crate) fn close_express(&mut self) {
+        let lane = self.0.queue.lock().express.take();
+        drop(lane); // outside the lock
     }
 }
 
@@ -176,7 +223,7 @@ impl Drop for Inbox {
         let left = {
             let mut q = self.0.queue.lock();
             q.open = false;
-            std::mem::take(&mut q.items)
+            (std::mem::take(&mut q.items), q.express.take())
         };
         drop(left); // outside the lock
     }
@@ -204,7 +251,7 @@ impl AgentShared {
     pub(crate) fn new(id: u64, queue_size: usize, failover_queue: usize, identity: Identity) -> (Arc<Self>, Inbox) {
         let shared = Self {
             id,
-            queue: Mutex::new(Queue { items: VecDeque::new(), open: true }),
+            queue: Mutex::new(Queue { items: VecDeque::new(), open: true, in_flight: false, express: None }),
             queue_cap: queue_size.max(1),
             doorbell: Doorbell::default(),
             closing: CancellationToken::new(),
@@ -224,14 +271,24 @@ impl AgentShared {
         (shared.clone(), Inbox(shared))
     }
 
-    /// Queues a server message without waiting: a full queue means this
-    /// agent is too slow, and waiting would stall every agent on the link.
+    /// Delivers a server message on the express lane when it is free, or
+    /// queues it without waiting: a full queue means this agent is too slow,
+    /// and waiting would stall every agent on the link.
     pub(crate) fn offer(&self, msg: Inbound) -> Result<(), CloseReason> {
         {
             let mut q = self.queue.lock();
             if !q.open {
                 return Err(CloseReason::Peer); // the session already ended; its routes are about to go
             }
+            // Under the queue's lock, so no message queued or taken
+            // meanwhile can be written before this one.
+            let msg = match &q.express {
+                Some(lane) if q.items.is_empty() && !q.in_flight => match lane.try_deliver(self, msg) {
+                    Ok(()) => return Ok(()),
+                    Err(msg) => msg,
+                },
+                _ => msg,
+            };
             if q.items.len() < self.queue_cap {
                 q.items.push_back(msg);
                 drop(q);
@@ -288,6 +345,12 @@ impl AgentShared {
     /// those rings; the session is its only waiter.
     pub(crate) async fn rung(&self) -> Rings {
         self.doorbell.wait(Rings::ALL).await
+    }
+
+    /// The express lane left bytes the socket would not take yet: the
+    /// session writes them when it can (within `listener.write_timeout`).
+    pub(crate) fn ring_flush(&self) {
+        self.doorbell.ring(Rings::FLUSH);
     }
 
     pub(crate) fn take_returned(&self) -> VecDeque<(Bytes, Held)> {
@@ -439,6 +502,53 @@ mod tests {
         assert_eq!(inbox.recv().await.unwrap().frame[0], 3);
         drop(inbox);
         assert_eq!(agent.offer(msg(5)), Err(CloseReason::Peer), "no session: nothing is queued");
+    }
+
+    /// A lane that records what it delivered, or refuses while `busy`
+    /// (as a full socket does).
+    struct Recorder {
+        delivered: Arc<Mutex<Vec<u8>>>,
+        busy: Arc<AtomicBool>,
+    }
+
+    impl Express for Recorder {
+        fn try_deliver(&self, _agent: &AgentShared, msg: Inbound) -> Result<(), Inbound> {
+            if self.busy.load(Ordering::Relaxed) {
+                return Err(msg);
+            }
+            self.delivered.lock().push(msg.frame[0]);
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn the_express_lane_is_taken_only_with_nothing_queued_or_being_written() {
+        let msg =
+            |n: u8| Inbound { frame: Bytes::from(vec![n]), link: 0, has_capabilities: false, received: Instant::now() };
+        let (agent, mut inbox) = AgentShared::new(1, 8, 1, Identity::agent(Credential::none()));
+        let delivered = Arc::new(Mutex::new(Vec::new()));
+        let busy = Arc::new(AtomicBool::new(false));
+        inbox.open_express(Box::new(Recorder { delivered: delivered.clone(), busy: busy.clone() }));
+        let queued = |inbox: &mut Inbox| inbox.take_to_write().map(|m| m.frame[0]);
+
+        agent.offer(msg(1)).unwrap(); // nothing ahead: straight through
+        busy.store(true, Ordering::Relaxed);
+        agent.offer(msg(2)).unwrap(); // refused: queued
+        busy.store(false, Ordering::Relaxed);
+        agent.offer(msg(3)).unwrap(); // 2 is queued ahead of it
+        assert_eq!(queued(&mut inbox), Some(2));
+        assert_eq!(queued(&mut inbox), Some(3), "the session takes 3 and is writing it");
+        agent.offer(msg(4)).unwrap(); // the queue is empty, but 3 is not written yet
+        assert_eq!(*delivered.lock(), [1], "nothing overtakes a message being written");
+        inbox.written();
+        assert_eq!(queued(&mut inbox), Some(4));
+        inbox.written();
+        agent.offer(msg(5)).unwrap();
+        assert_eq!(*delivered.lock(), [1, 5], "with nothing ahead, the lane is taken again");
+        inbox.close_express();
+        agent.offer(msg(6)).unwrap();
+        assert_eq!(queued(&mut inbox), Some(6), "once shut, the session's queue is the only way");
+        assert_eq!(*delivered.lock(), [1, 5]);
     }
 
     #[test]

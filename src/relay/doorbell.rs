@@ -30,7 +30,9 @@ impl Rings {
     pub(crate) const MOVE: Self = Self(1 << 3);
     /// The session's link was lost (or may have been: the session checks).
     pub(crate) const LINK_LOST: Self = Self(1 << 4);
-    pub(crate) const ALL: Self = Self(0b1_1111);
+    /// The express lane left bytes for the session to write.
+    pub(crate) const FLUSH: Self = Self(1 << 5);
+    pub(crate) const ALL: Self = Self(0b11_1111);
 
     pub(crate) fn contains(self, other: Self) -> bool {
         self.0 & other.0 == other.0
