@@ -78,7 +78,11 @@ async fn run(role: Role, wire: Vec<u8>, server: Vec<(usize, Bytes)>) {
     let core = Core::new(true);
     let lease = core.lease().expect("a connected link");
     let (client, server_end) = tokio::io::duplex(64 * 1024);
-    let config = WebSocketConfig::default().max_message_size(Some(MAX_MESSAGE)).max_frame_size(Some(MAX_MESSAGE));
+    // As the gateway configures it: tungstenite buffers no writes.
+    let config = WebSocketConfig::default()
+        .write_buffer_size(0)
+        .max_message_size(Some(MAX_MESSAGE))
+        .max_frame_size(Some(MAX_MESSAGE));
     // Shared with the express lane, as in the gateway: server frames
     // dispatched below may be written by it, between the session's writes.
     let socket = SharedSocket::new(server_end);

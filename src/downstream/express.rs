@@ -34,10 +34,6 @@ use crate::policy::Direction;
 use crate::relay::agent::Express;
 use crate::relay::{AgentShared, Inbound};
 
-/// `pending` keeps its allocation up to this size once drained: an idle
-/// agent should not hold the buffer of the one large message it was sent.
-const KEEP_PENDING: usize = 4096;
-
 /// The agent's socket, shared by its session (as the stream under its
 /// WebSocket) and its express lane.
 #[cfg_attr(not(fuzzing), allow(unreachable_pub))]
@@ -47,6 +43,12 @@ struct Socket<S> {
     io: S,
     /// Whole frames accepted but not yet taken by the socket, in order.
     pending: BytesMut,
+    /// The stream's own flush is pending (TLS holds records of its own):
+    /// a write now could replace the waker of the session waiting on it.
+    unflushed: bool,
+    /// A lane write failed: the session is told on its next write or flush,
+    /// so it closes the agent.
+    failed: Option<io::ErrorKind>,
 }
 
 impl<S> Clone for SharedSocket<S> {
@@ -58,7 +60,7 @@ impl<S> Clone for SharedSocket<S> {
 impl<S: AgentIo> SharedSocket<S> {
     #[cfg_attr(not(fuzzing), allow(unreachable_pub))]
     pub fn new(io: S) -> Self {
-        Self(Arc::new(Mutex::new(Socket { io, pending: BytesMut::new() })))
+        Self(Arc::new(Mutex::new(Socket { io, pending: BytesMut::new(), unflushed: false, failed: None })))
     }
 
     /// The lane for the agent behind this socket.
@@ -73,6 +75,12 @@ impl<S: AgentIo> SharedSocket<S> {
 impl<S: AgentIo> Socket<S> {
     /// Writes `pending` out until it is empty or the socket is full.
     fn drain(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if let Some(kind) = self.failed {
+            return Poll::Ready(Err(kind.into()));
+        }
+        if self.pending.is_empty() {
+            return Poll::Ready(Ok(()));
+        }
         while !self.pending.is_empty() {
             match Pin::new(&mut self.io).poll_write(cx, &self.pending) {
                 Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
@@ -81,10 +89,18 @@ impl<S: AgentIo> Socket<S> {
                 Poll::Pending => return Poll::Pending,
             }
         }
-        if self.pending.capacity() > KEEP_PENDING {
-            self.pending = BytesMut::new();
-        }
+        // Drained: let the allocation go (`advance` hides its size), so an
+        // idle agent does not keep the buffer of one large message.
+        self.pending = BytesMut::new();
         Poll::Ready(Ok(()))
+    }
+
+    /// Drains `pending`, then flushes the stream itself.
+    fn flush(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        std::task::ready!(self.drain(cx))?;
+        let flushed = Pin::new(&mut self.io).poll_flush(cx);
+        self.unflushed = flushed.is_pending();
+        flushed
     }
 
     /// Writes one frame, `head` then `body`, keeping what the socket does
@@ -128,9 +144,7 @@ impl<S: AgentIo> AsyncWrite for SharedSocket<S> {
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let mut socket = self.0.lock();
-        std::task::ready!(socket.drain(cx))?;
-        Pin::new(&mut socket.io).poll_flush(cx)
+        self.0.lock().flush(cx)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -148,29 +162,66 @@ struct Lane<S> {
 impl<S: AgentIo + 'static> Express for Lane<S> {
     fn try_deliver(&self, agent: &AgentShared, msg: Inbound) -> Result<(), Inbound> {
         let relay = &self.ds.relay;
-        if self.ds.capture.is_enabled() || relay.policies.snapshot().filters(Direction::ServerToAgent) {
+        // A closing agent is sent nothing more (as its session would not).
+        if agent.is_closing()
+            || self.ds.capture.is_enabled()
+            || relay.policies.snapshot().filters(Direction::ServerToAgent)
+        {
             return Err(msg);
         }
         let mut socket = self.socket.0.lock();
-        if !socket.pending.is_empty() {
-            return Err(msg); // the agent is behind: its session writes in turn
+        if !socket.is_free() {
+            return Err(msg);
         }
         let frame = pipeline::replayed_frame(relay, agent, &msg);
+        let written = socket.write_now(&frame);
+        drop(socket);
+        if written != Written::Out {
+            agent.ring_flush(); // the session writes the rest, or meets the error
+        }
+        if written != Written::Failed {
+            pipeline::delivered(frame.len(), msg.received);
+        }
+        Ok(())
+    }
+}
+
+/// What became of a frame written on the lane.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Written {
+    /// The socket took all of it.
+    Out,
+    /// Some waits in `pending` (or in the stream's own buffer).
+    Partly,
+    /// The socket failed; the session is told on its next write.
+    Failed,
+}
+
+impl<S: AgentIo> Socket<S> {
+    /// Whether the lane may write now. Not while the agent is behind: the
+    /// session writes in turn, and it may be waiting on the socket, whose
+    /// waker a write here would replace.
+    fn is_free(&self) -> bool {
+        self.pending.is_empty() && !self.unflushed && self.failed.is_none()
+    }
+
+    /// Writes one binary frame around `payload` from outside the session
+    /// task, without waiting. Call only when [`Socket::is_free`].
+    fn write_now(&mut self, payload: &[u8]) -> Written {
         let mut header = [0u8; MAX_HEADER];
-        let header = binary_frame_header(frame.len(), &mut header);
+        let header = binary_frame_header(payload.len(), &mut header);
         // Nothing to wake: if the socket is full, the session is rung and
         // polls it again with its own waker.
         let mut cx = Context::from_waker(Waker::noop());
-        let flushed = match socket.accept(&mut cx, header, &frame) {
-            Ok(()) => socket.pending.is_empty() && Pin::new(&mut socket.io).poll_flush(&mut cx).is_ready(),
-            Err(_) => false, // the session meets the error on its next write
-        };
-        drop(socket);
-        if !flushed {
-            agent.ring_flush();
+        let flushed = self.accept(&mut cx, header, payload).map(|()| self.flush(&mut cx));
+        match flushed {
+            Ok(Poll::Ready(Ok(()))) => Written::Out,
+            Ok(Poll::Pending) => Written::Partly,
+            Ok(Poll::Ready(Err(e))) | Err(e) => {
+                self.failed = Some(e.kind());
+                Written::Failed
+            }
         }
-        pipeline::delivered(frame.len(), msg.received);
-        Ok(())
     }
 }
 
@@ -200,6 +251,97 @@ mod tests {
     use tokio_tungstenite::tungstenite::protocol::frame::Frame;
 
     use super::*;
+
+    /// A socket that takes `room` more bytes, then would block; fails
+    /// every write once `broken`; holds its flush while `holding`.
+    #[derive(Default)]
+    struct Wire {
+        out: Vec<u8>,
+        room: usize,
+        broken: bool,
+        holding: bool,
+    }
+
+    impl AsyncRead for Wire {
+        fn poll_read(self: Pin<&mut Self>, _: &mut Context<'_>, _: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+            Poll::Pending
+        }
+    }
+
+    impl AsyncWrite for Wire {
+        fn poll_write(mut self: Pin<&mut Self>, _: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+            if self.broken {
+                return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
+            }
+            let n = buf.len().min(self.room);
+            if n == 0 {
+                return Poll::Pending;
+            }
+            self.room -= n;
+            self.out.extend_from_slice(&buf[..n]);
+            Poll::Ready(Ok(n))
+        }
+
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            if self.holding {
+                Poll::Pending
+            } else {
+                Poll::Ready(Ok(()))
+            }
+        }
+
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    fn socket(wire: Wire) -> Socket<Wire> {
+        Socket { io: wire, pending: BytesMut::new(), unflushed: false, failed: None }
+    }
+
+    fn noop() -> Context<'static> {
+        Context::from_waker(Waker::noop())
+    }
+
+    #[test]
+    fn a_frame_the_socket_cannot_take_waits_whole_and_later_frames_follow_it() {
+        let mut s = socket(Wire { room: 5, ..Default::default() });
+        assert_eq!(s.write_now(b"hello world"), Written::Partly);
+        assert!(!s.is_free(), "the lane waits while bytes are pending");
+        // The session's next frame goes behind it, not into the socket.
+        s.accept(&mut noop(), &[], b"XYZ").unwrap();
+        s.io.room = 1000;
+        assert!(s.flush(&mut noop()).is_ready());
+        let mut want = vec![0x82, 11];
+        want.extend_from_slice(b"hello worldXYZ");
+        assert_eq!(s.io.out, want, "every byte once, in order");
+        assert_eq!(s.pending.capacity(), 0, "the drained buffer is let go");
+        assert!(s.is_free());
+    }
+
+    #[test]
+    fn a_failed_lane_write_is_reported_to_the_session() {
+        let mut s = socket(Wire { broken: true, ..Default::default() });
+        assert_eq!(s.write_now(b"reply"), Written::Failed);
+        assert!(!s.is_free());
+        s.io.broken = false; // even if the socket recovers, the loss is reported
+        match s.flush(&mut noop()) {
+            Poll::Ready(Err(e)) => assert_eq!(e.kind(), io::ErrorKind::BrokenPipe),
+            other => panic!("expected the lane's error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_lane_waits_while_the_stream_holds_a_flush() {
+        // TLS keeps records of its own: a pending flush is not `pending`.
+        let mut s = socket(Wire { room: 1000, holding: true, ..Default::default() });
+        assert_eq!(s.write_now(b"reply"), Written::Partly);
+        assert!(s.pending.is_empty());
+        assert!(!s.is_free(), "the session may be waiting on that flush");
+        s.io.holding = false;
+        assert!(s.flush(&mut noop()).is_ready());
+        assert!(s.is_free());
+    }
 
     #[test]
     fn frame_headers_match_tungstenites_encoding() {

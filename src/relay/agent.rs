@@ -308,6 +308,11 @@ impl AgentShared {
         }
     }
 
+    /// A close was asked (the session may not have seen it yet).
+    pub(crate) fn is_closing(&self) -> bool {
+        self.reason.get().is_some()
+    }
+
     pub(crate) fn closing(&self) -> &CancellationToken {
         &self.closing
     }
