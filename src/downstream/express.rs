@@ -163,10 +163,7 @@ impl<S: AgentIo + 'static> Express for Lane<S> {
     fn try_deliver(&self, agent: &AgentShared, msg: Inbound) -> Result<(), Inbound> {
         let relay = &self.ds.relay;
         // A closing agent is sent nothing more (as its session would not).
-        if agent.is_closing()
-            || self.ds.capture.is_enabled()
-            || relay.policies.snapshot().filters(Direction::ServerToAgent)
-        {
+        if agent.is_closing() || self.ds.capture.is_enabled() || needs_filter(relay, &msg) {
             return Err(msg);
         }
         let mut socket = self.socket.0.lock();
@@ -184,6 +181,22 @@ impl<S: AgentIo + 'static> Express for Lane<S> {
         }
         Ok(())
     }
+}
+
+/// Whether some policy's filter would be called for `msg` (the session
+/// runs that phase). Asked before the frame's first-reply fields are
+/// spliced in (that claims them), so a policy that wants those fields is
+/// called for every message, as if they were there.
+fn needs_filter(relay: &crate::relay::Relay, msg: &Inbound) -> bool {
+    use crate::protocol::framing;
+    use crate::protocol::wire::field::server::{CAPABILITIES, CUSTOM_CAPABILITIES};
+    let set = relay.policies.snapshot();
+    if !set.filters(Direction::ServerToAgent) {
+        return false;
+    }
+    let spliced = 1 << CAPABILITIES | 1 << CUSTOM_CAPABILITIES;
+    let payload = framing::payload(&msg.frame).unwrap_or_default();
+    set.filters_message(Direction::ServerToAgent, &payload, spliced)
 }
 
 /// What became of a frame written on the lane.

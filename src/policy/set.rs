@@ -347,6 +347,13 @@ impl PolicySet {
         !self.filter_chains[dir.index()].is_empty()
     }
 
+    /// Whether the `dir` filter phase would call a policy for `message`,
+    /// or for it with the fields in `added` set too (fields the relay
+    /// splices in after asking). False with no `dir` filter at all.
+    pub(crate) fn filters_message(&self, dir: Direction, message: &[u8], added: FieldSet) -> bool {
+        self.filters(dir) && self.calls_filter_for(dir, message, &mut Some(filter_fields::present(message) | added))
+    }
+
     pub fn assign(&self, input: &AssignInput<'_>) -> Result<AssignDecision, Refused> {
         self.assign_in(input, false)
     }
@@ -875,6 +882,38 @@ mod tests {
         assert_eq!(set.filter(Direction::AgentToServer, &[], m), FilterOutcome::Drop);
         assert_eq!(up.calls.load(std::sync::atomic::Ordering::Relaxed), 1);
         assert!(!PolicySet::default().filters(Direction::AgentToServer));
+    }
+
+    /// A server→agent filter that reads only `packages_available` (5).
+    struct Packages;
+
+    impl Policy for Packages {
+        fn name(&self) -> &str {
+            "packages"
+        }
+        fn hooks(&self) -> Hooks {
+            Hooks { filter_server_to_agent: true, ..Hooks::default() }
+        }
+        fn filter_fields(&self, dir: Direction) -> Option<FieldSet> {
+            (dir == Direction::ServerToAgent).then_some(1 << 5)
+        }
+        fn filter(&self, _: Direction, _: &[u8], _: &Bytes) -> Result<Verdict, HookError> {
+            Ok(Verdict::Forward)
+        }
+    }
+
+    /// What the express lane asks before writing a server message itself.
+    #[test]
+    fn filters_message_asks_about_the_fields_present_and_those_to_be_added() {
+        let set = PolicySet::new(vec![Arc::new(Packages)]);
+        let s2a = Direction::ServerToAgent;
+        let heartbeat_reply = [0x0a, 0x01, 0x07]; // instance_uid only
+        let with_packages = [0x0a, 0x01, 0x07, 0x2a, 0x00]; // + packages_available
+        assert!(!set.filters_message(s2a, &heartbeat_reply, 0));
+        assert!(set.filters_message(s2a, &with_packages, 0));
+        assert!(set.filters_message(s2a, &heartbeat_reply, 1 << 5), "a field to be added counts");
+        assert!(!set.filters_message(Direction::AgentToServer, &with_packages, 0), "no filter that way");
+        assert!(!PolicySet::default().filters_message(s2a, &with_packages, u64::MAX));
     }
 
     #[test]
