@@ -2,7 +2,6 @@
 //! being disconnected, unless rebalancing is off or their assign policy
 //! keeps choosing the link they are on.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,16 +15,19 @@ use crate::common::{config, eventually, round_trip, round_trip_past_moves, skip,
 
 const AGENTS: usize = 30;
 
-/// Assigns the first `pinned` admissions to link 0 (a crowd, as after links
+/// Assigns the first `pinned` agents to link 0 (a crowd, as after links
 /// came back one by one), then leaves the choice to least connections.
+/// Agents are told apart by address, not counted by call: the reroute pass
+/// also asks `assign` about agents already connected (after the links came
+/// up), and counting those calls ran the pins out before the last agent.
 struct PinFirst {
     pinned: usize,
-    calls: AtomicUsize,
+    seen: parking_lot::Mutex<std::collections::HashSet<String>>,
 }
 
 impl PinFirst {
     fn new(pinned: usize) -> Arc<Self> {
-        Arc::new(Self { pinned, calls: AtomicUsize::new(0) })
+        Arc::new(Self { pinned, seen: Default::default() })
     }
 }
 
@@ -36,8 +38,13 @@ impl Policy for PinFirst {
     fn hooks(&self) -> Hooks {
         Hooks { assign: true, ..Hooks::default() }
     }
-    fn assign(&self, _input: &AssignInput<'_>) -> Result<Option<Route>, HookError> {
-        Ok((self.calls.fetch_add(1, Ordering::Relaxed) < self.pinned).then(|| Route::default_link(0)))
+    fn assign(&self, input: &AssignInput<'_>) -> Result<Option<Route>, HookError> {
+        let mut seen = self.seen.lock();
+        if seen.len() < self.pinned {
+            seen.insert(input.remote_addr.to_owned());
+            return Ok(Some(Route::default_link(0)));
+        }
+        Ok(None)
     }
 }
 
