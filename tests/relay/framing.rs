@@ -150,9 +150,11 @@ async fn a_server_message_larger_than_a_links_read_reaches_the_agent_whole() {
     round_trip(&mut a).await; // and the link still relays
 }
 
-/// A burst of server messages far larger than the socket's buffer, to an
-/// agent reading as fast as it can, fills the socket many times over (partial
-/// writes, the agent's queue): every message arrives whole, once, in order.
+/// Server messages are written straight to the agent's socket by its link
+/// when nothing is ahead of them, and queued for its session otherwise
+/// (the socket is full, or the session is writing). A burst far larger than
+/// the socket's buffer, to an agent reading as fast as it can, goes through
+/// both ways, many times over: every message arrives whole, once, in order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_burst_larger_than_the_socket_buffer_arrives_whole_and_in_order() {
     use opamp_gateway::protocol::proto::{CustomMessage, ServerToAgent};
