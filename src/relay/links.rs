@@ -355,17 +355,37 @@ impl Links {
     /// storm balances exactly.
     pub(crate) fn lease_in(self: &Arc<Self>, upstream: usize, preferred: Option<u32>) -> Option<LinkLease> {
         let range = self.upstreams.get(upstream)?.range();
+        // One read of each slot's state: the lease must carry the generation
+        // its link was seen connected in. Read again later, a loss in between
+        // would give a lease on the next generation of a dead link, which
+        // `is_stale` cannot tell from a live one; a handshake sent on it
+        // waits out `auth_timeout` for an answer that cannot come.
+        let seen: Vec<(usize, LinkState, bool)> = range
+            .clone()
+            .map(|i| {
+                let state = self.slots[i].state();
+                (i, state, state.connected && !self.slots[i].is_retiring())
+            })
+            .collect();
         let mut loads = self.loads.lock();
-        let least =
-            |usable: &dyn Fn(usize) -> bool| range.clone().filter(|&i| usable(i)).min_by_key(|&i| (loads[i], i));
-        let chosen = preferred
-            .map(|p| p as usize)
-            .filter(|&p| range.contains(&p) && self.slots[p].open())
-            .or_else(|| least(&|i| self.slots[i].open()))
-            .or_else(|| least(&|i| self.slots[i].state().connected))?;
+        let (chosen, state) = {
+            let least = |usable: fn(&(usize, LinkState, bool)) -> bool| {
+                seen.iter().filter(|s| usable(s)).min_by_key(|s| (loads[s.0], s.0))
+            };
+            let (i, state, _) = preferred
+                .and_then(|p| seen.iter().find(|s| s.0 == p as usize && s.2))
+                .or_else(|| least(|s| s.2))
+                .or_else(|| least(|s| s.1.connected))?;
+            (*i, *state)
+        };
         loads[chosen] += 1;
-        let link = self.slots[chosen].clone();
-        Some(LinkLease { generation: link.state().generation, link, links: self.clone() })
+        Some(self.lease_seen(chosen, state))
+    }
+
+    /// The lease on slot `i` as it was in `seen`: stale at once if the link
+    /// was lost since. The caller has counted the load.
+    fn lease_seen(self: &Arc<Self>, i: usize, seen: LinkState) -> LinkLease {
+        LinkLease { generation: seen.generation, link: self.slots[i].clone(), links: self.clone() }
     }
 }
 
@@ -431,6 +451,23 @@ mod tests {
         assert_eq!(leases.iter().map(|l| l.index()).collect::<Vec<_>>(), [0, 1, 2, 0, 1, 2, 0]);
         drop(leases);
         assert_eq!(links.loads(), vec![0, 0, 0]);
+    }
+
+    /// The race behind a handshake that hung for `auth_timeout`: the link
+    /// is lost after `lease_in` saw it connected and before the lease is
+    /// made. The lease must be stale (so the handshake retries elsewhere),
+    /// not a lease on the dead link's next generation.
+    #[test]
+    fn a_link_lost_while_being_leased_gives_a_stale_lease() {
+        let (links, _rx) = Links::new(1, 8);
+        up(&links, 0);
+        let seen = links.slots[0].state();
+        links.slots[0].mark_lost();
+        let lease = links.lease_seen(0, seen);
+        assert!(lease.is_stale(), "a lease taken as the link died must not look live");
+        up(&links, 0);
+        assert!(lease.is_stale(), "nor come alive when the link reconnects");
+        assert!(!links.lease(None).unwrap().is_stale());
     }
 
     #[test]

@@ -93,20 +93,25 @@ fn start(
 ) -> Option<Retiring> {
     let range = relay.links.upstreams().get(upstream)?.range();
     let mut ages = Vec::with_capacity(range.len());
+    // The generation each age belongs to: a link lost after this read is not
+    // the one to retire (`drain` sees the change and stops).
+    let mut generations = Vec::with_capacity(range.len());
     for (link, limit) in relay.links.iter().zip(limits.iter_mut()).skip(range.start).take(range.len()) {
         let generation = link.state().generation;
         if limit.0 != Some(generation) {
             *limit = (Some(generation), max_age.mul_f64(1.0 + rand::random_range(0.0..=JITTER)));
         }
         ages.push(link.age());
+        generations.push(generation);
     }
     let plain: Vec<Duration> = limits[range.clone()].iter().map(|l| l.1).collect();
-    let index = range.start as u32 + choose(&ages, &plain, false)?;
+    let chosen = choose(&ages, &plain, false)?;
+    let (index, generation) = (range.start as u32 + chosen, generations[chosen as usize]);
     let link = relay.links.get(index)?;
     link.set_retiring(true);
     relay.movable.reconsider_on(index);
     tracing::debug!(upstream = %link.upstream_name(), link = %link.id(), age = ?link.age(), "upstream link retiring (max_link_age): moving its agents");
-    Some(Retiring { link: index, generation: link.state().generation, since: Instant::now() })
+    Some(Retiring { link: index, generation, since: Instant::now() })
 }
 
 /// Moves agents off the retiring link; once it is empty (or after
