@@ -17,6 +17,17 @@ async fn forwarded(a: &mut SimAgent) {
     assert_eq!(&a.recv(T).await.unwrap().instance_uid, a.uid().as_bytes());
 }
 
+const LOG_INTERVAL: std::time::Duration = std::time::Duration::from_millis(1);
+
+/// Lets the policy's failure-log window pass, so the next failure's line is
+/// written rather than counted as held back. The window is time itself:
+/// there is no other signal to wait for. Without it, a release build (a
+/// connect well under a millisecond) put the `assign` case's warning in the
+/// same window as the previous case's second failure.
+async fn next_log_window() {
+    tokio::time::sleep(2 * LOG_INTERVAL).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_answers_are_contained_counted_and_logged() {
     let server = ReferenceServer::start(ReferenceServerConfig::default()).await.unwrap();
@@ -33,8 +44,9 @@ async fn hostile_answers_are_contained_counted_and_logged() {
         c.policies = policy_support::config(dir.path(), false);
         c.server.max_message_size = opamp_gateway::config::ByteSize::mib(16);
         c.listener.max_message_size = opamp_gateway::config::ByteSize::mib(16);
-        // Every failure logged, not one per 10 s: each case shows its line.
-        c.policies.limits.log_interval = std::time::Duration::from_millis(1);
+        // One line per millisecond, not per 10 s: each case shows its line
+        // (after `next_log_window`).
+        c.policies.limits.log_interval = LOG_INTERVAL;
     })
     .await;
     let gateway = &g;
@@ -59,6 +71,7 @@ async fn hostile_answers_are_contained_counted_and_logged() {
 
     // A 50 MiB replacement, over the receiving side's max_message_size
     // (16 MiB): invalid, the original goes instead.
+    next_log_window().await;
     let mut a = mode_agent(&g, "huge", 1).await;
     forwarded(&mut a).await;
     assert_eq!(errors("invalid").await, 2.0);
@@ -75,6 +88,7 @@ async fn hostile_answers_are_contained_counted_and_logged() {
     assert!(state.agent(a.uid().as_bytes()).is_some());
 
     // `assign` answering link u32::MAX: the default choice applies.
+    next_log_window().await;
     let o = AgentOptions::new(g.agent_url()).header("x-misbehave", "max");
     let mut a = SimAgent::connect(o).await.expect("admitted by the default choice");
     support::round_trip(&mut a).await;
