@@ -77,11 +77,15 @@ impl Seen {
     }
 }
 
+/// `hb/` and the uid in lower-case hex. Called for every message: by hand,
+/// not `format!` (whose machinery, per byte, was a large part of the call).
 fn key(uid: &[u8]) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut k = String::with_capacity(3 + uid.len() * 2);
     k.push_str("hb/");
     for b in uid {
-        k.push_str(&format!("{b:02x}"));
+        k.push(char::from(HEX[usize::from(b >> 4)]));
+        k.push(char::from(HEX[usize::from(b & 0xf)]));
     }
     k
 }
@@ -195,6 +199,14 @@ mod tests {
     use opamp_policy::{hooks_of, Hooks, Transport};
 
     const UID16: [u8; 16] = [7; 16];
+
+    #[test]
+    fn keys_are_the_uid_in_lower_case_hex() {
+        assert_eq!(key(&[0x00, 0xab, 0x1f, 0xf0]), "hb/00ab1ff0");
+        let every: Vec<u8> = (0..=255).collect();
+        let hex: String = every.iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(key(&every), format!("hb/{hex}"), "the same keys as before: state survives an upgrade");
+    }
 
     fn beat(seq: u64, caps: u64) -> Message {
         Message::from_proto(&AgentToServer {
