@@ -349,13 +349,20 @@ fn release_worker() -> Option<Duration> {
         return None;
     }
     let started = std::time::Instant::now();
+    let runtime = tokio::runtime::Handle::current();
+    // With one worker the probe runs only once the new thread has taken the
+    // worker over; given up on sooner, this thread takes the worker back and
+    // the relay stands still for the rest of the call. Starting a thread
+    // can take longer than `HANDOFF_WAIT` in a busy process (a test binary
+    // making instances beside it was seen to).
+    let wait = if runtime.metrics().num_workers() == 1 { HANDOFF_WAIT_ONE_WORKER } else { HANDOFF_WAIT };
     let handed = std::panic::catch_unwind(|| {
         tokio::task::block_in_place(|| {
             let (tx, rx) = std::sync::mpsc::sync_channel(1);
-            tokio::runtime::Handle::current().spawn(async move {
+            runtime.spawn(async move {
                 let _ = tx.send(());
             });
-            let _ = rx.recv_timeout(HANDOFF_WAIT);
+            let _ = rx.recv_timeout(wait);
         })
     });
     handed.ok().map(|()| started.elapsed())
@@ -363,6 +370,10 @@ fn release_worker() -> Option<Duration> {
 
 /// The longest [`release_worker`] waits for a worker to be awake.
 const HANDOFF_WAIT: Duration = Duration::from_millis(5);
+
+/// The same with one worker, the only one the relay has: the wait ends as
+/// soon as the hand-over does, and until then nothing else runs anyway.
+const HANDOFF_WAIT_ONE_WORKER: Duration = Duration::from_millis(100);
 
 /// The thread that makes instances for every pool of an engine, so no
 /// `init` runs on a message's path. Stops when the engine is dropped.
