@@ -217,18 +217,22 @@ async fn rotates_at_max_bytes_keeping_max_files() {
     )
     .await;
     let mut a = SimAgent::connect(AgentOptions::new(g.agent_url())).await.unwrap();
+    let rotated = dir.path().join("capture.jsonl.1");
     // 30 round trips of ~400 bytes in the file: several times 2 × 4 KiB.
     for n in 1..=30u64 {
         let data = Bytes::from(vec![7u8; 250]);
         let custom = CustomMessage { capability: "io.example.padding".into(), r#type: "pad".into(), data };
         a.send(AgentToServer { capabilities: n, custom_message: Some(custom), ..Default::default() }).await.unwrap();
         a.recv(T).await.unwrap();
+        // Each message written before the next is sent: the writer's queue
+        // holds at most max_bytes of payload (here 4 KiB, a dozen records),
+        // and a writer thread starved on a loaded machine would otherwise
+        // drop some (counted; a unit test covers it), the last included.
+        // Written means in the current file, or in the rotated one if the
+        // reply behind it started a new file.
+        let written = |r: &[CaptureRecord]| r.iter().any(|r| has_capabilities(r, n));
+        wait_for_records(&path, |r| written(r) || capture::read(&rotated).is_ok_and(|r| written(&r))).await;
     }
-    // The writer caught up once the last message is written: in the current
-    // file, or in the rotated one if the reply behind it started a new file.
-    let rotated = dir.path().join("capture.jsonl.1");
-    let last = |r: &[CaptureRecord]| r.iter().any(|r| has_capabilities(r, 30));
-    wait_for_records(&path, |r| last(r) || capture::read(&rotated).is_ok_and(|r| last(&r))).await;
     let mut names: Vec<_> =
         std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
     names.sort();
