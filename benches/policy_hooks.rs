@@ -112,11 +112,16 @@ fn skipped(name: &str) -> bool {
 }
 
 /// Times `iters` calls (after `iters / 10` warm-up calls), one per sample.
+/// A histogram of call times in ns, 1 ns to 10 s.
+fn histogram() -> Histogram<u64> {
+    Histogram::<u64>::new_with_bounds(1, 10_000_000_000, 3).unwrap()
+}
+
 fn sample(iters: u64, mut call: impl FnMut()) -> (Histogram<u64>, Duration) {
     for _ in 0..iters / 10 {
         call();
     }
-    let mut h = Histogram::<u64>::new_with_bounds(1, 10_000_000_000, 3).unwrap();
+    let mut h = histogram();
     let all = Instant::now();
     for _ in 0..iters {
         let t = Instant::now();
@@ -150,8 +155,7 @@ fn measure_pair(
         first();
         second();
     }
-    let new = || Histogram::<u64>::new_with_bounds(1, 10_000_000_000, 3).unwrap();
-    let (mut h, mut total) = ([new(), new()], [Duration::ZERO; 2]);
+    let (mut h, mut total) = ([histogram(), histogram()], [Duration::ZERO; 2]);
     for _ in 0..iters {
         for (i, call) in [&mut first as &mut dyn FnMut(), &mut second].into_iter().enumerate() {
             let t = Instant::now();
