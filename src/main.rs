@@ -214,51 +214,58 @@ async fn run(config: Config) -> anyhow::Result<()> {
     // One machine-readable line on stdout: scripts and tests wait for it.
     let metrics = gateway.metrics_addr().map(|a| a.to_string()).unwrap_or_else(|| "-".into());
     let workers = tokio::runtime::Handle::current().metrics().num_workers();
+    // The signal streams exist before the ready line: a signal that comes
+    // before its stream takes its default action, and SIGTERM's and SIGHUP's
+    // end the process (no drain) at once. A supervisor may signal the
+    // moment it reads the line.
+    let mut signals = Signals::install()?;
     println!("ready listener={} metrics={metrics} workers={workers}", gateway.listen_addr());
     std::io::stdout().flush().ok();
-    serve_until_signal(&gateway).await?;
+    serve_until_signal(&gateway, &mut signals).await;
     // `/readyz` is 503 from here; agents are still accepted for
     // `listener.drain_delay`, unless a second signal asks to hurry.
-    gateway.shutdown_with(stop_signal()).await;
+    gateway.shutdown_with(signals.stop()).await;
     Ok(())
 }
 
-/// The next SIGTERM or Ctrl-C (never, if neither can be waited for). The
-/// SIGTERM stream is made now, so a signal sent once shutdown has begun is
-/// not missed.
+/// The signals the gateway answers, subscribed once for its whole life: a
+/// stream made later would miss a signal sent in between.
 #[cfg(unix)]
-fn stop_signal() -> impl std::future::Future<Output = ()> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let term = signal(SignalKind::terminate());
-    async move {
-        let Ok(mut term) = term else { return std::future::pending().await };
-        tokio::select! {
-            _ = term.recv() => {}
-            r = tokio::signal::ctrl_c() => if r.is_err() { std::future::pending::<()>().await },
-        }
-    }
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
 }
 
-/// The next Ctrl-C (never, if it cannot be waited for).
-#[cfg(windows)]
-async fn stop_signal() {
-    if tokio::signal::ctrl_c().await.is_err() {
-        std::future::pending::<()>().await
+#[cfg(unix)]
+impl Signals {
+    fn install() -> anyhow::Result<Self> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Self {
+            term: signal(SignalKind::terminate()).context("installing the SIGTERM handler")?,
+            int: signal(SignalKind::interrupt()).context("installing the SIGINT handler")?,
+            hup: signal(SignalKind::hangup()).context("installing the SIGHUP handler")?,
+        })
+    }
+
+    /// The next SIGTERM or SIGINT (Ctrl-C).
+    async fn stop(&mut self) {
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
+        }
     }
 }
 
 /// Runs until SIGTERM or Ctrl-C; SIGHUP reloads the policies folder now
 /// (useful with `policies.watch: false`).
 #[cfg(unix)]
-async fn serve_until_signal(gateway: &Gateway) -> anyhow::Result<()> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
+async fn serve_until_signal(gateway: &Gateway, signals: &mut Signals) {
     loop {
         tokio::select! {
-            _ = term.recv() => { tracing::info!("SIGTERM received"); return Ok(()) }
-            r = tokio::signal::ctrl_c() => { r.context("waiting for Ctrl-C")?; tracing::info!("interrupt received"); return Ok(()) }
-            _ = hup.recv() => {
+            _ = signals.term.recv() => { tracing::info!("SIGTERM received"); return }
+            _ = signals.int.recv() => { tracing::info!("interrupt received"); return }
+            _ = signals.hup.recv() => {
                 tracing::info!("SIGHUP received: reloading policies");
                 let status = tokio::task::block_in_place(|| gateway.policies().reload());
                 tracing::info!(generation = status.generation, outcome = ?status.outcome, "policy reload");
@@ -267,21 +274,46 @@ async fn serve_until_signal(gateway: &Gateway) -> anyhow::Result<()> {
     }
 }
 
-/// Runs until Ctrl-C or Ctrl-Break, the console closing, or the system
-/// shutting down (what a service wrapper or the OS sends). Windows has no
-/// SIGHUP: policies reload through `policies.watch`.
+/// Ctrl-C or Ctrl-Break, the console closing, or the system shutting down
+/// (what a service wrapper or the OS sends). Windows has no SIGHUP:
+/// policies reload through `policies.watch`.
 #[cfg(windows)]
-async fn serve_until_signal(_gateway: &Gateway) -> anyhow::Result<()> {
-    use tokio::signal::windows::{ctrl_break, ctrl_close, ctrl_shutdown};
-    let mut brk = ctrl_break().context("installing the Ctrl-Break handler")?;
-    let mut close = ctrl_close().context("installing the console-close handler")?;
-    let mut shutdown = ctrl_shutdown().context("installing the shutdown handler")?;
-    let event = tokio::select! {
-        r = tokio::signal::ctrl_c() => { r.context("waiting for Ctrl-C")?; "Ctrl-C" }
-        _ = brk.recv() => "Ctrl-Break",
-        _ = close.recv() => "console close",
-        _ = shutdown.recv() => "system shutdown",
-    };
-    tracing::info!("{event} received");
-    Ok(())
+struct Signals {
+    c: tokio::signal::windows::CtrlC,
+    brk: tokio::signal::windows::CtrlBreak,
+    close: tokio::signal::windows::CtrlClose,
+    shutdown: tokio::signal::windows::CtrlShutdown,
+}
+
+#[cfg(windows)]
+impl Signals {
+    fn install() -> anyhow::Result<Self> {
+        use tokio::signal::windows::{ctrl_break, ctrl_c, ctrl_close, ctrl_shutdown};
+        Ok(Self {
+            c: ctrl_c().context("installing the Ctrl-C handler")?,
+            brk: ctrl_break().context("installing the Ctrl-Break handler")?,
+            close: ctrl_close().context("installing the console-close handler")?,
+            shutdown: ctrl_shutdown().context("installing the shutdown handler")?,
+        })
+    }
+
+    /// The next of them, by name.
+    async fn next(&mut self) -> &'static str {
+        tokio::select! {
+            _ = self.c.recv() => "Ctrl-C",
+            _ = self.brk.recv() => "Ctrl-Break",
+            _ = self.close.recv() => "console close",
+            _ = self.shutdown.recv() => "system shutdown",
+        }
+    }
+
+    async fn stop(&mut self) {
+        self.next().await;
+    }
+}
+
+#[cfg(windows)]
+async fn serve_until_signal(_gateway: &Gateway, signals: &mut Signals) {
+    let what = signals.next().await;
+    tracing::info!("{what} received");
 }
