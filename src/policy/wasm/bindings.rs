@@ -5,6 +5,10 @@
 //! one store serves either; [`WitVersion`] says which a component targets,
 //! and `versions` dispatches on it.
 //!
+//! Parameters the host passes to a hook are generated borrowing
+//! (`ownership: Borrowing`): a hook's headers and names are lowered straight
+//! from the relay's strings, not cloned first for every call.
+//!
 //! Every import is `trappable`: a host function that cannot answer (a stale
 //! resource handle, say) traps the guest rather than inventing a value.
 //!
@@ -20,6 +24,7 @@ pub(crate) mod v3 {
         world: "gateway-policy",
         path: "wit",
         imports: { default: trappable },
+        ownership: Borrowing { duplicate_if_necessary: true },
         with: {
             "opamp-gateway:policy/types.message": crate::policy::wasm::message::MessageHandle,
         },
@@ -33,6 +38,7 @@ pub(crate) mod v2 {
         world: "gateway-policy",
         path: "wit/v0.2.0",
         imports: { default: trappable },
+        ownership: Borrowing { duplicate_if_necessary: true },
         with: {
             "opamp-gateway:policy/types.message": crate::policy::wasm::message::MessageHandle,
         },

@@ -107,11 +107,10 @@ impl Policy for WasmPolicy {
     }
 
     fn admit(&self, input: &AssignInput<'_>) -> Result<AdmitVerdict, HookError> {
-        let arg = assign_input(input);
         let verdict = self.pool.call(|store, b| match b {
             // 0.2.0 has no `admit`; never announced, never called.
             Bindings::V2(_) => Ok(wit::AdmitVerdict::Allow),
-            Bindings::V3(b) => b.opamp_gateway_policy_policy().call_admit(store, &arg),
+            Bindings::V3(b) => with_assign_input(input, |arg| b.opamp_gateway_policy_policy().call_admit(store, arg)),
         })?;
         Ok(match verdict {
             wit::AdmitVerdict::Allow => AdmitVerdict::Allow,
@@ -122,42 +121,43 @@ impl Policy for WasmPolicy {
     }
 
     fn on_connect(&self, event: &SessionEvent) -> Result<(), HookError> {
-        let arg = session_event(event);
+        let headers = borrowed(&event.headers);
         self.pool.call(|store, b| match b {
             Bindings::V2(_) => Ok(()),
-            Bindings::V3(b) => b.opamp_gateway_policy_policy().call_on_connect(store, &arg),
+            Bindings::V3(b) => b.opamp_gateway_policy_policy().call_on_connect(store, session_event(event, &headers)),
         })
     }
 
     fn on_disconnect(&self, event: &SessionEvent, reason: &str) -> Result<(), HookError> {
-        let arg = session_event(event);
+        let headers = borrowed(&event.headers);
         self.pool.call(|store, b| match b {
             Bindings::V2(_) => Ok(()),
-            Bindings::V3(b) => b.opamp_gateway_policy_policy().call_on_disconnect(store, &arg, reason),
+            Bindings::V3(b) => {
+                b.opamp_gateway_policy_policy().call_on_disconnect(store, session_event(event, &headers), reason)
+            }
         })
     }
 
     fn assign(&self, input: &AssignInput<'_>) -> Result<Option<Route>, HookError> {
-        let transport = wit_transport(input.transport);
         self.pool.call(|store, b| match b {
             // 0.2.0 sees the default upstream only, and answers one of its links.
             Bindings::V2(b) => {
+                let links: Vec<wit2::Link> = input
+                    .links()
+                    .iter()
+                    .map(|l| wit2::Link { index: l.index, load: l.load, connected: l.connected })
+                    .collect();
                 let arg = wit2::AssignInput {
-                    headers: input.headers.to_vec(),
-                    remote_address: input.remote_addr.to_owned(),
-                    transport: transport.into(),
-                    links: input
-                        .links()
-                        .iter()
-                        .map(|l| wit2::Link { index: l.index, load: l.load, connected: l.connected })
-                        .collect(),
+                    headers: &borrowed(input.headers),
+                    remote_address: input.remote_addr,
+                    transport: wit_transport(input.transport).into(),
+                    links: &links,
                 };
-                let link = b.opamp_gateway_policy_policy().call_assign(store, &arg)?;
+                let link = b.opamp_gateway_policy_policy().call_assign(store, arg)?;
                 Ok(link.map(Route::default_link))
             }
             Bindings::V3(b) => {
-                let arg = assign_input(input);
-                let route = b.opamp_gateway_policy_policy().call_assign(store, &arg)?;
+                let route = with_assign_input(input, |arg| b.opamp_gateway_policy_policy().call_assign(store, arg))?;
                 Ok(route.map(|r| Route { upstream: Some(r.upstream), link: r.link }))
             }
         })
@@ -165,8 +165,8 @@ impl Policy for WasmPolicy {
 
     fn forward_headers(&self, headers: HeaderList) -> Result<HeaderList, HookError> {
         let out = self.pool.call(|store, b| match b {
-            Bindings::V2(b) => b.opamp_gateway_policy_policy().call_forward_headers(store, &headers),
-            Bindings::V3(b) => b.opamp_gateway_policy_policy().call_forward_headers(store, &headers),
+            Bindings::V2(b) => b.opamp_gateway_policy_policy().call_forward_headers(store, &borrowed(&headers)),
+            Bindings::V3(b) => b.opamp_gateway_policy_policy().call_forward_headers(store, &borrowed(&headers)),
         })?;
         out.into_iter().map(check_header).collect()
     }
@@ -212,35 +212,40 @@ fn wit_transport(t: Transport) -> wit::Transport {
     }
 }
 
-/// What `assign` and `admit` (0.3.0) see.
-fn assign_input(input: &AssignInput<'_>) -> wit::AssignInput {
-    wit::AssignInput {
-        headers: input.headers.to_vec(),
-        remote_address: input.remote_addr.to_owned(),
-        transport: wit_transport(input.transport),
-        upstreams: input
-            .upstreams
-            .iter()
-            .map(|u| wit::Upstream {
-                name: u.name.clone(),
-                links: u
-                    .links
-                    .iter()
-                    .map(|l| wit::Link { index: l.index, load: l.load, connected: l.connected })
-                    .collect(),
-            })
-            .collect(),
-    }
+/// The host's headers as a WIT parameter borrows them: a vector of
+/// pointers, not a copy of every name and value.
+fn borrowed(headers: &[(String, String)]) -> Vec<(&str, &str)> {
+    headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect()
 }
 
-fn session_event(e: &SessionEvent) -> wit::SessionEvent {
+/// Calls `f` with what `assign` and `admit` (0.3.0) see. The generated
+/// parameter types borrow (`ownership: Borrowing` in the bindings), so the
+/// only copies are the small vectors their slices point into.
+fn with_assign_input<R>(input: &AssignInput<'_>, f: impl FnOnce(wit::AssignInput<'_>) -> R) -> R {
+    let headers = borrowed(input.headers);
+    let links: Vec<Vec<wit::Link>> = input
+        .upstreams
+        .iter()
+        .map(|u| u.links.iter().map(|l| wit::Link { index: l.index, load: l.load, connected: l.connected }).collect())
+        .collect();
+    let upstreams: Vec<wit::Upstream<'_>> =
+        input.upstreams.iter().zip(&links).map(|(u, links)| wit::Upstream { name: &u.name, links }).collect();
+    f(wit::AssignInput {
+        headers: &headers,
+        remote_address: input.remote_addr,
+        transport: wit_transport(input.transport),
+        upstreams: &upstreams,
+    })
+}
+
+fn session_event<'a>(e: &'a SessionEvent, headers: &'a [(&'a str, &'a str)]) -> wit::SessionEvent<'a> {
     wit::SessionEvent {
         session: e.session,
-        uid: e.uid.as_ref().map(|u| u.to_vec()),
-        headers: e.headers.clone(),
-        remote_address: e.remote_addr.clone(),
+        uid: e.uid.as_deref(),
+        headers,
+        remote_address: &e.remote_addr,
         transport: wit_transport(e.transport),
-        upstream: e.upstream.clone(),
+        upstream: &e.upstream,
     }
 }
 
