@@ -19,13 +19,18 @@ pub(crate) fn binary() -> Option<PathBuf> {
 }
 
 impl Nginx {
+    /// One worker process, like the gateway with one worker thread.
     pub(crate) async fn start(upstream_port: u16) -> anyhow::Result<Self> {
+        Self::start_with_workers(upstream_port, 1).await
+    }
+
+    pub(crate) async fn start_with_workers(upstream_port: u16, workers: usize) -> anyhow::Result<Self> {
         let bin = binary().context("nginx is not installed (scripts/bench installs it)")?;
         let dir = tempfile::tempdir()?;
         let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
         let d = dir.path().display();
         let conf = format!(
-            "daemon off; worker_processes 1; pid {d}/nginx.pid; error_log {d}/error.log warn;\n\
+            "daemon off; worker_processes {workers}; pid {d}/nginx.pid; error_log {d}/error.log warn;\n\
              events {{ worker_connections 16384; }}\n\
              http {{\n  access_log off;\n  client_body_temp_path {d}/cb; proxy_temp_path {d}/px;\n\
                fastcgi_temp_path {d}/fc; uwsgi_temp_path {d}/uw; scgi_temp_path {d}/sc;\n\

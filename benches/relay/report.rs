@@ -405,7 +405,7 @@ impl Report {
             let baseline = c["proxies"].as_array().into_iter().flatten().any(|p| p["proxy"] == suite::BASELINE);
             let _ = writeln!(
                 s,
-                "\nCPU per relayed message in interleaved rounds (the CPU bars): nginx, the gateway as shipped and the gateway with one worker thread{} run at once, each with its own {} connected agents; each round drives each fleet in turn for {} s at {} msg/s, the order rotating per round. A round's ratio compares runs seconds apart, so the machine's drift touches both; the bar is the median ratio. {} failed round trips.\n",
+                "\nCPU per relayed message in interleaved rounds (the CPU bars): nginx (`worker_processes 1`), nginx with one worker process per CPU (as its packaged `worker_processes auto`; a row, not a bar), the gateway as shipped and the gateway with one worker thread{} run at once, each with its own {} connected agents; each round drives each fleet in turn for {} s at {} msg/s, the order rotating per round. A round's ratio compares runs seconds apart, so the machine's drift touches both; the bar is the median ratio. {} failed round trips.\n",
                 if baseline { ", and the same two of another build (`BENCH_BASELINE_BIN`, rows `baseline`)," } else { "" },
                 sc["latency_agents"], c["window_seconds"], sc["latency_rate"], c["failed_round_trips"]
             );

@@ -193,6 +193,8 @@ pub(crate) async fn run(scale: Scale) -> anyhow::Result<Report> {
 
 /// The paths table's row for the gateway with `runtime.worker_threads: 1`.
 pub(crate) const ONE_WORKER: &str = "gateway, 1 worker";
+/// nginx with one worker process per CPU, in the CPU rounds.
+pub(crate) const NGINX_PER_CPU: &str = "nginx, 1 worker per CPU";
 /// The CPU rounds' rows for `BENCH_BASELINE_BIN`: reported, never bars.
 pub(crate) const BASELINE: &str = "baseline";
 pub(crate) const BASELINE_ONE_WORKER: &str = "baseline, 1 worker";
@@ -409,7 +411,14 @@ async fn cpu_against_nginx(report: &mut Report, server: &ReferenceServer, scale:
         gateways.push((BASELINE_ONE_WORKER, GatewayProc::start_build(&bin, &upstream, LINKS, Some(1)).await?));
     }
     wait_links(server, gateways.len() * LINKS).await;
-    let mut proxies = vec![cpu_rounds::Proxy { name: "nginx".into(), url: ng.url(), pid: ng.pid() }];
+    // nginx as packaged (`worker_processes auto`: one per CPU), beside the
+    // gateway as shipped: reported, not a bar.
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let ng_per_cpu = Nginx::start_with_workers(server.addr().port(), cpus).await?;
+    let mut proxies = vec![
+        cpu_rounds::Proxy { name: "nginx".into(), url: ng.url(), pid: ng.pid() },
+        cpu_rounds::Proxy { name: NGINX_PER_CPU.into(), url: ng_per_cpu.url(), pid: ng_per_cpu.pid() },
+    ];
     proxies.extend(gateways.iter().map(|(name, g)| cpu_rounds::Proxy {
         name: (*name).into(),
         url: g.url(),
@@ -423,6 +432,7 @@ async fn cpu_against_nginx(report: &mut Report, server: &ReferenceServer, scale:
         g.stop().await;
     }
     ng.stop().await;
+    ng_per_cpu.stop().await;
     Ok(())
 }
 
