@@ -34,9 +34,9 @@ use crate::tls::BoxedIo;
 /// Most frames written before one flush.
 const WRITE_BATCH: usize = 64;
 
-/// Frames written this recently are handed back if the link dies: a write
-/// can succeed into a socket the server has already closed, so "written"
-/// is not "received". Bounded in frames and bytes per link.
+/// A frame written this long before the server was last heard from counts
+/// as received; later ones are handed back if the link dies (see
+/// [`Recent`]). Bounded in frames and bytes per link.
 const REPLAY_WINDOW: Duration = Duration::from_secs(1);
 const REPLAY_MAX_FRAMES: usize = 4096;
 const REPLAY_MAX_BYTES: usize = 16 << 20;
@@ -173,10 +173,17 @@ impl LinkTask {
 
     async fn serve(&mut self, ws: WebSocketStream<BoxedIo>, generation: u64) -> End {
         let (mut sink, mut stream) = ws.split();
-        let mut recent = Recent::default();
+        let mut recent = Recent::new(Instant::now());
         let end = self.pump(&mut sink, &mut stream, generation, &mut recent).await;
         if let End::Lost(_) = end {
-            recent.hand_back_all();
+            let lost = recent.hand_back_all();
+            if lost > 0 {
+                tracing::warn!(
+                    link = %self.link.id(),
+                    frames = lost,
+                    "link lost with frames beyond its replay bounds (4096 frames, 16 MiB): they may not have reached the server"
+                );
+            }
         }
         end
     }
@@ -208,6 +215,7 @@ impl LinkTask {
                 _ = &mut rotate => return self.close_for_rotation(sink, stream).await,
                 msg = stream.next() => {
                     last_seen = Instant::now();
+                    recent.heard(last_seen);
                     match msg {
                         Some(Ok(Message::Binary(frame))) => {
                             let outcome = self.relay.dispatch(&self.link, frame, last_seen);
@@ -365,37 +373,81 @@ fn fragments(frame: &Bytes) -> impl Iterator<Item = Message> + '_ {
     })
 }
 
-/// Agent frames written in the last [`REPLAY_WINDOW`], oldest first.
-#[derive(Default)]
+/// Agent frames the server may not have received, oldest first.
+///
+/// TCP gives no receipt, and OpAMP none of its own. A write can succeed into
+/// a socket the server has already closed, and on a half-open link (a
+/// middlebox that silently eats everything) writes succeed until the
+/// keepalive notices, up to `2 × server.keepalive` later. What the server
+/// answered or ponged after is taken as received: frames written more than
+/// [`REPLAY_WINDOW`] before the server was last heard from. The rest are
+/// handed back to their agents when the link dies, to be sent again on
+/// another: at least once, never silently lost, within the frame and byte
+/// bounds. Frames pushed out by those bounds before they count as received
+/// are counted as `link_lost` drops if the link then dies.
 struct Recent {
     frames: VecDeque<(Instant, Bytes, Arc<AgentShared>)>,
     bytes: usize,
+    /// When this connection last brought anything from the server.
+    heard: Instant,
+    /// Frames pushed out by the bounds while not yet received, and when the
+    /// newest of them was written.
+    evicted: Option<(u64, Instant)>,
 }
 
 impl Recent {
+    fn new(now: Instant) -> Self {
+        Self { frames: VecDeque::new(), bytes: 0, heard: now, evicted: None }
+    }
+
+    fn heard(&mut self, at: Instant) {
+        self.heard = at;
+        if self.evicted.is_some_and(|(_, newest)| self.received(newest, at)) {
+            self.evicted = None;
+        }
+    }
+
+    /// Whether a frame written at `written` counts as received, `now`.
+    fn received(&self, written: Instant, now: Instant) -> bool {
+        now.min(self.heard).checked_sub(REPLAY_WINDOW).is_some_and(|cutoff| written < cutoff)
+    }
+
     fn push(&mut self, at: Instant, frame: Bytes, agent: Arc<AgentShared>) {
         self.bytes += frame.len();
         self.frames.push_back((at, frame, agent));
         while let Some((t, f, _)) = self.frames.front() {
-            let expired = at.duration_since(*t) > REPLAY_WINDOW;
-            if !(expired || self.frames.len() > REPLAY_MAX_FRAMES || self.bytes > REPLAY_MAX_BYTES) {
+            let received = self.received(*t, at);
+            if !(received || self.frames.len() > REPLAY_MAX_FRAMES || self.bytes > REPLAY_MAX_BYTES) {
                 break;
+            }
+            if !received {
+                let (n, _) = self.evicted.unwrap_or((0, *t));
+                self.evicted = Some((n + 1, *t));
             }
             self.bytes -= f.len();
             self.frames.pop_front();
         }
     }
 
-    /// The link died: these may never have reached the server.
-    fn hand_back_all(&mut self) {
-        let cutoff = Instant::now().checked_sub(REPLAY_WINDOW);
-        for (t, frame, agent) in self.frames.drain(..) {
-            if cutoff.is_none_or(|c| t >= c) {
-                metrics::counter!(m::MESSAGES_REPLAYED).increment(1);
-                agent.hand_back(frame, Held::default()); // written already: its share went back then
-            }
-        }
+    /// The link died: the frames it may not have delivered, oldest first.
+    fn unreceived(&mut self, now: Instant) -> Vec<(Bytes, Arc<AgentShared>)> {
         self.bytes = 0;
+        let frames = std::mem::take(&mut self.frames);
+        frames.into_iter().filter(|(t, _, _)| !self.received(*t, now)).map(|(_, f, a)| (f, a)).collect()
+    }
+
+    /// Hands back what the server may not have received; returns how many
+    /// frames were beyond the bounds (counted as dropped here).
+    fn hand_back_all(&mut self) -> u64 {
+        for (frame, agent) in self.unreceived(Instant::now()) {
+            metrics::counter!(m::MESSAGES_REPLAYED).increment(1);
+            agent.hand_back(frame, Held::default()); // written already: its share went back then
+        }
+        let lost = self.evicted.take().map_or(0, |(n, _)| n);
+        if lost > 0 {
+            metrics::counter!(m::MESSAGES_DROPPED, "direction" => m::UPSTREAM, "reason" => "link_lost").increment(lost);
+        }
+        lost
     }
 }
 
@@ -407,5 +459,71 @@ fn hand_back(out: Outbound) {
         None => {
             metrics::counter!(m::MESSAGES_DROPPED, "direction" => m::UPSTREAM, "reason" => "link_lost").increment(1);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::relay::identity::{Credential, Identity};
+
+    fn agent() -> Arc<AgentShared> {
+        AgentShared::new(1, 8, 8, Identity::agent(Credential::none())).0
+    }
+
+    fn frame(n: u8) -> Bytes {
+        Bytes::from(vec![n])
+    }
+
+    fn frames(v: Vec<(Bytes, Arc<AgentShared>)>) -> Vec<Bytes> {
+        v.into_iter().map(|(f, _)| f).collect()
+    }
+
+    /// A half-open link: the server fell silent at `t0`, the keepalive
+    /// noticed 10 s later. Everything written since then goes back, not
+    /// just the last [`REPLAY_WINDOW`].
+    #[test]
+    fn a_silent_server_confirms_nothing_written_after_it_fell_silent() {
+        let t0 = Instant::now();
+        let mut recent = Recent::new(t0);
+        let a = agent();
+        for (i, secs) in [0.5, 3.0, 9.5].into_iter().enumerate() {
+            recent.push(t0 + Duration::from_secs_f64(secs), frame(i as u8), a.clone());
+        }
+        assert_eq!(frames(recent.unreceived(t0 + Duration::from_secs(10))), [frame(0), frame(1), frame(2)]);
+    }
+
+    /// What the server answered after is taken as received.
+    #[test]
+    fn frames_written_well_before_the_server_last_spoke_count_as_received() {
+        let t0 = Instant::now();
+        let mut recent = Recent::new(t0);
+        let a = agent();
+        recent.push(t0 + Duration::from_millis(500), frame(0), a.clone());
+        recent.push(t0 + Duration::from_secs(3), frame(1), a.clone());
+        recent.heard(t0 + Duration::from_secs(5));
+        recent.push(t0 + Duration::from_millis(4500), frame(2), a.clone());
+        recent.push(t0 + Duration::from_secs(6), frame(3), a.clone());
+        assert_eq!(recent.frames.len(), 2, "the received ones are let go on the next push");
+        assert_eq!(frames(recent.unreceived(t0 + Duration::from_secs(20))), [frame(2), frame(3)]);
+        assert_eq!(recent.hand_back_all(), 0, "nothing was beyond the bounds");
+    }
+
+    #[test]
+    fn frames_beyond_the_bounds_are_counted_unless_the_server_confirms_them() {
+        let t0 = Instant::now();
+        let mut recent = Recent::new(t0);
+        let a = agent();
+        for i in 0..REPLAY_MAX_FRAMES + 3 {
+            recent.push(t0 + Duration::from_micros(i as u64), frame(i as u8), a.clone());
+        }
+        assert_eq!(recent.frames.len(), REPLAY_MAX_FRAMES);
+        assert_eq!(recent.evicted.map(|(n, _)| n), Some(3));
+        // The server speaks 2 s on: the pushed-out frames were received.
+        let mut confirmed = Recent { evicted: recent.evicted, ..Recent::new(t0) };
+        confirmed.heard(t0 + Duration::from_secs(2));
+        assert_eq!(confirmed.evicted, None);
+        // It never does: the link's loss counts them.
+        assert_eq!(recent.hand_back_all(), 3);
     }
 }

@@ -12,9 +12,13 @@ async fn keepalive_notices_a_blackholed_link_and_its_agents_move() {
     let server = ReferenceServer::start(ReferenceServerConfig::default()).await.unwrap();
     let proxy = BlackholeProxy::start(server.addr()).await.unwrap();
     let url = format!("ws://{}/v1/opamp", proxy.addr());
+    // The keepalive notices 2-3 s after the server falls silent: longer than
+    // the one second of writes a link used to replay, so what the agents
+    // send into the hole below is re-sent only because nothing written after
+    // the server was last heard from counts as received.
     let g = gateway(&url, |c| {
         c.server.connections = 2;
-        c.server.keepalive = Duration::from_millis(200);
+        c.server.keepalive = Duration::from_secs(1);
     })
     .await;
     let mut agents = Vec::new();
