@@ -181,7 +181,9 @@ impl LinkTask {
                 tracing::warn!(
                     link = %self.link.id(),
                     frames = lost,
-                    "link lost with frames beyond its replay bounds (4096 frames, 16 MiB): they may not have reached the server"
+                    max_frames = REPLAY_MAX_FRAMES,
+                    max_bytes = REPLAY_MAX_BYTES,
+                    "link lost with frames beyond its replay bounds: they may not have reached the server"
                 );
             }
         }

@@ -164,9 +164,10 @@ impl Policy for WasmPolicy {
     }
 
     fn forward_headers(&self, headers: HeaderList) -> Result<HeaderList, HookError> {
+        let headers = borrowed(&headers);
         let out = self.pool.call(|store, b| match b {
-            Bindings::V2(b) => b.opamp_gateway_policy_policy().call_forward_headers(store, &borrowed(&headers)),
-            Bindings::V3(b) => b.opamp_gateway_policy_policy().call_forward_headers(store, &borrowed(&headers)),
+            Bindings::V2(b) => b.opamp_gateway_policy_policy().call_forward_headers(store, &headers),
+            Bindings::V3(b) => b.opamp_gateway_policy_policy().call_forward_headers(store, &headers),
         })?;
         out.into_iter().map(check_header).collect()
     }
