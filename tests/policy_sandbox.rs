@@ -94,6 +94,22 @@ fn an_infinite_loop_hits_the_deadline() {
 }
 
 #[test]
+fn a_loop_after_a_quiet_spell_still_hits_the_deadline() {
+    // The epoch ticker sleeps once no call has started for about 100 ms;
+    // the call that finds it asleep must wake it, or it would spin on
+    // unchecked. The quiet spell is the condition under test, so it is
+    // waited out (nothing to observe from outside the engine).
+    let (_d, _rt, p) = misbehave(Some("call_timeout: 20ms\n"));
+    for _ in 0..2 {
+        std::thread::sleep(Duration::from_millis(400));
+        let (r, took) = filter(&p, "spin");
+        assert!(matches!(r, Err(HookError::Timeout)), "{r:?}");
+        assert!(took >= Duration::from_millis(19) && took < PROMPT, "{took:?}");
+    }
+    assert_eq!(filter(&p, "ok").0.unwrap(), Verdict::Forward);
+}
+
+#[test]
 fn a_memory_bomb_hits_the_limit() {
     // A generous deadline, so what stops the bomb is the memory limit.
     let (_d, _rt, p) = misbehave(Some("memory_limit: 8388608\ncall_timeout: 200ms\n"));

@@ -27,6 +27,9 @@ pub(crate) struct Scale {
     pub swaps: usize,
     /// Interleaved none/with rounds in the policy phase.
     pub policy_rounds: usize,
+    /// Side-by-side rounds with no policy on either gateway: the method's
+    /// own spread, shown beside the policy cost.
+    pub policy_control_rounds: usize,
     /// Interleaved rounds of the CPU comparison (nginx and the gateway).
     pub cpu_rounds: usize,
     /// Length of each proxy's paced run within a CPU round.
@@ -93,6 +96,7 @@ impl Scale {
                 growth_rate: 1000.0,
                 swaps: 5,
                 policy_rounds: 1,
+                policy_control_rounds: 1,
                 cpu_rounds: 3,
                 cpu_window: Duration::from_secs(2),
                 containment_stage: Duration::from_secs(5),
@@ -114,6 +118,7 @@ impl Scale {
                 growth_rate: 5000.0,
                 swaps: 20,
                 policy_rounds: 5,
+                policy_control_rounds: 3,
                 cpu_rounds: 5,
                 cpu_window: Duration::from_secs(4),
                 containment_stage: Duration::from_secs(10),
@@ -164,6 +169,20 @@ pub(crate) async fn run(scale: Scale) -> anyhow::Result<Report> {
                 with.add(b);
             }
             report.policy_throughput(&none, &with, &paired, set.names());
+
+            // Side by side: two gateways driven at once. Control rounds
+            // (none beside none) first, to show what the method resolves.
+            let mut control = Vec::new();
+            for round in 1..=scale.policy_control_rounds {
+                eprintln!("[bench] policies side by side: control round {round}/{}", scale.policy_control_rounds);
+                control.push(side_by_side(&server, &upstream, None, round % 2 == 0, &scale).await?);
+            }
+            let mut rounds = Vec::new();
+            for round in 1..=scale.policy_rounds {
+                eprintln!("[bench] policies side by side: round {round}/{}", scale.policy_rounds);
+                rounds.push(side_by_side(&server, &upstream, Some(set.dir()), round % 2 == 0, &scale).await?);
+            }
+            report.policy_side_by_side(&rounds, &control);
 
             eprintln!("[bench] hot swap under load");
             let gw = GatewayProc::start(&upstream, LINKS, Some(set.dir())).await?;
@@ -304,6 +323,58 @@ impl FlatOut {
     pub(crate) fn cpu_us_per_msg(&self) -> f64 {
         self.cpu_seconds * 1e6 / (2 * self.round_trips).max(1) as f64
     }
+}
+
+/// Two fresh gateways on the same server, one without policies and one
+/// with those in `policy_dir`, driven flat out at the same time by one load
+/// generator, each with its own agents. Whatever the box does meanwhile (a
+/// noisy neighbour, a frequency change, the scheduler's mood) it does to
+/// both, so their CPU per message differs by what the policies cost; run
+/// one after the other, the same gateway's rate swings by more than that
+/// from one second to the next here. The gateway started first runs a
+/// little dearer (about 2 % in control rounds), so `with_first` alternates
+/// per round. Returns (without, with).
+async fn side_by_side(
+    server: &ReferenceServer,
+    upstream: &str,
+    policy_dir: Option<&std::path::Path>,
+    with_first: bool,
+    scale: &Scale,
+) -> anyhow::Result<(FlatOut, FlatOut)> {
+    let dirs = if with_first { [policy_dir, None] } else { [None, policy_dir] };
+    let a = GatewayProc::start(upstream, LINKS, dirs[0]).await?;
+    let b = GatewayProc::start(upstream, LINKS, dirs[1]).await?;
+    wait_links(server, 2 * LINKS).await;
+    let sa = load::storm(&a.url(), scale.saturate_agents, 256, &policies::headers()).await;
+    let sb = load::storm(&b.url(), scale.saturate_agents, 256, &policies::headers()).await;
+    let warm = Duration::from_secs(1);
+    let (wa, wb) = tokio::join!(load::drive(sa.agents, None, warm), load::drive(sb.agents, None, warm));
+    let (ca, cb) = (a.cpu_seconds(), b.cpu_seconds());
+    let (warm_errors, storm_errors) = ([wa.errors, wb.errors], [sa.errors, sb.errors]);
+    let (ra, rb) = tokio::join!(load::drive(wa.agents, None, scale.phase), load::drive(wb.agents, None, scale.phase));
+    let cpu = [a.cpu_seconds() - ca, b.cpu_seconds() - cb];
+    let [run_a, run_b] = [ra, rb].map(|run| (run.round_trips, run.elapsed.as_secs_f64(), run.errors));
+    a.stop().await;
+    b.stop().await;
+    let out = |i: usize, (round_trips, seconds, errors): (u64, f64, u64)| FlatOut {
+        round_trips,
+        seconds,
+        cpu_seconds: cpu[i],
+        connect_errors: storm_errors[i] as u64,
+        errors: warm_errors[i] + errors,
+        rounds: 1,
+    };
+    let (first, second) = (out(0, run_a), out(1, run_b));
+    let (without, with) = if with_first { (second, first) } else { (first, second) };
+    eprintln!(
+        "[bench]   without: {:.0} round trips/s, {:.2} µs CPU per message; with: {:.0}/s, {:.2} µs ({:+.1} %)",
+        without.rate(),
+        without.cpu_us_per_msg(),
+        with.rate(),
+        with.cpu_us_per_msg(),
+        (with.cpu_us_per_msg() / without.cpu_us_per_msg().max(f64::EPSILON) - 1.0) * 100.0
+    );
+    Ok((without, with))
 }
 
 /// One flat-out run on a fresh gateway, with the policy agents' headers.

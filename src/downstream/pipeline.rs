@@ -31,7 +31,9 @@ pub(crate) async fn upstream_frame(
 ) -> Result<Option<Bytes>, CloseReason> {
     let original = || frame.clone().map(framing::normalized).unwrap_or_else(|| framing::frame(&parsed.payload));
     let set = relay.policies.snapshot();
-    if !set.filters(Direction::AgentToServer) {
+    // Most messages reach no filter (none, or none wanting their fields):
+    // asked here, they skip the gate's future and the payload's clone.
+    if !set.filters_message(Direction::AgentToServer, &parsed.payload, 0) {
         return Ok(Some(original()));
     }
     let uid = parsed.uid.as_deref().unwrap_or_default();
@@ -49,7 +51,10 @@ fn judged(
     unchanged: impl FnOnce() -> Bytes,
 ) -> Result<Option<Bytes>, CloseReason> {
     match outcome {
-        FilterOutcome::Forward(p) if p == payload => Ok(Some(unchanged())),
+        // The same buffer, in the common case: no byte compare.
+        FilterOutcome::Forward(p) if p.as_ptr() == payload.as_ptr() && p.len() == payload.len() || p == payload => {
+            Ok(Some(unchanged()))
+        }
         FilterOutcome::Forward(p) => Ok(Some(framing::frame(&p))),
         FilterOutcome::Drop => {
             let label = match direction {

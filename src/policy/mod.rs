@@ -306,7 +306,8 @@ pub trait Policy: Send + Sync + 'static {
 
     /// The top-level fields (bit `n`: field `n`) a message travelling `dir`
     /// must carry one of for [`filter`](Self::filter) to be called; `None`
-    /// (the default): every message. See [`filter_fields`].
+    /// (the default): every message. See [`filter_fields`]. Asked once,
+    /// when a [`PolicySet`] is built.
     fn filter_fields(&self, _dir: Direction) -> Option<filter_fields::FieldSet> {
         None
     }

@@ -94,12 +94,15 @@ impl Containment {
 }
 
 /// An ordered, immutable set of policies. Cheap to share; swapped whole.
-#[derive(Default)]
 pub struct PolicySet {
     policies: Vec<Entry>,
     /// Positions in `policies` of the filters for each direction (indexed by
     /// [`Direction::index`]), so the per-message path visits only those.
     filter_chains: [Vec<usize>; 2],
+    /// Per direction, the top-level fields that get some filter in the
+    /// chain called (0: no filter), or `None` when one is called for every
+    /// message. Asked for every message, so worked out once per set.
+    filter_wants: [Option<FieldSet>; 2],
     limits: PolicyLimits,
 }
 
@@ -295,6 +298,18 @@ pub struct Refused {
     pub error: HookError,
 }
 
+/// No policy: the plain relay.
+impl Default for PolicySet {
+    fn default() -> Self {
+        Self {
+            policies: Vec::new(),
+            filter_chains: Default::default(),
+            filter_wants: [Some(0); 2],
+            limits: Default::default(),
+        }
+    }
+}
+
 impl PolicySet {
     /// A set with the default [`Containment`].
     pub fn new(policies: Vec<Arc<dyn Policy>>) -> Self {
@@ -304,8 +319,12 @@ impl PolicySet {
     pub fn with_containment(policies: Vec<Arc<dyn Policy>>, c: &Containment) -> Self {
         let policies: Vec<Entry> = policies.into_iter().map(|p| Entry::new(p, c)).collect();
         let chain = |dir| policies.iter().enumerate().filter(|(_, e)| e.hooks.filters(dir)).map(|(i, _)| i).collect();
-        let filter_chains = [chain(Direction::AgentToServer), chain(Direction::ServerToAgent)];
-        Self { policies, filter_chains, limits: c.limits.clone() }
+        let filter_chains: [Vec<usize>; 2] = [chain(Direction::AgentToServer), chain(Direction::ServerToAgent)];
+        let wants = |dir: Direction| {
+            filter_chains[dir.index()].iter().try_fold(0, |all, &i| Some(all | policies[i].policy.filter_fields(dir)?))
+        };
+        let filter_wants = [wants(Direction::AgentToServer), wants(Direction::ServerToAgent)];
+        Self { policies, filter_chains, filter_wants, limits: c.limits.clone() }
     }
 
     /// Takes `c`'s limits, and for each policy `old` also serves (the same
@@ -351,7 +370,11 @@ impl PolicySet {
     /// or for it with the fields in `added` set too (fields the relay
     /// splices in after asking). False with no `dir` filter at all.
     pub(crate) fn filters_message(&self, dir: Direction, message: &[u8], added: FieldSet) -> bool {
-        self.filters(dir) && self.calls_filter_for(dir, message, &mut Some(filter_fields::present(message) | added))
+        match self.filter_wants[dir.index()] {
+            None => true,
+            Some(0) => false,
+            Some(wanted) => (added | filter_fields::present(message)) & wanted != 0,
+        }
     }
 
     pub fn assign(&self, input: &AssignInput<'_>) -> Result<AssignDecision, Refused> {
@@ -428,10 +451,11 @@ impl PolicySet {
     /// would, none replaces it either, so the answer holds for the chain.
     /// `present` keeps the field scan, if one was needed, for `filter_in`.
     fn calls_filter_for(&self, dir: Direction, message: &[u8], present: &mut Option<FieldSet>) -> bool {
-        self.filter_chains[dir.index()].iter().map(|&i| &self.policies[i]).any(|e| match e.policy.filter_fields(dir) {
+        match self.filter_wants[dir.index()] {
             None => true,
+            Some(0) => false,
             Some(wanted) => *present.get_or_insert_with(|| filter_fields::present(message)) & wanted != 0,
-        })
+        }
     }
 
     /// `present`: the message's top-level fields, if already scanned.
@@ -914,6 +938,12 @@ mod tests {
         assert!(set.filters_message(s2a, &heartbeat_reply, 1 << 5), "a field to be added counts");
         assert!(!set.filters_message(Direction::AgentToServer, &with_packages, 0), "no filter that way");
         assert!(!PolicySet::default().filters_message(s2a, &with_packages, u64::MAX));
+        // A filter without `filter_fields` beside it is called for every
+        // message, even one with no field at all.
+        let every = Arc::new(OneWay { dir: s2a, calls: 0.into() });
+        let set = PolicySet::new(vec![Arc::new(Packages), every]);
+        assert!(set.filters_message(s2a, &[], 0));
+        assert!(set.filters_message(s2a, &heartbeat_reply, 0));
     }
 
     #[test]

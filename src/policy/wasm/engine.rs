@@ -142,9 +142,11 @@ fn probe_writable(dir: &std::path::Path) -> std::io::Result<()> {
     std::fs::remove_file(&probe)
 }
 
-/// A thread that advances the engine's epoch every [`TICK`] while any
-/// instance pool exists, and parks otherwise (a gateway without policies
-/// pays no wake-ups). Stops when the last holder drops it.
+/// A thread that advances the engine's epoch every [`TICK`] while hook
+/// calls (or `init`s) run, and sleeps once none has started for
+/// [`QUIET_TICKS`] ticks: a gateway whose policies are not being called
+/// (no policy, or filters that skip the messages going by) pays no
+/// wake-ups. Stops when the last holder drops it.
 pub(crate) struct EpochTicker {
     shared: Arc<TickerShared>,
     /// Always `Some` until dropped.
@@ -153,32 +155,59 @@ pub(crate) struct EpochTicker {
 
 struct TickerShared {
     stop: AtomicBool,
-    /// Live [`TickerLease`]s: pools whose instances may be running.
-    leases: AtomicUsize,
+    /// Calls in flight, each counted by a [`Running`].
+    active: AtomicUsize,
+    /// A call started since the ticker last looked: most calls end between
+    /// two ticks, so `active` alone would miss them.
+    started: AtomicBool,
+    /// The ticker is asleep, or about to be: a starting call wakes it.
+    sleeping: AtomicBool,
 }
 
-/// Keeps the ticker ticking; held by each instance pool.
-pub(crate) struct TickerLease {
-    ticker: Arc<EpochTicker>,
+/// Ticks without a call before the ticker sleeps. Long enough that a steady
+/// trickle of calls does not pay a wake-up each.
+const QUIET_TICKS: u32 = 100;
+
+/// How long the sleeping ticker waits before it looks again on its own. A
+/// starting call always wakes it; this only bounds the damage of a missed
+/// wake, and is long enough that a test would see one.
+const SLEEP_BACKSTOP: Duration = Duration::from_secs(5);
+
+/// Held for the length of one call into a guest, so its deadline can fire.
+pub(crate) struct Running<'a> {
+    ticker: &'a EpochTicker,
 }
 
-impl Drop for TickerLease {
+impl Drop for Running<'_> {
     fn drop(&mut self) {
-        self.ticker.shared.leases.fetch_sub(1, Ordering::AcqRel);
+        self.ticker.shared.active.fetch_sub(1, Ordering::Release);
     }
 }
 
 impl EpochTicker {
     fn start(engine: Engine) -> Result<Self, PolicyError> {
-        let shared = Arc::new(TickerShared { stop: AtomicBool::new(false), leases: AtomicUsize::new(0) });
+        let shared = Arc::new(TickerShared {
+            stop: AtomicBool::new(false),
+            active: AtomicUsize::new(0),
+            started: AtomicBool::new(false),
+            sleeping: AtomicBool::new(false),
+        });
         let s = shared.clone();
         let thread = std::thread::Builder::new()
             .name("policy-epoch".into())
             .spawn(move || {
+                let mut quiet = 0u32;
                 while !s.stop.load(Ordering::Acquire) {
-                    if s.leases.load(Ordering::Acquire) == 0 {
-                        // Woken by `lease` or `drop`; the timeout is a backstop.
-                        std::thread::park_timeout(Duration::from_secs(1));
+                    let busy = s.active.load(Ordering::SeqCst) > 0 || s.started.swap(false, Ordering::AcqRel);
+                    quiet = if busy { 0 } else { quiet.saturating_add(1) };
+                    if quiet > QUIET_TICKS {
+                        // Paired with `running`: either it sees `sleeping`
+                        // and wakes this thread, or this sees its call.
+                        s.sleeping.store(true, Ordering::SeqCst);
+                        if s.active.load(Ordering::SeqCst) == 0 {
+                            std::thread::park_timeout(SLEEP_BACKSTOP);
+                        }
+                        s.sleeping.store(false, Ordering::SeqCst);
                         continue;
                     }
                     std::thread::sleep(TICK);
@@ -189,14 +218,28 @@ impl EpochTicker {
         Ok(Self { shared, thread: Some(thread) })
     }
 
-    /// Makes the ticker tick until the lease is dropped.
-    pub(crate) fn lease(self: &Arc<Self>) -> TickerLease {
-        if self.shared.leases.fetch_add(1, Ordering::AcqRel) == 0 {
+    /// Marks a call into a guest as running until the guard drops, waking
+    /// the ticker if it sleeps: the call's deadline is one tick ahead.
+    pub(crate) fn running(&self) -> Running<'_> {
+        let s = &self.shared;
+        s.active.fetch_add(1, Ordering::SeqCst);
+        // A plain load first: under load the flag is already set, and the
+        // line stays shared instead of bouncing between relay threads.
+        if !s.started.load(Ordering::Relaxed) {
+            s.started.store(true, Ordering::Release);
+        }
+        if s.sleeping.load(Ordering::SeqCst) {
             if let Some(t) = &self.thread {
                 t.thread().unpark();
             }
         }
-        TickerLease { ticker: self.clone() }
+        Running { ticker: self }
+    }
+
+    /// The ticker is asleep (for tests).
+    #[cfg(test)]
+    fn is_asleep(&self) -> bool {
+        self.shared.sleeping.load(Ordering::SeqCst)
     }
 }
 
@@ -215,18 +258,36 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_ticker_parks_wakes_and_stops() {
+    fn the_ticker_sleeps_when_no_call_runs_and_wakes_for_one() {
         let engine = Engine::new(Config::new().epoch_interruption(true)).unwrap();
         let ticker = Arc::new(EpochTicker::start(engine).unwrap());
-        std::thread::sleep(Duration::from_millis(5)); // parked: no lease
-        let a = ticker.lease();
-        let b = ticker.lease();
-        assert_eq!(ticker.shared.leases.load(Ordering::Acquire), 2);
-        drop(a);
-        drop(b);
-        assert_eq!(ticker.shared.leases.load(Ordering::Acquire), 0);
-        // The deadlines themselves are exercised with real components in
-        // tests/policy_sandbox.rs. Dropping the last handle joins the thread.
-        drop(Arc::into_inner(ticker).expect("no lease left"));
+        let asleep = |t: &EpochTicker| {
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            while !t.is_asleep() {
+                assert!(std::time::Instant::now() < deadline, "the ticker never went to sleep");
+                std::thread::sleep(TICK);
+            }
+        };
+        asleep(&ticker);
+        // A call in flight wakes it and keeps it ticking past the quiet
+        // period, so the call's deadline can fire.
+        let call = ticker.running();
+        // Well inside the backstop: only the call's own wake-up counts.
+        let deadline = std::time::Instant::now() + SLEEP_BACKSTOP / 2;
+        while ticker.is_asleep() {
+            assert!(std::time::Instant::now() < deadline, "a starting call did not wake the ticker");
+            std::thread::sleep(TICK);
+        }
+        let woke = std::time::Instant::now();
+        while woke.elapsed() < TICK * (QUIET_TICKS + 50) {
+            assert!(!ticker.is_asleep(), "asleep with a call in flight");
+            std::thread::sleep(TICK);
+        }
+        drop(call);
+        asleep(&ticker);
+        // Dropping the last handle joins the thread, asleep or not. The
+        // deadlines themselves are exercised with real components in
+        // tests/policy_sandbox.rs.
+        drop(Arc::into_inner(ticker).expect("no other handle"));
     }
 }

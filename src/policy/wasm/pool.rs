@@ -25,7 +25,7 @@ use parking_lot::{Condvar, Mutex};
 use wasmtime::{Store, Trap, UpdateDeadline};
 
 use super::bindings::v3::opamp_gateway::policy::types::Hooks as WitHooks;
-use super::engine::{Budget, PolicyEngine, TickerLease};
+use super::engine::{Budget, PolicyEngine};
 use super::error::PolicyError;
 use super::sandbox::{GuestLog, HostState};
 use super::versions::{Bindings, Pre};
@@ -60,8 +60,6 @@ struct PoolInner {
     slots: Mutex<Slots>,
     /// Signalled when an instance is returned or made, or a refill failed.
     ready: Condvar,
-    /// Keeps deadlines firing while this pool's instances may run.
-    _lease: TickerLease,
 }
 
 struct Slots {
@@ -105,7 +103,6 @@ impl InstancePool {
         let inner = Arc::new(PoolInner {
             name: name.clone(),
             pre,
-            _lease: engine.ticker.lease(),
             engine,
             config_text,
             memory_limit: budget.memory_limit,
@@ -213,6 +210,8 @@ impl PoolInner {
             }
             Ok(update)
         });
+        // Deadlines fire only while the ticker knows a call runs.
+        let _running = self.engine.ticker.running();
         store.data_mut().begin_call(self.init_timeout, false);
         store.set_epoch_deadline(1);
         let bindings = match self.pre.instantiate(&mut store) {
@@ -296,6 +295,7 @@ impl PoolInner {
     ) -> Result<R, HookError> {
         let mut taken = self.take()?;
         let inst = taken.inst.as_mut().expect("taken holds its instance until given back");
+        let _running = self.engine.ticker.running();
         inst.store.data_mut().begin_call(self.call_timeout, true);
         // One tick ahead: the clock is only read if a tick lands mid-call.
         inst.store.set_epoch_deadline(1);
