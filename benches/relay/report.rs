@@ -499,12 +499,12 @@ impl Report {
                 "\n## Policies\n\nLoaded: {}. Per-call hook costs: next section.\n\nOne gateway at a time (the first round's method, no longer the bar): flat out, {} interleaved rounds on fresh gateways (none, then with, each round), the same agents and headers either way: {:.0} round trips/s with them vs {:.0} without over all rounds; throughput cost per round {} %, median {:.1} %. Gateway CPU per relayed message: {:.1} µs with, {:.1} µs without. Connect errors: {}; failed round trips: {}. On this 2-core box one gateway's flat-out rate swings by ±15 % from one second to the next, so these rounds cannot resolve a 5 % bar.",
                 p["loaded"],
                 p["rounds"],
-                p["with_rps"].as_f64().unwrap_or(0.0),
-                p["none_rps"].as_f64().unwrap_or(0.0),
+                num(&p["with_rps"]),
+                num(&p["none_rps"]),
                 fmt_list(&p["round_costs_percent"]),
-                p["cost_percent"].as_f64().unwrap_or(0.0),
-                p["with_cpu_us_per_msg"].as_f64().unwrap_or(0.0),
-                p["none_cpu_us_per_msg"].as_f64().unwrap_or(0.0),
+                num(&p["cost_percent"]),
+                num(&p["with_cpu_us_per_msg"]),
+                num(&p["none_cpu_us_per_msg"]),
                 p["connect_errors"],
                 p["failed_round_trips"]
             );
@@ -512,18 +512,18 @@ impl Report {
         if let Some(p) = self.json.get("policies_side_by_side") {
             let _ = writeln!(
                 s,
-                "\nSide by side (the bar): in each of {} rounds two fresh gateways, one without policies and one with them, each with its own {} agents, were driven flat out at the same time by one load generator, so whatever the box did meanwhile it did to both. Gateway CPU per relayed message: {:.2} µs with vs {:.2} µs without (means over rounds); per round {} %, **median {:.1} %**. Throughput side by side: {:.0} vs {:.0} round trips/s (both gateways share the one load generator, whose pace sets both rates: not the measure). Control, no policy on either gateway, {} rounds: {} % (median {:.1} %): the method's own spread. Errors: {}.",
+                "\nSide by side (the bar): in each of {} rounds two fresh gateways, one without policies and one with them, each with its own {} agents, were driven flat out at the same time by one load generator, so whatever the box did meanwhile it did to both; the one with policies was started first in every other round (the first started runs about 2 % dearer). Gateway CPU per relayed message: {:.2} µs with vs {:.2} µs without (means over rounds); per round {} %, **median {:.1} %**. Throughput side by side: {:.0} vs {:.0} round trips/s (both gateways share the one load generator, whose pace sets both rates: not the measure). Control, no policy on either gateway, {} rounds: {} % (median {:.1} %): the method's own spread. Errors: {}.",
                 p["rounds"],
                 self.json.get("scale").and_then(|s| s["saturate_agents"].as_u64()).unwrap_or(0),
-                p["with_cpu_us_per_msg"].as_f64().unwrap_or(0.0),
-                p["none_cpu_us_per_msg"].as_f64().unwrap_or(0.0),
+                num(&p["with_cpu_us_per_msg"]),
+                num(&p["none_cpu_us_per_msg"]),
                 fmt_list(&p["round_costs_percent"]),
-                p["cost_percent"].as_f64().unwrap_or(0.0),
-                p["with_rps"].as_f64().unwrap_or(0.0),
-                p["none_rps"].as_f64().unwrap_or(0.0),
+                num(&p["cost_percent"]),
+                num(&p["with_rps"]),
+                num(&p["none_rps"]),
                 p["control_rounds"],
                 fmt_list(&p["control_costs_percent"]),
-                p["control_median_percent"].as_f64().unwrap_or(0.0),
+                num(&p["control_median_percent"]),
                 p["errors"]
             );
         }
@@ -619,4 +619,9 @@ fn fmt_list(v: &Value) -> String {
     v.as_array()
         .map(|r| r.iter().map(|c| format!("{:+.1}", c.as_f64().unwrap_or(0.0))).collect::<Vec<_>>().join(", "))
         .unwrap_or_default()
+}
+
+/// A JSON number, 0 if absent.
+fn num(v: &Value) -> f64 {
+    v.as_f64().unwrap_or(0.0)
 }
