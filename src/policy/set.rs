@@ -370,10 +370,16 @@ impl PolicySet {
     /// or for it with the fields in `added` set too (fields the relay
     /// splices in after asking). False with no `dir` filter at all.
     pub(crate) fn filters_message(&self, dir: Direction, message: &[u8], added: FieldSet) -> bool {
+        self.wants(dir, || added | filter_fields::present(message))
+    }
+
+    /// Whether the `dir` chain calls some filter for a message with the
+    /// fields `present` gives (asked only if some filter declared fields).
+    fn wants(&self, dir: Direction, present: impl FnOnce() -> FieldSet) -> bool {
         match self.filter_wants[dir.index()] {
             None => true,
             Some(0) => false,
-            Some(wanted) => (added | filter_fields::present(message)) & wanted != 0,
+            Some(wanted) => present() & wanted != 0,
         }
     }
 
@@ -451,11 +457,7 @@ impl PolicySet {
     /// would, none replaces it either, so the answer holds for the chain.
     /// `present` keeps the field scan, if one was needed, for `filter_in`.
     fn calls_filter_for(&self, dir: Direction, message: &[u8], present: &mut Option<FieldSet>) -> bool {
-        match self.filter_wants[dir.index()] {
-            None => true,
-            Some(0) => false,
-            Some(wanted) => *present.get_or_insert_with(|| filter_fields::present(message)) & wanted != 0,
-        }
+        self.wants(dir, || *present.get_or_insert_with(|| filter_fields::present(message)))
     }
 
     /// `present`: the message's top-level fields, if already scanned.
