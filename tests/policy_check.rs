@@ -59,6 +59,13 @@ fn example_policies_pass_with_figures_per_hook() {
         assert!(stdout.contains("every hook call succeeded"), "{name}: {stdout}");
         assert!(stdout.contains("implements opamp-gateway:policy/gateway-policy@0.3.0"), "{name}: {stdout}");
         assert!(stdout.lines().any(|l| l.split_whitespace().eq(["wit", "0.3.0"])), "{name}: {stdout}");
+        // What the shipped config shows the policy of an agent's headers.
+        let shown = match name {
+            "tenant_affinity" | "upstream_router" | "tenant_quota" => "headers   only x-tenant (visible_headers)",
+            "source_allowlist" | "heartbeat_limiter" => "headers   none (visible_headers: [])",
+            _ => "headers   every agent header (no visible_headers)",
+        };
+        assert!(stdout.contains(shown), "{name}: {stdout}");
         for hook in hooks {
             let r = row(&stdout, hook);
             assert_eq!((r[1], r[2]), ("300", "0"), "{name} {hook}: {stdout}");

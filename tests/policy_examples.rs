@@ -353,12 +353,12 @@ fn examples_refuse_bad_config_at_load() {
 }
 
 #[test]
-fn the_example_configs_load() {
-    let dir = tempfile::tempdir().unwrap();
+fn the_example_configs_load_and_every_example_skips_the_gateway_keys() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("policies/examples");
-    for name in ["header_allowlist", "tenant_affinity", "redact_secrets", "block_packages", "upstream_router"] {
-        let yaml = std::fs::read_to_string(root.join(name).join(format!("{name}.yaml"))).unwrap();
-        policy_support::install(dir.path(), name, name, Some(&yaml));
+    let shipped = |name: &str| std::fs::read_to_string(root.join(name).join(format!("{name}.yaml"))).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    for name in EXAMPLES {
+        policy_support::install(dir.path(), name, name, Some(&shipped(name)));
     }
     let rt = opamp_gateway::policy::runtime::PolicyRuntime::start(&policy_support::config(dir.path(), false)).unwrap();
     let modes: Vec<_> = rt.loaded().into_iter().map(|p| (p.name, p.on_error)).collect();
@@ -368,9 +368,33 @@ fn the_example_configs_load() {
         [
             ("block_packages".to_owned(), Closed),
             ("header_allowlist".to_owned(), Open),
+            ("heartbeat_limiter".to_owned(), Open),
             ("redact_secrets".to_owned(), Closed),
+            ("source_allowlist".to_owned(), Closed),
             ("tenant_affinity".to_owned(), Open),
+            ("tenant_quota".to_owned(), Open),
             ("upstream_router".to_owned(), Open),
         ]
     );
+    // Every key the gateway reads, added to each shipped config: the
+    // policies' own config readers must skip them all.
+    let dir = tempfile::tempdir().unwrap();
+    for name in EXAMPLES {
+        let yaml = policy_support::with_every_reserved_key(&shipped(name));
+        policy_support::install(dir.path(), name, name, Some(&yaml));
+    }
+    let rt = opamp_gateway::policy::runtime::PolicyRuntime::start(&policy_support::config(dir.path(), false))
+        .expect("every example skips the gateway's keys");
+    assert_eq!(rt.loaded().len(), EXAMPLES.len());
 }
+
+const EXAMPLES: [&str; 8] = [
+    "block_packages",
+    "header_allowlist",
+    "heartbeat_limiter",
+    "redact_secrets",
+    "source_allowlist",
+    "tenant_affinity",
+    "tenant_quota",
+    "upstream_router",
+];

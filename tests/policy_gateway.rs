@@ -126,6 +126,38 @@ async fn examples_change_what_the_server_and_agents_see() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn visible_headers_keep_an_agents_other_headers_from_a_policy() {
+    let server = ReferenceServer::start(ReferenceServerConfig { secret_key: Some("k".into()), ..Default::default() })
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    // The allowlist is shown two headers and keeps one; the others are not
+    // its business, so they reach the server as they came, credentials
+    // included. The affinity policy is not shown the tenant at all.
+    let allow = "allow: [x-tenant]\nvisible_headers: [x-tenant, x-internal-token]\n";
+    install(dir.path(), "header_allowlist", "10-allow", Some(allow));
+    install(dir.path(), "tenant_affinity", "20-affinity", Some("header: x-tenant\nvisible_headers: [user-agent]\n"));
+    let g = start(&server, dir.path()).await;
+
+    let key = ("Authorization", "Secret-Key k");
+    let mut agents = Vec::new();
+    for _ in 0..3 {
+        let mut a = SimAgent::connect(opts(&g, &[key, ("x-tenant", "blue"), ("x-internal-token", "t0p")]))
+            .await
+            .expect("authorization reaches the server although the allowlist does not name it");
+        round_trip(&mut a).await;
+        agents.push(a);
+    }
+    let (_, req) = server.state().connect_requests.last().cloned().unwrap();
+    assert_eq!(req.headers["Authorization"], ["Secret-Key k"]);
+    assert_eq!(req.headers["X-Tenant"], ["blue"]);
+    assert!(!req.headers.contains_key("X-Internal-Token"), "shown to the allowlist, and dropped by it");
+    // Unseen, the tenant pins nothing: least-connections spreads the three
+    // (the shipped config, which shows it, pins them: the test above).
+    assert_eq!(g.inspect().loads().iter().filter(|&&l| l > 0).count(), 3);
+    g.shutdown().await;
+}
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hot_swaps_under_load_lose_nothing() {
     let server = ReferenceServer::start(ReferenceServerConfig::default()).await.unwrap();
     let dir = tempfile::tempdir().unwrap();

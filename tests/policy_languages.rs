@@ -96,6 +96,20 @@ async fn python_and_javascript_templates_filter_through_a_real_gateway() {
     ))
     .unwrap();
     cfg.policies = policy_support::config(dir.path(), false);
+    // The templates skip every key the gateway reads from their YAML.
+    let every = tempfile::tempdir().unwrap();
+    for lang in ["py", "js"] {
+        let name = format!("block_package_{lang}");
+        std::fs::copy(dir.path().join(format!("{name}.wasm")), every.path().join(format!("{name}.wasm"))).unwrap();
+        let yaml = std::fs::read_to_string(dir.path().join(format!("{name}.yaml"))).unwrap();
+        std::fs::write(every.path().join(format!("{name}.yaml")), policy_support::with_every_reserved_key(&yaml))
+            .unwrap();
+    }
+    let rt = opamp_gateway::policy::runtime::PolicyRuntime::start(&policy_support::config(every.path(), false))
+        .expect("both templates accept every gateway key in their YAML");
+    assert_eq!(rt.loaded().len(), 2);
+    drop(rt);
+
     let g = Gateway::start(&cfg, None).await.expect("the gateway loads both components");
     let mut loaded: Vec<_> = g.policies().loaded().iter().map(|p| p.name.clone()).collect();
     loaded.sort();

@@ -13,7 +13,7 @@ use bytes::Bytes;
 use opamp_gateway::policy::runtime::PolicyRuntime;
 use opamp_gateway::policy::wasm::{PolicyError, WasmPolicy};
 use opamp_gateway::policy::{
-    AssignDecision, AssignInput, Direction, FilterOutcome, HookError, LinkInfo, Policy, Transport, UpstreamInfo,
+    AssignDecision, AssignInput, Direction, FilterOutcome, HookError, LinkInfo, Policy, Route, Transport, UpstreamInfo,
     Verdict, DEFAULT_UPSTREAM,
 };
 use policy_support::{config, install, runtime};
@@ -70,6 +70,35 @@ fn a_trap_fails_one_call_and_the_next_works() {
     // Every hook is covered the same way.
     assert!(matches!(p.forward_headers(headers("trap")), Err(HookError::Trap(_))));
     assert_eq!(p.forward_headers(headers("ok")).unwrap(), headers("ok"));
+}
+
+#[test]
+fn visible_headers_hide_the_rest_from_every_hook_and_the_rest_goes_on_unchanged() {
+    // The fixture misbehaves when it sees `x-misbehave`: shown only
+    // `authorization`, it never sees its trigger, in any hook.
+    let (_d, _rt, p) = misbehave(Some("call_timeout: 100ms\nvisible_headers: [Authorization]\n"));
+    let h = headers("trap");
+    let out = p.forward_headers(h.clone()).unwrap();
+    assert_eq!(out, [h[1].clone(), h[0].clone()], "its answer, then the header it was not shown, unchanged");
+    let ups = one_link();
+    let link = |i| Some(Route { upstream: Some(DEFAULT_UPSTREAM.into()), link: Some(i) });
+    let input = AssignInput { headers: &h, remote_addr: "1.2.3.4:5", transport: Transport::Http, upstreams: &ups };
+    assert_eq!(p.assign(&input).unwrap(), link(0), "the trap was not seen");
+    let max = headers("max");
+    let input = AssignInput { headers: &max, ..input };
+    assert_eq!(p.assign(&input).unwrap(), link(0));
+    // Control: shown every header, the same calls misbehave.
+    let (_d, _rt, all) = misbehave(None);
+    assert!(matches!(all.forward_headers(headers("trap")), Err(HookError::Trap(_))));
+    assert_eq!(all.assign(&input).unwrap(), link(u32::MAX), "unchecked here: the chain refuses it");
+
+    // A policy cannot answer a header it was not shown: `probe` answers
+    // x-fs, x-env, ... of which it was shown none.
+    let (_d, _rt, p) = misbehave(Some("call_timeout: 100ms\nvisible_headers: [x-misbehave]\n"));
+    match p.forward_headers(headers("probe")) {
+        Err(HookError::Invalid(m)) => assert!(m.contains("x-fs") && m.contains("visible_headers"), "{m}"),
+        other => panic!("expected an invalid answer, got {other:?}"),
+    }
 }
 
 #[test]

@@ -25,6 +25,8 @@
 //! - [`filter_fields`]: the top-level fields a policy's `filter` is called
 //!   for (`filter_agent_to_server` / `filter_server_to_agent` in its YAML),
 //!   so heartbeats skip policies that never read them;
+//! - [`visible_headers`]: the agent headers a policy's hooks are shown
+//!   (`visible_headers` in its YAML), granted by the operator;
 //! - `verdict`: host-side checks of answers (`replace` keeps the uid,
 //!   `set-field` never touches it, headers are valid HTTP);
 //! - `throttle`: rate limits on a policy's log lines;
@@ -53,6 +55,7 @@ pub(crate) mod throttle;
 pub mod verdict;
 #[cfg(not(fuzzing))]
 pub(crate) mod verdict;
+pub mod visible_headers;
 /// Without the `wasm` feature only its error type and WIT names remain.
 pub mod wasm;
 

@@ -106,34 +106,38 @@ impl StateStore {
         let mut e = self.entries.lock();
         let old = e.map.get(key).map_or(0, |v| key.len() + v.bytes.len());
         self.make_room(&mut e, key.len() + value.len(), old, now)?;
-        e.remove(key);
-        e.bytes += key.len() + value.len();
-        e.map.insert(key.to_owned(), Value { bytes: value, expires: ttl_ms.map(|t| now.saturating_add(t)) });
+        let expires = ttl_ms.map(|t| now.saturating_add(t));
+        let Entries { map, bytes } = &mut *e;
+        // In place when the key is there (still, after `make_room`): no new
+        // key string, no second hash.
+        if let Some(v) = map.get_mut(key) {
+            *bytes = *bytes - v.bytes.len() + value.len();
+            *v = Value { bytes: value, expires };
+            return Ok(());
+        }
+        *bytes += key.len() + value.len();
+        map.insert(key.to_owned(), Value { bytes: value, expires });
         Ok(())
     }
 
     fn add_at(&self, key: &str, delta: i64, ttl_ms: Option<u64>, now: u64) -> Result<i64, StateError> {
         let mut e = self.entries.lock();
-        let current = match e.map.get(key) {
-            Some(v) if v.live(now) => Some(v),
-            _ => None,
-        };
-        let (value, expires, old) = match current {
-            Some(v) => {
-                let bytes: [u8; 8] = v.bytes.as_slice().try_into().map_err(|_| StateError::NotACounter)?;
-                (i64::from_le_bytes(bytes), v.expires, key.len() + 8)
-            }
-            None => (0, None, 0),
-        };
-        if old == 0 {
-            self.make_room(&mut e, key.len() + 8, 0, now)?;
+        let expires = ttl_ms.map(|t| now.saturating_add(t));
+        // A live counter is updated in place: the common case of a
+        // policy counting (no new key string, no second hash).
+        if let Some(v) = e.map.get_mut(key).filter(|v| v.live(now)) {
+            let bytes: [u8; 8] = v.bytes.as_slice().try_into().map_err(|_| StateError::NotACounter)?;
+            let sum = i64::from_le_bytes(bytes).wrapping_add(delta);
+            v.bytes.copy_from_slice(&sum.to_le_bytes());
+            v.expires = expires.or(v.expires);
+            return Ok(sum);
         }
-        let sum = value.wrapping_add(delta);
-        let expires = ttl_ms.map(|t| now.saturating_add(t)).or(expires);
+        // Absent or expired: a new counter from 0.
+        self.make_room(&mut e, key.len() + 8, 0, now)?;
         e.remove(key);
         e.bytes += key.len() + 8;
-        e.map.insert(key.to_owned(), Value { bytes: sum.to_le_bytes().to_vec(), expires });
-        Ok(sum)
+        e.map.insert(key.to_owned(), Value { bytes: delta.to_le_bytes().to_vec(), expires });
+        Ok(delta)
     }
 
     pub(crate) fn delete(&self, key: &str) {
@@ -230,6 +234,9 @@ mod tests {
         assert_eq!(s.bytes(), 16);
         assert_eq!(s.set("k", vec![1; 16], None), Err(StateError::Full));
         assert_eq!(s.get("k"), Some(vec![1; 15]));
+        s.set("k", vec![2; 3], None).unwrap(); // and a smaller one gives room back
+        assert_eq!(s.bytes(), 4);
+        s.set("j", vec![0; 10], None).unwrap();
     }
 
     #[test]

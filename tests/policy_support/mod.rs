@@ -79,6 +79,18 @@ pub(crate) fn install(dir: &Path, crate_name: &str, as_name: &str, yaml: Option<
     atomic_write(&dir.join(format!("{as_name}.wasm")), &bytes);
 }
 
+/// `yaml` with every key the gateway reads from a policy's YAML that it
+/// does not set yet (a policy's own config reader must skip them all).
+pub(crate) fn with_every_reserved_key(yaml: &str) -> String {
+    let mut out = yaml.to_owned();
+    for (key, value) in opamp_gateway::policy::wasm::RESERVED_KEYS {
+        if !yaml.lines().any(|l| l.starts_with(&format!("{key}:"))) {
+            out.push_str(&format!("\n{key}: {value}"));
+        }
+    }
+    out
+}
+
 pub(crate) fn atomic_write(path: &Path, bytes: &[u8]) {
     let tmp = path.with_file_name(format!(".{}.tmp", path.file_name().unwrap().to_str().unwrap()));
     std::fs::write(&tmp, bytes).unwrap();

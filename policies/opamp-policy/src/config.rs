@@ -17,13 +17,13 @@
 //! Anything else (nested mappings, multi-line scalars, anchors) is an error
 //! naming the line, so a config is never half-understood. The gateway's own
 //! keys (`on_error`, `mode`, `state`, `call_timeout`, `memory_limit`, `quarantine_*`,
-//! `filter_agent_to_server`, `filter_server_to_agent`) are
+//! `filter_agent_to_server`, `filter_server_to_agent`, `visible_headers`) are
 //! parsed like any other; [`Config::expect_keys`] ignores them.
 
 use std::fmt;
 
 /// Top-level keys read by the gateway itself, not by the policy.
-pub const GATEWAY_KEYS: [&str; 12] = [
+pub const GATEWAY_KEYS: [&str; 13] = [
     "on_error",
     "mode",
     "state",
@@ -36,6 +36,7 @@ pub const GATEWAY_KEYS: [&str; 12] = [
     "quarantine_max_backoff",
     "filter_agent_to_server",
     "filter_server_to_agent",
+    "visible_headers",
 ];
 
 /// One value.

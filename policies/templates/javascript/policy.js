@@ -21,7 +21,10 @@ const PACKAGES_AVAILABLE = 5;
 const PACKAGE_STATUSES = 8;
 
 // The gateway's own keys in the same YAML: not the policy's business.
-const GATEWAY_KEYS = new Set(['on_error', 'call_timeout', 'memory_limit', 'mode', 'state']);
+const GATEWAY_KEYS = new Set([
+  'on_error', 'call_timeout', 'memory_limit', 'mode', 'state',
+  'filter_agent_to_server', 'filter_server_to_agent', 'visible_headers',
+]);
 
 let block = [];
 

@@ -30,7 +30,10 @@ def parse_config(text: str) -> List[str]:
     """The `block:` list of a flat YAML text. Unknown keys are refused; the
     gateway's own keys (on_error, call_timeout, memory_limit, ...) are not
     the policy's business and are skipped."""
-    gateway_keys = {"on_error", "call_timeout", "memory_limit", "mode", "state"}
+    gateway_keys = {
+        "on_error", "call_timeout", "memory_limit", "mode", "state",
+        "filter_agent_to_server", "filter_server_to_agent", "visible_headers",
+    }
     block: List[str] = []
     for raw in text.splitlines():
         line = raw.split("#", 1)[0].rstrip()

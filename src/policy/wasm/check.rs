@@ -27,6 +27,7 @@ use super::loader::{compile, valid_policy_name, PolicyFiles, Source};
 use super::policy::WasmPolicy;
 use crate::policy::config::{BreakerConfig, PoliciesConfig};
 use crate::policy::set::Containment;
+use crate::policy::visible_headers::VisibleHeaders;
 use crate::policy::{
     AdmitVerdict, AssignInput, Direction, FailureMode, FilterOutcome, HeaderList, HookError, Hooks, LinkInfo, Policy,
     PolicySet, Route, SessionEvent, Transport, UpstreamInfo, Verdict,
@@ -51,6 +52,8 @@ pub struct CheckReport {
     /// The `opamp-gateway:policy` version the component targets.
     pub wit_version: WitVersion,
     pub on_error: FailureMode,
+    /// The agent headers its hooks are shown.
+    pub visible_headers: VisibleHeaders,
     /// Compile + type-check + first `init` (compilation may hit the cache).
     pub load_time: Duration,
     /// The limits the calls ran under, and where they were set.
@@ -175,6 +178,7 @@ pub fn check(wasm: &Path, config: Option<&Path>, cfg: &PoliciesConfig) -> Result
         hooks: policy.hooks(),
         wit_version: policy.wit_version(),
         on_error: policy.failure_mode(),
+        visible_headers: policy.visible_headers.clone(),
         load_time: started.elapsed(),
         limits,
         runs: Vec::new(),
@@ -584,6 +588,7 @@ impl fmt::Display for CheckReport {
             FailureMode::Closed => "closed (a failing call drops the message / refuses the agent)",
         };
         writeln!(f, "  on_error  {mode}")?;
+        writeln!(f, "  headers   {}", self.visible_headers)?;
         let from = |yaml: bool| if yaml { "policy yaml" } else { "policies:" };
         writeln!(
             f,
@@ -672,6 +677,7 @@ mod tests {
             hooks: Hooks::FILTER,
             wit_version: WitVersion::V0_3,
             on_error: FailureMode::Open,
+            visible_headers: VisibleHeaders::default(),
             load_time: Duration::ZERO,
             limits: CheckLimits {
                 call_timeout: Duration::from_millis(5),

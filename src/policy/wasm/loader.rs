@@ -29,6 +29,7 @@ use super::pool::{InitFailure, InstancePool};
 use super::versions::Pre;
 use crate::policy::config::{show_yaml as show, BreakerOverrides, PoliciesConfig};
 use crate::policy::filter_fields::FilterFields;
+use crate::policy::visible_headers::VisibleHeaders;
 use crate::policy::{FailureMode, HookError, Mode};
 
 /// The files of one policy.
@@ -93,10 +94,29 @@ pub(super) fn valid_policy_name(name: &str) -> bool {
     !name.is_empty() && name.bytes().all(|c| c.is_ascii_alphanumeric() || b"-_.".contains(&c))
 }
 
-/// Host-side settings read from a policy's YAML. These top-level keys are
-/// reserved for the gateway; the policy receives the whole text and ignores
-/// them.
-#[derive(Debug, Clone, Copy, PartialEq, Default)]
+/// Every top-level key the gateway reads from a policy's YAML, each with a
+/// value it accepts. A policy receives the whole text and must skip these:
+/// the SDK's `GATEWAY_KEYS` and the Python and JavaScript templates list
+/// them, and the example and template tests load each policy with all of
+/// them set.
+pub const RESERVED_KEYS: [(&str, &str); 13] = [
+    ("on_error", "closed"),
+    ("mode", "shadow"),
+    ("state", "reset"),
+    ("call_timeout", "20ms"),
+    ("memory_limit", "16777216"),
+    ("quarantine_after", "3"),
+    ("quarantine_rate", "0.9"),
+    ("quarantine_window", "30s"),
+    ("quarantine_backoff", "2s"),
+    ("quarantine_max_backoff", "2m"),
+    ("filter_agent_to_server", "[effective_config]"),
+    ("filter_server_to_agent", "[packages_available]"),
+    ("visible_headers", "[x-tenant]"),
+];
+
+/// Host-side settings read from a policy's YAML ([`RESERVED_KEYS`]).
+#[derive(Debug, Clone, PartialEq, Default)]
 pub(crate) struct Settings {
     pub on_error: FailureMode,
     pub call_timeout: Option<Duration>,
@@ -110,6 +130,8 @@ pub(crate) struct Settings {
     /// `filter_agent_to_server` / `filter_server_to_agent`: the messages
     /// its `filter` is called for.
     pub filter_fields: FilterFields,
+    /// `visible_headers`: the agent headers its hooks are shown.
+    pub visible_headers: VisibleHeaders,
 }
 
 pub(crate) fn parse_settings(path: &Path, text: &str) -> Result<Settings, PolicyError> {
@@ -158,6 +180,7 @@ pub(crate) fn parse_settings(path: &Path, text: &str) -> Result<Settings, Policy
         };
     }
     s.filter_fields = FilterFields::parse(&map).map_err(bad)?;
+    s.visible_headers = VisibleHeaders::parse(&map).map_err(bad)?;
     s.quarantine = BreakerOverrides::parse(&map).map_err(bad)?;
     Ok(s)
 }
@@ -312,6 +335,7 @@ pub(crate) fn compile(
         version,
         mode: settings.mode,
         filter_fields: settings.filter_fields,
+        visible_headers: settings.visible_headers,
         pool,
     })
 }
@@ -438,6 +462,19 @@ mod tests {
         ] {
             let e = parse_settings(p, bad).unwrap_err();
             assert!(matches!(e, PolicyError::Config { .. }), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn every_reserved_key_is_read_and_its_sample_accepted() {
+        let p = Path::new("x.yaml");
+        let all: String = RESERVED_KEYS.iter().map(|(k, v)| format!("{k}: {v}\n")).collect();
+        parse_settings(p, &all).unwrap();
+        // Each sample moves the settings off their default: a key listed
+        // here is one the gateway reads.
+        for (key, value) in RESERVED_KEYS {
+            let one = parse_settings(p, &format!("{key}: {value}\n")).unwrap();
+            assert_ne!(one, Settings::default(), "{key} is listed as reserved but not read");
         }
     }
 

@@ -56,4 +56,6 @@ pub(crate) use engine::PolicyEngine;
 #[cfg(feature = "wasm")]
 pub(crate) use loader::Loader;
 #[cfg(feature = "wasm")]
+pub use loader::RESERVED_KEYS;
+#[cfg(feature = "wasm")]
 pub(crate) use watcher::DirWatcher;

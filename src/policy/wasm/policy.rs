@@ -17,6 +17,7 @@ use super::pool::InstancePool;
 use super::versions::Bindings;
 use crate::policy::filter_fields::{FieldSet, FilterFields};
 use crate::policy::verdict::{self, check_header, check_replacement};
+use crate::policy::visible_headers::VisibleHeaders;
 use crate::policy::{
     AdmitVerdict, AssignInput, BreakerConfig, Direction, FailureMode, HeaderList, HookError, Hooks, Mode, Policy,
     Rejection, Route, SessionEvent, Transport, Verdict,
@@ -39,6 +40,8 @@ pub struct WasmPolicy {
     pub(crate) mode: Mode,
     /// `filter_agent_to_server` / `filter_server_to_agent` in its YAML.
     pub(crate) filter_fields: FilterFields,
+    /// `visible_headers` in its YAML: the agent headers its hooks are shown.
+    pub(crate) visible_headers: VisibleHeaders,
     pub(crate) pool: InstancePool,
 }
 
@@ -110,7 +113,9 @@ impl Policy for WasmPolicy {
         let verdict = self.pool.call(|store, b| match b {
             // 0.2.0 has no `admit`; never announced, never called.
             Bindings::V2(_) => Ok(wit::AdmitVerdict::Allow),
-            Bindings::V3(b) => with_assign_input(input, |arg| b.opamp_gateway_policy_policy().call_admit(store, arg)),
+            Bindings::V3(b) => with_assign_input(input, &self.visible_headers, |arg| {
+                b.opamp_gateway_policy_policy().call_admit(store, arg)
+            }),
         })?;
         Ok(match verdict {
             wit::AdmitVerdict::Allow => AdmitVerdict::Allow,
@@ -121,7 +126,7 @@ impl Policy for WasmPolicy {
     }
 
     fn on_connect(&self, event: &SessionEvent) -> Result<(), HookError> {
-        let headers = borrowed(&event.headers);
+        let headers = self.visible_headers.select(&event.headers);
         self.pool.call(|store, b| match b {
             Bindings::V2(_) => Ok(()),
             Bindings::V3(b) => b.opamp_gateway_policy_policy().call_on_connect(store, session_event(event, &headers)),
@@ -129,7 +134,7 @@ impl Policy for WasmPolicy {
     }
 
     fn on_disconnect(&self, event: &SessionEvent, reason: &str) -> Result<(), HookError> {
-        let headers = borrowed(&event.headers);
+        let headers = self.visible_headers.select(&event.headers);
         self.pool.call(|store, b| match b {
             Bindings::V2(_) => Ok(()),
             Bindings::V3(b) => {
@@ -148,7 +153,7 @@ impl Policy for WasmPolicy {
                     .map(|l| wit2::Link { index: l.index, load: l.load, connected: l.connected })
                     .collect();
                 let arg = wit2::AssignInput {
-                    headers: &borrowed(input.headers),
+                    headers: &self.visible_headers.select(input.headers),
                     remote_address: input.remote_addr,
                     transport: wit_transport(input.transport).into(),
                     links: &links,
@@ -157,19 +162,22 @@ impl Policy for WasmPolicy {
                 Ok(link.map(Route::default_link))
             }
             Bindings::V3(b) => {
-                let route = with_assign_input(input, |arg| b.opamp_gateway_policy_policy().call_assign(store, arg))?;
+                let route = with_assign_input(input, &self.visible_headers, |arg| {
+                    b.opamp_gateway_policy_policy().call_assign(store, arg)
+                })?;
                 Ok(route.map(|r| Route { upstream: Some(r.upstream), link: r.link }))
             }
         })
     }
 
     fn forward_headers(&self, headers: HeaderList) -> Result<HeaderList, HookError> {
-        let headers = borrowed(&headers);
+        let shown = self.visible_headers.select(&headers);
         let out = self.pool.call(|store, b| match b {
-            Bindings::V2(b) => b.opamp_gateway_policy_policy().call_forward_headers(store, &headers),
-            Bindings::V3(b) => b.opamp_gateway_policy_policy().call_forward_headers(store, &headers),
+            Bindings::V2(b) => b.opamp_gateway_policy_policy().call_forward_headers(store, &shown),
+            Bindings::V3(b) => b.opamp_gateway_policy_policy().call_forward_headers(store, &shown),
         })?;
-        out.into_iter().map(check_header).collect()
+        let answer = out.into_iter().map(check_header).collect::<Result<HeaderList, _>>()?;
+        self.visible_headers.complete(answer, &headers)
     }
 
     fn filter_fields(&self, dir: Direction) -> Option<FieldSet> {
@@ -213,17 +221,16 @@ fn wit_transport(t: Transport) -> wit::Transport {
     }
 }
 
-/// The host's headers as a WIT parameter borrows them: a vector of
-/// pointers, not a copy of every name and value.
-fn borrowed(headers: &[(String, String)]) -> Vec<(&str, &str)> {
-    headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect()
-}
-
 /// Calls `f` with what `assign` and `admit` (0.3.0) see. The generated
 /// parameter types borrow (`ownership: Borrowing` in the bindings), so the
-/// only copies are the small vectors their slices point into.
-fn with_assign_input<R>(input: &AssignInput<'_>, f: impl FnOnce(wit::AssignInput<'_>) -> R) -> R {
-    let headers = borrowed(input.headers);
+/// only copies are the small vectors their slices point into (headers: the
+/// ones the policy is shown, see [`VisibleHeaders::select`]).
+fn with_assign_input<R>(
+    input: &AssignInput<'_>,
+    visible: &VisibleHeaders,
+    f: impl FnOnce(wit::AssignInput<'_>) -> R,
+) -> R {
+    let headers = visible.select(input.headers);
     let links: Vec<Vec<wit::Link>> = input
         .upstreams
         .iter()

@@ -152,8 +152,11 @@ impl HeartbeatLimiter {
 
     /// `message` with its sequence number lowered by `dropped`.
     fn renumbered(&self, message: &Message, dropped: u64) -> Verdict {
+        if dropped == 0 {
+            return Verdict::Forward; // nothing to take off: no field to read
+        }
         match sequence_num(message) {
-            Some(seq) if dropped > 0 => Verdict::SetField(FieldEdit {
+            Some(seq) => Verdict::SetField(FieldEdit {
                 number: SEQUENCE_NUM,
                 value: Some(FieldValue::Varint(seq.saturating_sub(dropped))),
             }),
