@@ -300,30 +300,19 @@ fn main() {
         });
         for (prefix, [affinity, router, allowlist, quota]) in &header_sets {
             let name = |case: &str| format!("{prefix}{case}");
-            measure(cases, &name("tenant_affinity: assign (3 links)"), iters, || {
-                let input = AssignInput {
-                    headers: &hs,
-                    remote_addr: "10.1.2.3:4567",
-                    transport: Transport::WebSocket,
-                    upstreams: &upstreams,
-                };
-                std::hint::black_box(affinity.assign(&input).unwrap());
-            });
-            measure(cases, &name("upstream_router: assign (2 upstreams)"), iters, || {
-                let input = AssignInput {
-                    headers: &hs,
-                    remote_addr: "10.1.2.3:4567",
-                    transport: Transport::WebSocket,
-                    upstreams: &two_upstreams,
-                };
-                std::hint::black_box(router.assign(&input).unwrap());
-            });
-            let input = |remote| AssignInput {
+            let on = |remote, upstreams| AssignInput {
                 headers: &hs,
                 remote_addr: remote,
                 transport: Transport::WebSocket,
-                upstreams: &upstreams,
+                upstreams,
             };
+            let input = |remote| on(remote, &upstreams[..]);
+            measure(cases, &name("tenant_affinity: assign (3 links)"), iters, || {
+                std::hint::black_box(affinity.assign(&input("10.1.2.3:4567")).unwrap());
+            });
+            measure(cases, &name("upstream_router: assign (2 upstreams)"), iters, || {
+                std::hint::black_box(router.assign(&on("10.1.2.3:4567", &two_upstreams)).unwrap());
+            });
             measure(cases, &name("source_allowlist: admit, allowed"), iters, || {
                 std::hint::black_box(allowlist.admit(&input("10.1.2.3:4567")).unwrap());
             });

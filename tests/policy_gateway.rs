@@ -40,6 +40,11 @@ async fn start(server: &ReferenceServer, dir: &Path) -> Gateway {
     g
 }
 
+/// A reference server that authenticates agents by `Authorization: Secret-Key k`.
+async fn keyed_server() -> ReferenceServer {
+    ReferenceServer::start(ReferenceServerConfig { secret_key: Some("k".into()), ..Default::default() }).await.unwrap()
+}
+
 async fn round_trip(a: &mut SimAgent) {
     a.send(AgentToServer::default()).await.unwrap();
     assert_eq!(&a.recv(T).await.unwrap().instance_uid, a.uid().as_bytes());
@@ -55,9 +60,7 @@ fn opts(g: &Gateway, headers: &[(&str, &str)]) -> AgentOptions {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn examples_change_what_the_server_and_agents_see() {
-    let server = ReferenceServer::start(ReferenceServerConfig { secret_key: Some("k".into()), ..Default::default() })
-        .await
-        .unwrap();
+    let server = keyed_server().await;
     let dir = tempfile::tempdir().unwrap();
     for name in ["block_packages", "header_allowlist", "redact_secrets", "tenant_affinity"] {
         install(dir.path(), name, name, Some(&example_yaml(name)));
@@ -127,9 +130,7 @@ async fn examples_change_what_the_server_and_agents_see() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn visible_headers_keep_an_agents_other_headers_from_a_policy() {
-    let server = ReferenceServer::start(ReferenceServerConfig { secret_key: Some("k".into()), ..Default::default() })
-        .await
-        .unwrap();
+    let server = keyed_server().await;
     let dir = tempfile::tempdir().unwrap();
     // The allowlist is shown two headers and keeps one; the others are not
     // its business, so they reach the server as they came, credentials

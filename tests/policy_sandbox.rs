@@ -79,7 +79,7 @@ fn visible_headers_hide_the_rest_from_every_hook_and_the_rest_goes_on_unchanged(
     let (_d, _rt, p) = misbehave(Some("call_timeout: 100ms\nvisible_headers: [Authorization]\n"));
     let h = headers("trap");
     let out = p.forward_headers(h.clone()).unwrap();
-    assert_eq!(out, [h[1].clone(), h[0].clone()], "its answer, then the header it was not shown, unchanged");
+    assert_eq!(out, h, "the trap was not seen: the headers as they came");
     let ups = one_link();
     let link = |i| Some(Route { upstream: Some(DEFAULT_UPSTREAM.into()), link: Some(i) });
     let input = AssignInput { headers: &h, remote_addr: "1.2.3.4:5", transport: Transport::Http, upstreams: &ups };

@@ -55,6 +55,14 @@ impl VisibleHeaders {
                 "forward-headers answered header {name:?}, which is not in its visible_headers"
             )));
         }
+        // Answered as shown: the input as it came, order included (so
+        // shadow mode does not count a pass-through as a change).
+        let mut shown = input.iter().filter(|(n, _)| self.shows(n));
+        let same = answer.len() == shown.clone().count()
+            && answer.iter().zip(&mut shown).all(|(a, s)| a.0.eq_ignore_ascii_case(&s.0) && a.1 == s.1);
+        if same {
+            return Ok(input.to_vec());
+        }
         let mut out = answer;
         out.extend(input.iter().filter(|(n, _)| !self.shows(n)).cloned());
         Ok(out)
@@ -123,6 +131,8 @@ mod tests {
         );
         // Dropping a shown header is the policy's call; the hidden ones stay.
         assert_eq!(only.complete(vec![], &h).unwrap().len(), 2);
+        // Answered as shown: the input, in its order.
+        assert_eq!(only.complete(vec![h[1].clone()], &h).unwrap(), h);
         let none = VisibleHeaders::only([]);
         assert!(none.select(&h).is_empty());
     }
