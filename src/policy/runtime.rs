@@ -338,6 +338,7 @@ fn announce(old: &[Arc<WasmPolicy>], new: &[Arc<WasmPolicy>]) {
             hooks = %hook_list(p.hooks()),
             on_error = ?p.failure_mode(),
             mode = ?p.mode(),
+            headers = %p.visible_headers,
             file = %p.wasm_path().display(),
             reused,
             "policy loaded"
