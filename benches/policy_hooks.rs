@@ -296,7 +296,7 @@ fn main() {
             std::hint::black_box(none.filter(Direction::AgentToServer, UID, hb.clone()));
         });
         measure(cases, "header_allowlist: forward-headers (6 hdrs)", iters, || {
-            std::hint::black_box(allow.forward_headers(hs.clone()).unwrap());
+            std::hint::black_box(allow.forward_headers(&hs).unwrap());
         });
         for (prefix, [affinity, router, allowlist, quota]) in &header_sets {
             let name = |case: &str| format!("{prefix}{case}");

@@ -38,7 +38,8 @@ impl Policy for StampSite {
         Hooks { forward_headers: true, ..Hooks::default() }
     }
 
-    fn forward_headers(&self, mut headers: HeaderList) -> Result<HeaderList, HookError> {
+    fn forward_headers(&self, headers: &[(String, String)]) -> Result<HeaderList, HookError> {
+        let mut headers = headers.to_vec();
         headers.push(("x-site".into(), self.0.clone()));
         Ok(headers)
     }

@@ -28,7 +28,8 @@ impl Policy for Stamp {
     fn hooks(&self) -> Hooks {
         Hooks { forward_headers: true, ..Hooks::default() }
     }
-    fn forward_headers(&self, mut headers: HeaderList) -> Result<HeaderList, HookError> {
+    fn forward_headers(&self, headers: &[(String, String)]) -> Result<HeaderList, HookError> {
+        let mut headers = headers.to_vec();
         headers.push(("x-embedded".into(), self.0.into()));
         Ok(headers)
     }

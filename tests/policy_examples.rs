@@ -65,7 +65,7 @@ fn header_allowlist_forwards_only_listed_headers() {
     let (_dir, rt) = runtime(&[("header_allowlist", "allow", Some("allow: [Authorization, x-tenant]\n"))]);
     let set = rt.policies().snapshot();
     let out = set
-        .forward_headers(vec![
+        .forward_headers(&[
             h("authorization", "Secret-Key k"),
             h("cookie", "session=1"),
             h("x-tenant", "acme"),
@@ -186,7 +186,7 @@ fn a_0_2_0_component_gets_every_hook_and_host_import() {
     // assign: the last connected link of the default upstream, never green's.
     let ups = [upstream(DEFAULT_UPSTREAM, &[true, true, false]), upstream("green", &[true; 6])];
     assert_eq!(assign(&set, &[], &ups), AssignDecision::Route { upstream: 0, link: Some(1) });
-    let headers = set.forward_headers(vec![h("x-tenant", "acme")]).unwrap();
+    let headers = set.forward_headers(&[h("x-tenant", "acme")]).unwrap();
     assert_eq!(headers, vec![h("x-tenant", "acme"), h("x-links-wit", "0.2.0")]);
     // filter, agent→server: a set-field built from len, has, field, fields.
     let msg = AgentToServer { instance_uid: Bytes::from_static(&UID), sequence_num: 42, ..Default::default() };
@@ -323,7 +323,7 @@ fn the_examples_chain_in_file_name_order() {
     let set = rt.policies().snapshot();
     assert_eq!(set.names().collect::<Vec<_>>(), ["10-allow", "20-affinity", "30-redact", "40-block"]);
 
-    let headers = set.forward_headers(vec![h("cookie", "c"), h("x-tenant", "acme")]).unwrap();
+    let headers = set.forward_headers(&[h("cookie", "c"), h("x-tenant", "acme")]).unwrap();
     assert_eq!(headers, vec![h("x-tenant", "acme")]);
     assert!(matches!(
         assign(&set, &headers, &links(&[true, true])),

@@ -68,8 +68,8 @@ fn a_trap_fails_one_call_and_the_next_works() {
     assert!(took < PROMPT, "{took:?}");
     assert_eq!(filter(&p, "ok").0.unwrap(), Verdict::Forward);
     // Every hook is covered the same way.
-    assert!(matches!(p.forward_headers(headers("trap")), Err(HookError::Trap(_))));
-    assert_eq!(p.forward_headers(headers("ok")).unwrap(), headers("ok"));
+    assert!(matches!(p.forward_headers(&headers("trap")), Err(HookError::Trap(_))));
+    assert_eq!(p.forward_headers(&headers("ok")).unwrap(), headers("ok"));
 }
 
 #[test]
@@ -78,7 +78,7 @@ fn visible_headers_hide_the_rest_from_every_hook_and_the_rest_goes_on_unchanged(
     // `authorization`, it never sees its trigger, in any hook.
     let (_d, _rt, p) = misbehave(Some("call_timeout: 100ms\nvisible_headers: [Authorization]\n"));
     let h = headers("trap");
-    let out = p.forward_headers(h.clone()).unwrap();
+    let out = p.forward_headers(&h).unwrap();
     assert_eq!(out, h, "the trap was not seen: the headers as they came");
     let ups = one_link();
     let link = |i| Some(Route { upstream: Some(DEFAULT_UPSTREAM.into()), link: Some(i) });
@@ -89,13 +89,13 @@ fn visible_headers_hide_the_rest_from_every_hook_and_the_rest_goes_on_unchanged(
     assert_eq!(p.assign(&input).unwrap(), link(0));
     // Control: shown every header, the same calls misbehave.
     let (_d, _rt, all) = misbehave(None);
-    assert!(matches!(all.forward_headers(headers("trap")), Err(HookError::Trap(_))));
+    assert!(matches!(all.forward_headers(&headers("trap")), Err(HookError::Trap(_))));
     assert_eq!(all.assign(&input).unwrap(), link(u32::MAX), "unchecked here: the chain refuses it");
 
     // A policy cannot answer a header it was not shown: `probe` answers
     // x-fs, x-env, ... of which it was shown none.
     let (_d, _rt, p) = misbehave(Some("call_timeout: 100ms\nvisible_headers: [x-misbehave]\n"));
-    match p.forward_headers(headers("probe")) {
+    match p.forward_headers(&headers("probe")) {
         Err(HookError::Invalid(m)) => assert!(m.contains("x-fs") && m.contains("visible_headers"), "{m}"),
         other => panic!("expected an invalid answer, got {other:?}"),
     }
@@ -183,7 +183,7 @@ fn failed_instances_are_replaced_not_reused_under_concurrency() {
 #[test]
 fn the_sandbox_grants_nothing() {
     let (_d, _rt, p) = misbehave(None);
-    let out = p.forward_headers(headers("probe")).unwrap();
+    let out = p.forward_headers(&headers("probe")).unwrap();
     let get = |k: &str| out.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone()).unwrap();
     assert!(get("x-fs").starts_with("denied"), "{out:?}");
     assert!(get("x-dir").starts_with("denied"), "{out:?}");
@@ -200,7 +200,7 @@ fn invalid_answers_are_errors() {
     assert!(matches!(filter(&p, "olduid").0, Err(HookError::Invalid(_))), "uid rewritten");
     assert!(matches!(filter(&p, "setuid").0, Err(HookError::Invalid(_))), "uid set through set-field");
     assert_eq!(filter(&p, "echo").0.unwrap(), Verdict::Replace(message()));
-    assert!(matches!(p.forward_headers(headers("bad")), Err(HookError::Invalid(_))));
+    assert!(matches!(p.forward_headers(&headers("bad")), Err(HookError::Invalid(_))));
     // Logging more than the per-call cap is fine.
     assert_eq!(filter(&p, "log").0.unwrap(), Verdict::Forward);
 }
@@ -210,7 +210,7 @@ fn fail_open_skips_the_policy() {
     let (_d, rt, _p) = misbehave(None);
     let set = rt.policies().snapshot();
     assert_eq!(set.filter(Direction::AgentToServer, b"spin", message()), FilterOutcome::Forward(message()));
-    assert_eq!(set.forward_headers(headers("trap")).unwrap(), headers("trap"));
+    assert_eq!(set.forward_headers(&headers("trap")).unwrap(), headers("trap"));
     let ups = one_link();
     let h = headers("bomb");
     let input = AssignInput { headers: &h, remote_addr: "1.2.3.4:5", transport: Transport::WebSocket, upstreams: &ups };
@@ -232,7 +232,7 @@ fn fail_closed_blocks_what_it_judged() {
     let set = rt.policies().snapshot();
     assert_eq!(set.filter(Direction::AgentToServer, b"trap", message()), FilterOutcome::Drop);
     assert_eq!(set.filter(Direction::AgentToServer, b"ok", message()), FilterOutcome::Forward(message()));
-    let refused = set.forward_headers(headers("spin")).unwrap_err();
+    let refused = set.forward_headers(&headers("spin")).unwrap_err();
     assert_eq!(refused.policy, "m");
     assert!(matches!(refused.error, HookError::Timeout));
     let ups = one_link();

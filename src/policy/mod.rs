@@ -298,8 +298,11 @@ pub trait Policy: Send + Sync + 'static {
         Ok(None)
     }
 
-    fn forward_headers(&self, headers: HeaderList) -> Result<HeaderList, HookError> {
-        Ok(headers)
+    /// The headers the connect handshake carries upstream. Borrowed: the
+    /// chain keeps the input for a policy that fails open or runs in
+    /// shadow, and a Wasm policy lowers it into the guest without a copy.
+    fn forward_headers(&self, headers: &[(String, String)]) -> Result<HeaderList, HookError> {
+        Ok(headers.to_vec())
     }
 
     /// `message` is the bare protobuf (no WebSocket header).

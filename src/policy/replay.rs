@@ -168,7 +168,7 @@ impl ReplayReport {
                     self.count("assign", verdict);
                 }
                 if hooks.forward_headers {
-                    let verdict = match policy.forward_headers(headers.clone()) {
+                    let verdict = match policy.forward_headers(headers) {
                         Ok(h) if h == *headers => "unchanged".to_owned(),
                         Ok(_) => "changed".to_owned(),
                         Err(e) => failed(&e),

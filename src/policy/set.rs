@@ -426,24 +426,28 @@ impl PolicySet {
         Ok(AssignDecision::Default)
     }
 
-    pub fn forward_headers(&self, headers: HeaderList) -> Result<HeaderList, Refused> {
+    pub fn forward_headers(&self, headers: &[(String, String)]) -> Result<HeaderList, Refused> {
         self.forward_headers_in(headers, false)
     }
 
-    fn forward_headers_in(&self, mut headers: HeaderList, shed: bool) -> Result<HeaderList, Refused> {
+    /// Each policy is shown what the one before it answered. Nothing is
+    /// copied for a policy: only its answer is new, and the agent's own
+    /// list once at the end if no policy changed it.
+    fn forward_headers_in(&self, agent: &[(String, String)], shed: bool) -> Result<HeaderList, Refused> {
+        let mut answered: Option<HeaderList> = None;
         for e in self.policies.iter().filter(|e| e.hooks.forward_headers) {
-            let input = headers.clone();
+            let input = answered.as_deref().unwrap_or(agent);
             let limits = &self.limits;
             let call = |p: &dyn Policy| p.forward_headers(input).and_then(|h| check_headers(h, limits));
             match e.call(Hook::ForwardHeaders, shed, call) {
                 Ok(out) if e.shadow => {
-                    e.shadowed(Hook::ForwardHeaders, if out == headers { "unchanged" } else { "changed" })
+                    e.shadowed(Hook::ForwardHeaders, if out == input { "unchanged" } else { "changed" })
                 }
-                Ok(out) => headers = out,
+                Ok(out) => answered = Some(out),
                 Err(error) => fail(e, Hook::ForwardHeaders.label(), error)?,
             }
         }
-        Ok(headers)
+        Ok(answered.unwrap_or_else(|| agent.to_vec()))
     }
 
     /// `message` is the bare protobuf. Only the policies that announced a
@@ -708,7 +712,7 @@ impl Policies {
         &self,
         set: &PolicySet,
         input: &AssignInput<'_>,
-        headers: HeaderList,
+        headers: &[(String, String)],
     ) -> Result<(AssignDecision, HeaderList), Refused> {
         let turn = self.gate.enter().await;
         let shed = matches!(turn, Turn::Shed);
@@ -786,7 +790,8 @@ mod tests {
         fn assign(&self, _: &AssignInput<'_>) -> Result<Option<Route>, HookError> {
             Ok(self.assign.clone())
         }
-        fn forward_headers(&self, mut h: HeaderList) -> Result<HeaderList, HookError> {
+        fn forward_headers(&self, h: &[(String, String)]) -> Result<HeaderList, HookError> {
+            let mut h = h.to_vec();
             h.push(("x-seen-by".into(), self.name.into()));
             Ok(h)
         }
@@ -853,7 +858,7 @@ mod tests {
             fixed("a", None, Ok(Verdict::Forward), FailureMode::Open),
             fixed("b", None, Ok(Verdict::Forward), FailureMode::Open),
         ]);
-        let out = set.forward_headers(vec![]).unwrap();
+        let out = set.forward_headers(&[]).unwrap();
         assert_eq!(out, vec![("x-seen-by".into(), "a".into()), ("x-seen-by".into(), "b".into())]);
     }
 
@@ -1032,9 +1037,9 @@ mod tests {
         fn hooks(&self) -> Hooks {
             Hooks { assign: true, forward_headers: true, ..Hooks::FILTER }
         }
-        fn forward_headers(&self, h: HeaderList) -> Result<HeaderList, HookError> {
+        fn forward_headers(&self, h: &[(String, String)]) -> Result<HeaderList, HookError> {
             self.calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            Ok((0..self.headers).map(|i| (format!("x-{i}"), "v".into())).chain(h).collect())
+            Ok((0..self.headers).map(|i| (format!("x-{i}"), "v".into())).chain(h.iter().cloned()).collect())
         }
         fn filter(&self, _: Direction, _: &[u8], m: &Bytes) -> Result<Verdict, HookError> {
             self.calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -1068,7 +1073,7 @@ mod tests {
         for _ in 0..100 {
             assert_eq!(set.filter(Direction::AgentToServer, &[], m.clone()), FilterOutcome::Drop);
         }
-        let refused = set.forward_headers(vec![]).unwrap_err();
+        let refused = set.forward_headers(&[]).unwrap_err();
         assert!(matches!(refused.error, HookError::Quarantined) && refused.policy == "closed", "{refused}");
         assert_eq!((open.calls(), closed.calls()), (3, 3));
 
@@ -1130,7 +1135,7 @@ mod tests {
         let _held2 = policies.gate().enter().await;
         assert_eq!(policies.filter(&set, Direction::AgentToServer, &[], m.clone()).await, FilterOutcome::Drop);
         let input = input(&[]);
-        let refused = policies.admit(&set, &input, vec![]).await.unwrap_err();
+        let refused = policies.admit(&set, &input, &[]).await.unwrap_err();
         assert!(matches!(refused.error, HookError::Overloaded), "{refused}");
         assert_eq!(closed.calls(), 0);
         drop(held);
@@ -1141,7 +1146,7 @@ mod tests {
         let mut many = Flaky::new("many", FailureMode::Closed);
         Arc::get_mut(&mut many).unwrap().headers = 101;
         let set = PolicySet::new(vec![many]);
-        let e = set.forward_headers(vec![]).unwrap_err();
+        let e = set.forward_headers(&[]).unwrap_err();
         assert!(e.to_string().contains("101 headers, more than policies.limits.max_forwarded_headers (100)"), "{e}");
 
         let limits = PolicyLimits { max_forwarded_header_bytes: 10, max_replacement: [4, 3], ..Default::default() };
@@ -1152,8 +1157,8 @@ mod tests {
         let fixed = Flaky::new("fixed", FailureMode::Closed);
         fixed.failing.store(false, std::sync::atomic::Ordering::Relaxed);
         let set = Policies::with_containment(PolicySet::new(vec![big, fixed]), c).snapshot();
-        assert!(set.forward_headers(vec![]).is_ok());
-        let e = set.forward_headers(vec![("abc".into(), "".into())]).unwrap_err();
+        assert!(set.forward_headers(&[]).is_ok());
+        let e = set.forward_headers(&[("abc".into(), "".into())]).unwrap_err();
         assert!(e.to_string().contains("11 bytes of headers"), "{e}");
         // Replacements: 4 bytes may go to the server, 3 to an agent.
         let m = Bytes::from_static(b"1234");

@@ -263,6 +263,6 @@ impl Relay {
         }
         let upstreams = self.links.snapshot();
         let input = req.assign_input(&upstreams);
-        self.policies.admit(&set, &input, req.headers.clone()).await
+        self.policies.admit(&set, &input, &req.headers).await
     }
 }

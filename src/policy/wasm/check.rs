@@ -229,7 +229,7 @@ impl Policy for Probe {
     fn assign(&self, input: &AssignInput<'_>) -> Result<Option<Route>, HookError> {
         self.inner.assign(input)
     }
-    fn forward_headers(&self, headers: HeaderList) -> Result<HeaderList, HookError> {
+    fn forward_headers(&self, headers: &[(String, String)]) -> Result<HeaderList, HookError> {
         self.inner.forward_headers(headers)
     }
     fn filter(&self, dir: Direction, uid: &[u8], message: &Bytes) -> Result<Verdict, HookError> {
@@ -305,8 +305,7 @@ fn exercise(policy: &Arc<WasmPolicy>, cfg: &PoliciesConfig, calls: usize) -> Vec
     }
     if hooks.forward_headers {
         runs.push(run("forward-headers", calls, |i| {
-            let headers = inputs.headers[i % inputs.headers.len()].clone();
-            set.forward_headers(headers).map(drop).map_err(|r| r.error)
+            set.forward_headers(&inputs.headers[i % inputs.headers.len()]).map(drop).map_err(|r| r.error)
         }));
     }
     for (dir, hook, messages) in [

@@ -170,14 +170,14 @@ impl Policy for WasmPolicy {
         })
     }
 
-    fn forward_headers(&self, headers: HeaderList) -> Result<HeaderList, HookError> {
-        let shown = self.visible_headers.select(&headers);
+    fn forward_headers(&self, headers: &[(String, String)]) -> Result<HeaderList, HookError> {
+        let shown = self.visible_headers.select(headers);
         let out = self.pool.call(|store, b| match b {
             Bindings::V2(b) => b.opamp_gateway_policy_policy().call_forward_headers(store, &shown),
             Bindings::V3(b) => b.opamp_gateway_policy_policy().call_forward_headers(store, &shown),
         })?;
         let answer = out.into_iter().map(check_header).collect::<Result<HeaderList, _>>()?;
-        self.visible_headers.complete(answer, &headers)
+        self.visible_headers.complete(answer, headers)
     }
 
     fn filter_fields(&self, dir: Direction) -> Option<FieldSet> {
