@@ -862,6 +862,57 @@ mod tests {
         assert_eq!(out, vec![("x-seen-by".into(), "a".into()), ("x-seen-by".into(), "b".into())]);
     }
 
+    /// Adds `x-seen-by: <name>` to what it is shown, or fails.
+    struct Stamp {
+        name: &'static str,
+        mode: Mode,
+        fails: bool,
+    }
+
+    impl Policy for Stamp {
+        fn name(&self) -> &str {
+            self.name
+        }
+        fn mode(&self) -> Mode {
+            self.mode
+        }
+        fn hooks(&self) -> Hooks {
+            Hooks { forward_headers: true, ..Hooks::default() }
+        }
+        fn forward_headers(&self, h: &[(String, String)]) -> Result<HeaderList, HookError> {
+            if self.fails {
+                return Err(HookError::Trap("stamp".into()));
+            }
+            Ok(h.iter().cloned().chain([("x-seen-by".into(), self.name.into())]).collect())
+        }
+    }
+
+    #[test]
+    fn each_policy_is_shown_the_last_applied_answer() {
+        let stamp = |name, mode, fails| Arc::new(Stamp { name, mode, fails }) as Arc<dyn Policy>;
+        let agent = vec![("x-tenant".to_owned(), "acme".to_owned())];
+        let seen = |names: &[&str]| {
+            agent
+                .iter()
+                .cloned()
+                .chain(names.iter().map(|n| ("x-seen-by".to_owned(), n.to_string())))
+                .collect::<Vec<_>>()
+        };
+        // A shadow answer is not applied, and a failing (open) policy
+        // leaves the list as it was: `b` and `d` see what `a` answered.
+        let set = PolicySet::new(vec![
+            stamp("a", Mode::Enforce, false),
+            stamp("s", Mode::Shadow, false),
+            stamp("b", Mode::Enforce, false),
+            stamp("f", Mode::Enforce, true),
+            stamp("d", Mode::Enforce, false),
+        ]);
+        assert_eq!(set.forward_headers(&agent).unwrap(), seen(&["a", "b", "d"]));
+        // No policy answered: the agent's own list.
+        let set = PolicySet::new(vec![stamp("s", Mode::Shadow, false), stamp("f", Mode::Enforce, true)]);
+        assert_eq!(set.forward_headers(&agent).unwrap(), agent);
+    }
+
     #[test]
     fn filter_chain_replaces_then_stops_on_drop() {
         let set = PolicySet::new(vec![
