@@ -30,7 +30,7 @@ use opamp_policy::{export_policy, fields, wire, Direction, Directions, FieldValu
 pub const EFFECTIVE_CONFIG: u32 = fields::agent_to_server::EFFECTIVE_CONFIG;
 
 pub struct RedactSecrets {
-    keys: Vec<String>,
+    keys: redact::Keys,
 }
 
 /// The path from `EffectiveConfig` to each config body:
@@ -67,7 +67,7 @@ impl Policy for RedactSecrets {
         if keys.iter().any(|k| k.trim().is_empty()) {
             return Err("`keys` must not contain empty names".into());
         }
-        Ok(Self { keys })
+        Ok(Self { keys: redact::Keys::new(&keys) })
     }
 }
 

@@ -16,12 +16,40 @@
 /// The replacement text.
 pub const MARK: &str = "<redacted>";
 
-fn same_key(a: &str, b: &str) -> bool {
-    a.len() == b.len()
-        && a.bytes().zip(b.bytes()).all(|(x, y)| {
-            let norm = |c: u8| if c == b'_' { b'-' } else { c.to_ascii_lowercase() };
-            norm(x) == norm(y)
-        })
+/// Case-insensitive, with `-` and `_` alike.
+fn norm(c: u8) -> u8 {
+    if c == b'_' {
+        b'-'
+    } else {
+        c.to_ascii_lowercase()
+    }
+}
+
+/// The listed keys, normalised once (see [`norm`]), with the bytes they can
+/// end in: most separators in a config follow a name that is no key, and
+/// its last byte rules it out before the name is walked and compared.
+pub struct Keys {
+    names: Vec<Vec<u8>>,
+    last: [bool; 256],
+}
+
+impl Keys {
+    pub fn new<S: AsRef<str>>(keys: &[S]) -> Self {
+        let names: Vec<Vec<u8>> = keys.iter().map(|k| k.as_ref().bytes().map(norm).collect()).collect();
+        let mut last = [false; 256];
+        for (byte, slot) in (0..=u8::MAX).zip(last.iter_mut()) {
+            *slot = names.iter().any(|n| n.last() == Some(&norm(byte)));
+        }
+        Self { names, last }
+    }
+
+    fn may_end_with(&self, c: u8) -> bool {
+        self.last[usize::from(c)]
+    }
+
+    fn contains(&self, word: &[u8]) -> bool {
+        self.names.iter().any(|n| n.len() == word.len() && n.iter().zip(word).all(|(&k, &c)| k == norm(c)))
+    }
 }
 
 fn is_word(c: u8) -> bool {
@@ -69,7 +97,7 @@ fn value_span(line: &str, after_sep: usize, in_flow: bool) -> Option<(usize, usi
 /// If the word just before the separator at `sep` is a listed key (with
 /// optional quote and blanks between), where that word starts. Looks no
 /// further back than `floor`.
-fn key_before(text: &str, floor: usize, sep: usize, keys: &[String]) -> Option<usize> {
+fn key_before(text: &str, floor: usize, sep: usize, keys: &Keys) -> Option<usize> {
     let b = text.as_bytes();
     let mut end = sep;
     while end > floor && (b[end - 1] == b' ' || b[end - 1] == b'\t') {
@@ -78,13 +106,16 @@ fn key_before(text: &str, floor: usize, sep: usize, keys: &[String]) -> Option<u
     if end > floor && (b[end - 1] == b'"' || b[end - 1] == b'\'') {
         end -= 1;
     }
+    if end == floor || !keys.may_end_with(b[end - 1]) {
+        return None;
+    }
     let mut start = end;
     while start > floor && is_word(b[start - 1]) {
         start -= 1;
     }
     // A whole word only: `password` must not match `my_password`.
     let whole = start == 0 || !is_word(b[start - 1]);
-    (start < end && whole && keys.iter().any(|k| same_key(k, &text[start..end]))).then_some(start)
+    (start < end && whole && keys.contains(&b[start..end])).then_some(start)
 }
 
 /// Separators (`:` and `=`) in `text` from `from` on.
@@ -94,14 +125,14 @@ fn separators(text: &str, from: usize) -> impl Iterator<Item = usize> + '_ {
 
 /// Finds the first listed key in `line` at or after `from`; returns where
 /// it starts and the index just past its separator.
-fn find_key(line: &str, from: usize, keys: &[String]) -> Option<(usize, usize)> {
+fn find_key(line: &str, from: usize, keys: &Keys) -> Option<(usize, usize)> {
     separators(line, from).find_map(|sep| Some((key_before(line, from, sep, keys)?, sep + 1)))
 }
 
 /// Where the first line at or after `from` (a line start) that mentions a
 /// listed key begins. Configs have far fewer separators than bytes, so this
 /// skips the lines that need no work at memchr speed.
-fn next_key_line(text: &str, from: usize, keys: &[String]) -> Option<usize> {
+fn next_key_line(text: &str, from: usize, keys: &Keys) -> Option<usize> {
     let sep = separators(text, from).find(|&sep| key_before(text, from, sep, keys).is_some())?;
     Some(memchr::memrchr(b'\n', &text.as_bytes()[from..sep]).map_or(from, |i| from + i + 1))
 }
@@ -122,7 +153,7 @@ struct LineEdits {
 }
 
 impl LineEdits {
-    fn find(&mut self, line: &str, keys: &[String]) {
+    fn find(&mut self, line: &str, keys: &Keys) {
         self.values.clear();
         self.block = None;
         let mut from = 0;
@@ -162,7 +193,7 @@ impl LineEdits {
 /// are skipped at memchr speed and never copied one by one, a body without
 /// secrets allocates nothing, and one with secrets is rebuilt into a single
 /// buffer.
-pub fn redact(body: &[u8], keys: &[String]) -> Option<Vec<u8>> {
+pub fn redact(body: &[u8], keys: &Keys) -> Option<Vec<u8>> {
     let text = std::str::from_utf8(body).ok()?;
     // Created at the first change; `text[..copied]` is in it.
     let mut out: Option<String> = None;
@@ -230,8 +261,8 @@ pub fn redact(body: &[u8], keys: &[String]) -> Option<Vec<u8>> {
 mod tests {
     use super::*;
 
-    fn keys() -> Vec<String> {
-        ["api-key", "password", "token"].map(String::from).to_vec()
+    fn keys() -> Keys {
+        Keys::new(&["api-key", "password", "token"])
     }
 
     fn r(s: &str) -> String {
@@ -286,6 +317,15 @@ mod tests {
             "a: 1\r\npassword: <redacted>\r\nb:\r\n  token: <redacted>\r\nc: 2\r\nurl: http://h:1/?token=<redacted>"
         );
         assert!(redact(b"receivers:\n  otlp: {}\nurl: http://x:4317\n", &keys()).is_none());
+    }
+
+    #[test]
+    fn listed_keys_are_normalised_like_the_text() {
+        let keys = Keys::new(&["API_Key", "x"]);
+        let r = |s: &str| redact(s.as_bytes(), &keys).map(|b| String::from_utf8(b).unwrap());
+        assert_eq!(r("api-key: a\nAPI_KEY=b\n").as_deref(), Some("api-key: <redacted>\nAPI_KEY=<redacted>\n"));
+        assert_eq!(r("X: 1\nax: 2\nkey: 3\n").as_deref(), Some("X: <redacted>\nax: 2\nkey: 3\n"));
+        assert_eq!(r("api-keys: a\nmy_api_key: b\n"), None);
     }
 
     #[test]
