@@ -9,6 +9,13 @@
 //! stage 20 new agents connect (connect + first round trip, each bounded
 //! by [`NEWCOMER_LIMIT`]), and the gateway's RSS is sampled. A
 //! well-behaved filter runs the same way first, as the control.
+//!
+//! Before them, an idle gateway with an empty compile cache loads and drops
+//! the control once ([`FirstCompile`]): the first compile in a process keeps
+//! memory of its own (the compiler's code paged in, its threads and heap),
+//! once. The cases share the cache it filled, so their *after* shows what a
+//! policy left behind, the same on every machine whatever its user cache
+//! holds.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -18,7 +25,7 @@ use opamp_gateway::sim::agent::{AgentOptions, SimAgent};
 use opamp_gateway::sim::server::ReferenceServer;
 use opamp_gateway::telemetry::metrics as m;
 
-use crate::gateway_proc::{proc_status_kib, GatewayProc};
+use crate::gateway_proc::{proc_status_kib, GatewayProc, RssParts};
 use crate::load::{self, Run};
 use crate::suite::{wait_links, Scale, LINKS};
 
@@ -107,18 +114,85 @@ pub(crate) fn fixture() -> Option<PathBuf> {
     p.exists().then_some(p)
 }
 
-pub(crate) async fn run(server: &ReferenceServer, scale: &Scale, fixture: &Path) -> anyhow::Result<Vec<Case>> {
+/// What the first compile in a gateway process keeps: the control policy
+/// dropped into a fresh, idle gateway with an empty compile cache, then
+/// removed. RSS parts idle, with it loaded, and after it was removed.
+pub(crate) struct FirstCompile {
+    pub idle: RssParts,
+    pub loaded: RssParts,
+    pub removed: RssParts,
+    pub seen: bool,
+}
+
+pub(crate) struct Containment {
+    pub first_compile: FirstCompile,
+    pub cases: Vec<Case>,
+}
+
+pub(crate) async fn run(server: &ReferenceServer, scale: &Scale, fixture: &Path) -> anyhow::Result<Containment> {
+    // One compile cache for the phase, filled by the first-compile case: the
+    // cases below then measure what a policy leaves behind, not what the
+    // compiler left once per process, whatever the user's cache holds.
+    let cache = tempfile::tempdir()?;
+    eprintln!("[bench] containment: first compile, cold cache");
+    let first_compile = first_compile(server, fixture, cache.path()).await?;
     let mut cases = Vec::new();
     for hostile in &HOSTILE {
         eprintln!("[bench] containment: {}", hostile.label);
-        cases.push(one(server, scale, fixture, hostile).await?);
+        cases.push(one(server, scale, fixture, cache.path(), hostile).await?);
     }
-    Ok(cases)
+    Ok(Containment { first_compile, cases })
 }
 
-async fn one(server: &ReferenceServer, scale: &Scale, fixture: &Path, hostile: &Hostile) -> anyhow::Result<Case> {
+async fn first_compile(server: &ReferenceServer, fixture: &Path, cache: &Path) -> anyhow::Result<FirstCompile> {
     let dir = tempfile::tempdir()?;
-    let gw = GatewayProc::start_with(&server.url(), LINKS, Some(dir.path()), true).await?;
+    let gw = GatewayProc::start_with(&server.url(), LINKS, Some(dir.path()), Some(cache), true).await?;
+    wait_links(server, LINKS).await;
+    let idle = gw.rss_parts_kib();
+    install(dir.path(), fixture, HOSTILE[0].yaml)?;
+    let loaded_seen = wait_loaded(&gw, 1.0).await;
+    let loaded = gw.rss_parts_kib();
+    uninstall(dir.path())?;
+    let unloaded_seen = wait_loaded(&gw, 0.0).await;
+    let removed = gw.rss_parts_kib();
+    gw.stop().await;
+    let mib = |k: u64| k as f64 / 1024.0;
+    eprintln!(
+        "[bench]   RSS {:.1} → {:.1} → {:.1} MiB (anonymous {:.1} → {:.1}, file-backed {:.1} → {:.1})",
+        mib(idle.total),
+        mib(loaded.total),
+        mib(removed.total),
+        mib(idle.anon),
+        mib(removed.anon),
+        mib(idle.file),
+        mib(removed.file)
+    );
+    Ok(FirstCompile { idle, loaded, removed, seen: loaded_seen && unloaded_seen })
+}
+
+/// Drops the fixture into the watched folder as one policy (the module
+/// renamed into place, so the watcher never sees half a file).
+fn install(dir: &Path, fixture: &Path, yaml: &str) -> std::io::Result<()> {
+    std::fs::write(dir.join(format!("{NAME}.yaml")), yaml)?;
+    let tmp = dir.join(format!(".{NAME}.wasm.tmp"));
+    std::fs::copy(fixture, &tmp)?;
+    std::fs::rename(&tmp, dir.join(format!("{NAME}.wasm")))
+}
+
+fn uninstall(dir: &Path) -> std::io::Result<()> {
+    std::fs::remove_file(dir.join(format!("{NAME}.wasm")))?;
+    std::fs::remove_file(dir.join(format!("{NAME}.yaml")))
+}
+
+async fn one(
+    server: &ReferenceServer,
+    scale: &Scale,
+    fixture: &Path,
+    cache: &Path,
+    hostile: &Hostile,
+) -> anyhow::Result<Case> {
+    let dir = tempfile::tempdir()?;
+    let gw = GatewayProc::start_with(&server.url(), LINKS, Some(dir.path()), Some(cache), true).await?;
     wait_links(server, LINKS).await;
     let rss_idle_kib = gw.rss_kib();
     let storm = load::storm(&gw.url(), STEADY, 256, &[]).await;
@@ -127,19 +201,13 @@ async fn one(server: &ReferenceServer, scale: &Scale, fixture: &Path, hostile: &
     let (before, agents) = stage("before", &gw, storm.agents, scale).await;
     stages.push(before);
 
-    let yaml = dir.path().join(format!("{NAME}.yaml"));
-    let wasm = dir.path().join(format!("{NAME}.wasm"));
-    std::fs::write(&yaml, hostile.yaml)?;
-    let tmp = dir.path().join(format!(".{NAME}.wasm.tmp"));
-    std::fs::copy(fixture, &tmp)?;
-    std::fs::rename(&tmp, &wasm)?;
+    install(dir.path(), fixture, hostile.yaml)?;
     let loaded = wait_loaded(&gw, 1.0).await;
     eprintln!("[bench]   policy loaded: {loaded}");
     let (during, agents) = stage("during", &gw, agents, scale).await;
     stages.push(during);
 
-    std::fs::remove_file(&wasm)?;
-    std::fs::remove_file(&yaml)?;
+    uninstall(dir.path())?;
     let unloaded = wait_loaded(&gw, 0.0).await;
     eprintln!("[bench]   policy removed: {unloaded}");
     let (after, agents) = stage("after", &gw, agents, scale).await;

@@ -19,7 +19,7 @@ pub(crate) struct GatewayProc {
 
 impl GatewayProc {
     pub(crate) async fn start(upstream: &str, connections: usize, policy_dir: Option<&Path>) -> anyhow::Result<Self> {
-        Self::start_with(upstream, connections, policy_dir, false).await
+        Self::start_with(upstream, connections, policy_dir, None, false).await
     }
 
     /// `start` with `runtime.worker_threads: n` (nginx here runs one worker
@@ -45,11 +45,13 @@ impl GatewayProc {
     }
 
     /// `start`, with a `/metrics` endpoint when `metrics` (the containment
-    /// phase reads the policy gauges from it).
+    /// phase reads the policy gauges from it) and the compile cache in
+    /// `cache_dir` when given (else the user's, whatever it holds).
     pub(crate) async fn start_with(
         upstream: &str,
         connections: usize,
         policy_dir: Option<&Path>,
+        cache_dir: Option<&Path>,
         metrics: bool,
     ) -> anyhow::Result<Self> {
         let dir = tempfile::tempdir()?;
@@ -57,6 +59,9 @@ impl GatewayProc {
             .map(|p| p.display().to_string())
             .unwrap_or_else(|| dir.path().join("none").display().to_string());
         let mut yaml = base_yaml(upstream, connections, &policies);
+        if let Some(cache) = cache_dir {
+            yaml.push_str(&format!("  cache_dir: {}\n", cache.display()));
+        }
         // BENCH_POLICY_CONCURRENCY=N tries another `policies.concurrency`.
         if let Ok(n) = std::env::var("BENCH_POLICY_CONCURRENCY") {
             yaml.push_str(&format!("  concurrency: {n}\n"));
@@ -125,6 +130,17 @@ impl GatewayProc {
         proc_status_kib(self.pid(), "VmRSS:")
     }
 
+    /// RSS and its two parts: anonymous (heap, stacks) and file-backed
+    /// (the binary's own pages, mapped files), KiB.
+    pub(crate) fn rss_parts_kib(&self) -> RssParts {
+        let pid = self.pid();
+        RssParts {
+            total: proc_status_kib(pid, "VmRSS:"),
+            anon: proc_status_kib(pid, "RssAnon:"),
+            file: proc_status_kib(pid, "RssFile:"),
+        }
+    }
+
     /// User + system CPU time consumed so far, in seconds.
     pub(crate) fn cpu_seconds(&self) -> f64 {
         cpu_seconds(self.pid())
@@ -136,6 +152,13 @@ impl GatewayProc {
         }
         let _ = tokio::time::timeout(Duration::from_secs(15), self.child.wait()).await;
     }
+}
+
+#[derive(Clone, Copy, Default)]
+pub(crate) struct RssParts {
+    pub total: u64,
+    pub anon: u64,
+    pub file: u64,
 }
 
 pub(crate) fn proc_status_kib(pid: u32, key: &str) -> u64 {

@@ -7,7 +7,7 @@ use std::path::Path;
 use hdrhistogram::Histogram;
 use serde_json::{json, Map, Value};
 
-use crate::containment::{self, Case};
+use crate::containment::{self, Containment};
 use crate::cpu_rounds::{median, Rounds};
 use crate::load::{Run, Storm};
 use crate::policies::SwapOutcome;
@@ -294,7 +294,8 @@ impl Report {
 
     /// The containment phase: per hostile policy, the three stages, plus
     /// bars for what issue 17 asks of them.
-    pub(crate) fn containment(&mut self, cases: &[Case]) {
+    pub(crate) fn containment(&mut self, containment: &Containment) {
+        let cases = &containment.cases;
         let mib = |kib: u64| (kib as f64 / 1024.0 * 10.0).round() / 10.0;
         let ms = |h: &Histogram<u64>, q: f64| (us(h, q) as f64 / 100.0).round() / 10.0;
         let mut out = Vec::new();
@@ -356,10 +357,13 @@ impl Report {
                 );
             }
         }
+        let fc = &containment.first_compile;
+        let parts = |p: &crate::gateway_proc::RssParts| json!({"rss_mib": mib(p.total), "anon_mib": mib(p.anon), "file_mib": mib(p.file)});
+        let first_compile = json!({"idle": parts(&fc.idle), "loaded": parts(&fc.loaded), "removed": parts(&fc.removed), "seen": fc.seen});
         self.json.insert(
             "containment".into(),
             json!({"steady_agents": containment::STEADY, "newcomers": containment::NEWCOMERS, "rate": containment::RATE,
-                   "newcomer_limit_s": containment::NEWCOMER_LIMIT.as_secs(), "cases": out}),
+                   "newcomer_limit_s": containment::NEWCOMER_LIMIT.as_secs(), "first_compile": first_compile, "cases": out}),
         );
     }
 
@@ -606,6 +610,21 @@ impl Report {
                     f("quarantines"),
                 );
             }
+        }
+        let fc = &c["first_compile"];
+        if fc.is_object() {
+            let f = |stage: &str, part: &str| num(&fc[stage][part]);
+            let _ = writeln!(
+                s,
+                "\nThe cases above share one compile cache, filled first by an idle gateway with an empty one: the control loaded and removed, the first compile in that process. It kept **{:+.1} MiB** of RSS ({:.1} idle → {:.1} with the policy → {:.1} MiB after it was removed): {:+.1} MiB anonymous (the compiler's threads and heap) and {:+.1} MiB file-backed (the compiler's own code, paged in from the gateway's binary). That is paid once per process, on its first compile; a gateway whose policies are all in its compile cache (`policies.cache`) never compiles. The cases' *after* rows show what a policy left behind.{}",
+                f("removed", "rss_mib") - f("idle", "rss_mib"),
+                f("idle", "rss_mib"),
+                f("loaded", "rss_mib"),
+                f("removed", "rss_mib"),
+                f("removed", "anon_mib") - f("idle", "anon_mib"),
+                f("removed", "file_mib") - f("idle", "file_mib"),
+                if fc["seen"] == json!(true) { "" } else { " (The gateway did not report the policy loaded and unloaded within 30 s; figures taken anyway.)" },
+            );
         }
         for case in c["cases"].as_array().into_iter().flatten() {
             if case["loaded_seen"] != json!(true) || case["unloaded_seen"] != json!(true) {

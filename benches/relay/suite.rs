@@ -200,8 +200,8 @@ pub(crate) async fn run(scale: Scale) -> anyhow::Result<Report> {
     if scale.only.runs(Only::Containment) {
         match containment::fixture() {
             Some(fixture) => {
-                let cases = containment::run(&server, &scale, &fixture).await?;
-                report.containment(&cases);
+                let containment = containment::run(&server, &scale, &fixture).await?;
+                report.containment(&containment);
             }
             None => report.note("fixture_misbehave not built: no containment phase (run scripts/bench)"),
         }
