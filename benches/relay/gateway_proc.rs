@@ -131,13 +131,13 @@ impl GatewayProc {
     }
 
     /// RSS and its two parts: anonymous (heap, stacks) and file-backed
-    /// (the binary's own pages, mapped files), KiB.
+    /// (the binary's own pages, mapped files), KiB, from one reading.
     pub(crate) fn rss_parts_kib(&self) -> RssParts {
-        let pid = self.pid();
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
         RssParts {
-            total: proc_status_kib(pid, "VmRSS:"),
-            anon: proc_status_kib(pid, "RssAnon:"),
-            file: proc_status_kib(pid, "RssFile:"),
+            total: status_kib(&status, "VmRSS:"),
+            anon: status_kib(&status, "RssAnon:"),
+            file: status_kib(&status, "RssFile:"),
         }
     }
 
@@ -154,7 +154,6 @@ impl GatewayProc {
     }
 }
 
-#[derive(Clone, Copy, Default)]
 pub(crate) struct RssParts {
     pub total: u64,
     pub anon: u64,
@@ -162,10 +161,12 @@ pub(crate) struct RssParts {
 }
 
 pub(crate) fn proc_status_kib(pid: u32, key: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with(key)).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()))
-        .unwrap_or(0)
+    status_kib(&std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default(), key)
+}
+
+/// The KiB figure on `key`'s line of a `/proc/<pid>/status` text, 0 if absent.
+fn status_kib(status: &str, key: &str) -> u64 {
+    status.lines().find(|l| l.starts_with(key)).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()).unwrap_or(0)
 }
 
 /// `pid` and its descendants (nginx's master and its worker).

@@ -9,6 +9,7 @@ use serde_json::{json, Map, Value};
 
 use crate::containment::{self, Containment};
 use crate::cpu_rounds::{median, Rounds};
+use crate::gateway_proc::RssParts;
 use crate::load::{Run, Storm};
 use crate::policies::SwapOutcome;
 use crate::suite::{self, machine, FlatOut, PathFigures, Scale, ONE_WORKER};
@@ -358,7 +359,7 @@ impl Report {
             }
         }
         let fc = &containment.first_compile;
-        let parts = |p: &crate::gateway_proc::RssParts| json!({"rss_mib": mib(p.total), "anon_mib": mib(p.anon), "file_mib": mib(p.file)});
+        let parts = |p: &RssParts| json!({"rss_mib": mib(p.total), "anon_mib": mib(p.anon), "file_mib": mib(p.file)});
         let first_compile = json!({"idle": parts(&fc.idle), "loaded": parts(&fc.loaded), "removed": parts(&fc.removed), "seen": fc.seen});
         self.json.insert(
             "containment".into(),
