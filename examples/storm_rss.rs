@@ -10,6 +10,8 @@
 //! ```
 //!
 //! `--listener key=value` (repeatable) adds a `listener.` setting.
+//! `--config-kib N` pads the first status report's effective config to
+//! about N KiB (a real collector reports its whole config at connect).
 //!
 //! The reference server and the agents run in this process; the gateway
 //! runs as its own (or under `--wrap`, e.g. heaptrack), so its RSS is its
@@ -32,10 +34,17 @@ struct Args {
     bin: String,
     wrap: Option<String>,
     listener: Vec<(String, String)>,
+    config_kib: usize,
 }
 
 fn args() -> anyhow::Result<Args> {
-    let mut a = Args { agents: 2000, bin: "target/release/opamp-gateway".into(), wrap: None, listener: Vec::new() };
+    let mut a = Args {
+        agents: 2000,
+        bin: "target/release/opamp-gateway".into(),
+        wrap: None,
+        listener: Vec::new(),
+        config_kib: 0,
+    };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let value = it.next().with_context(|| format!("{flag} needs a value"))?;
@@ -43,6 +52,7 @@ fn args() -> anyhow::Result<Args> {
             "--agents" => a.agents = value.parse()?,
             "--bin" => a.bin = value,
             "--wrap" => a.wrap = Some(value),
+            "--config-kib" => a.config_kib = value.parse()?,
             "--listener" => {
                 let (k, v) = value.split_once('=').context("--listener expects key=value")?;
                 a.listener.push((k.into(), v.into()));
@@ -75,6 +85,7 @@ async fn main() -> anyhow::Result<()> {
 
     let sampler = gw.sample_peak(idle);
     let started = Instant::now();
+    let pad = a.config_kib;
     let tasks: Vec<_> = (0..a.agents)
         .map(|i| {
             let opts = AgentOptions::new(url.clone())
@@ -82,7 +93,7 @@ async fn main() -> anyhow::Result<()> {
                 .header("User-Agent", "OpenTelemetry Collector Contrib/0.112.0 (linux/amd64)");
             tokio::spawn(async move {
                 let mut agent = SimAgent::connect(opts).await.ok()?;
-                agent.send(agent.status_report()).await.ok()?;
+                agent.send(agent.status_report_sized(pad * 1024)).await.ok()?;
                 agent.recv(Duration::from_secs(60)).await.ok()?;
                 Some(agent)
             })

@@ -41,7 +41,25 @@ impl GatewayProc {
         if let Some(n) = workers {
             yaml.push_str(&format!("runtime:\n  worker_threads: {n}\n"));
         }
-        Self::spawn_bin(bin, dir, &yaml).await
+        Self::spawn_bin(bin, dir, &yaml, &[]).await
+    }
+
+    /// The gateway as a new user runs it: every setting at its default but
+    /// the two endpoints and the link count (no deep queues), no policies,
+    /// and these variables in its environment (an allocator by
+    /// `LD_PRELOAD`, `MALLOC_ARENA_MAX`).
+    pub(crate) async fn start_shipped(
+        upstream: &str,
+        connections: usize,
+        env: &[(&str, String)],
+    ) -> anyhow::Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let yaml = format!(
+            "server:\n  endpoint: {upstream}\n  connections: {connections}\nlistener:\n  endpoint: 127.0.0.1:0\n\
+             policies:\n  directory: {}\n",
+            dir.path().join("none").display()
+        );
+        Self::spawn_bin(&this_build(), dir, &yaml, env).await
     }
 
     /// `start`, with a `/metrics` endpoint when `metrics` (the containment
@@ -78,10 +96,10 @@ impl GatewayProc {
     }
 
     async fn spawn(dir: tempfile::TempDir, yaml: &str) -> anyhow::Result<Self> {
-        Self::spawn_bin(&this_build(), dir, yaml).await
+        Self::spawn_bin(&this_build(), dir, yaml, &[]).await
     }
 
-    async fn spawn_bin(bin: &str, dir: tempfile::TempDir, yaml: &str) -> anyhow::Result<Self> {
+    async fn spawn_bin(bin: &str, dir: tempfile::TempDir, yaml: &str, env: &[(&str, String)]) -> anyhow::Result<Self> {
         let path = dir.path().join("gateway.yaml");
         std::fs::write(&path, yaml)?;
         let mut child = Command::new(bin)
@@ -89,6 +107,7 @@ impl GatewayProc {
             .arg(&path)
             // BENCH_GATEWAY_LOG=warn shows what the gateway complains about.
             .env("OPAMP_GATEWAY_LOG", std::env::var("BENCH_GATEWAY_LOG").unwrap_or_else(|_| "error".into()))
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::piped())
             .kill_on_drop(true)
             .spawn()

@@ -26,6 +26,20 @@ pub(crate) const SOURCES: u8 = 8;
 /// completing the handshake and a first status round trip. In header values,
 /// `{i}` becomes the agent's index (e.g. a tenant per agent).
 pub(crate) async fn storm(url: &str, n: usize, concurrency: usize, headers: &[(String, String)]) -> Storm {
+    storm_from(url, n, concurrency, headers, SOURCES, 0).await
+}
+
+/// [`storm`] from `sources` loopback addresses, `127.0.0.1` up, with the
+/// first status report's effective config padded to `config_bytes` (as a
+/// real collector reports its whole config at connect; 0: the sim's own).
+pub(crate) async fn storm_from(
+    url: &str,
+    n: usize,
+    concurrency: usize,
+    headers: &[(String, String)],
+    sources: u8,
+    config_bytes: usize,
+) -> Storm {
     let gate = Arc::new(Semaphore::new(concurrency));
     let started = Instant::now();
     let tasks: Vec<_> = (0..n)
@@ -33,12 +47,12 @@ pub(crate) async fn storm(url: &str, n: usize, concurrency: usize, headers: &[(S
             let gate = gate.clone();
             let mut opts = AgentOptions::new(url);
             opts.headers = headers.iter().map(|(k, v)| (k.clone(), v.replace("{i}", &i.to_string()))).collect();
-            opts.bind = Some(std::net::Ipv4Addr::new(127, 0, 0, 1 + (i % SOURCES as usize) as u8).into());
+            opts.bind = Some(std::net::Ipv4Addr::new(127, 0, 0, 1 + (i % sources.max(1) as usize) as u8).into());
             tokio::spawn(async move {
                 let _permit = gate.acquire_owned().await.expect("semaphore open");
                 let t = Instant::now();
                 let mut a = SimAgent::connect(opts).await.ok()?;
-                let report = a.status_report();
+                let report = a.status_report_sized(config_bytes);
                 a.send(report).await.ok()?;
                 a.recv(Duration::from_secs(60)).await.ok()?;
                 Some((a, t.elapsed()))

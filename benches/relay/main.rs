@@ -16,6 +16,7 @@ mod nginx;
 mod policies;
 mod report;
 mod soak;
+mod storm_memory;
 mod suite;
 
 /// Sections of docs/BENCHMARKS.md written by hand (their commands are in

@@ -173,6 +173,14 @@ impl Report {
         );
     }
 
+    /// The all-at-once storms' peak memory ([`crate::storm_memory`]).
+    pub(crate) fn storm_memory(&mut self, v: Value) {
+        for (what, bar, got, ok) in crate::storm_memory::bars(&v) {
+            self.bar(&what, &bar, got, ok);
+        }
+        self.json.insert("storm_memory".into(), v);
+    }
+
     pub(crate) fn growth(&mut self, row: Row) {
         if self.memory_points.contains(&row.agents) {
             let ok = row.per_agent_kib <= 16.0;
@@ -498,6 +506,9 @@ impl Report {
                     (base + slope * 100_000.0) / 1024.0
                 );
             }
+        }
+        if let Some(v) = self.json.get("storm_memory") {
+            crate::storm_memory::markdown(&mut s, v);
         }
         if let Some(p) = self.json.get("policies") {
             let _ = writeln!(

@@ -13,11 +13,16 @@ use crate::load::{self, Run};
 use crate::nginx::{self, Nginx};
 use crate::policies;
 use crate::report::{Report, Row};
+use crate::storm_memory;
 
 pub(crate) struct Scale {
     pub quick: bool,
     pub memory_points: Vec<usize>,
     pub storm: usize,
+    /// Fleet sizes of the all-at-once storm's peak memory (issue 13, bar 1).
+    pub storm_memory: Vec<usize>,
+    /// Rounds per size of it, each allocator once per round.
+    pub storm_memory_rounds: usize,
     pub latency_agents: usize,
     pub latency_rate: f64,
     pub saturate_agents: usize,
@@ -55,6 +60,9 @@ pub(crate) enum Only {
     /// `--only-cpu`: just the interleaved CPU rounds against nginx (with
     /// `BENCH_BASELINE_BIN`, an A/B of two builds).
     Cpu,
+    /// `--only-memory`: the peak memory of all-at-once connect storms, per
+    /// allocator.
+    Memory,
 }
 
 impl Only {
@@ -66,13 +74,16 @@ impl Only {
                 "--only-policies" => Some(Self::Policies),
                 "--only-containment" => Some(Self::Containment),
                 "--only-cpu" => Some(Self::Cpu),
+                "--only-memory" => Some(Self::Memory),
                 _ => None,
             })
             .collect();
         match picked.as_slice() {
             [] => Ok(Self::All),
             [one] => Ok(*one),
-            _ => anyhow::bail!("pick at most one of --only-paths, --only-policies, --only-containment, --only-cpu"),
+            _ => anyhow::bail!(
+                "pick at most one of --only-paths, --only-policies, --only-containment, --only-cpu, --only-memory"
+            ),
         }
     }
 
@@ -88,6 +99,8 @@ impl Scale {
                 quick,
                 memory_points: vec![200, 1000],
                 storm: 1000,
+                storm_memory: vec![1000],
+                storm_memory_rounds: 1,
                 latency_agents: 200,
                 latency_rate: 2000.0,
                 saturate_agents: 50,
@@ -107,6 +120,8 @@ impl Scale {
                 quick,
                 memory_points: vec![1000, 10_000],
                 storm: 10_000,
+                storm_memory: vec![2000, 10_000],
+                storm_memory_rounds: 3,
                 latency_agents: 1000,
                 latency_rate: 10_000.0,
                 saturate_agents: 200,
@@ -141,6 +156,11 @@ pub(crate) async fn run(scale: Scale) -> anyhow::Result<Report> {
     if scale.only == Only::Cpu {
         anyhow::ensure!(nginx::binary().is_some(), "--only-cpu compares with nginx, which is not installed");
         cpu_against_nginx(&mut report, &server, &scale).await?;
+    }
+
+    // 3b. Peak memory of all-at-once storms, per allocator (issue 13).
+    if scale.only.runs(Only::Memory) {
+        report.storm_memory(storm_memory::run(&server, &scale).await?);
     }
 
     // 4. Policies: throughput with the four examples vs none, and hot swaps.

@@ -17,6 +17,11 @@
 //! runs those), and when the socket has taken every earlier byte. Bytes the
 //! socket does not take at once wait in `pending`, and the session is rung
 //! to write them under its `listener.write_timeout`, as it writes its own.
+//!
+//! The socket also notes where the agent's messages end in what it hands
+//! the session's WebSocket ([`MessageBoundaries`]), so the session can tell
+//! when that WebSocket holds nothing unread, and swap its buffers (grown
+//! to the largest message it ever held) for small ones.
 
 use std::io::{self, IoSlice};
 use std::pin::Pin;
@@ -31,6 +36,7 @@ use super::pipeline;
 use super::session::AgentIo;
 use super::Downstream;
 use crate::policy::Direction;
+use crate::protocol::ws_boundaries::MessageBoundaries;
 use crate::relay::agent::Express;
 use crate::relay::{AgentShared, Inbound};
 
@@ -49,6 +55,8 @@ struct Socket<S> {
     /// A lane write failed: the session is told on its next write or flush,
     /// so it closes the agent.
     failed: Option<io::ErrorKind>,
+    /// Where messages end in the bytes read so far.
+    boundaries: MessageBoundaries,
 }
 
 impl<S> Clone for SharedSocket<S> {
@@ -60,7 +68,31 @@ impl<S> Clone for SharedSocket<S> {
 impl<S: AgentIo> SharedSocket<S> {
     #[cfg_attr(not(fuzzing), allow(unreachable_pub))]
     pub fn new(io: S) -> Self {
-        Self(Arc::new(Mutex::new(Socket { io, pending: BytesMut::new(), unflushed: false, failed: None })))
+        Self(Arc::new(Mutex::new(Socket {
+            io,
+            pending: BytesMut::new(),
+            unflushed: false,
+            failed: None,
+            boundaries: MessageBoundaries::default(),
+        })))
+    }
+
+    /// Bytes the agent sent that were read before the socket was shared
+    /// (behind the upgrade request), handed to the WebSocket first.
+    pub(crate) fn read_before(&self, bytes: &[u8]) {
+        self.0.lock().boundaries.observe(bytes);
+    }
+
+    /// The session's WebSocket yielded a message.
+    pub(crate) fn message_taken(&self) {
+        self.0.lock().boundaries.take();
+    }
+
+    /// The WebSocket over this socket holds no byte unread and none
+    /// unwritten: a fresh one in its place would lose nothing.
+    pub(crate) fn quiet(&self) -> bool {
+        let socket = self.0.lock();
+        socket.boundaries.drained() && socket.pending.is_empty() && !socket.unflushed && socket.failed.is_none()
     }
 
     /// The lane for the agent behind this socket.
@@ -127,7 +159,13 @@ impl<S: AgentIo> Socket<S> {
 
 impl<S: AgentIo> AsyncRead for SharedSocket<S> {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.0.lock().io).poll_read(cx, buf)
+        let mut socket = self.0.lock();
+        let before = buf.filled().len();
+        let read = Pin::new(&mut socket.io).poll_read(cx, buf);
+        if let Poll::Ready(Ok(())) = read {
+            socket.boundaries.observe(&buf.filled()[before..]);
+        }
+        read
     }
 }
 
@@ -309,7 +347,13 @@ mod tests {
     }
 
     fn socket(wire: Wire) -> Socket<Wire> {
-        Socket { io: wire, pending: BytesMut::new(), unflushed: false, failed: None }
+        Socket {
+            io: wire,
+            pending: BytesMut::new(),
+            unflushed: false,
+            failed: None,
+            boundaries: MessageBoundaries::default(),
+        }
     }
 
     fn noop() -> Context<'static> {

@@ -316,6 +316,9 @@ async fn admitted(
             let (shared, inbox) =
                 AgentShared::new(ds.next_id(), ds.settings.http.queue_size, ds.relay.settings.failover_queue, identity);
             let upstream = upstream_name(&ds.relay, &state.lease);
+            // The agent outlives this poll: its uid gets bytes of its own,
+            // not a slice keeping the request body.
+            let uid = uid.detached();
             let agent = Arc::new(HttpAgent {
                 uid: uid.clone(),
                 shared,

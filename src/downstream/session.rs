@@ -18,18 +18,19 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{FutureExt, SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError, ProtocolError};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
 use super::express::SharedSocket;
 use super::log_every::{LogEvery, REFUSAL_LOG_EVERY};
+use super::websocket::READ_BUFFER;
 use super::{pipeline, uid_guard, Downstream};
 use crate::policy::lifecycle::SessionTicket;
 use crate::protocol::compose::{self, ErrorKind};
@@ -77,6 +78,9 @@ pub struct Session {
     _movable: Movable,
     /// The policies' `on-disconnect` when the session ends.
     lifecycle: SessionTicket,
+    /// A message larger than [`READ_BUFFER`] has grown the WebSocket's
+    /// buffers, and they have not been swapped for small ones yet.
+    buffers_grown: bool,
 }
 
 /// Failed planned moves, one line per kind (rejected by the server, or
@@ -131,6 +135,7 @@ impl Session {
             failover: None,
             _movable: movable,
             lifecycle,
+            buffers_grown: false,
         };
         check_link(&session.agent, &session.lease);
         session
@@ -147,7 +152,7 @@ impl Session {
     }
 
     #[cfg_attr(not(fuzzing), allow(unreachable_pub))]
-    pub async fn run<S: AgentIo>(mut self, mut ws: WebSocketStream<S>) {
+    pub async fn run<S: AgentIo>(mut self, mut ws: WebSocketStream<SharedSocket<S>>) {
         let gauge = metrics::gauge!(m::CONNECTIONS, "direction" => m::DOWNSTREAM, "transport" => "websocket");
         gauge.increment(1.0);
         let reason = self.pump(&mut ws).await;
@@ -181,7 +186,7 @@ impl Session {
         }
     }
 
-    async fn pump<S: AgentIo>(&mut self, ws: &mut WebSocketStream<S>) -> CloseReason {
+    async fn pump<S: AgentIo>(&mut self, ws: &mut WebSocketStream<SharedSocket<S>>) -> CloseReason {
         let keepalive = self.ds.settings.keepalive;
         let mut ping = tokio::time::interval_at(Instant::now() + keepalive, keepalive);
         // Shutdown reaches a running session as a close on its doorbell
@@ -206,7 +211,10 @@ impl Session {
                 }
                 held = wait_room(&mut self.waiting), if self.waiting.is_some() => Box::pin(self.on_room(held)).await,
                 Ok(()) = self.budget_open.changed(), if budget_closed => Ok(()), // `reading` is re-evaluated
-                msg = ws.next(), if reading => self.on_agent_message(msg).await,
+                msg = ws.next(), if reading => {
+                    self.took(ws, &msg);
+                    self.on_agent_message(msg).await
+                }
                 _ = ping.tick() => Box::pin(self.keepalive(ws)).await,
             };
             if let Err(reason) = step {
@@ -259,6 +267,44 @@ impl Session {
     /// the channel is awaited only while the budget is closed.
     fn reading(&self) -> bool {
         self.waiting.is_none() && self.ds.relay.budget.is_open()
+    }
+
+    /// Notes a message the WebSocket yielded; once one larger than
+    /// [`READ_BUFFER`] has grown the WebSocket's buffers (tungstenite keeps
+    /// them at the largest frame's size for the connection's life: an agent
+    /// that sent a 16 KiB config at connect would hold 16 KiB while idle),
+    /// swaps the WebSocket for a fresh one over the same socket as soon as
+    /// it holds nothing unread or unwritten.
+    fn took<S: AgentIo>(&mut self, ws: &mut WebSocketStream<SharedSocket<S>>, msg: &Option<Result<Message, WsError>>) {
+        let Some(Ok(msg)) = msg else { return };
+        ws.get_ref().message_taken();
+        // Only after a data message: reading a ping or a close, tungstenite
+        // queues its answer inside the WebSocket, to go out on the next
+        // write; a data message is read only after that answer was written.
+        if let Message::Binary(frame) = msg {
+            self.buffers_grown |= frame.len() > READ_BUFFER;
+            if self.buffers_grown {
+                self.release_buffers(ws);
+            }
+        }
+    }
+
+    /// Swaps `ws` for a fresh WebSocket over the same socket, with buffers
+    /// of the configured size, if nothing would be lost (see
+    /// [`SharedSocket::quiet`]). The old one's buffers go with it; a frame
+    /// read through them lives on in the relay until it is delivered.
+    fn release_buffers<S: AgentIo>(&mut self, ws: &mut WebSocketStream<SharedSocket<S>>) {
+        if !ws.get_ref().quiet() {
+            return;
+        }
+        // Without a handshake the stream is built at once; were it ever
+        // not, the buffers simply stay until the next try.
+        let fresh = WebSocketStream::from_raw_socket(ws.get_ref().clone(), Role::Server, Some(*ws.get_config()));
+        if let Some(fresh) = fresh.now_or_never() {
+            *ws = fresh;
+            self.buffers_grown = false;
+            metrics::counter!(m::AGENT_BUFFERS_RELEASED).increment(1);
+        }
     }
 
     /// A message from the agent: takes its share of the buffer budget, or
@@ -360,6 +406,7 @@ impl Session {
         match deadline::within(self.ds.settings.write_timeout, ws.send(Message::Binary(frame))).await {
             Ok(Ok(())) => {
                 pipeline::delivered(len, msg.received);
+                self.buffers_grown |= len > READ_BUFFER;
                 Ok(())
             }
             Ok(Err(_)) => Err(CloseReason::Peer),

@@ -151,7 +151,8 @@ pub(crate) fn check(
         }
         Err(_) => return Err(Refusal::UidInUse),
     }
-    uids.insert(uid, parsed.disconnect);
+    // Kept for the connection's life: its own bytes, not the message's.
+    uids.insert(uid.detached(), parsed.disconnect);
     Ok(Passed::Forward)
 }
 

@@ -99,6 +99,7 @@ async fn agent_socket(
 ) -> Option<(WebSocketStream<SharedSocket<Tracked>>, SharedSocket<Tracked>)> {
     let parts = upgraded.downcast::<TokioIo<Tracked>>().ok()?;
     let socket = SharedSocket::new(parts.io.into_inner());
+    socket.read_before(&parts.read_buf);
     let io = socket.clone();
     let ws = if parts.read_buf.is_empty() {
         WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await
@@ -108,6 +109,11 @@ async fn agent_socket(
     Some((ws, socket))
 }
 
+/// What an agent's WebSocket reads at a time, and the size its read buffer
+/// is given back once a larger message grew it
+/// ([`Session`]'s buffer release).
+pub(crate) const READ_BUFFER: usize = 1024;
+
 /// Small buffers: an idle agent should cost kilobytes, not the 128 KiB
 /// tungstenite reserves by default. The read buffer lives as long as the
 /// agent; 1 KiB holds a heartbeat in one read, and a larger frame grows it
@@ -116,7 +122,7 @@ async fn agent_socket(
 fn ws_config(ds: &Downstream) -> WebSocketConfig {
     let max = ds.settings.max_message_size;
     WebSocketConfig::default()
-        .read_buffer_size(1024)
+        .read_buffer_size(READ_BUFFER)
         .write_buffer_size(0)
         .max_message_size(Some(max))
         .max_frame_size(Some(max))

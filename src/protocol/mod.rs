@@ -10,6 +10,8 @@
 //!   custom messages.
 //! - [`compose`]: small messages the gateway writes itself (synthesized
 //!   disconnects, injected capabilities).
+//! - [`ws_boundaries`]: where WebSocket messages end in an agent's byte
+//!   stream, so a session knows when its WebSocket holds nothing unread.
 
 pub mod compose;
 pub mod framing;
@@ -17,6 +19,7 @@ pub mod handshake;
 pub mod scan;
 pub mod uid;
 pub mod wire;
+pub mod ws_boundaries;
 
 /// Generated OpAMP protobuf types (package `opamp.proto.v1`).
 #[allow(clippy::all, missing_docs)]

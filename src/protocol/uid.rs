@@ -24,6 +24,13 @@ pub enum UidError {
 pub struct InstanceUid(Bytes);
 
 impl InstanceUid {
+    /// The same uid in a buffer of its own, to keep for a connection's life:
+    /// a slice of the message would keep the whole message's buffer (the
+    /// WebSocket's read buffer, a link's 16 KiB read) alive with it.
+    pub fn detached(&self) -> Self {
+        Self(Bytes::copy_from_slice(&self.0))
+    }
+
     pub fn parse(raw: Option<Bytes>) -> Result<Self, UidError> {
         let raw = raw.ok_or(UidError::Missing)?;
         match raw.len() {

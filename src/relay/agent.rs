@@ -379,7 +379,8 @@ impl AgentShared {
 
     /// Remembers a server-assigned uid routed to this agent.
     pub(crate) fn add_alias(&self, uid: Bytes) {
-        self.aliases.lock().push(uid);
+        // Its own copy: a slice would keep the server message it came in.
+        self.aliases.lock().push(Bytes::copy_from_slice(&uid));
     }
 
     pub(crate) fn take_aliases(&self) -> Vec<Bytes> {

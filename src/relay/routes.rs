@@ -55,11 +55,11 @@ impl Routes {
                 if owner.identity() != agent.identity() || owner.identity().is_gateway() {
                     return Err(UidInUse);
                 }
-                let old = map.insert(uid.clone(), agent.clone()).expect("checked above");
+                let old = map.insert(detached(uid), agent.clone()).expect("checked above");
                 Ok(Claimed::TookOver(old))
             }
             _ => {
-                map.insert(uid.clone(), agent.clone());
+                map.insert(detached(uid), agent.clone());
                 Ok(Claimed::Owned)
             }
         }
@@ -68,7 +68,7 @@ impl Routes {
     /// Points `uid` at `agent` unconditionally. Only for uids the server
     /// itself assigned (`new_instance_uid`): the server is the authority.
     pub(crate) fn assign(&self, uid: Bytes, agent: &Arc<AgentShared>) {
-        self.map.lock().insert(uid, agent.clone());
+        self.map.lock().insert(detached(&uid), agent.clone());
     }
 
     pub(crate) fn get(&self, uid: &[u8]) -> Option<Arc<AgentShared>> {
@@ -99,6 +99,12 @@ impl Routes {
     }
 }
 
+/// A key kept as long as its route: its own 16 or 26 bytes, not a slice
+/// that keeps the whole message it was read from.
+fn detached(uid: &Bytes) -> Bytes {
+    Bytes::copy_from_slice(uid)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -107,6 +113,22 @@ mod tests {
     fn agent(id: u64, key: &str) -> Arc<AgentShared> {
         let cred = Credential::from_headers([("authorization", key)], crate::relay::identity::CREDENTIAL_HEADERS, None);
         AgentShared::new(id, 4, 4, Identity::agent(cred)).0
+    }
+
+    /// A uid is a 16-byte slice of the message it came in; kept as a
+    /// route's key, the slice would keep the whole message (here 16 KiB,
+    /// the WebSocket read buffer it was split from) for the agent's life.
+    #[test]
+    fn a_routed_uid_does_not_keep_the_message_it_came_in() {
+        let routes = Routes::default();
+        let message = Bytes::from(vec![7u8; 16 * 1024]);
+        let (claimed, assigned) = (message.slice(100..116), message.slice(200..216));
+        routes.claim(&claimed, &agent(1, "key-a")).unwrap();
+        routes.assign(assigned, &agent(2, "key-b"));
+        let within = message.as_ptr_range();
+        for key in routes.map.lock().keys() {
+            assert!(!within.contains(&key.as_ptr()), "a key still points into the message");
+        }
     }
 
     #[test]

@@ -318,6 +318,22 @@ impl SimAgent {
 
     /// A realistic first message: description, capabilities, health and a
     /// small effective config.
+    /// [`Self::status_report`] with its effective config padded to about
+    /// `config_bytes` (YAML comments): a real collector reports its whole
+    /// config at connect, often tens of KiB.
+    pub fn status_report_sized(&self, config_bytes: usize) -> AgentToServer {
+        let mut report = self.status_report();
+        let files = report.effective_config.as_mut().and_then(|c| c.config_map.as_mut()).map(|m| &mut m.config_map);
+        if let Some(file) = files.and_then(|f| f.values_mut().next()).filter(|f| f.body.len() < config_bytes) {
+            let mut body = file.body.to_vec();
+            while body.len() < config_bytes {
+                body.extend_from_slice(b"# padded to a collector's size\n");
+            }
+            file.body = body.into();
+        }
+        report
+    }
+
     pub fn status_report(&self) -> AgentToServer {
         let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_nanos() as u64;
         let config = format!(

@@ -49,6 +49,9 @@ pub const LINK_ROTATIONS: &str = "opampgateway_link_rotations_total";
 pub const LINK_IMBALANCE: &str = "opampgateway_link_imbalance";
 /// Counter: agent sessions closed by the gateway or peer, by `reason`.
 pub const AGENTS_CLOSED: &str = "opampgateway_agents_closed_total";
+/// Counter: WebSocket agents whose buffers, grown by a large message, were
+/// swapped for small ones once idle.
+pub const AGENT_BUFFERS_RELEASED: &str = "opampgateway_agent_buffers_released_total";
 /// Counter: messages the gateway could not deliver, by `direction` and `reason`.
 pub const MESSAGES_DROPPED: &str = "opampgateway_messages_dropped_total";
 /// Gauge: bytes of agent messages read and not yet written upstream

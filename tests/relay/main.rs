@@ -3,6 +3,7 @@
 
 mod common;
 
+mod agent_buffers;
 mod buffer_budget;
 mod chaining;
 
