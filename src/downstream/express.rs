@@ -83,16 +83,12 @@ impl<S: AgentIo> SharedSocket<S> {
         self.0.lock().boundaries.observe(bytes);
     }
 
-    /// The session's WebSocket yielded a message.
-    pub(crate) fn message_taken(&self) {
-        self.0.lock().boundaries.take();
-    }
-
-    /// The WebSocket over this socket holds no byte unread and none
-    /// unwritten: a fresh one in its place would lose nothing.
-    pub(crate) fn quiet(&self) -> bool {
+    /// The WebSocket over this socket, having yielded `taken` messages,
+    /// holds no byte unread and none unwritten: a fresh one in its place
+    /// would lose nothing.
+    pub(crate) fn quiet(&self, taken: u32) -> bool {
         let socket = self.0.lock();
-        socket.boundaries.drained() && socket.pending.is_empty() && !socket.unflushed && socket.failed.is_none()
+        socket.boundaries.drained(taken) && socket.pending.is_empty() && !socket.unflushed && socket.failed.is_none()
     }
 
     /// The lane for the agent behind this socket.

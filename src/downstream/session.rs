@@ -81,6 +81,9 @@ pub struct Session {
     /// A message larger than [`READ_BUFFER`] has grown the WebSocket's
     /// buffers, and they have not been swapped for small ones yet.
     buffers_grown: bool,
+    /// Messages the WebSocket yielded (data and control, wrapping): what
+    /// [`SharedSocket::quiet`] compares with the messages it saw arrive.
+    messages_taken: u32,
 }
 
 /// Failed planned moves, one line per kind (rejected by the server, or
@@ -136,6 +139,7 @@ impl Session {
             _movable: movable,
             lifecycle,
             buffers_grown: false,
+            messages_taken: 0,
         };
         check_link(&session.agent, &session.lease);
         session
@@ -277,7 +281,7 @@ impl Session {
     /// it holds nothing unread or unwritten.
     fn took<S: AgentIo>(&mut self, ws: &mut WebSocketStream<SharedSocket<S>>, msg: &Option<Result<Message, WsError>>) {
         let Some(Ok(msg)) = msg else { return };
-        ws.get_ref().message_taken();
+        self.messages_taken = self.messages_taken.wrapping_add(1);
         // Only after a data message: reading a ping or a close, tungstenite
         // queues its answer inside the WebSocket, to go out on the next
         // write; a data message is read only after that answer was written.
@@ -294,7 +298,7 @@ impl Session {
     /// [`SharedSocket::quiet`]). The old one's buffers go with it; a frame
     /// read through them lives on in the relay until it is delivered.
     fn release_buffers<S: AgentIo>(&mut self, ws: &mut WebSocketStream<SharedSocket<S>>) {
-        if !ws.get_ref().quiet() {
+        if !ws.get_ref().quiet(self.messages_taken) {
             return;
         }
         // Without a handshake the stream is built at once; were it ever
@@ -406,6 +410,8 @@ impl Session {
         match deadline::within(self.ds.settings.write_timeout, ws.send(Message::Binary(frame))).await {
             Ok(Ok(())) => {
                 pipeline::delivered(len, msg.received);
+                // Given back after the agent's next message: its answer to
+                // a large config usually comes at once.
                 self.buffers_grown |= len > READ_BUFFER;
                 Ok(())
             }

@@ -8,9 +8,9 @@
 //! state for a fresh one, and that is safe only when the library holds no
 //! byte it has not yet yielded as part of a message, and no fragment of a
 //! message still to come. The socket feeds every byte it hands the library
-//! through [`MessageBoundaries::observe`]; the session calls
-//! [`MessageBoundaries::take`] for every message the library yields, then
-//! asks [`MessageBoundaries::drained`].
+//! through [`MessageBoundaries::observe`]; the session counts the messages
+//! the library yields (data and control alike), and asks
+//! [`MessageBoundaries::drained`] with that count.
 //!
 //! Only headers are parsed: payloads are skipped by length, so the cost is a
 //! few comparisons per frame.
@@ -27,8 +27,9 @@ pub struct MessageBoundaries {
     /// Offset at which the last frame that completes a message ended (a
     /// control frame, or a data frame with FIN).
     last_end: u64,
-    /// Messages observed whole and not yet taken.
-    untaken: u32,
+    /// Messages observed whole (data and control alike), wrapping: only
+    /// equality with the count taken matters, and that never runs ahead.
+    completed: u32,
     /// The header being read, and how much of it has arrived.
     header: [u8; MAX_HEADER],
     header_len: u8,
@@ -65,17 +66,13 @@ impl MessageBoundaries {
         }
     }
 
-    /// The library yielded its next message (data or control).
-    pub fn take(&mut self) {
-        self.untaken = self.untaken.saturating_sub(1);
-    }
-
-    /// Every byte observed belongs to a message already taken, and no data
-    /// message is half received: the library holds nothing unread. (With
-    /// every whole message taken, the last one ends where the stream
-    /// observed so far ends, or bytes of another are buffered.)
-    pub fn drained(&self) -> bool {
-        self.untaken == 0 && self.last_end == self.seen && !self.fragmented
+    /// With `taken` messages yielded by the library so far: every byte
+    /// observed belongs to a message already taken, and no data message is
+    /// half received, so the library holds nothing unread. (With every
+    /// whole message taken, the last one ends where the stream observed so
+    /// far ends, or bytes of another are buffered.)
+    pub fn drained(&self, taken: u32) -> bool {
+        taken == self.completed && self.last_end == self.seen && !self.fragmented
     }
 
     fn header_read(&mut self) {
@@ -102,7 +99,7 @@ impl MessageBoundaries {
 
     fn frame_ended(&mut self) {
         if self.completes {
-            self.untaken += 1;
+            self.completed = self.completed.wrapping_add(1);
             self.last_end = self.seen;
         }
     }
@@ -156,51 +153,55 @@ mod tests {
     #[test]
     fn a_lone_message_read_whole_is_drained_once_taken() {
         let mut b = MessageBoundaries::default();
+        let mut taken = 0;
         b.observe(&binary(true, &[7; 300]));
-        assert!(!b.drained(), "not taken yet");
-        b.take();
-        assert!(b.drained());
+        assert!(!b.drained(taken), "not taken yet");
+        taken += 1;
+        assert!(b.drained(taken));
     }
 
     #[test]
     fn bytes_of_the_next_message_keep_it_undrained() {
         let mut b = MessageBoundaries::default();
+        let mut taken = 0;
         let mut bytes = binary(true, &[7; 70_000]); // an 8-byte length
         let next = binary(true, b"next");
         bytes.extend_from_slice(&next[..3]); // part of the next header
         b.observe(&bytes);
-        b.take();
-        assert!(!b.drained(), "three bytes of the next frame are in the library's buffer");
+        taken += 1;
+        assert!(!b.drained(taken), "three bytes of the next frame are in the library's buffer");
         b.observe(&next[3..]);
-        assert!(!b.drained(), "the next message is whole but not taken");
-        b.take();
-        assert!(b.drained());
+        assert!(!b.drained(taken), "the next message is whole but not taken");
+        taken += 1;
+        assert!(b.drained(taken));
     }
 
     #[test]
     fn a_ping_inside_a_fragmented_message_leaves_it_undrained() {
         let mut b = MessageBoundaries::default();
+        let mut taken = 0;
         b.observe(&binary(false, &[1; 200]));
         b.observe(&ping(b"are you there"));
-        b.take(); // the ping
-        assert!(!b.drained(), "the library holds the first fragment");
+        taken += 1; // the ping
+        assert!(!b.drained(taken), "the library holds the first fragment");
         b.observe(&continuation(true, &[2; 200]));
-        b.take();
-        assert!(b.drained());
+        taken += 1;
+        assert!(b.drained(taken));
     }
 
     #[test]
     fn empty_frames_and_split_headers_are_counted() {
         let mut b = MessageBoundaries::default();
+        let mut taken = 0;
         let mut bytes = ping(b"");
         bytes.extend(binary(true, &[3; 200])); // a 2-byte length
         for byte in &bytes {
             b.observe(std::slice::from_ref(byte));
         }
-        b.take();
-        assert!(!b.drained());
-        b.take();
-        assert!(b.drained());
+        taken += 1;
+        assert!(!b.drained(taken));
+        taken += 1;
+        assert!(b.drained(taken));
     }
 
     /// Hands out a byte stream in the given read sizes, telling the tracker
@@ -275,18 +276,19 @@ mod tests {
             let mut ws = WebSocket::from_raw_socket(stream, Role::Server, Some(config));
             let mut got = Vec::new();
             let mut swaps = 0;
+            let mut taken = 0;
             loop {
                 match ws.read() {
                     Ok(Message::Binary(b)) => {
-                        ws.get_mut().seen.take();
+                        taken += 1;
                         got.push(b.to_vec());
                     }
-                    Ok(Message::Ping(_)) => ws.get_mut().seen.take(),
+                    Ok(Message::Ping(_)) => taken += 1,
                     Ok(other) => prop_assert!(false, "unexpected {other:?}"),
                     Err(tokio_tungstenite::tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => break,
                     Err(e) => prop_assert!(false, "read failed: {e}"),
                 }
-                if ws.get_ref().seen.drained() {
+                if ws.get_ref().seen.drained(taken) {
                     let stream = std::mem::replace(&mut ws, WebSocket::from_raw_socket(
                         Chunked { bytes: Vec::new(), at: 0, sizes: vec![1], next: 0, seen: MessageBoundaries::default() },
                         Role::Server, None)).into_inner();
