@@ -37,7 +37,10 @@ pub(crate) async fn upstream_frame(
         return Ok(Some(original()));
     }
     let uid = parsed.uid.as_deref().unwrap_or_default();
-    let outcome = relay.policies.filter(&set, Direction::AgentToServer, uid, parsed.payload.clone()).await;
+    // Boxed: the gate's future would otherwise take room in every agent's
+    // task, idle or not; a message that reaches a policy pays far more
+    // than one allocation for the call itself.
+    let outcome = Box::pin(relay.policies.filter(&set, Direction::AgentToServer, uid, parsed.payload.clone())).await;
     judged(outcome, Direction::AgentToServer, &parsed.payload, original)
 }
 
@@ -115,7 +118,8 @@ pub(crate) async fn downstream_frame(
         Some(Wire::Bytes(u)) => u,
         _ => &[],
     };
-    let outcome = relay.policies.filter(&set, Direction::ServerToAgent, uid, payload.clone()).await;
+    // Boxed, as in `upstream_frame`.
+    let outcome = Box::pin(relay.policies.filter(&set, Direction::ServerToAgent, uid, payload.clone())).await;
     judged(outcome, Direction::ServerToAgent, &payload, || frame)
 }
 

@@ -155,38 +155,48 @@ impl Session {
         self
     }
 
+    /// The session's whole life: it ends when the agent, the gateway or a
+    /// rule closes it.
+    ///
+    /// Not an `async fn`: one would move `self` and `ws` from its arguments
+    /// into locals of its own, and its future (every idle agent's task)
+    /// would hold both twice, about 750 bytes more per agent. An `async
+    /// move` block uses what it captured in place.
     #[cfg_attr(not(fuzzing), allow(unreachable_pub))]
-    pub async fn run<S: AgentIo>(mut self, mut ws: WebSocketStream<SharedSocket<S>>) {
-        let gauge = metrics::gauge!(m::CONNECTIONS, "direction" => m::DOWNSTREAM, "transport" => "websocket");
-        gauge.increment(1.0);
-        let reason = self.pump(&mut ws).await;
-        // What follows (a parting message, the close) is the last thing
-        // the agent is sent: no server message may follow it.
-        self.inbox.close_express();
-        if let Some(frame) = self.parting_message(reason) {
-            // Best effort: the agent learns why before the close frame.
-            let _ = tokio::time::timeout(self.ds.settings.write_timeout, ws.send(Message::Binary(frame))).await;
-        }
-        let write_timeout = self.ds.settings.write_timeout;
-        if reason == CloseReason::Peer {
-            // If the agent sent a close frame, tungstenite has queued its
-            // echo: flushing sends it, so the agent sees a clean close
-            // rather than 1006.
-            let _ = tokio::time::timeout(write_timeout, SinkExt::close(&mut ws)).await;
-        } else {
-            let frame = CloseFrame { code: CloseCode::from(reason.close_code()), reason: reason.as_str().into() };
-            let _ = tokio::time::timeout(write_timeout, ws.close(Some(frame))).await;
-        }
-        let uid = self.uids.first().map(|u| u.as_bytes().clone());
-        let upstream = upstream_name(&self.ds.relay, &self.lease);
-        std::mem::take(&mut self.lifecycle).end(reason.as_str(), uid, Some(upstream));
-        Box::pin(self.release()).await;
-        gauge.decrement(1.0);
-        metrics::counter!(m::AGENTS_CLOSED, "reason" => reason.as_str(), "transport" => "websocket").increment(1);
-        tracing::debug!(agent = self.agent.id, reason = reason.as_str(), "agent session ended");
-        if reason != CloseReason::Peer {
-            drop(self); // the lease and routes go now, not after the linger
-            linger(&mut ws, write_timeout.min(CLOSE_LINGER)).await;
+    #[allow(clippy::manual_async_fn)] // on purpose: see above
+    pub fn run<S: AgentIo>(mut self, mut ws: WebSocketStream<SharedSocket<S>>) -> impl Future<Output = ()> + Send {
+        async move {
+            let gauge = metrics::gauge!(m::CONNECTIONS, "direction" => m::DOWNSTREAM, "transport" => "websocket");
+            gauge.increment(1.0);
+            let reason = self.pump(&mut ws).await;
+            // What follows (a parting message, the close) is the last thing
+            // the agent is sent: no server message may follow it.
+            self.inbox.close_express();
+            if let Some(frame) = self.parting_message(reason) {
+                // Best effort: the agent learns why before the close frame.
+                let _ = tokio::time::timeout(self.ds.settings.write_timeout, ws.send(Message::Binary(frame))).await;
+            }
+            let write_timeout = self.ds.settings.write_timeout;
+            if reason == CloseReason::Peer {
+                // If the agent sent a close frame, tungstenite has queued its
+                // echo: flushing sends it, so the agent sees a clean close
+                // rather than 1006.
+                let _ = tokio::time::timeout(write_timeout, SinkExt::close(&mut ws)).await;
+            } else {
+                let frame = CloseFrame { code: CloseCode::from(reason.close_code()), reason: reason.as_str().into() };
+                let _ = tokio::time::timeout(write_timeout, ws.close(Some(frame))).await;
+            }
+            let uid = self.uids.first().map(|u| u.as_bytes().clone());
+            let upstream = upstream_name(&self.ds.relay, &self.lease);
+            std::mem::take(&mut self.lifecycle).end(reason.as_str(), uid, Some(upstream));
+            Box::pin(self.release()).await;
+            gauge.decrement(1.0);
+            metrics::counter!(m::AGENTS_CLOSED, "reason" => reason.as_str(), "transport" => "websocket").increment(1);
+            tracing::debug!(agent = self.agent.id, reason = reason.as_str(), "agent session ended");
+            if reason != CloseReason::Peer {
+                drop(self); // the lease and routes go now, not after the linger
+                linger(&mut ws, write_timeout.min(CLOSE_LINGER)).await;
+            }
         }
     }
 

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use http::header::{CONNECTION, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_KEY, SEC_WEBSOCKET_VERSION, UPGRADE};
 use http::{HeaderValue, Request, Response, StatusCode};
 use hyper::body::Incoming;
-use hyper::upgrade::Upgraded;
+use hyper::upgrade::{OnUpgrade, Upgraded};
 use hyper_util::rt::TokioIo;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
@@ -26,7 +26,7 @@ use super::session::Session;
 use super::trust::PeerCertificate;
 use super::Downstream;
 use crate::policy::Transport;
-use crate::relay::AdmitRequest;
+use crate::relay::{Admission, AdmitRequest};
 use crate::telemetry::metrics as m;
 
 /// Answers a WebSocket upgrade request (the router checked it is one).
@@ -67,25 +67,53 @@ pub(super) async fn upgrade(ds: Arc<Downstream>, mut req: Request<Incoming>, rem
     copy_headers(response.headers_mut(), &admission.response_headers);
 
     let on_upgrade = hyper::upgrade::on(&mut req);
-    let ds2 = ds.clone();
+    // A task keeps room for everything its future captured for as long as
+    // it lives; these parts are used once, when it starts, so they travel
+    // in one box and the idle session's task holds a pointer's worth.
+    let parts = Box::new(SessionParts { ds: ds.clone(), admission, admit, peer_cert, remote });
     ds.sessions.spawn(async move {
-        match on_upgrade.await {
-            Ok(upgraded) => {
-                let Some((ws, socket)) = agent_socket(upgraded, ws_config(&ds2)).await else {
-                    tracing::error!(%remote, "the upgraded connection is not the listener's socket; closing it (a bug)");
-                    return;
-                };
-                // Decided only now that the server accepted these headers.
-                let identity = ds2.settings.gateways.identify(&admit.headers, peer_cert.as_ref());
-                if identity.is_gateway() {
-                    tracing::info!(%remote, "downstream gateway connected");
-                }
-                Session::new(ds2, admission, admit, identity).with_express(socket).run(ws).await;
-            }
-            Err(e) => tracing::debug!(%remote, error = %e, "agent went away during the upgrade"),
-        }
+        let Some((session, ws)) = open_session(parts, on_upgrade).await else { return };
+        session.run(ws).await;
     });
     response
+}
+
+/// What an accepted agent's session is built from once hyper hands over
+/// the upgraded connection.
+struct SessionParts {
+    ds: Arc<Downstream>,
+    admission: Admission,
+    admit: AdmitRequest,
+    peer_cert: Option<PeerCertificate>,
+    remote: SocketAddr,
+}
+
+/// The session for an accepted agent, once hyper hands over its upgraded
+/// connection. Its own future, not part of the spawned block: what it
+/// borrows along the way would otherwise keep its room in the task for the
+/// session's whole life.
+async fn open_session(
+    parts: Box<SessionParts>,
+    on_upgrade: OnUpgrade,
+) -> Option<(Session, WebSocketStream<SharedSocket<Tracked>>)> {
+    let SessionParts { ds, admission, admit, peer_cert, remote } = *parts;
+    let upgraded = match on_upgrade.await {
+        Ok(upgraded) => upgraded,
+        Err(e) => {
+            tracing::debug!(%remote, error = %e, "agent went away during the upgrade");
+            return None;
+        }
+    };
+    let Some((ws, socket)) = agent_socket(upgraded, ws_config(&ds)).await else {
+        tracing::error!(%remote, "the upgraded connection is not the listener's socket; closing it (a bug)");
+        return None;
+    };
+    // Decided only now that the server accepted these headers.
+    let identity = ds.settings.gateways.identify(&admit.headers, peer_cert.as_ref());
+    if identity.is_gateway() {
+        tracing::info!(%remote, "downstream gateway connected");
+    }
+    Some((Session::new(ds, admission, admit, identity).with_express(socket), ws))
 }
 
 /// Takes the listener's socket back from hyper, so the session reads and

@@ -94,8 +94,16 @@ impl Link {
 
     /// Queues a frame; waits while the queue is full (back-pressure).
     /// `Err` returns the frame when the link task is gone.
+    ///
+    /// The wait is boxed: this future is part of every agent session's
+    /// task, idle or not, and the channel's `send` future is a few hundred
+    /// bytes. A queue with room (nearly always) takes the frame at once.
     pub(crate) async fn send(&self, out: Outbound) -> Result<(), Outbound> {
-        self.tx.send(out).await.map_err(|e| e.0)
+        match self.tx.try_send(out) {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::TrySendError::Closed(out)) => Err(out),
+            Err(mpsc::error::TrySendError::Full(out)) => Box::pin(self.tx.send(out)).await.map_err(|e| e.0),
+        }
     }
 
     pub(crate) fn capabilities(&self) -> Option<Arc<Bytes>> {
@@ -433,10 +441,40 @@ impl std::fmt::Debug for LinkLease {
 
 #[cfg(test)]
 mod tests {
+    use futures_util::FutureExt;
+
     use super::*;
 
     fn up(links: &Links, i: u32) {
         links.get(i).unwrap().mark_connected();
+    }
+
+    fn out(byte: u8) -> Outbound {
+        Outbound {
+            frame: Bytes::from(vec![byte]),
+            generation: 0,
+            agent: None,
+            received: Instant::now(),
+            held: Default::default(),
+        }
+    }
+
+    /// A full queue makes the sender wait (the boxed path), in order, until
+    /// the link task takes a frame; a gone link hands the frame back.
+    #[tokio::test]
+    async fn a_full_queue_holds_the_sender_until_there_is_room() {
+        let (links, mut rxs) = Links::new(1, 1);
+        let link = links.get(0).unwrap().clone();
+        assert!(link.send(out(1)).await.is_ok(), "room: taken at once");
+        let mut waiting = std::pin::pin!(link.send(out(2)));
+        assert!(waiting.as_mut().now_or_never().is_none(), "the queue is full: the sender waits");
+        let mut rx = rxs.pop().unwrap();
+        assert_eq!(rx.recv().await.unwrap().frame[..], [1]);
+        assert!(waiting.await.is_ok(), "the waiting frame went in once there was room");
+        assert_eq!(rx.recv().await.unwrap().frame[..], [2]);
+        drop(rx);
+        let back = link.send(out(3)).await.expect_err("no link task: the frame comes back");
+        assert_eq!(back.frame[..], [3]);
     }
 
     #[test]
