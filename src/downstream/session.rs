@@ -70,8 +70,9 @@ pub struct Session {
     /// `listener.max_buffered_bytes` is closed: start no new message.
     budget_open: watch::Receiver<bool>,
     /// A message read while the budget had no room, waiting for its share.
-    /// The socket is not read meanwhile.
-    waiting: Option<(Bytes, Instant, budget::Wait)>,
+    /// The socket is not read meanwhile. Boxed: rare, and the session
+    /// would otherwise carry its room for life.
+    waiting: Option<Box<(Bytes, Instant, budget::Wait)>>,
     /// The re-handshake after the agent's link died, while it runs.
     failover: Option<Failover>,
     /// Listed with the rebalancer while the session lives.
@@ -341,14 +342,14 @@ impl Session {
         match self.ds.relay.budget.take(frame.len()) {
             Ok(held) => self.forward(frame, self.last_seen, held).await,
             Err(wait) => {
-                self.waiting = Some((frame, self.last_seen, wait));
+                self.waiting = Some(Box::new((frame, self.last_seen, wait)));
                 Ok(())
             }
         }
     }
 
     async fn on_room(&mut self, held: Held) -> Result<(), CloseReason> {
-        let (frame, received, _) = self.waiting.take().expect("only called for a waiting message");
+        let (frame, received, _) = *self.waiting.take().expect("only called for a waiting message");
         self.forward(frame, received, held).await
     }
 
@@ -669,8 +670,8 @@ async fn run_failover(failover: &mut Option<Failover>) -> Result<Admission, Admi
 }
 
 /// Resolves when the waiting message has its share of the budget.
-async fn wait_room(waiting: &mut Option<(Bytes, Instant, budget::Wait)>) -> Held {
-    match waiting {
+async fn wait_room(waiting: &mut Option<Box<(Bytes, Instant, budget::Wait)>>) -> Held {
+    match waiting.as_deref_mut() {
         Some((_, _, wait)) => wait.await,
         None => std::future::pending().await,
     }

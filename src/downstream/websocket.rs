@@ -72,6 +72,8 @@ pub(super) async fn upgrade(ds: Arc<Downstream>, mut req: Request<Incoming>, rem
     // in one box and the idle session's task holds a pointer's worth.
     let parts = Box::new(SessionParts { ds: ds.clone(), admission, admit, peer_cert, remote });
     ds.sessions.spawn(async move {
+        // Not `if let`: its matched value would keep its room while the
+        // session runs.
         let Some((session, ws)) = open_session(parts, on_upgrade).await else { return };
         session.run(ws).await;
     });

@@ -139,7 +139,7 @@ impl AdmitTicket {
             upstream,
         };
         p.lifecycle.send(Job { event: event.clone(), reason: None, admitted: p.admitted.clone() });
-        SessionTicket { inner: Some(Started { lifecycle: p.lifecycle, admitted: p.admitted, event }) }
+        SessionTicket { inner: Some(Box::new(Started { lifecycle: p.lifecycle, admitted: p.admitted, event })) }
     }
 }
 
@@ -170,7 +170,9 @@ impl std::fmt::Debug for AdmitTicket {
 /// A started session; [`SessionTicket::end`] queues `on-disconnect`.
 #[derive(Default)]
 pub struct SessionTicket {
-    inner: Option<Started>,
+    /// Boxed: every session holds a ticket for its whole life, and with no
+    /// lifecycle hook loaded (the default) it is empty.
+    inner: Option<Box<Started>>,
 }
 
 struct Started {
@@ -183,7 +185,8 @@ impl SessionTicket {
     /// The session ended for `reason` (a close-reason label). `uid`: the
     /// agent's, when learnt after the start; `upstream`: where it ended.
     pub fn end(mut self, reason: &str, uid: Option<Bytes>, upstream: Option<String>) {
-        let Some(Started { lifecycle, admitted, mut event }) = self.inner.take() else { return };
+        let Some(started) = self.inner.take() else { return };
+        let Started { lifecycle, admitted, mut event } = *started;
         if event.uid.is_none() {
             event.uid = uid;
         }
@@ -197,7 +200,8 @@ impl SessionTicket {
 impl Drop for SessionTicket {
     fn drop(&mut self) {
         // Ended without a word (a task torn down): still a disconnect.
-        if let Some(Started { lifecycle, admitted, event }) = self.inner.take() {
+        if let Some(started) = self.inner.take() {
+            let Started { lifecycle, admitted, event } = *started;
             lifecycle.send(Job { event, reason: Some("error".to_owned()), admitted });
         }
     }
