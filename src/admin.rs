@@ -22,7 +22,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::policy::health::PolicyHealth;
-use crate::relay::Links;
+use crate::relay::{Budget, Links};
 use crate::telemetry::metrics as m;
 use crate::telemetry::TelemetryError;
 
@@ -36,6 +36,7 @@ pub(crate) async fn serve(
     addr: SocketAddr,
     handle: PrometheusHandle,
     links: Arc<Links>,
+    budget: Arc<Budget>,
     policies: Arc<PolicyHealth>,
     draining: CancellationToken,
     shutdown: CancellationToken,
@@ -50,6 +51,7 @@ pub(crate) async fn serve(
             };
             let handle = handle.clone();
             let links = links.clone();
+            let budget = budget.clone();
             let policies = policies.clone();
             let draining = draining.clone();
             tokio::spawn(async move {
@@ -57,6 +59,7 @@ pub(crate) async fn serve(
                     let body = match req.uri().path() {
                         "/metrics" => {
                             publish_link_loads(&links);
+                            metrics::gauge!(m::BUFFERED_BYTES).set(budget.in_flight() as f64);
                             let tasks = tokio::runtime::Handle::current().metrics().num_alive_tasks();
                             metrics::gauge!(m::RUNTIME_ALIVE_TASKS).set(tasks as f64);
                             (StatusCode::OK, handle.render())

@@ -227,6 +227,7 @@ impl Gateway {
                     addr,
                     handle,
                     links.clone(),
+                    relay.budget.clone(),
                     policies.health(),
                     draining.clone(),
                     links_shutdown.clone(),

@@ -14,7 +14,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{watch, Semaphore, SemaphorePermit};
 
 use crate::policy::throttle::Throttle;
 use crate::telemetry::metrics as m;
@@ -26,7 +26,10 @@ pub(crate) const REFUSAL_LOG_INTERVAL: std::time::Duration = std::time::Duration
 pub(crate) type Wait = Pin<Box<dyn Future<Output = Held> + Send>>;
 
 pub(crate) struct Budget {
-    room: Arc<Semaphore>,
+    /// Free bytes. A [`Held`] share keeps its count, not a permit (a permit
+    /// would also keep an `Arc` of the semaphore: two more atomic updates
+    /// per message on a line every worker shares).
+    room: Semaphore,
     capacity: usize,
     /// Free bytes at which a closed budget reopens.
     reopen_at: usize,
@@ -35,7 +38,6 @@ pub(crate) struct Budget {
     /// Mirror of `open`, so the hot path skips the channel's lock.
     is_open: AtomicBool,
     open: watch::Sender<bool>,
-    in_flight: metrics::Gauge,
     waits: metrics::Counter,
     refusals: Throttle,
 }
@@ -44,13 +46,12 @@ impl Budget {
     pub(crate) fn new(capacity: usize) -> Arc<Self> {
         let capacity = capacity.clamp(1, Semaphore::MAX_PERMITS);
         Arc::new(Self {
-            room: Arc::new(Semaphore::new(capacity)),
+            room: Semaphore::new(capacity),
             capacity,
             reopen_at: (capacity / 4).max(1),
             waiting: AtomicUsize::new(0),
             is_open: AtomicBool::new(true),
             open: watch::Sender::new(true),
-            in_flight: metrics::gauge!(m::BUFFERED_BYTES),
             waits: metrics::counter!(m::BUFFER_WAITS),
             refusals: Throttle::new(1, REFUSAL_LOG_INTERVAL),
         })
@@ -60,7 +61,10 @@ impl Budget {
         self.capacity
     }
 
-    /// Bytes of agent messages currently held.
+    /// Bytes of agent messages currently held; published as
+    /// `opampgateway_buffered_bytes` when `/metrics` is scraped (a gauge
+    /// updated by every message cost two atomic float updates per message
+    /// on a line every worker shares).
     pub(crate) fn in_flight(&self) -> usize {
         self.capacity - self.room.available_permits()
     }
@@ -84,21 +88,20 @@ impl Budget {
     /// a message never overtakes one already waiting).
     pub(crate) fn take(self: &Arc<Self>, bytes: usize) -> Result<Held, Wait> {
         let n = self.permits(bytes);
-        if let Ok(permit) = self.room.clone().try_acquire_many_owned(n) {
+        if let Ok(permit) = self.room.try_acquire_many(n) {
             return Ok(self.held(permit));
         }
         self.waits.increment(1);
         let waiting = WaitingGuard::new(self.clone());
         Err(Box::pin(async move {
-            let permit =
-                waiting.0.room.clone().acquire_many_owned(n).await.expect("the budget's semaphore is never closed");
+            let permit = waiting.0.room.acquire_many(n).await.expect("the budget's semaphore is never closed");
             waiting.0.held(permit)
         }))
     }
 
     /// A share of `bytes` if there is room now and nobody is waiting.
     pub(crate) fn try_take(self: &Arc<Self>, bytes: usize) -> Option<Held> {
-        let permit = self.room.clone().try_acquire_many_owned(self.permits(bytes)).ok()?;
+        let permit = self.room.try_acquire_many(self.permits(bytes)).ok()?;
         Some(self.held(permit))
     }
 
@@ -114,10 +117,11 @@ impl Budget {
         u32::try_from(bytes.min(self.capacity)).unwrap_or(u32::MAX)
     }
 
-    fn held(self: &Arc<Self>, permit: OwnedSemaphorePermit) -> Held {
-        self.in_flight.increment(permit.num_permits() as f64);
+    fn held(self: &Arc<Self>, permit: SemaphorePermit<'_>) -> Held {
+        let n = permit.num_permits();
+        permit.forget(); // given back by `Held`'s drop
         self.update();
-        Held(Some((permit, self.clone())))
+        Held(Some((n, self.clone())))
     }
 
     /// Recomputes open/closed (with hysteresis) after any change.
@@ -162,11 +166,11 @@ impl Drop for WaitingGuard {
 /// holds nothing (the gateway's own messages, frames re-sent after a link
 /// loss).
 #[derive(Default)]
-pub(crate) struct Held(Option<(OwnedSemaphorePermit, Arc<Budget>)>);
+pub(crate) struct Held(Option<(usize, Arc<Budget>)>);
 
 impl Held {
     pub(crate) fn bytes(&self) -> usize {
-        self.0.as_ref().map_or(0, |(p, _)| p.num_permits())
+        self.0.as_ref().map_or(0, |&(n, _)| n)
     }
 
     /// A share covering `bytes`: this one when it does, else a new one (a
@@ -188,7 +192,7 @@ impl Held {
     /// Adds `other`'s share to this one (both from the same budget).
     pub(crate) fn merge(&mut self, mut other: Held) {
         match (&mut self.0, other.0.take()) {
-            (Some((mine, _)), Some((theirs, _))) => mine.merge(theirs),
+            (Some((mine, _)), Some((theirs, _))) => *mine += theirs,
             (slot @ None, theirs) => *slot = theirs,
             (Some(_), None) => {}
         }
@@ -197,9 +201,8 @@ impl Held {
 
 impl Drop for Held {
     fn drop(&mut self) {
-        if let Some((permit, budget)) = self.0.take() {
-            budget.in_flight.decrement(permit.num_permits() as f64);
-            drop(permit);
+        if let Some((n, budget)) = self.0.take() {
+            budget.room.add_permits(n);
             budget.update();
         }
     }

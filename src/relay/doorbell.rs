@@ -1,4 +1,5 @@
-//! One wake-up signal per agent session, with a bit per reason.
+//! One wake-up signal per agent session (and per upstream link), with a
+//! bit per reason.
 //!
 //! A session used to wait on six separate signals (its queue, its close,
 //! frames handed back, a move request, its link's loss, gateway shutdown),
@@ -8,6 +9,11 @@
 //! every session of a link, or of the gateway, shares. Here a
 //! ring is an atomic `or` and a wake; a wait is an atomic `and` and a waker
 //! registration. No lock either way.
+//!
+//! A link task waits on one too, for the same reason (it used to poll the
+//! gateway's shutdown token and its rotation watch, four lock round trips,
+//! on every frame it read or batch it wrote): `CLOSING` is gateway shutdown,
+//! `MOVE` a requested rotation.
 
 use std::future::Future;
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -37,10 +43,14 @@ impl Rings {
     pub(crate) fn contains(self, other: Self) -> bool {
         self.0 & other.0 == other.0
     }
+
+    pub(crate) const fn or(self, other: Self) -> Self {
+        Self(self.0 | other.0)
+    }
 }
 
 /// The bell. One waiter at a time: the agent's session task (or, for an
-/// HTTP agent, the poll waiting on its queue).
+/// HTTP agent, the poll waiting on its queue; or a link's task).
 #[derive(Debug, Default)]
 pub(crate) struct Doorbell {
     rung: AtomicU8,

@@ -16,6 +16,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
 use super::agent::AgentShared;
+use super::doorbell::{Doorbell, Rings};
 use crate::policy::{LinkInfo, UpstreamInfo};
 
 /// A frame bound for the server.
@@ -69,7 +70,9 @@ pub struct Link {
     /// Being rotated out: admissions and moves go elsewhere.
     retiring: AtomicBool,
     /// The generation whose connection should close for rotation.
-    rotate: watch::Sender<Option<u64>>,
+    rotate: Mutex<Option<u64>>,
+    /// Wakes the link task: `CLOSING` at shutdown, `MOVE` for a rotation.
+    bell: Doorbell,
 }
 
 impl Link {
@@ -169,13 +172,24 @@ impl Link {
 
     /// Asks the link task to close connection `generation` and redial.
     pub(crate) fn request_rotation(&self, generation: u64) {
-        self.rotate.send_replace(Some(generation));
+        *self.rotate.lock() = Some(generation);
+        self.bell.ring(Rings::MOVE);
     }
 
-    /// Resolves once rotation of connection `generation` was asked.
-    pub(crate) async fn rotation_requested(&self, generation: u64) {
-        let mut rx = self.rotate.subscribe();
-        let _ = rx.wait_for(|g| *g == Some(generation)).await;
+    /// Whether rotation of connection `generation` was asked (a `MOVE`
+    /// ring may be for an earlier connection).
+    pub(crate) fn rotation_requested(&self, generation: u64) -> bool {
+        *self.rotate.lock() == Some(generation)
+    }
+
+    /// Tells the link task the gateway is shutting down.
+    pub(crate) fn shut_down(&self) {
+        self.bell.ring(Rings::CLOSING);
+    }
+
+    /// Resolves when shutdown or a rotation was rung since the last wait.
+    pub(crate) fn rung(&self) -> impl std::future::Future<Output = Rings> + '_ {
+        self.bell.wait(Rings::CLOSING.or(Rings::MOVE))
     }
 
     /// Usable for new admissions and moves.
@@ -245,7 +259,8 @@ impl Links {
                     any_up: any_up.clone(),
                     connected_at: Mutex::new(None),
                     retiring: AtomicBool::new(false),
-                    rotate: watch::channel(None).0,
+                    rotate: Mutex::new(None),
+                    bell: Doorbell::default(),
                 }));
                 rxs.push(rx);
             }

@@ -55,7 +55,7 @@ pub const AGENT_BUFFERS_RELEASED: &str = "opampgateway_agent_buffers_released_to
 /// Counter: messages the gateway could not deliver, by `direction` and `reason`.
 pub const MESSAGES_DROPPED: &str = "opampgateway_messages_dropped_total";
 /// Gauge: bytes of agent messages read and not yet written upstream
-/// (bounded by `listener.max_buffered_bytes`).
+/// (bounded by `listener.max_buffered_bytes`), read when `/metrics` is scraped.
 pub const BUFFERED_BYTES: &str = "opampgateway_buffered_bytes";
 /// Counter: agent messages that waited for room in `listener.max_buffered_bytes`
 /// (their session stopped reading meanwhile). HTTP polls are refused instead,

@@ -27,6 +27,7 @@ use super::dial::Dialer;
 use crate::config::BackoffConfig;
 use crate::relay::deadline;
 use crate::relay::dispatch::Dispatch;
+use crate::relay::doorbell::Rings;
 use crate::relay::{AgentShared, Held, Link, Outbound, Relay};
 use crate::telemetry::metrics as m;
 use crate::tls::BoxedIo;
@@ -57,7 +58,17 @@ pub(crate) fn spawn_links(
     settings: LinkSettings,
     shutdown: CancellationToken,
 ) -> Vec<JoinHandle<()>> {
-    slots
+    // The link tasks learn of shutdown from their bells: waiting on the
+    // token itself would take its lock on every frame.
+    let bells = tokio::spawn({
+        let links: Vec<Arc<Link>> = slots.iter().map(|(link, _)| link.clone()).collect();
+        let shutdown = shutdown.clone();
+        async move {
+            shutdown.cancelled().await;
+            links.iter().for_each(|link| link.shut_down());
+        }
+    });
+    let mut tasks: Vec<_> = slots
         .into_iter()
         .map(|(link, rx)| {
             let task = LinkTask {
@@ -70,7 +81,9 @@ pub(crate) fn spawn_links(
             };
             tokio::spawn(task.run())
         })
-        .collect()
+        .collect();
+    tasks.push(bells);
+    tasks
 }
 
 struct LinkTask {
@@ -203,18 +216,22 @@ impl LinkTask {
         // Drop reasons already logged on this connection: a server sending
         // garbage in a loop must not flood the log (the counter has the rate).
         let mut warned = Vec::new();
+        // Shutdown and rotation ring the link's bell; a ring before this
+        // connection's first wait is kept until taken.
         let link = self.link.clone();
-        let rotate = link.rotation_requested(generation);
-        tokio::pin!(rotate);
         loop {
             tokio::select! {
                 biased;
-                _ = self.shutdown.cancelled() => {
-                    let close = Message::Close(Some(CloseFrame { code: CloseCode::Away, reason: "gateway shutting down".into() }));
-                    let _ = tokio::time::timeout(write_timeout, sink.send(close)).await;
-                    return End::Shutdown;
+                rings = link.rung() => {
+                    if rings.contains(Rings::CLOSING) {
+                        let close = Message::Close(Some(CloseFrame { code: CloseCode::Away, reason: "gateway shutting down".into() }));
+                        let _ = tokio::time::timeout(write_timeout, sink.send(close)).await;
+                        return End::Shutdown;
+                    }
+                    if link.rotation_requested(generation) {
+                        return self.close_for_rotation(sink, stream).await;
+                    }
                 }
-                _ = &mut rotate => return self.close_for_rotation(sink, stream).await,
                 msg = stream.next() => {
                     last_seen = Instant::now();
                     recent.heard(last_seen);
