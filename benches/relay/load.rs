@@ -26,12 +26,13 @@ pub(crate) const SOURCES: u8 = 8;
 /// completing the handshake and a first status round trip. In header values,
 /// `{i}` becomes the agent's index (e.g. a tenant per agent).
 pub(crate) async fn storm(url: &str, n: usize, concurrency: usize, headers: &[(String, String)]) -> Storm {
-    storm_from(url, n, concurrency, headers, SOURCES, 0).await
+    storm_from(url, n, concurrency, headers, SOURCES, 0, None).await
 }
 
 /// [`storm`] from `sources` loopback addresses, `127.0.0.1` up, with the
 /// first status report's effective config padded to `config_bytes` (as a
-/// real collector reports its whole config at connect; 0: the sim's own).
+/// real collector reports its whole config at connect; 0: the sim's own),
+/// and `tls` as the agents' client configuration for a `wss://` URL.
 pub(crate) async fn storm_from(
     url: &str,
     n: usize,
@@ -39,6 +40,7 @@ pub(crate) async fn storm_from(
     headers: &[(String, String)],
     sources: u8,
     config_bytes: usize,
+    tls: Option<Arc<rustls::ClientConfig>>,
 ) -> Storm {
     let gate = Arc::new(Semaphore::new(concurrency));
     let started = Instant::now();
@@ -48,6 +50,7 @@ pub(crate) async fn storm_from(
             let mut opts = AgentOptions::new(url);
             opts.headers = headers.iter().map(|(k, v)| (k.clone(), v.replace("{i}", &i.to_string()))).collect();
             opts.bind = Some(std::net::Ipv4Addr::new(127, 0, 0, 1 + (i % sources.max(1) as usize) as u8).into());
+            opts.tls = tls.clone();
             tokio::spawn(async move {
                 let _permit = gate.acquire_owned().await.expect("semaphore open");
                 let t = Instant::now();

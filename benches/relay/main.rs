@@ -18,6 +18,9 @@ mod report;
 mod soak;
 mod storm_memory;
 mod suite;
+#[path = "../../tests/support/test_ca.rs"]
+mod test_ca;
+mod tls_storm;
 
 /// Sections of docs/BENCHMARKS.md written by hand (their commands are in
 /// them), kept when the suite rewrites the file.

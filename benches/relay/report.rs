@@ -183,6 +183,11 @@ impl Report {
         self.json.insert("storm_memory".into(), v);
     }
 
+    /// TLS connect storms by thread count ([`crate::tls_storm`]): no bar.
+    pub(crate) fn tls_storm(&mut self, v: Value) {
+        self.json.insert("tls_storm".into(), v);
+    }
+
     pub(crate) fn growth(&mut self, row: Row) {
         if self.memory_points.contains(&row.agents) {
             let ok = row.per_agent_kib <= 16.0;
@@ -511,6 +516,9 @@ impl Report {
         }
         if let Some(v) = self.json.get("storm_memory") {
             crate::storm_memory::markdown(&mut s, v);
+        }
+        if let Some(v) = self.json.get("tls_storm") {
+            crate::tls_storm::markdown(&mut s, v);
         }
         if let Some(p) = self.json.get("policies") {
             let _ = writeln!(

@@ -161,10 +161,10 @@ async fn one(server: &ReferenceServer, n: usize, alloc: &Allocator, config_bytes
     wait_links(server, LINKS).await;
     // A first agent in and out before the idle reading, so that what the
     // first session allocates once (and keeps) is not counted per agent.
-    drop(load::storm_from(&gw.url(), 1, 1, &headers(), SOURCES, config_bytes).await.agents);
+    drop(load::storm_from(&gw.url(), 1, 1, &headers(), SOURCES, config_bytes, None).await.agents);
     tokio::time::sleep(Duration::from_millis(500)).await;
     let idle_kib = gw.rss_kib();
-    let storm = load::storm_from(&gw.url(), n, n, &headers(), SOURCES, config_bytes).await;
+    let storm = load::storm_from(&gw.url(), n, n, &headers(), SOURCES, config_bytes, None).await;
     // The high-water mark covers the whole life of the process, but the
     // gateway was never larger before than at idle.
     let peak_kib = proc_status_kib(gw.pid(), "VmHWM:").max(gw.rss_kib());

@@ -14,6 +14,7 @@ use crate::nginx::{self, Nginx};
 use crate::policies;
 use crate::report::{Report, Row};
 use crate::storm_memory;
+use crate::tls_storm;
 
 pub(crate) struct Scale {
     pub quick: bool,
@@ -23,6 +24,9 @@ pub(crate) struct Scale {
     pub storm_memory: Vec<usize>,
     /// Rounds per size of it, each allocator once per round.
     pub storm_memory_rounds: usize,
+    /// Agents in each TLS connect storm, and its rounds.
+    pub tls_storm: usize,
+    pub tls_storm_rounds: usize,
     pub latency_agents: usize,
     pub latency_rate: f64,
     pub saturate_agents: usize,
@@ -63,6 +67,9 @@ pub(crate) enum Only {
     /// `--only-memory`: the peak memory of all-at-once connect storms, per
     /// allocator.
     Memory,
+    /// `--only-tls`: connect storms over TLS, one worker thread beside one
+    /// per CPU.
+    Tls,
 }
 
 impl Only {
@@ -75,6 +82,7 @@ impl Only {
                 "--only-containment" => Some(Self::Containment),
                 "--only-cpu" => Some(Self::Cpu),
                 "--only-memory" => Some(Self::Memory),
+                "--only-tls" => Some(Self::Tls),
                 _ => None,
             })
             .collect();
@@ -82,7 +90,7 @@ impl Only {
             [] => Ok(Self::All),
             [one] => Ok(*one),
             _ => anyhow::bail!(
-                "pick at most one of --only-paths, --only-policies, --only-containment, --only-cpu, --only-memory"
+                "pick at most one of --only-paths, --only-policies, --only-containment, --only-cpu, --only-memory, --only-tls"
             ),
         }
     }
@@ -101,6 +109,8 @@ impl Scale {
                 storm: 1000,
                 storm_memory: vec![1000],
                 storm_memory_rounds: 1,
+                tls_storm: 1000,
+                tls_storm_rounds: 1,
                 latency_agents: 200,
                 latency_rate: 2000.0,
                 saturate_agents: 50,
@@ -122,6 +132,8 @@ impl Scale {
                 storm: 10_000,
                 storm_memory: vec![2000, 10_000],
                 storm_memory_rounds: 3,
+                tls_storm: 10_000,
+                tls_storm_rounds: 3,
                 latency_agents: 1000,
                 latency_rate: 10_000.0,
                 saturate_agents: 200,
@@ -161,6 +173,9 @@ pub(crate) async fn run(scale: Scale) -> anyhow::Result<Report> {
     // 3b. Peak memory of all-at-once storms, per allocator (issue 13).
     if scale.only.runs(Only::Memory) {
         report.storm_memory(storm_memory::run(&server, &scale).await?);
+    }
+    if scale.only.runs(Only::Tls) {
+        report.tls_storm(tls_storm::run(&server, &scale).await?);
     }
 
     // 4. Policies: throughput with the four examples vs none, and hot swaps.

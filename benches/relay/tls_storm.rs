@@ -1,0 +1,157 @@
+//! Connect storms over TLS (`wss://`): the gateway as shipped (one worker
+//! thread per CPU) beside `runtime.worker_threads: 1`. Not a bar: it is what
+//! the default thread count buys, the other side of the CPU-per-message
+//! bars, which measure both settings (issue 13).
+//!
+//! A fleet reconnecting after a restart is the gateway's heaviest moment,
+//! and with TLS most of it is the server's handshake work, which runs on
+//! the worker threads. The figure that carries to a bigger host is the
+//! gateway's CPU per connecting agent: one worker can take at most one
+//! core's worth of them per second, however many cores the host has.
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+
+use opamp_gateway::sim::server::ReferenceServer;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::CertificateDer;
+use serde_json::{json, Value};
+
+use crate::cpu_rounds::median;
+use crate::gateway_proc::GatewayProc;
+use crate::load;
+use crate::suite::{wait_links, Scale, LINKS};
+use crate::test_ca::Ca;
+
+/// Handshakes in flight at once, as in the plain connect storm.
+const CONCURRENCY: usize = 512;
+
+/// The two settings compared: a row name and `runtime.worker_threads`.
+const SETTINGS: [(&str, Option<usize>); 2] =
+    [("gateway as shipped (one worker thread per CPU)", None), (crate::suite::ONE_WORKER, Some(1))];
+
+/// One storm on a fresh gateway.
+struct Sample {
+    seconds: f64,
+    connected: usize,
+    errors: usize,
+    /// The gateway's user + system CPU seconds over the storm.
+    cpu_seconds: f64,
+    p99_ms: f64,
+}
+
+impl Sample {
+    fn cpu_us_per_agent(&self) -> f64 {
+        self.cpu_seconds * 1e6 / self.connected.max(1) as f64
+    }
+}
+
+/// Runs the phase; its figures as JSON for [`crate::report`].
+pub(crate) async fn run(server: &ReferenceServer, scale: &Scale) -> anyhow::Result<Value> {
+    let ca = Ca::new("bench CA");
+    // An IP address as the name: the agents dial 127.0.0.1 (rcgen makes an
+    // IP SAN of it), and no resolver sits in the path.
+    let (cert, key) = ca.leaf("127.0.0.1", false);
+    let dir = tempfile::tempdir()?;
+    std::fs::write(dir.path().join("cert.pem"), cert)?;
+    std::fs::write(dir.path().join("key.pem"), key)?;
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(CertificateDer::from_pem_slice(ca.pem().as_bytes())?)?;
+    let client = Arc::new(
+        rustls::ClientConfig::builder_with_provider(opamp_gateway::tls::provider())
+            .with_safe_default_protocol_versions()?
+            .with_root_certificates(roots)
+            .with_no_client_auth(),
+    );
+
+    let n = scale.tls_storm;
+    let mut samples: Vec<Vec<Sample>> = SETTINGS.iter().map(|_| Vec::new()).collect();
+    for round in 0..scale.tls_storm_rounds {
+        for k in 0..SETTINGS.len() {
+            let i = (k + round) % SETTINGS.len();
+            let (name, workers) = SETTINGS[i];
+            eprintln!("[bench] TLS storm: {n} agents, {name}, round {}/{}", round + 1, scale.tls_storm_rounds);
+            let mut yaml = format!(
+                "server:\n  endpoint: {}\n  connections: {LINKS}\nlistener:\n  endpoint: 127.0.0.1:0\n  tls:\n    \
+                 cert_file: {d}/cert.pem\n    key_file: {d}/key.pem\npolicies:\n  directory: {d}/none\n",
+                server.url(),
+                d = dir.path().display()
+            );
+            if let Some(w) = workers {
+                yaml.push_str(&format!("runtime:\n  worker_threads: {w}\n"));
+            }
+            let gw = GatewayProc::start_yaml(&yaml).await?;
+            wait_links(server, LINKS).await;
+            let url = format!("wss://127.0.0.1:{}/v1/opamp", gw.listener.port());
+            let cpu0 = gw.cpu_seconds();
+            let storm = load::storm_from(&url, n, CONCURRENCY, &[], load::SOURCES, 0, Some(client.clone())).await;
+            let cpu_seconds = gw.cpu_seconds() - cpu0;
+            samples[i].push(Sample {
+                seconds: storm.elapsed.as_secs_f64(),
+                connected: storm.agents.len(),
+                errors: storm.errors,
+                cpu_seconds,
+                p99_ms: storm.connect.value_at_quantile(0.99) as f64 / 1000.0,
+            });
+            drop(storm.agents);
+            gw.stop().await;
+        }
+    }
+    let rows: Vec<Value> = SETTINGS
+        .iter()
+        .zip(&samples)
+        .map(|((name, workers), runs)| {
+            let cpu_us = median(runs.iter().map(Sample::cpu_us_per_agent).collect());
+            json!({
+                "name": name,
+                "worker_threads": workers,
+                "seconds": runs.iter().map(|s| s.seconds).collect::<Vec<_>>(),
+                "median_seconds": median(runs.iter().map(|s| s.seconds).collect()),
+                "median_p99_ms": median(runs.iter().map(|s| s.p99_ms).collect()),
+                "median_cpu_us_per_agent": cpu_us,
+                "one_core_agents_per_second": 1e6 / cpu_us.max(f64::EPSILON),
+                "errors": runs.iter().map(|s| s.errors).sum::<usize>(),
+            })
+        })
+        .collect();
+    Ok(json!({"agents": n, "concurrency": CONCURRENCY, "rounds": scale.tls_storm_rounds, "rows": rows}))
+}
+
+/// The phase's section of docs/BENCHMARKS.md.
+pub(crate) fn markdown(s: &mut String, v: &Value) {
+    let _ = writeln!(
+        s,
+        "\n## Connect storms over TLS: one worker thread, or one per CPU\n\n\
+         {} agents, {} at a time over `wss://` (the listener serving an ECDSA P-256 certificate; rustls on both \
+         sides), each completing TLS, the WebSocket upgrade, the connect handshake with the server and a first \
+         status round trip, on a fresh gateway per run; {} rounds, the order alternating. The agents' side of \
+         TLS runs in the load generator on the same 2 cores. CPU per agent is the gateway's user + system time \
+         over the storm divided by the agents connected; one core's ceiling is how many such connects a single \
+         worker thread could take per second, on any host. Not a bar: it is what the default thread count buys, \
+         beside the CPU-per-message bars' two rows.\n",
+        v["agents"], v["concurrency"], v["rounds"]
+    );
+    let _ = writeln!(
+        s,
+        "| gateway | storm, median | per round (s) | connect p99, median | gateway CPU per agent | one core's ceiling | errors |\n|---|---|---|---|---|---|---|"
+    );
+    for r in v["rows"].as_array().into_iter().flatten() {
+        let rounds: Vec<String> = r["seconds"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|x| format!("{:.2}", x.as_f64().unwrap_or(0.0)))
+            .collect();
+        let _ = writeln!(
+            s,
+            "| {} | {:.2} s | {} | {:.0} ms | {:.0} µs | {:.0} agents/s | {} |",
+            r["name"].as_str().unwrap_or(""),
+            r["median_seconds"].as_f64().unwrap_or(0.0),
+            rounds.join(", "),
+            r["median_p99_ms"].as_f64().unwrap_or(0.0),
+            r["median_cpu_us_per_agent"].as_f64().unwrap_or(0.0),
+            r["one_core_agents_per_second"].as_f64().unwrap_or(0.0),
+            r["errors"]
+        );
+    }
+}
