@@ -36,6 +36,13 @@ pub(crate) struct Report {
     memory_points: Vec<usize>,
 }
 
+/// A JSON array of numbers as `a, b, c`, each to `decimals` places.
+pub(crate) fn joined(v: &Value, decimals: usize) -> String {
+    let figures: Vec<String> =
+        v.as_array().into_iter().flatten().map(|x| format!("{:.decimals$}", x.as_f64().unwrap_or(0.0))).collect();
+    figures.join(", ")
+}
+
 fn us(h: &Histogram<u64>, q: f64) -> u64 {
     h.value_at_quantile(q)
 }
@@ -467,19 +474,13 @@ impl Report {
             );
             let _ = writeln!(s, "| proxy | median CPU per message | median user | per round (µs) | median ratio to nginx |\n|---|---|---|---|---|");
             for p in c["proxies"].as_array().into_iter().flatten() {
-                let rounds: Vec<String> = p["rounds_cpu_us_per_msg"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .map(|v| format!("{:.1}", v.as_f64().unwrap_or(0.0)))
-                    .collect();
                 let _ = writeln!(
                     s,
                     "| {} | {:.1} µs | {:.1} µs | {} | {:.2} |",
                     p["proxy"].as_str().unwrap_or(""),
                     p["cpu_us_per_msg"].as_f64().unwrap_or(0.0),
                     p["user_us_per_msg"].as_f64().unwrap_or(0.0),
-                    rounds.join(", "),
+                    joined(&p["rounds_cpu_us_per_msg"], 1),
                     p["ratio_to_nginx"].as_f64().unwrap_or(0.0)
                 );
             }

@@ -20,6 +20,7 @@ use serde_json::{json, Value};
 use crate::cpu_rounds::median;
 use crate::gateway_proc::GatewayProc;
 use crate::load;
+use crate::report::joined;
 use crate::suite::{wait_links, Scale, LINKS};
 use crate::test_ca::Ca;
 
@@ -136,18 +137,12 @@ pub(crate) fn markdown(s: &mut String, v: &Value) {
         "| gateway | storm, median | per round (s) | connect p99, median | gateway CPU per agent | one core's ceiling | errors |\n|---|---|---|---|---|---|---|"
     );
     for r in v["rows"].as_array().into_iter().flatten() {
-        let rounds: Vec<String> = r["seconds"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .map(|x| format!("{:.2}", x.as_f64().unwrap_or(0.0)))
-            .collect();
         let _ = writeln!(
             s,
             "| {} | {:.2} s | {} | {:.0} ms | {:.0} µs | {:.0} agents/s | {} |",
             r["name"].as_str().unwrap_or(""),
             r["median_seconds"].as_f64().unwrap_or(0.0),
-            rounds.join(", "),
+            joined(&r["seconds"], 2),
             r["median_p99_ms"].as_f64().unwrap_or(0.0),
             r["median_cpu_us_per_agent"].as_f64().unwrap_or(0.0),
             r["one_core_agents_per_second"].as_f64().unwrap_or(0.0),
