@@ -17,7 +17,12 @@ impl Ca {
 
     /// `(cert PEM, key PEM)` for `name`, for a server or a client.
     pub(crate) fn leaf(&self, name: &str, client: bool) -> (String, String) {
-        let key = KeyPair::generate().unwrap();
+        self.leaf_with(name, client, KeyPair::generate().unwrap())
+    }
+
+    /// [`Ca::leaf`] with a key of the caller's (an RSA key, which rcgen
+    /// cannot generate with ring, read from PEM).
+    pub(crate) fn leaf_with(&self, name: &str, client: bool, key: KeyPair) -> (String, String) {
         let mut params = CertificateParams::new(vec![name.to_owned()]).unwrap();
         params.extended_key_usages =
             vec![if client { ExtendedKeyUsagePurpose::ClientAuth } else { ExtendedKeyUsagePurpose::ServerAuth }];
