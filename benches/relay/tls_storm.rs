@@ -78,7 +78,8 @@ fn certificates(ca: &Ca) -> anyhow::Result<(Vec<Certificate>, Option<String>)> {
             certs.push(write("RSA 2048", ca.leaf_with(NAME, false, key))?);
             None
         }
-        _ => Some("openssl not found: no RSA rows".to_owned()),
+        Ok(out) => Some(format!("no RSA rows: `openssl genpkey` failed ({})", out.status)),
+        Err(e) => Some(format!("no RSA rows: `openssl` could not run ({e})")),
     };
     Ok((certs, missing))
 }
