@@ -90,12 +90,16 @@ pub(crate) async fn run(server: &ReferenceServer, scale: &Scale) -> anyhow::Resu
     let (certs, missing) = certificates(&ca)?;
     let mut roots = rustls::RootCertStore::empty();
     roots.add(CertificateDer::from_pem_slice(ca.pem().as_bytes())?)?;
-    let client = Arc::new(
-        rustls::ClientConfig::builder_with_provider(opamp_gateway::tls::provider())
-            .with_safe_default_protocol_versions()?
-            .with_root_certificates(roots)
-            .with_no_client_auth(),
-    );
+    let mut client = rustls::ClientConfig::builder_with_provider(opamp_gateway::tls::provider())
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    // Every agent shares this config, and with it rustls' session cache: a
+    // later agent would resume on an earlier one's ticket and skip the
+    // server's signature. After a gateway restart no agent holds a ticket
+    // the new process knows, so each storm handshake is a full one.
+    client.resumption = rustls::client::Resumption::disabled();
+    let client = Arc::new(client);
 
     let n = scale.tls_storm;
     // samples[certificate][setting]
